@@ -1,0 +1,130 @@
+"""`python -m wan_ui generate ...` and `python -m wan_ui options --json`.
+
+User mistakes exit with status 2 and one line on stderr (no traceback); a cancelled or failed run exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .errors import UserError
+
+
+def _progress_printer(enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    bars = {}
+
+    def on_progress(phase, done, total):
+        if phase == "denoising":
+            bar = bars.get("d") or bars.setdefault("d", tqdm(total=total, desc="denoising", unit="step",
+                                                              file=sys.stderr))
+            bar.n = done
+            bar.refresh()
+            if done == total:
+                bar.close()
+        else:
+            print(f"[wan_ui] {phase}...", file=sys.stderr)
+
+    return on_progress
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .requests import GenerationRequest
+
+    d = GenerationRequest("x")
+    p = argparse.ArgumentParser(prog="python -m wan_ui", description="Wan2.1-T2V-1.3B generation and options")
+    sub = p.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="generate one video")
+    g.add_argument("--model", default=None, help="tiny | random-full | hub id | local folder "
+                   "(default: the hub checkpoint with a CUDA GPU, else tiny)")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--negative-prompt", default=d.negative_prompt, help="default: Wan's own negative prompt")
+    g.add_argument("--width", type=int, default=d.width)
+    g.add_argument("--height", type=int, default=d.height)
+    g.add_argument("--frames", type=int, default=d.num_frames, help="snapped to 4k+1 (reported)")
+    g.add_argument("--fps", type=int, default=d.fps)
+    g.add_argument("--steps", type=int, default=d.num_inference_steps)
+    g.add_argument("--guidance", type=float, default=d.guidance_scale)
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--preset", default=None, help="start from a preset (see `options`)")
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an option; repeatable")
+    g.add_argument("--out", default=None, help="video path (default: a unique name in ./outputs)")
+    g.add_argument("--json", action="store_true", help="print one JSON object with the result and metrics")
+    g.add_argument("--quality", action="store_true", help="also compute CLIP score and temporal LPIPS")
+    o = sub.add_parser("options", help="list every optimization option")
+    o.add_argument("--json", action="store_true")
+    sub.add_parser("presets", help="list presets")
+    return p
+
+
+def cmd_generate(args) -> int:
+    from .generate import generate
+    from .manager import ModelManager
+    from .options import OptimizationSet, parse_set_args, preset
+    from .requests import GenerationRequest
+
+    base = preset(args.preset) if args.preset else OptimizationSet()
+    opts = parse_set_args(args.set, base=base)
+    req = GenerationRequest(prompt=args.prompt, negative_prompt=args.negative_prompt, width=args.width,
+                            height=args.height, num_frames=args.frames, fps=args.fps, seed=args.seed,
+                            guidance_scale=args.guidance, num_inference_steps=args.steps)
+    manager = ModelManager(log=lambda m: print(f"[wan_ui] {m}", file=sys.stderr))
+    result = generate(manager, args.model, req, opts, out_path=args.out,
+                      on_progress=_progress_printer(not args.json or sys.stderr.isatty()))
+    if args.quality:
+        from .quality import score_result
+
+        score_result(result)
+    for note in result.request.notes:
+        print(f"[wan_ui] note: {note}", file=sys.stderr)
+    if result.build.random_weights:
+        print(f"[wan_ui] {result.build.label}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result.to_json()))
+    else:
+        m = result.metrics
+        print(f"wrote {result.video_path}: {result.frames.shape[0]} frames in {m.clip_latency_s:.2f} s "
+              f"({m.throughput_fps:.3f} fps)")
+    return 0
+
+
+def cmd_options(args) -> int:
+    from .hardware import probe_hardware
+    from .options import options_table
+
+    rows = options_table(probe_hardware())
+    if args.json:
+        print(json.dumps({"options": rows}, indent=1))
+    else:
+        for r in rows:
+            allowed = r["values"] if r["values"] is not None else r["bounds"]
+            print(f"{r['family']:12} {r['name']:26} {r['kind']:9} default={r['default']!r:10} allowed={allowed}")
+            for v, why in r["unavailable_values"].items():
+                print(f"{'':12} {'':26} unavailable {v}: {why}")
+    return 0
+
+
+def cmd_presets(args) -> int:
+    from .options import PRESETS
+
+    print(json.dumps(PRESETS, indent=1))
+    return 0
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    args = build_parser().parse_args(argv)
+    try:
+        return {"generate": cmd_generate, "options": cmd_options, "presets": cmd_presets}[args.command](args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 1

@@ -1,0 +1,208 @@
+"""The generation core shared by the CLI, the UI and the benchmark.
+
+`generate(manager, model, request, opts)`:
+  1. validate the request, get the pipeline from the manager (build or reuse, run-time options applied);
+  2. encode the prompts (`pipe.encode_prompt`);
+  3. denoise with diffusers' own loop (`pipe(..., output_type="latent")`), observed through
+     `callback_on_step_end` for per-step timing, progress, cancellation and CFG truncation;
+  4. decode the latents with the VAE;
+  5. write the mp4 (outside the timed clip latency) and return frames, path and metrics.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .errors import GenerationCancelled, OutOfMemoryError
+from .manager import LOW_VRAM_HINT, BuildInfo, ModelManager
+from .metrics import Clock, Metrics, NvmlSampler, frame_metrics, warmup_from_steps
+from .optim.cfg import make_cfg_step_hook, planned_forwards
+from .options import OptimizationSet
+from .requests import GenerationRequest, validate_request
+from .video import unique_path, write_video
+
+# on_progress(phase, done, total): phase in "loading", "encoding", "denoising", "decoding", "writing"
+ProgressFn = Callable[[str, int, int], None]
+
+
+@dataclass
+class Result:
+    frames: np.ndarray  # (F, H, W, 3) uint8
+    video_path: str | None
+    request: GenerationRequest  # as validated (frames snapped)
+    options: OptimizationSet
+    build: BuildInfo
+    metrics: Metrics
+
+    def to_json(self) -> dict:
+        r = self.request
+        return {"video": self.video_path, "frames": int(self.frames.shape[0]), "width": r.width, "height": r.height,
+                "fps": r.fps, "seed": r.seed, "model": self.build.model, "model_label": self.build.label,
+                "random_weights": self.build.random_weights, "device": self.build.device,
+                "request": r.to_dict(), "notes": list(r.notes), "optimizations": self.options.to_dict(),
+                "rebuilt": self.build.rebuilt, "reapplied": self.build.reapplied,
+                "metrics": self.metrics.to_dict()}
+
+
+class _StepObserver:
+    """The `callback_on_step_end`: step times, progress, cancel, CFG truncation."""
+
+    def __init__(self, clock: Clock, total: int, on_progress: ProgressFn | None, cancel: threading.Event | None,
+                 cfg_hook):
+        self.clock, self.total, self.on_progress, self.cancel, self.cfg_hook = clock, total, on_progress, cancel, cfg_hook
+        self.times: list[float] = []
+        self.last = None
+
+    def begin(self) -> None:
+        self.last = time.perf_counter()
+
+    def __call__(self, pipe, i: int, t, kwargs: dict) -> dict:
+        self.clock.sync()
+        now = time.perf_counter()
+        self.times.append(now - self.last)
+        self.last = now
+        if self.cfg_hook:
+            self.cfg_hook(pipe, i)
+        if self.on_progress:
+            self.on_progress("denoising", i + 1, self.total)
+        if self.cancel is not None and self.cancel.is_set():
+            raise GenerationCancelled(f"cancelled after step {i + 1} of {self.total}")
+        return {}
+
+
+class _ForwardCounter:
+    """Counts transformer forwards (planned) and those that ran the blocks (computed; not skipped by a cache)."""
+
+    def __init__(self, transformer):
+        self.calls = 0
+        self.computed = 0
+        self._handles = [transformer.register_forward_pre_hook(self._call),
+                         transformer.blocks[-1].ffn.register_forward_pre_hook(self._computed)]
+
+    def _call(self, *_):
+        self.calls += 1
+
+    def _computed(self, *_):
+        self.computed += 1
+
+    def close(self):
+        for h in self._handles:
+            h.remove()
+
+
+def decode_latents(pipe, latents: torch.Tensor) -> np.ndarray:
+    """Latents (B, C, T, H, W) -> frames (F, H, W, 3) uint8, as the Wan pipeline decodes them."""
+    vae = pipe.vae
+    device = pipe._execution_device
+    latents = latents.to(device, dtype=vae.dtype)
+    mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(latents)
+    inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(latents)
+    video = vae.decode(latents / inv_std + mean, return_dict=False)[0]  # (B, 3, F, H, W) in [-1, 1]
+    frames = pipe.video_processor.postprocess_video(video, output_type="np")[0]  # (F, H, W, 3) in [0, 1]
+    return (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
+
+
+def run_pipeline(pipe, request: GenerationRequest, opts: OptimizationSet, clock: Clock,
+                 on_progress: ProgressFn | None = None, cancel: threading.Event | None = None):
+    """Phases 2-4 on a ready pipeline. Returns (frames, step_times, forwards_computed)."""
+    r = request
+    use_cfg = r.guidance_scale > 1.0
+    device = pipe._execution_device
+    if on_progress:
+        on_progress("encoding", 0, 1)
+    with torch.inference_mode():
+        with clock.phase("text_encode"):
+            pos, neg = pipe.encode_prompt(prompt=r.prompt, negative_prompt=r.negative_prompt,
+                                          do_classifier_free_guidance=use_cfg, max_sequence_length=512, device=device)
+        observer = _StepObserver(clock, r.num_inference_steps, on_progress, cancel,
+                                 make_cfg_step_hook(r.guidance_scale, r.num_inference_steps, opts.cfg_truncation))
+        counter = _ForwardCounter(pipe.transformer)
+        try:
+            with clock.phase("denoise"):
+                observer.begin()
+                latents = pipe(prompt_embeds=pos, negative_prompt_embeds=neg, height=r.height, width=r.width,
+                               num_frames=r.num_frames, num_inference_steps=r.num_inference_steps,
+                               guidance_scale=r.guidance_scale,
+                               generator=torch.Generator("cpu").manual_seed(r.seed), output_type="latent",
+                               callback_on_step_end=observer).frames
+        finally:
+            counter.close()
+        if on_progress:
+            on_progress("decoding", 0, 1)
+        with clock.phase("decode"):
+            frames = decode_latents(pipe, latents)
+    return frames, observer.times, counter.computed
+
+
+def generate(manager: ModelManager, model: str | None, request: GenerationRequest, opts: OptimizationSet,
+             out_dir: str | Path | None = "outputs", out_path: str | Path | None = None,
+             on_progress: ProgressFn | None = None, cancel: threading.Event | None = None,
+             nvml_hz: float = 10.0) -> Result:
+    request = validate_request(request)
+    if on_progress:
+        on_progress("loading", 0, 1)
+    try:
+        pipe, build, fresh = manager.get(model, opts, request)
+    except torch.cuda.OutOfMemoryError:
+        raise OutOfMemoryError(f"out of GPU memory while building; {LOW_VRAM_HINT}") from None
+    clock = Clock(manager.device)
+    sampler = NvmlSampler(hz=nvml_hz) if clock.cuda else None
+    clock.start_run()
+    if sampler:
+        sampler.start()
+    try:
+        frames, steps, computed = run_pipeline(pipe, request, opts, clock, on_progress, cancel)
+    except torch.cuda.OutOfMemoryError:
+        manager.mark_broken(model, opts)
+        raise OutOfMemoryError(f"out of GPU memory during generation; {LOW_VRAM_HINT}") from None
+    except GenerationCancelled:
+        if clock.cuda:
+            torch.cuda.empty_cache()
+        raise
+    finally:
+        nvml_peak = sampler.stop() if sampler else None
+        pipe._guidance_scale = request.guidance_scale  # undo CFG truncation's change
+    metrics = _assemble_metrics(build, fresh, clock, steps, computed, request, opts, frames.shape[0], nvml_peak,
+                                sampler)
+    result = Result(frames, None, request, opts, build, metrics)
+    if out_dir is not None or out_path is not None:
+        if on_progress:
+            on_progress("writing", 0, 1)
+        path = Path(out_path) if out_path else unique_path(out_dir, request.seed)
+        result.video_path = str(write_video(frames, path, request.fps, metadata=_metadata(result)))
+    return result
+
+
+def _assemble_metrics(build, fresh, clock, steps, computed, request, opts, n_frames, nvml_peak, sampler) -> Metrics:
+    clip = sum(clock.phases.values())
+    frame_latency, fps = frame_metrics(clip, n_frames)
+    peak, reserved, note = clock.vram()
+    if sampler is not None and sampler.error:
+        note = sampler.error
+    return Metrics(
+        load_time_s=build.load_time_s, load_breakdown=dict(build.load_breakdown), rebuilt=build.rebuilt,
+        warmup_time_s=warmup_from_steps(steps) if fresh else 0.0,
+        clip_latency_s=clip,
+        phases={f"{k}_s": v for k, v in clock.phases.items()},
+        step_latencies_s=steps, frame_latency_s=frame_latency, throughput_fps=fps,
+        peak_vram_mb=peak, peak_reserved_mb=reserved, phase_peak_vram_mb=dict(clock.peaks) if clock.cuda else {},
+        nvml_peak_used_mb=nvml_peak, vram_note=note,
+        forwards_planned=planned_forwards(request.guidance_scale, request.num_inference_steps, opts.cfg_truncation),
+        forwards_computed=computed, random_weights=build.random_weights,
+        quality_note="random-weight model: quality metrics describe noise, not video quality"
+        if build.random_weights else None,
+    )
+
+
+def _metadata(result: Result) -> dict:
+    return {"tool": "wan_ui", "model": result.build.model, "random_weights": result.build.random_weights,
+            "request": result.request.to_dict(), "optimizations": result.options.to_dict(),
+            "metrics": {k: v for k, v in result.metrics.to_dict().items() if k != "step_latencies_s"},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -1,0 +1,108 @@
+"""LoRA adapters through diffusers' peft integration (`load_lora_weights`, `set_adapters`, `fuse_lora`).
+
+Spec: `source[:scale]` separated by ';'. A source is a .safetensors file or a folder inside the LoRA folder
+(`WAN_UI_LORA_DIR`, default ./loras; `..`, absolute paths outside it and symlinks escaping it are refused),
+or a hub id `owner/repo[/file.safetensors]`. Kijai/ComfyUI-format files (CausVid, self-forcing DMD) go through
+diffusers' non-diffusers Wan converter inside `load_lora_weights`.
+
+Removing restores the base weights exactly: fusing keeps a CPU copy of every weight it changes, and removal
+copies them back (unfuse alone would leave float rounding behind).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ValidationError
+from .state import state_of
+
+
+@dataclass(frozen=True)
+class LoraSource:
+    location: str  # folder/file path or hub repo id
+    weight_name: str | None  # file inside a folder or repo
+    scale: float
+    is_hub: bool
+
+
+def lora_dir() -> Path:
+    return Path(os.environ.get("WAN_UI_LORA_DIR", "loras")).resolve()
+
+
+def parse_lora_spec(spec: str, root: Path | None = None) -> list[LoraSource]:
+    root = (root or lora_dir()).resolve()
+    out = []
+    for item in filter(None, (s.strip() for s in spec.split(";"))):
+        src, scale = item, 1.0
+        head, sep, tail = item.rpartition(":")
+        if sep and _is_number(tail):
+            src, scale = head, float(tail)
+        if not (-10.0 <= scale <= 10.0):
+            raise ValidationError(f"lora scale must be in [-10, 10], got {scale}", field="lora")
+        out.append(_resolve(src, scale, root))
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _resolve(src: str, scale: float, root: Path) -> LoraSource:
+    candidate = Path(src) if os.path.isabs(src) else root / src
+    if ".." in Path(src).parts:
+        raise ValidationError(f"lora path {src!r} may not contain '..'; put the file in {root}", field="lora")
+    if candidate.exists() or os.path.isabs(src) or src.startswith("."):
+        real = candidate.resolve()  # follows symlinks: an escaping link is caught here
+        if not real.is_relative_to(root):
+            raise ValidationError(f"lora path {src!r} is outside the LoRA folder {root}", field="lora")
+        if not real.exists():
+            raise ValidationError(f"lora file {src!r} not found in {root}", field="lora")
+        if real.is_file():
+            if real.suffix != ".safetensors":
+                raise ValidationError(f"lora file {src!r} must be .safetensors", field="lora")
+            return LoraSource(str(real.parent), real.name, scale, False)
+        return LoraSource(str(real), None, scale, False)
+    parts = src.split("/")
+    if len(parts) >= 2 and all(parts):
+        weight = "/".join(parts[2:]) or None
+        if weight and not weight.endswith(".safetensors"):
+            raise ValidationError(f"lora hub file {weight!r} must be .safetensors", field="lora")
+        return LoraSource("/".join(parts[:2]), weight, scale, True)
+    raise ValidationError(f"lora {src!r} is neither a file/folder in {root} nor a hub id owner/repo[/file]",
+                          field="lora")
+
+
+def apply_lora(pipe, opts, request=None) -> None:
+    if not opts.lora:
+        return
+    sources = parse_lora_spec(opts.lora)
+    names = []
+    for i, src in enumerate(sources):
+        name = f"wan_ui_{i}"
+        kwargs = {"weight_name": src.weight_name} if src.weight_name else {}
+        pipe.load_lora_weights(src.location, adapter_name=name, use_safetensors=True, **kwargs)
+        names.append(name)
+    pipe.set_adapters(names, adapter_weights=[s.scale for s in sources])
+    if opts.lora_fuse:
+        st = state_of(pipe)
+        st.saved["lora_base"] = {k: p.detach().to("cpu", copy=True)
+                                 for k, p in pipe.transformer.named_parameters() if "base_layer" in k}
+        pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
+
+
+def remove_lora(pipe) -> None:
+    st = state_of(pipe)
+    base = st.saved.pop("lora_base", None)
+    if base is not None:
+        pipe.unfuse_lora()
+    pipe.unload_lora_weights()
+    if base is not None:
+        params = dict(pipe.transformer.named_parameters())
+        for k, v in base.items():
+            params[k.replace(".base_layer", "")].data.copy_(v)

@@ -1,0 +1,32 @@
+"""Placement and CPU offloading (diffusers): each mode really moves weights; tests assert where they live.
+
+- none: every component on the device.
+- model: whole components move to the GPU when used, back after (`enable_model_cpu_offload`).
+- sequential: each leaf module moves in for its forward (`enable_sequential_cpu_offload`); least memory, slowest.
+- group_block / group_leaf: diffusers group offloading with CUDA streams: the next group is prefetched while
+  the current one computes (block level: one transformer block per group; leaf level: each leaf module).
+"""
+
+from __future__ import annotations
+
+
+def _is_prequantized(module) -> bool:
+    return bool(getattr(module, "is_loaded_in_4bit", False) or getattr(module, "is_loaded_in_8bit", False))
+
+
+def apply_placement(pipe, opts, device: str) -> None:
+    mode = opts.offload
+    if mode == "none" or device == "cpu":
+        for name, module in pipe.components.items():
+            if hasattr(module, "to") and hasattr(module, "parameters") and not _is_prequantized(module):
+                module.to(device)
+        return
+    if mode == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif mode == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    else:
+        kind = "block_level" if mode == "group_block" else "leaf_level"
+        kwargs = {"num_blocks_per_group": 1} if kind == "block_level" else {}
+        pipe.enable_group_offload(onload_device=device, offload_device="cpu", offload_type=kind, use_stream=True,
+                                  **kwargs)

@@ -1,0 +1,61 @@
+"""Weight quantization at load time, through diffusers' `PipelineQuantizationConfig` (per component).
+
+- bnb_nf4 / bnb_int8: bitsandbytes 4-bit NF4 (compute in `precision`) or LLM.int8 (CUDA only).
+- torchao_fp8: torchao FP8 dynamic activation + FP8 weight, per-row scales (compute capability >= 8.9).
+- torchao_int8wo: torchao int8 weight-only.
+- fp8_storage: weights stored as float8_e4m3fn, upcast layer by layer to `precision` for compute
+  (`enable_layerwise_casting`; halves weight memory, no FP8 tensor cores needed; a build step, not a quantizer).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .precision import DTYPES
+
+
+def _transformer_config(opts):
+    q = opts.quantization
+    if q in ("bnb_nf4", "bnb_int8"):
+        from diffusers import BitsAndBytesConfig
+
+        if q == "bnb_nf4":
+            return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                      bnb_4bit_compute_dtype=DTYPES[opts.precision])
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if q in ("torchao_fp8", "torchao_int8wo"):
+        from diffusers import TorchAoConfig
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, Int8WeightOnlyConfig, PerRow
+
+        if q == "torchao_fp8":
+            return TorchAoConfig(Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+        return TorchAoConfig(Int8WeightOnlyConfig())
+    return None
+
+
+def _text_encoder_config(opts):
+    q = opts.text_encoder_quantization
+    if q == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if q == "bnb_nf4":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                  bnb_4bit_compute_dtype=DTYPES[opts.text_encoder_precision])
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def load_kwargs(opts, hw) -> dict:
+    mapping = {k: c for k, c in (("transformer", _transformer_config(opts)),
+                                 ("text_encoder", _text_encoder_config(opts))) if c is not None}
+    if not mapping:
+        return {}
+    from diffusers.quantizers import PipelineQuantizationConfig
+
+    return {"quantization_config": PipelineQuantizationConfig(quant_mapping=mapping)}
+
+
+def apply_fp8_storage(pipe, opts, device) -> None:
+    if opts.quantization == "fp8_storage":
+        pipe.transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn,
+                                                  compute_dtype=DTYPES[opts.precision])

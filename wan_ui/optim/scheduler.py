@@ -1,0 +1,38 @@
+"""Schedulers from one `make_scheduler(name, config, flow_shift)`, all in flow-matching form as Wan is trained.
+
+unipc: UniPC multistep (Wan's default). dpmpp: DPM-Solver++ 2M (the report's "DPM"). euler: flow-match Euler
+(what distilled few-step LoRAs use). flow_shift 0 keeps the checkpoint's own (3.0; diffusers' examples use
+5.0 for 720p).
+"""
+
+from __future__ import annotations
+
+from .state import state_of
+
+
+def make_scheduler(name: str, config, flow_shift: float):
+    from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+
+    shift = flow_shift or config.get("flow_shift", 3.0) or 3.0
+    common = dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift)
+    if name == "unipc":
+        return UniPCMultistepScheduler.from_config(config, **common)
+    if name == "dpmpp":
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2, **common)
+    if name == "euler":
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=config.get("num_train_timesteps", 1000), shift=shift)
+    raise ValueError(f"unknown scheduler {name!r}")
+
+
+def apply_scheduler(pipe, opts, request=None) -> None:
+    st = state_of(pipe)
+    st.saved.setdefault("scheduler", pipe.scheduler)
+    if opts.scheduler == "unipc" and not opts.flow_shift:
+        return  # the checkpoint's own scheduler, untouched
+    pipe.scheduler = make_scheduler(opts.scheduler, st.saved["scheduler"].config, opts.flow_shift)
+
+
+def remove_scheduler(pipe) -> None:
+    st = state_of(pipe)
+    if "scheduler" in st.saved:
+        pipe.scheduler = st.saved.pop("scheduler")

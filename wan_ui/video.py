@@ -1,0 +1,79 @@
+"""Writing videos: H.264 mp4 through imageio-ffmpeg, never overwriting, never leaving a half-written file.
+
+Each video gets a JSON sidecar (same name, .json) and the same JSON in the mp4's `comment` metadata, so a
+video's settings can be loaded back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+
+def unique_path(folder: str | Path, seed: int, suffix: str = ".mp4") -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return folder / f"wan-{stamp}-seed{seed}-{uuid.uuid4().hex[:8]}{suffix}"
+
+
+def free_path(path: str | Path) -> Path:
+    """`path` if it does not exist, else `stem-1.mp4`, `stem-2.mp4`, ..."""
+    path = Path(path)
+    n = 0
+    candidate = path
+    while candidate.exists() or candidate.with_suffix(".json").exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return candidate
+
+
+def write_video(frames: np.ndarray, path: str | Path, fps: int, metadata: dict | None = None) -> Path:
+    """frames: (F, H, W, 3) uint8. Written to a temporary name, then renamed into place atomically."""
+    import imageio_ffmpeg
+
+    path = free_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    f, h, w, _ = frames.shape
+    params = ["-metadata", f"comment={json.dumps(metadata, ensure_ascii=True)}"] if metadata else []
+    try:
+        writer = imageio_ffmpeg.write_frames(str(tmp), (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
+                                             quality=8, macro_block_size=1, output_params=params,
+                                             ffmpeg_log_level="error")
+        writer.send(None)
+        for frame in frames:
+            writer.send(np.ascontiguousarray(frame))
+        writer.close()
+        if metadata is not None:
+            sidecar = path.with_suffix(".json")
+            sidecar.write_text(json.dumps(metadata, indent=2, ensure_ascii=False))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def read_video(path: str | Path) -> tuple[np.ndarray, float]:
+    """(frames (F, H, W, 3) uint8, fps) — for tests and for comparing runs."""
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(str(path))
+    meta = reader.__next__()
+    w, h = meta["size"]
+    frames = [np.frombuffer(buf, dtype=np.uint8).reshape(h, w, 3) for buf in reader]
+    return np.stack(frames), float(meta["fps"])
+
+
+def read_metadata(path: str | Path) -> dict:
+    """Settings of a video we wrote: from its JSON sidecar."""
+    sidecar = Path(path).with_suffix(".json")
+    if not sidecar.is_file():
+        raise FileNotFoundError(f"no settings sidecar {sidecar.name} next to {Path(path).name}")
+    return json.loads(sidecar.read_text())
