@@ -1,0 +1,96 @@
+"""The profiling report's table layout, shared by the UI's Compare tab and the benchmark's report.md.
+
+Rows as the report printed them (Load Time, Warm up time, MAX VRAM, CLIP Score, LPIPS Score, Throughput,
+Frame-wise Latency, Clip-wise Latency), filled from our `Metrics` definitions. Our "LPIPS Score" row is
+LPIPS *to the baseline video* (the report compared consecutive frames of one video; that figure is
+`lpips_temporal`, shown as its own row).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+# (row label, metrics key, unit, format, lower is better)
+REPORT_ROWS: list[tuple[str, str, str, str, bool]] = [
+    ("Load Time", "load_time_s", "s", "{:.3f}s", True),
+    ("Warm up time", "warmup_time_s", "s", "{:.3f}s", True),
+    ("MAX VRAM", "peak_vram_mb", "MB", "{:.0f}MB", True),
+    ("CLIP Score", "clip_score", "", "{:.3f}", False),
+    ("LPIPS Score", "lpips_vs_baseline", "", "{:.3f}", True),
+    ("Throughput", "throughput_fps", "fps", "{:.3f}fps", False),
+    ("Frame-wise Latency", "frame_latency_s", "s", "{:.3f}s", True),
+    ("Clip-wise Latency", "clip_latency_s", "s", "{:.3f}s", True),
+]
+EXTRA_ROWS: list[tuple[str, str, str, str, bool]] = [
+    ("Temporal LPIPS (report's definition)", "lpips_temporal", "", "{:.3f}", True),
+    ("PSNR vs baseline", "psnr_vs_baseline", "dB", "{:.2f}dB", False),
+    ("SSIM vs baseline", "ssim_vs_baseline", "", "{:.3f}", False),
+    ("NVML peak used", "nvml_peak_used_mb", "MB", "{:.0f}MB", True),
+    ("Transformer forwards computed", "forwards_computed", "", "{:d}", True),
+]
+
+
+def format_value(metrics: dict, key: str, fmt: str, na: str = "n/a") -> str:
+    v = metrics.get(key)
+    if v is None:
+        return na
+    try:
+        return fmt.format(v)
+    except (ValueError, TypeError):
+        return str(v)
+
+
+def ratio(base: Any, value: Any) -> float | None:
+    """value / base, or None when either is missing or the base is 0."""
+    if base in (None, 0) or value is None:
+        return None
+    return value / base
+
+
+def pair_table(baseline: dict, metrics: dict, name: str, baseline_name: str = "None (Baseline)",
+               na: str = "n/a", rows=REPORT_ROWS + EXTRA_ROWS) -> str:
+    """Markdown table in the report's layout: Metrics | None (Baseline) | <set>."""
+    lines = [f"| Metrics | {baseline_name} | {name} |", "|---|---|---|"]
+    for label, key, _, fmt, _ in rows:
+        lines.append(f"| **{label}** | {format_value(baseline, key, fmt, na)} | {format_value(metrics, key, fmt, na)} |")
+    return "\n".join(lines)
+
+
+def summary_rows(named: list[tuple[str, dict]], baseline: dict | None, rows=REPORT_ROWS) -> list[dict]:
+    """One dict per set: each report metric and its ratio to the baseline (like the report's Table 2)."""
+    out = []
+    for name, m in named:
+        row = {"set": name}
+        for label, key, _, _, _ in rows:
+            row[label] = m.get(key)
+            row[f"{label} / baseline"] = ratio(baseline.get(key), m.get(key)) if baseline else None
+        out.append(row)
+    return out
+
+
+def summary_markdown(named: list[tuple[str, dict]], baseline: dict | None, na: str = "n/a",
+                     rows=REPORT_ROWS) -> str:
+    head = "| Set | " + " | ".join(label for label, *_ in rows) + " |"
+    lines = [head, "|" + "---|" * (len(rows) + 1)]
+    for name, m in named:
+        cells = []
+        for label, key, _, fmt, _ in rows:
+            cell = format_value(m, key, fmt, na)
+            r = ratio(baseline.get(key), m.get(key)) if baseline else None
+            if r is not None and cell != na:
+                cell += f" ({r:.2f}x)"
+            cells.append(cell)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def summary_csv(named: list[tuple[str, dict]], baseline: dict | None, rows=REPORT_ROWS) -> str:
+    data = summary_rows(named, baseline, rows)
+    buf = io.StringIO()
+    if data:
+        writer = csv.DictWriter(buf, fieldnames=list(data[0]))
+        writer.writeheader()
+        writer.writerows(data)
+    return buf.getvalue()
