@@ -84,7 +84,9 @@ class _ForwardCounter:
         self.calls = 0
         self.computed = 0
         self._handles = [transformer.register_forward_pre_hook(self._call),
-                         transformer.blocks[-1].ffn.register_forward_pre_hook(self._computed)]
+                         # first FFN projection of the last block: not reached when a cache skips the block or
+                       # predicts the FFN output (a hook on the block itself would fire either way)
+                       transformer.blocks[-1].ffn.net[0].register_forward_pre_hook(self._computed)]
 
     def _call(self, *_):
         self.calls += 1

@@ -64,8 +64,9 @@ class OptimizationSet:
     scheduler: str = _opt("unipc", "scheduler", False, "sampler", ("unipc", "dpmpp", "euler"))
     flow_shift: float = _opt(0.0, "scheduler", False, "flow shift (0 = the model's own: 3.0)", bounds=(0.0, 20.0))
     # step caches (diffusers hooks)
-    cache: str = _opt("none", "cache", False, "step cache",
-                      ("none", "first_block", "mag", "taylorseer", "faster", "pab"))
+    # FasterCache is not offered: its unconditional-batch reuse expects cond+uncond in one batch, while the
+    # Wan pipeline calls the transformer once per branch (diffusers raises IndexError on Wan).
+    cache: str = _opt("none", "cache", False, "step cache", ("none", "first_block", "mag", "taylorseer", "pab"))
     cache_threshold: float = _opt(0.0, "cache", False, "cache threshold (0 = the published default)",
                                   bounds=(0.0, 1.0))
     # classifier-free guidance

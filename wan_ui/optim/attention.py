@@ -54,8 +54,9 @@ class ChunkedWanAttnProcessor:
 
 
 def apply_attention(pipe, opts, request=None) -> None:
-    if opts.attention_backend != "native":
-        pipe.transformer.set_attention_backend(BACKENDS[opts.attention_backend])
+    # Always set explicitly: diffusers also keeps a process-wide "active" backend that processors without one
+    # fall back to, and `reset_attention_backend` does not restore it (so "native" is set, never reset).
+    pipe.transformer.set_attention_backend(BACKENDS.get(opts.attention_backend, "native"))
     if opts.attention_slicing:
         st = state_of(pipe)
         st.saved["attn_processors"] = pipe.transformer.attn_processors
@@ -66,5 +67,4 @@ def remove_attention(pipe) -> None:
     st = state_of(pipe)
     if "attn_processors" in st.saved:
         pipe.transformer.set_attn_processor(st.saved.pop("attn_processors"))
-    if hasattr(pipe.transformer, "reset_attention_backend"):
-        pipe.transformer.reset_attention_backend()
+    pipe.transformer.set_attention_backend("native")

@@ -7,8 +7,9 @@ Published defaults (used when cache_threshold = 0):
   the calibrated Wan2.1-T2V-1.3B magnitude ratios below, "slow" setting K=2, threshold 0.12, retention 0.2
   (paper: 2.14x, LPIPS 0.121 vs dense at 832x480, 81 f, 50 steps). Its skip decision uses only these ratios,
   so the skip count on random weights equals the one with real weights.
-- taylorseer: TaylorSeer (arXiv 2503.06923), refresh every 5 steps, first 3 dense (diffusers' defaults).
-- faster: FasterCache (arXiv 2410.19355) with diffusers' documented Wan-style settings.
+- taylorseer: TaylorSeer (arXiv 2503.06923), refresh every 5 steps, first 3 dense (diffusers' defaults). diffusers'
+  default module patterns (`^blocks.*attn`, full match) match none of Wan's `blocks.N.attn1` names — a silent
+  no-op — so the patterns are given explicitly: self-attention, cross-attention and FFN of every block.
 - pab: Pyramid Attention Broadcast (arXiv 2408.12588), spatial attention reused for 2 steps in [100, 800].
 """
 
@@ -31,8 +32,7 @@ DEFAULT_THRESHOLDS = {"first_block": 0.05, "mag": 0.12}
 
 
 def make_cache_config(kind: str, threshold: float, num_inference_steps: int, current_timestep=lambda: 1000):
-    from diffusers import (FasterCacheConfig, FirstBlockCacheConfig, MagCacheConfig,
-                           PyramidAttentionBroadcastConfig, TaylorSeerCacheConfig)
+    from diffusers import FirstBlockCacheConfig, MagCacheConfig, PyramidAttentionBroadcastConfig, TaylorSeerCacheConfig
 
     thr = threshold or DEFAULT_THRESHOLDS.get(kind, 0.0)
     if kind == "first_block":
@@ -41,12 +41,8 @@ def make_cache_config(kind: str, threshold: float, num_inference_steps: int, cur
         return MagCacheConfig(threshold=thr, max_skip_steps=2, retention_ratio=0.2,
                               num_inference_steps=num_inference_steps, mag_ratios=list(MAG_RATIOS_PER_BRANCH))
     if kind == "taylorseer":
-        return TaylorSeerCacheConfig(cache_interval=5, disable_cache_before_step=3, max_order=1)
-    if kind == "faster":
-        return FasterCacheConfig(spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(-1, 681),
-                                 current_timestep_callback=current_timestep, attention_weight_callback=lambda _: 0.3,
-                                 unconditional_batch_skip_range=5, unconditional_batch_timestep_skip_range=(-1, 781),
-                                 tensor_format="BFCHW", is_guidance_distilled=False)
+        return TaylorSeerCacheConfig(cache_interval=5, disable_cache_before_step=3, max_order=1,
+                                     cache_identifiers=[r"blocks\.\d+\.(attn1|attn2|ffn)"])
     if kind == "pab":
         return PyramidAttentionBroadcastConfig(spatial_attention_block_skip_range=2,
                                                spatial_attention_timestep_skip_range=(100, 800),
@@ -58,7 +54,7 @@ def apply_cache(pipe, opts, request=None) -> None:
     if opts.cache == "none":
         return
     steps = request.num_inference_steps if request is not None else 50
-    # PAB/FasterCache read the pipeline's current timestep (set inside its denoising loop).
+    # PAB reads the pipeline's current timestep (set inside its denoising loop).
     current = lambda: pipe.current_timestep if pipe.current_timestep is not None else 1000  # noqa: E731
     pipe.transformer.enable_cache(make_cache_config(opts.cache, opts.cache_threshold, steps, current))
 
