@@ -66,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_generate(args) -> int:
     from .generate import generate
     from .manager import ModelManager
-    from .options import OptimizationSet, parse_set_args, preset
-    from .requests import GenerationRequest
+    from .options import OptimizationSet, check_available, check_compatible, parse_set_args, preset
+    from .requests import GenerationRequest, validate_request
 
     base = preset(args.preset) if args.preset else OptimizationSet()
     opts = parse_set_args(args.set, base=base)
@@ -75,6 +75,10 @@ def cmd_generate(args) -> int:
                             height=args.height, num_frames=args.frames, fps=args.fps, seed=args.seed,
                             guidance_scale=args.guidance, num_inference_steps=args.steps)
     manager = ModelManager(log=lambda m: print(f"[wan_ui] {m}", file=sys.stderr))
+    # fail fast on user mistakes, before any model work
+    validate_request(req)
+    check_available(opts, manager.hw)
+    check_compatible(opts)
     result = generate(manager, args.model, req, opts, out_path=args.out,
                       on_progress=_progress_printer(not args.json or sys.stderr.isatty()))
     if args.quality:
