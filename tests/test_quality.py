@@ -240,10 +240,11 @@ def test_baseline_cache_keys_bound_and_read_only(smoke_request):
     assert cache.get_or_run("tiny", same, run(2)) is first and runs == [1]
     assert not first.flags.writeable
     cache.get_or_run("tiny", replace(smoke_request, seed=1), run(3))
-    cache.get_or_run("other", smoke_request, run(4))  # evicts the least recently used: seed 0 of tiny
+    assert cache.get("tiny", smoke_request) is first  # seed 0 is now the most recently used
+    cache.get_or_run("other", smoke_request, run(4))  # evicts the least recently used: seed 1
     assert runs == [1, 3, 4] and len(cache) == 2
-    assert cache.get("tiny", smoke_request) is None
-    assert cache.get("tiny", replace(smoke_request, seed=1))[0, 0, 0, 0] == 3
+    assert cache.get("tiny", replace(smoke_request, seed=1)) is None
+    assert cache.get("tiny", smoke_request)[0, 0, 0, 0] == 1
 
 
 def test_baseline_frames_generates_once(manager, smoke_request):

@@ -22,7 +22,7 @@ import torch
 
 from .errors import GenerationCancelled, OutOfMemoryError
 from .manager import LOW_VRAM_HINT, BuildInfo, ModelManager
-from .metrics import Clock, Metrics, NvmlSampler, frame_metrics, warmup_from_steps
+from .metrics import Clock, Metrics, NvmlSampler, forward_counter, frame_metrics, warmup_from_steps
 from .optim.cfg import make_cfg_step_hook, planned_forwards
 from .options import OptimizationSet
 from .requests import GenerationRequest, validate_request
@@ -77,28 +77,6 @@ class _StepObserver:
         return {}
 
 
-class _ForwardCounter:
-    """Counts transformer forwards (planned) and those that ran the blocks (computed; not skipped by a cache)."""
-
-    def __init__(self, transformer):
-        self.calls = 0
-        self.computed = 0
-        self._handles = [transformer.register_forward_pre_hook(self._call),
-                         # first FFN projection of the last block: not reached when a cache skips the block or
-                       # predicts the FFN output (a hook on the block itself would fire either way)
-                       transformer.blocks[-1].ffn.net[0].register_forward_pre_hook(self._computed)]
-
-    def _call(self, *_):
-        self.calls += 1
-
-    def _computed(self, *_):
-        self.computed += 1
-
-    def close(self):
-        for h in self._handles:
-            h.remove()
-
-
 def decode_latents(pipe, latents: torch.Tensor) -> np.ndarray:
     """Latents (B, C, T, H, W) -> frames (F, H, W, 3) uint8, as the Wan pipeline decodes them."""
     vae = pipe.vae
@@ -125,17 +103,15 @@ def run_pipeline(pipe, request: GenerationRequest, opts: OptimizationSet, clock:
                                           do_classifier_free_guidance=use_cfg, max_sequence_length=512, device=device)
         observer = _StepObserver(clock, r.num_inference_steps, on_progress, cancel,
                                  make_cfg_step_hook(r.guidance_scale, r.num_inference_steps, opts.cfg_truncation))
-        counter = _ForwardCounter(pipe.transformer)
-        try:
-            with clock.phase("denoise"):
-                observer.begin()
-                latents = pipe(prompt_embeds=pos, negative_prompt_embeds=neg, height=r.height, width=r.width,
-                               num_frames=r.num_frames, num_inference_steps=r.num_inference_steps,
-                               guidance_scale=r.guidance_scale,
-                               generator=torch.Generator("cpu").manual_seed(r.seed), output_type="latent",
-                               callback_on_step_end=observer).frames
-        finally:
-            counter.close()
+        counter = forward_counter(pipe)
+        counter.reset()
+        with clock.phase("denoise"):
+            observer.begin()
+            latents = pipe(prompt_embeds=pos, negative_prompt_embeds=neg, height=r.height, width=r.width,
+                           num_frames=r.num_frames, num_inference_steps=r.num_inference_steps,
+                           guidance_scale=r.guidance_scale,
+                           generator=torch.Generator("cpu").manual_seed(r.seed), output_type="latent",
+                           callback_on_step_end=observer).frames
         if on_progress:
             on_progress("decoding", 0, 1)
         with clock.phase("decode"):
@@ -197,7 +173,8 @@ def _assemble_metrics(build, fresh, clock, steps, computed, request, opts, n_fra
         peak_vram_mb=peak, peak_reserved_mb=reserved, phase_peak_vram_mb=dict(clock.peaks) if clock.cuda else {},
         nvml_peak_used_mb=nvml_peak, vram_note=note,
         forwards_planned=planned_forwards(request.guidance_scale, request.num_inference_steps, opts.cfg_truncation),
-        forwards_computed=computed, random_weights=build.random_weights,
+        # module hooks inside compiled blocks are not run reliably: no count rather than a wrong one
+        forwards_computed=computed if opts.compile == "none" else None, random_weights=build.random_weights,
         quality_note="random-weight model: quality metrics describe noise, not video quality"
         if build.random_weights else None,
     )

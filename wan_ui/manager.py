@@ -19,6 +19,7 @@ import torch
 
 from .errors import ModelLoadError, OutOfMemoryError
 from .hardware import Hardware, probe_hardware
+from .metrics import install_forward_counter
 from .models import ModelSource, materialize, resolve_model
 from .optim import apply_runtime, build_steps, load_kwargs
 from .options import OptimizationSet, check_available, check_compatible
@@ -105,6 +106,7 @@ class ModelManager:
         try:
             pipe = self._load(folder, source, opts)
             t1 = time.perf_counter()
+            install_forward_counter(pipe)  # before compile: hooks added to compiled blocks force recompiles
             build_steps(pipe, opts, self.device)
             if self.device == "cuda":
                 torch.cuda.synchronize()

@@ -33,6 +33,7 @@ class Metrics:
     - nvml_peak_used_mb: peak device memory in use (all processes, as nvidia-smi shows) sampled at >= 4 Hz.
     - forwards_planned: transformer forwards the request asks for (steps + CFG steps); forwards_computed:
       forwards that ran the transformer blocks (the last block's FFN ran); the rest were skipped by a cache.
+      null under torch.compile (hooks inside compiled blocks are not run reliably).
     - clip_score, lpips_vs_baseline, psnr_vs_baseline, ssim_vs_baseline, lpips_temporal: see `quality.py`.
     """
 
@@ -80,6 +81,39 @@ def warmup_from_steps(steps: list[float]) -> float | None:
     if len(steps) < 2:
         return None
     return max(0.0, steps[0] - statistics.median(steps[1:]))
+
+
+class ForwardCounter:
+    """Counts transformer forwards and those that ran the blocks (not skipped by a step cache).
+
+    Installed once per pipeline, before compile (hooks added to a compiled module later would force a
+    recompile). `computed` counts calls of the last block's first FFN projection, which is not reached when a
+    cache skips the block or predicts the FFN output (a hook on the block itself would fire either way).
+    """
+
+    def __init__(self, transformer):
+        self.calls = 0
+        self.computed = 0
+        transformer.register_forward_pre_hook(self._call)
+        transformer.blocks[-1].ffn.net[0].register_forward_pre_hook(self._computed)
+
+    def _call(self, *_):
+        self.calls += 1
+
+    def _computed(self, *_):
+        self.computed += 1
+
+    def reset(self) -> None:
+        self.calls = self.computed = 0
+
+
+def install_forward_counter(pipe) -> ForwardCounter:
+    pipe._wan_ui_forward_counter = ForwardCounter(pipe.transformer)
+    return pipe._wan_ui_forward_counter
+
+
+def forward_counter(pipe) -> ForwardCounter:
+    return getattr(pipe, "_wan_ui_forward_counter", None) or install_forward_counter(pipe)
 
 
 class Clock:

@@ -36,6 +36,8 @@ def format_value(metrics: dict, key: str, fmt: str, na: str = "n/a") -> str:
     v = metrics.get(key)
     if v is None:
         return na
+    if isinstance(v, str):  # already formatted by the caller (e.g. "n/a (random weights)", "12.3s (extrapolated)")
+        return v
     try:
         return fmt.format(v)
     except (ValueError, TypeError):
@@ -43,8 +45,9 @@ def format_value(metrics: dict, key: str, fmt: str, na: str = "n/a") -> str:
 
 
 def ratio(base: Any, value: Any) -> float | None:
-    """value / base, or None when either is missing or the base is 0."""
-    if base in (None, 0) or value is None:
+    """value / base, or None when either is missing, not a number, or the base is 0."""
+    numbers = (int, float)
+    if not isinstance(base, numbers) or not isinstance(value, numbers) or isinstance(base, bool) or base == 0:
         return None
     return value / base
 

@@ -1,0 +1,62 @@
+"""`python app.py`: the Gradio workbench on http://127.0.0.1:7860 (`--listen` to serve the network).
+
+Builds the one model manager, quality scorer and baseline cache of this process and hands them to the UI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Wan2.1-T2V-1.3B workbench (Gradio app)")
+    p.add_argument("--listen", action="store_true", help="bind 0.0.0.0 (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    p.add_argument("--share", action="store_true", help="open a public gradio.live link (off by default)")
+    p.add_argument("--model", default=None, help="tiny | random-full | hub id | local folder "
+                   "(default: the hub checkpoint with a CUDA GPU, else the tiny random-weight model)")
+    p.add_argument("--auth", default=None, metavar="USER:PASS", help="require a login")
+    p.add_argument("--outputs", default="outputs", help="folder for videos and comparison tables")
+    p.add_argument("--no-save-settings", action="store_true",
+                   help="do not write the last-used settings file (~/.config/wan_ui/last.json, or $WAN_UI_SETTINGS)")
+    return p
+
+
+def parse_auth(text: str | None) -> tuple[str, str] | None:
+    if text is None:
+        return None
+    user, sep, password = text.partition(":")
+    if not sep or not user or not password:
+        raise SystemExit("error: --auth expects USER:PASS")
+    return user, password
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    args = build_parser().parse_args(argv)
+    auth = parse_auth(args.auth)
+
+    from wan_ui.errors import UserError
+    from wan_ui.manager import ModelManager
+    from wan_ui.models import resolve_model
+    from wan_ui.quality import BaselineCache, QualityScorer
+    from wan_ui.ui import create_demo, launch_kwargs
+
+    manager = ModelManager(log=lambda m: print(f"[wan_ui] {m}", file=sys.stderr))
+    try:
+        resolve_model(args.model, manager.hw.cuda)  # a bad --model fails here, before the server starts
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    demo = create_demo(manager, model=args.model, scorer=QualityScorer(device=manager.device),
+                       baseline_cache=BaselineCache(), outputs=args.outputs,
+                       save_settings=not args.no_save_settings)
+    demo.launch(server_name="0.0.0.0" if args.listen else "127.0.0.1", server_port=args.port, share=args.share,
+                auth=auth, **launch_kwargs(args.outputs))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,186 @@
+"""The metrics engine: phase timing of a real tiny generation, the arithmetic, warm-up, and the NVML sampler
+(NVML faked on CPU: start/stop without leaking threads, sampling rate, error paths)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from wan_ui.metrics import Metrics, NvmlSampler, frame_metrics, warmup_from_steps
+
+MIB = 2**20
+
+
+# ---- one real generation ----------------------------------------------------------------------------
+
+@pytest.fixture
+def tiny_result(manager, smoke_request):
+    from wan_ui.generate import generate
+    from wan_ui.options import OptimizationSet
+
+    t0 = time.perf_counter()
+    result = generate(manager, "tiny", smoke_request, OptimizationSet(), out_dir=None)
+    return result, time.perf_counter() - t0
+
+
+def test_phases_sum_to_clip_latency(tiny_result):
+    result, wall = tiny_result
+    m = result.metrics
+    assert set(m.phases) == {"text_encode_s", "denoise_s", "decode_s"}
+    assert all(v > 0 for v in m.phases.values())
+    assert sum(m.phases.values()) == pytest.approx(m.clip_latency_s, rel=0.01, abs=1e-3)
+    assert 0 < m.clip_latency_s <= wall  # the clip is a part of the whole call (which also loads the model)
+    assert len(m.step_latencies_s) == result.request.num_inference_steps
+    assert sum(m.step_latencies_s) <= m.phases["denoise_s"] + 1e-6  # steps happen inside the denoise phase
+
+
+def test_frame_latency_and_throughput_of_a_generation(tiny_result):
+    result, _ = tiny_result
+    m, frames = result.metrics, result.frames.shape[0]
+    assert frames == result.request.num_frames
+    assert m.frame_latency_s == pytest.approx(m.clip_latency_s / frames)
+    assert m.throughput_fps == pytest.approx(frames / m.clip_latency_s)
+    assert m.frame_latency_s * m.throughput_fps == pytest.approx(1.0)
+
+
+def test_cpu_memory_is_null_with_a_reason_never_zero(tiny_result):
+    m = tiny_result[0].metrics
+    assert m.peak_vram_mb is None and m.peak_reserved_mb is None and m.nvml_peak_used_mb is None
+    assert m.vram_note and "CPU" in m.vram_note
+    json.dumps(m.to_dict(), allow_nan=False)
+
+
+def test_warmup_on_first_generation_then_zero(manager, smoke_request, tiny_result):
+    from wan_ui.generate import generate
+    from wan_ui.options import OptimizationSet
+
+    first = tiny_result[0].metrics
+    assert first.rebuilt is True
+    assert first.warmup_time_s == warmup_from_steps(first.step_latencies_s)
+    again = generate(manager, "tiny", smoke_request, OptimizationSet(), out_dir=None).metrics
+    assert again.rebuilt is False and again.warmup_time_s == 0.0
+
+
+# ---- arithmetic ---------------------------------------------------------------------------------------
+
+def test_frame_metrics_arithmetic():
+    assert frame_metrics(2.0, 8) == (0.25, 4.0)
+    assert frame_metrics(40.5, 81) == pytest.approx((0.5, 2.0))
+    latency, fps = frame_metrics(3.0, 9)
+    assert latency * 9 == pytest.approx(3.0) and fps * 3.0 == pytest.approx(9)
+
+
+def test_warmup_from_steps():
+    assert warmup_from_steps([]) is None
+    assert warmup_from_steps([1.0]) is None  # one step: nothing to compare with
+    assert warmup_from_steps([5.0, 1.0, 2.0, 3.0]) == pytest.approx(3.0)  # 5 - median(1, 2, 3)
+    assert warmup_from_steps([9.0, 1.0, 2.0, 3.0, 100.0]) == pytest.approx(6.5)  # median resists one outlier
+    assert warmup_from_steps([1.0, 2.0, 3.0]) == 0.0  # a fast first step is no negative warm-up
+
+
+def test_forwards_skipped():
+    assert Metrics(forwards_planned=10, forwards_computed=7).forwards_skipped == 3
+    assert Metrics().forwards_skipped is None
+
+
+# ---- the NVML sampler, faked -------------------------------------------------------------------------
+
+class FakeNvml:
+    """The four pynvml calls the sampler uses. Memory used grows 1 MiB per read; counts init/shutdown."""
+
+    def __init__(self, fail_init: bool = False, fail_handle: bool = False, fail_read_after: int | None = None):
+        self.fail_init, self.fail_handle, self.fail_read_after = fail_init, fail_handle, fail_read_after
+        self.inits = self.shutdowns = self.reads = 0
+        self._lock = threading.Lock()
+
+    def nvmlInit(self):
+        if self.fail_init:
+            raise RuntimeError("NVML Shared Library Not Found")
+        self.inits += 1
+
+    def nvmlDeviceGetHandleByIndex(self, index):
+        if self.fail_handle:
+            raise RuntimeError("Invalid Argument")
+        return ("handle", index)
+
+    def nvmlDeviceGetMemoryInfo(self, handle):
+        with self._lock:
+            self.reads += 1
+            if self.fail_read_after is not None and self.reads > self.fail_read_after:
+                raise RuntimeError("GPU is lost")
+            return SimpleNamespace(used=(1000 + self.reads) * MIB, total=80_000 * MIB, free=0)
+
+    def nvmlShutdown(self):
+        self.shutdowns += 1
+
+
+def _sampler_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "nvml-sampler" and t.is_alive()]
+
+
+def test_sampler_starts_and_stops_fifty_times_without_leaking_threads():
+    fake = FakeNvml()
+    baseline = threading.active_count()
+    sampler = NvmlSampler(hz=50, nvml=fake)
+    for i in range(50):
+        sampler.start()
+        assert len(_sampler_threads()) == 1
+        time.sleep(0.002)
+        peak = sampler.stop()
+        assert _sampler_threads() == [] and threading.active_count() == baseline
+        assert peak == max(s[1] for s in sampler.samples) and sampler.error is None
+    assert fake.inits == fake.shutdowns == 50
+    # a fresh start clears the last run's samples; start while running restarts without a second thread
+    sampler.start()
+    sampler.start()
+    assert len(_sampler_threads()) == 1
+    sampler.stop()
+    sampler.stop()  # stopping twice is harmless
+    assert _sampler_threads() == [] and fake.inits == fake.shutdowns == 52
+
+
+def test_sampler_rate_is_at_least_4_hz_and_peak_is_the_max():
+    fake = FakeNvml()
+    with NvmlSampler(nvml=fake) as sampler:  # default 10 Hz
+        time.sleep(1.2)
+    times = [t for t, _ in sampler.samples]
+    assert len(times) >= 5, times
+    rate = (len(times) - 1) / (times[-1] - times[0])
+    assert rate >= 4.0, rate
+    assert max(b - a for a, b in zip(times, times[1:])) < 0.5  # no long stall between samples
+    assert sampler.stop() == max(mb for _, mb in sampler.samples) == 1000 + fake.reads
+    assert _sampler_threads() == []
+
+
+def test_sampler_init_failure_is_an_error_not_a_thread():
+    fake = FakeNvml(fail_init=True)
+    sampler = NvmlSampler(nvml=fake).start()
+    assert sampler.error.startswith("NVML unavailable: RuntimeError: NVML Shared Library Not Found")
+    assert _sampler_threads() == []
+    assert sampler.stop() is None and fake.shutdowns == 0
+    fake.fail_init = False  # the driver comes back: the next run samples again
+    sampler.start()
+    assert sampler.error is None
+    time.sleep(0.05)
+    assert sampler.stop() is not None and _sampler_threads() == []
+
+
+def test_sampler_handle_failure_is_an_error():
+    sampler = NvmlSampler(nvml=FakeNvml(fail_handle=True)).start()
+    assert sampler.error.startswith("NVML unavailable: RuntimeError: Invalid Argument")
+    assert _sampler_threads() == [] and sampler.stop() is None
+
+
+def test_sampler_read_failure_ends_the_thread_and_keeps_earlier_samples():
+    fake = FakeNvml(fail_read_after=2)
+    sampler = NvmlSampler(hz=100, nvml=fake).start()
+    deadline = time.perf_counter() + 5
+    while not sampler.error and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    assert sampler.error == "NVML read failed: GPU is lost"
+    assert sampler.stop() == 1002 and len(sampler.samples) == 2
+    assert _sampler_threads() == [] and fake.shutdowns == 1

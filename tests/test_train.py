@@ -1,0 +1,260 @@
+"""LoRA training on the tiny model (CPU): data discovery and skip report, loss going down, the saved LoRA
+loading through the app's LoRA option, checkpoints/resume, stop and Ctrl-C, lever checks, the CLI."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from wan_ui.errors import IncompatibleOptionsError, UnavailableError, UserError, ValidationError
+from wan_ui.train import TrainConfig, main, train
+from wan_ui.train_data import discover_clips, read_clip
+from wan_ui.video import write_video
+
+SIZE, FRAMES = 64, 9  # the smoke workload's size: latents (16, 3, 8, 8), 48 tokens
+
+
+def moving_square(seed: int, frames: int = FRAMES, size: int = SIZE) -> np.ndarray:
+    """(F, H, W, 3) uint8: a coloured 16 px square moving in a straight line over a dark background."""
+    rng = np.random.default_rng(seed)
+    video = np.empty((frames, size, size, 3), np.uint8)
+    video[:] = rng.integers(0, 40, 3)
+    color = rng.integers(80, 256, 3)
+    x, y = rng.integers(0, size - 16, 2)
+    dx, dy = rng.integers(-4, 5, 2)
+    for i in range(frames):
+        xs, ys = int(x + i * dx) % (size - 16), int(y + i * dy) % (size - 16)
+        video[i, ys:ys + 16, xs:xs + 16] = color
+    return video
+
+
+def write_dataset(root, n: int, captions: str = "txt"):
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        write_video(moving_square(i), root / f"clip{i}.mp4", fps=8)
+        caption = f"a coloured square moving across a dark background, clip {i}"
+        if captions == "txt":
+            (root / f"clip{i}.txt").write_text(caption)
+        else:
+            rows.append(json.dumps({"file": f"clip{i}.mp4", "caption": caption}))
+    if rows:
+        (root / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tiny model's ops are microseconds long; with 2 OpenMP threads on a busy 2-core machine each one
+    waits milliseconds for the other thread. One thread is 20x faster here."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def one_clip(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("one_clip"), 1)
+
+
+@pytest.fixture(scope="module")
+def train_cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("train_cache"))
+
+
+def config(data, out, cache, **kw) -> TrainConfig:
+    base = dict(data=str(data), out=str(out), model="tiny", rank=8, width=SIZE, height=SIZE, frames=FRAMES,
+                lr=1e-2, steps=30, device="cpu", progress=False, cache_dir=cache, seed=0)
+    return TrainConfig(**{**base, **kw})
+
+
+# ---- data ------------------------------------------------------------------------------------------------------
+def test_read_clip_resizes_center_crops_and_cuts_frames(tmp_path):
+    path = write_video(moving_square(0, frames=12, size=48), tmp_path / "c.mp4", fps=8)
+    video = read_clip(path, 32, 16, 5)
+    assert video.shape == (3, 5, 16, 32) and video.dtype == torch.float32
+    assert -1.0 <= float(video.min()) and float(video.max()) <= 1.0
+    with pytest.raises(ValueError, match="has 12 frames, needs 13"):
+        read_clip(path, 32, 16, 13)
+
+
+def test_bad_clips_are_skipped_with_a_report(tmp_path, tiny_folder, train_cache):
+    data = write_dataset(tmp_path / "data", 2, captions="jsonl")
+    (data / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 definitely not a video")
+    write_video(moving_square(5), data / "uncaptioned.mp4", fps=8)
+    write_video(moving_square(6, frames=5), data / "short.mp4", fps=8)
+    with open(data / "metadata.jsonl", "a") as f:
+        f.write(json.dumps({"file": "broken.mp4", "caption": "broken"}) + "\n")
+        f.write(json.dumps({"file": "short.mp4", "caption": "too short"}) + "\n")
+        f.write(json.dumps({"file": "gone.mp4", "caption": "missing file"}) + "\n")
+        f.write("not json\n")
+
+    clips, skipped = discover_clips(data)
+    assert sorted(c.path.name for c in clips) == ["broken.mp4", "clip0.mp4", "clip1.mp4", "short.mp4"]
+    reasons = {s.file: s.reason for s in skipped}
+    assert "no caption" in reasons["uncaptioned.mp4"] and "does not exist" in reasons["gone.mp4"]
+    assert "metadata.jsonl:" in " ".join(reasons)
+
+    logs = []
+    result = train(config(data, tmp_path / "l.safetensors", train_cache, steps=2), log=logs.append)
+    reasons = {s.file: s.reason for s in result.skipped}
+    assert "unreadable video" in reasons["broken.mp4"]
+    assert "has 5 frames, needs 9" in reasons["short.mp4"]
+    assert result.steps_done == 2 and result.precompute.latents_encoded + result.precompute.latents_cached == 2
+    assert any("skipped 5 clip(s)" in m for m in logs)
+
+
+def test_no_usable_clip_is_a_user_error(tmp_path, tiny_folder, train_cache):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.mp4").write_bytes(b"garbage")
+    (data / "a.txt").write_text("caption")
+    with pytest.raises(UserError, match="no usable clips"):
+        train(config(data, tmp_path / "l.safetensors", train_cache, steps=1), log=lambda m: None)
+
+
+# ---- training --------------------------------------------------------------------------------------------------
+def test_loss_goes_down_and_the_lora_loads_in_the_app(tmp_path, one_clip, train_cache, lora_root, manager,
+                                                      smoke_request):
+    from wan_ui.generate import generate
+    from wan_ui.options import OptimizationSet
+
+    metrics = tmp_path / "m.jsonl"
+    result = train(config(one_clip, lora_root / "squares.safetensors", train_cache, metrics_jsonl=str(metrics),
+                          validate_every=30, validation_prompt="a red square", validation_steps=2),
+                   log=lambda m: None)
+    first, last = np.mean(result.losses[:5]), np.mean(result.losses[-5:])
+    assert len(result.losses) == 30 and last < 0.85 * first, (first, last)
+
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    steps = [r for r in records if r["event"] == "step"]
+    assert [r["step"] for r in steps] == list(range(1, 31))
+    assert all(r["peak_vram_mb"] is None and r["tokens_per_sample"] == 48 and r["step_time_s"] > 0 for r in steps)
+    summary = records[-1]
+    assert summary["event"] == "summary" and summary["median_step_s"] > 0 and summary["tokens_per_s"] > 0
+    video = [r for r in records if r["event"] == "validation"][0]
+    assert video["step"] == 30 and video["path"].endswith("step-000030.mp4")
+
+    plain = generate(manager, "tiny", smoke_request, OptimizationSet(), out_dir=None).frames
+    tuned = generate(manager, "tiny", smoke_request, OptimizationSet(lora="squares.safetensors"), out_dir=None)
+    assert tuned.frames.shape == plain.shape
+    assert np.abs(tuned.frames.astype(int) - plain.astype(int)).mean() > 1.0
+    again = generate(manager, "tiny", smoke_request, OptimizationSet(), out_dir=None).frames
+    np.testing.assert_array_equal(again, plain)  # removing the LoRA restores the base model
+
+
+def test_resume_continues_from_the_saved_step(tmp_path, one_clip, train_cache):
+    full = train(config(one_clip, tmp_path / "a.safetensors", train_cache, steps=6, save_every=3),
+                 log=lambda m: None)
+    ckpt = tmp_path / "a_checkpoints" / "step-000003"
+    assert (ckpt / "state.json").is_file() and full.checkpoint.endswith("step-000006")
+
+    logs = []
+    resumed = train(config(one_clip, tmp_path / "b.safetensors", train_cache, steps=6, resume=str(ckpt)),
+                    log=logs.append)
+    assert resumed.start_step == 3 and resumed.steps_done == 6 and len(resumed.losses) == 3
+    np.testing.assert_allclose(resumed.losses, full.losses[3:], rtol=1e-5)  # same data, noise, optimizer state
+    assert resumed.precompute.loaded == [] and resumed.precompute.latents_cached == 1  # encoders never loaded
+    assert any("resumed" in m for m in logs)
+
+
+def test_stop_event_and_ctrl_c_save_a_checkpoint_and_the_lora(tmp_path, one_clip, train_cache):
+    stop = threading.Event()
+
+    def stop_at_2(record):
+        if record["step"] == 2:
+            stop.set()
+
+    result = train(config(one_clip, tmp_path / "s.safetensors", train_cache), on_step=stop_at_2, stop=stop,
+                   log=lambda m: None)
+    assert result.stopped and result.steps_done == 2 and (tmp_path / "s.safetensors").is_file()
+    assert result.checkpoint.endswith("step-000002")
+
+    def ctrl_c_at_3(record):
+        if record["step"] == 3:
+            raise KeyboardInterrupt
+
+    result = train(config(one_clip, tmp_path / "k.safetensors", train_cache), on_step=ctrl_c_at_3,
+                   log=lambda m: None)
+    assert result.interrupted and result.steps_done == 3 and (tmp_path / "k.safetensors").is_file()
+    resumed = train(config(one_clip, tmp_path / "k.safetensors", train_cache, steps=4, resume="latest"),
+                    log=lambda m: None)
+    assert resumed.start_step == 3 and resumed.steps_done == 4
+
+
+# ---- levers ----------------------------------------------------------------------------------------------------
+def _one_step_grads(tiny_folder, **levers):
+    from wan_ui.train import flow_matching_loss, load_transformer
+    from wan_ui.train_levers import prepare_transformer
+
+    cfg = TrainConfig(data="", model="tiny", rank=4, width=SIZE, height=SIZE, frames=FRAMES, **levers)
+    torch.manual_seed(0)
+    transformer = load_transformer(tiny_folder, cfg, "cpu")
+    _, params, _ = prepare_transformer(transformer, cfg, "cpu")
+    for p in params:  # non-zero B so that every LoRA weight gets a gradient
+        torch.nn.init.normal_(p, std=0.1)
+    g = torch.Generator().manual_seed(0)
+    latents, text = torch.randn(1, 16, 3, 8, 8, generator=g), torch.randn(1, 512, 32, generator=g)
+    loss = flow_matching_loss(transformer, latents, text, torch.tensor([0.4]), torch.randn(latents.shape, generator=g),
+                              torch.bfloat16 if cfg.bf16 else None)
+    loss.backward()
+    return loss.item(), [p.grad.clone() for p in params]
+
+
+@pytest.mark.parametrize("levers", [{"grad_checkpointing": "full"}, {"grad_checkpointing": "selective"},
+                                    {"grad_checkpointing": "full", "checkpoint_skip_blocks": 1}])
+def test_checkpointing_keeps_the_numbers(tiny_folder, levers):
+    ref_loss, ref_grads = _one_step_grads(tiny_folder)
+    loss, grads = _one_step_grads(tiny_folder, **levers)
+    assert loss == pytest.approx(ref_loss, rel=1e-6)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_bf16_and_fp8_base_run_on_cpu(tiny_folder):
+    ref_loss, _ = _one_step_grads(tiny_folder)
+    for levers in ({"bf16": True}, {"bf16": True, "fp8_base": True}):
+        loss, grads = _one_step_grads(tiny_folder, **levers)
+        assert loss == pytest.approx(ref_loss, rel=0.1) and all(torch.isfinite(g).all() for g in grads)
+        assert all(g.dtype == torch.float32 for g in grads)  # LoRA master weights stay fp32
+
+
+@pytest.mark.parametrize("flag,field", [("adamw8bit", "adamw8bit"), ("float8_training", "float8_training")])
+def test_cuda_only_levers_say_why_on_cpu(tmp_path, flag, field):
+    with pytest.raises(UnavailableError, match=f"--{flag.replace('_', '-')} needs a CUDA GPU") as e:
+        train(TrainConfig(data=str(tmp_path), device="cpu", **{flag: True}), log=lambda m: None)
+    assert e.value.field == field
+
+
+def test_config_checks():
+    with pytest.raises(ValidationError, match="4k\\+1"):
+        TrainConfig(data="x", frames=10)
+    with pytest.raises(ValidationError, match="multiple of 16"):
+        TrainConfig(data="x", width=100)
+    with pytest.raises(ValidationError, match="validation-prompt"):
+        TrainConfig(data="x", validate_every=5)
+    from wan_ui.hardware import Hardware
+    from wan_ui.train_levers import check_levers
+
+    h100 = Hardware(True, "H100", (9, 0), 80000.0, frozenset({"torchao", "bitsandbytes"}))
+    with pytest.raises(IncompatibleOptionsError, match="--fp8-base and --float8-training"):
+        check_levers(TrainConfig(data="x", fp8_base=True, float8_training=True), h100)
+    check_levers(TrainConfig(data="x", float8_training=True, adamw8bit=True), h100)
+
+
+# ---- CLI -------------------------------------------------------------------------------------------------------
+def test_cli(tmp_path, one_clip, train_cache, capsys):
+    out = tmp_path / "cli.safetensors"
+    code = main(["--data", str(one_clip), "--model", "tiny", "--rank", "4", "--steps", "3", "--out", str(out),
+                 "--width", "64", "--height", "64", "--frames", "9", "--cache-dir", train_cache, "--device", "cpu",
+                 "--grad-checkpointing", "--no-progress", "--json"])
+    assert code == 0 and out.is_file()
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["steps_done"] == 3 and printed["summary"]["median_step_s"] > 0
+    assert main(["--data", str(tmp_path / "nowhere"), "--model", "tiny", "--device", "cpu"]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -1,0 +1,103 @@
+"""Extrapolating a shortened run (`--steps N`) to the workload's full step count.
+
+    clip_full = text_encode + denoise_full + decode
+    no step cache:  denoise_full = per-step median x full_steps x forwards_ratio
+                    forwards_ratio = (planned_full / full_steps) / (planned_run / steps_run)
+                    (1 unless CFG truncation keeps a different share of CFG steps at the two step counts)
+    step cache:     denoise_full = (denoise_run / forwards_computed_run) x forwards_computed_full
+                    i.e. time per *computed* transformer forward (skipped ones cost ~0 and are amortised in).
+                    MagCache: forwards_computed_full comes from replaying diffusers' skip rule on the
+                    calibrated ratios at the full step count (its decision reads no activations, so the
+                    replay is exact). Other caches decide from activations: the skip fraction measured at N
+                    steps is assumed to hold at the full count, and the record says so.
+
+The per-step median leaves out step 1 when there are two or more steps: it carries the pipeline's set-up
+(latent preparation, timesteps) and, in a first run, compilation.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from .optim.cfg import cfg_steps, planned_forwards
+
+
+def mag_schedule(steps: int, threshold: float = 0.0) -> list[bool]:
+    """Per-branch compute (True) / skip (False) decisions of diffusers' MagCache head hook for `steps` steps,
+    with our Wan2.1-1.3B config (optim/cache.py). Replays `MagCacheHeadHook.new_forward` step by step with the
+    same tensor arithmetic (float32 ratios), so the counts match a real run."""
+    from .optim.cache import make_cache_config
+
+    cfg = make_cache_config("mag", threshold, steps)
+    ratios = cfg.mag_ratios  # (steps,) float32 tensor, nearest-interpolated from the 50 calibrated values
+    retention_step = int(cfg.retention_ratio * cfg.num_inference_steps + 0.5)
+    acc_ratio, acc_err, acc_steps = 1.0, 0.0, 0
+    have_residual = False  # the first step has no cached residual and always computes
+    out = []
+    for i in range(steps):
+        compute = True
+        if i >= retention_step:
+            acc_ratio = acc_ratio * (ratios[i] if i < len(ratios) else 1.0)
+            acc_steps += 1
+            acc_err = acc_err + abs(1.0 - acc_ratio)
+            if have_residual and acc_err <= cfg.threshold and acc_steps <= cfg.max_skip_steps:
+                compute = False
+            else:
+                acc_ratio, acc_err, acc_steps = 1.0, 0.0, 0
+        have_residual = have_residual or compute
+        out.append(compute)
+    return out
+
+
+def forwards_computed_mag(steps: int, guidance_scale: float, cfg_truncation: float, threshold: float) -> int:
+    """Transformer forwards MagCache computes: the cond branch every step, the uncond branch on CFG steps; each
+    branch keeps its own state (diffusers `cache_context`) and so follows the same schedule."""
+    schedule = mag_schedule(steps, threshold)
+    return sum(schedule) + sum(schedule[:cfg_steps(guidance_scale, steps, cfg_truncation)])
+
+
+def step_median(step_latencies: list[float]) -> float | None:
+    if not step_latencies:
+        return None
+    return statistics.median(step_latencies[1:] if len(step_latencies) > 1 else step_latencies)
+
+
+def extrapolate(metrics: dict, steps_run: int, steps_full: int, frames: int, guidance_scale: float,
+                cfg_truncation: float = 1.0, cache: str = "none", cache_threshold: float = 0.0) -> dict | None:
+    """Estimate the full-length clip from a run of `steps_run` steps; None when nothing was shortened."""
+    if steps_run >= steps_full or metrics.get("clip_latency_s") is None:
+        return None
+    phases = metrics.get("phases") or {}
+    text_s, denoise_s, decode_s = (phases.get(k, 0.0) for k in ("text_encode_s", "denoise_s", "decode_s"))
+    median = step_median(metrics.get("step_latencies_s") or [])
+    planned_run = planned_forwards(guidance_scale, steps_run, cfg_truncation)
+    planned_full = planned_forwards(guidance_scale, steps_full, cfg_truncation)
+    computed_run = metrics.get("forwards_computed")
+    out = {"label": f"extrapolated to {steps_full} steps from {steps_run} measured",
+           "steps_run": steps_run, "steps_full": steps_full, "step_median_s": median,
+           "text_encode_s": text_s, "decode_s": decode_s, "denoise_run_s": denoise_s,
+           "forwards_planned_run": planned_run, "forwards_planned_full": planned_full,
+           "forwards_computed_run": computed_run, "note": None}
+    if cache == "none" or not computed_run:
+        ratio = (planned_full / steps_full) / (planned_run / steps_run)
+        denoise_full = median * steps_full * ratio
+        out.update(method="text_encode + per-step median x full steps x forwards ratio + decode",
+                   forwards_ratio=ratio, forwards_computed_full=planned_full)
+    else:
+        per_forward = denoise_s / computed_run
+        if cache == "mag":
+            computed_full = forwards_computed_mag(steps_full, guidance_scale, cfg_truncation, cache_threshold)
+            out["forwards_computed_run_replayed"] = forwards_computed_mag(steps_run, guidance_scale, cfg_truncation,
+                                                                          cache_threshold)
+            out["note"] = "MagCache schedule replayed at the full step count (exact: it reads no activations)"
+        else:
+            computed_full = round(planned_full * computed_run / planned_run)
+            out["note"] = (f"cache={cache}: its skip schedule depends on the step count and on activations; the "
+                           f"skip fraction measured at {steps_run} steps is assumed at {steps_full}")
+        denoise_full = per_forward * computed_full
+        out.update(method="text_encode + (denoise / forwards computed) x forwards computed at full steps + decode",
+                   per_forward_s=per_forward, forwards_computed_full=computed_full)
+    clip = text_s + denoise_full + decode_s
+    out.update(denoise_s=denoise_full, clip_latency_s=clip, frame_latency_s=clip / frames,
+               throughput_fps=frames / clip)
+    return out

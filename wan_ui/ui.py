@@ -1,0 +1,192 @@
+"""The Gradio app: `create_demo(manager, ...)` lays out the tabs (ui_generate, ui_compare, ui_history) and wires
+each action to a named endpoint. Handlers turn widget values into the core's dataclasses, call the core and
+format the result (the conversions are in ui_values and unit-tested).
+
+Endpoints (gradio_client `api_name`): /generate, /cancel, /compare, /cancel_compare, /apply_preset,
+/reuse_settings, /load_settings, /restore_last_settings, /gpu_stats, /options.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from .errors import UserError
+from .gpu_monitor import GpuMonitor
+from .manager import ModelManager
+from .options import PRESETS, options_table
+from .settings_store import load_settings, settings_path
+from .ui_compare import build_compare_tab, request_summary, run_compare
+from .ui_context import AppContext
+from .ui_generate import (RUN_OUTPUTS, apply_preset, build_generate_tab, cancel_run, live_gpu, matching_preset,
+                          run_generate)
+from .ui_history import build_history_tab, entry_settings, history_views, video_settings
+from .ui_values import OPTION_FIELDS, REQUEST_FIELDS, history_entry, values_from_settings
+from .ui_widgets import user_error
+
+CSS = """
+#random-banner {background: #fff4e5; border: 1px solid #f0a020; border-radius: 8px; padding: 6px 12px;}
+#random-banner p {margin: 0; color: #7a4a00; font-weight: 600;}
+#compare-table table, #metrics-efficiency table, #metrics-others table {font-size: 0.9em;}
+"""
+RUN_INPUTS = (*REQUEST_FIELDS, "randomize_seed")  # what a generation or comparison reads from the Generate tab
+
+
+def create_demo(manager: ModelManager, model: str | None = None, scorer=None, baseline_cache=None,
+                outputs: str | Path = "outputs", settings_file: str | Path | None = None,
+                save_settings: bool = True, monitor: GpuMonitor | None = None) -> gr.Blocks:
+    """The app around one model manager (built by the caller, e.g. app.py). Queue: one GPU job at a time."""
+    ctx = AppContext(manager, model, scorer, baseline_cache, Path(outputs),
+                     Path(settings_file) if settings_file else None, save_settings, monitor or GpuMonitor())
+    with gr.Blocks(title="Wan2.1 T2V 1.3B workbench") as demo:
+        _header(ctx)
+        history = gr.State([])
+        with gr.Tabs(elem_id="tabs") as tabs:
+            with gr.Tab("Generate", id="generate"):
+                gen = build_generate_tab(ctx)
+            with gr.Tab("Compare", id="compare") as compare_tab:
+                cmp = build_compare_tab(ctx)
+            with gr.Tab("History", id="history"):
+                hist = build_history_tab()
+            with gr.Tab("Options", id="options"):
+                _build_options_tab(ctx)
+        restore = _Restorer(gen, tabs)
+        _wire_generate(ctx, gen, hist, history)
+        _wire_compare(ctx, gen, cmp, compare_tab, hist, history)
+        _wire_history(gen, hist, history, restore)
+        demo.load(lambda: restore(load_settings(ctx.settings_path), f"Restored the last-used settings from "
+                                  f"{ctx.settings_path or settings_path()}."),
+                  outputs=restore.outputs, api_name="restore_last_settings")
+    demo.queue(default_concurrency_limit=1)
+    return demo
+
+
+def launch_kwargs(outputs: str | Path = "outputs") -> dict:
+    """Theme and CSS go to `launch()` in Gradio 6; videos may be served from the outputs folder."""
+    system_fonts = ["ui-sans-serif", "system-ui", "sans-serif"]  # no web fonts: the app also runs offline
+    theme = gr.themes.Soft(font=system_fonts, font_mono=["ui-monospace", "monospace"])
+    return {"theme": theme, "css": CSS, "allowed_paths": [str(Path(outputs).resolve())]}
+
+
+# ---- layout pieces ------------------------------------------------------------------------------------------
+def _header(ctx: AppContext) -> None:
+    source = ctx.source
+    device = f"CUDA: {ctx.hw.device_name}" if ctx.hw.cuda else "CPU (no GPU)"
+    gr.Markdown(f"## Wan2.1-T2V-1.3B workbench\nModel: **{source.name}** · device: **{device}** · "
+                f"outputs: `{ctx.outputs}`", elem_id="model-info")
+    if source.random_weights:
+        gr.Markdown(f"⚠ {source.label}", elem_id="random-banner")
+
+
+def _build_options_tab(ctx: AppContext) -> None:
+    gr.Markdown("Every optimization option, its family, whether changing it rebuilds the pipeline, and what this "
+                "machine can run (`python -m wan_ui options --json` prints the same).")
+    refresh = gr.Button("Refresh", elem_id="options-btn")
+    table = gr.JSON(_options_json(ctx), label="Options and presets", elem_id="options-json")
+    refresh.click(lambda: _options_json(ctx), outputs=table, api_name="options", queue=False)
+
+
+def _options_json(ctx: AppContext) -> dict:
+    return {"options": options_table(ctx.hw), "presets": PRESETS}
+
+
+# ---- wiring -------------------------------------------------------------------------------------------------
+class _Restorer:
+    """Settings -> updates of every Generate-tab input, the status line and a switch to the Generate tab."""
+
+    def __init__(self, gen, tabs):
+        self.gen, self.tabs = gen, tabs
+        self.outputs = [*gen.inputs.values(), gen.out["status"], tabs]
+
+    def __call__(self, settings: dict | None, message: str) -> dict:
+        if settings is None:  # nothing saved yet
+            return {}
+        status = self.gen.out["status"]
+        try:
+            values = values_from_settings(settings)
+        except UserError as e:
+            return {status: f"Could not restore settings: {e}"}
+        return {**self.gen.inputs.updates(values), status: message, self.tabs: gr.Tabs(selected="generate")}
+
+
+def _history_updates(hist, history_state, history: list) -> dict:
+    gallery, table = history_views(history)
+    return {history_state: history, hist.gallery: gallery, hist.table: table}
+
+
+def _wire_generate(ctx: AppContext, gen, hist, history_state) -> None:
+    run_inputs = gen.inputs.pick((*RUN_INPUTS, *OPTION_FIELDS, "quality"))
+    option_widgets = gen.inputs.pick(OPTION_FIELDS)
+
+    def on_generate(history, request: gr.Request, progress=gr.Progress(), **values):
+        shown, info = run_generate(ctx, values, request.session_hash, progress)
+        history = history + [history_entry(info)] if info else history
+        return {**gen.out.updates(shown), **_history_updates(hist, history_state, history)}
+
+    gen.generate_btn.click(on_generate, inputs=[history_state], inputs_kwargs=run_inputs,
+                           outputs=[*gen.out.pick(RUN_OUTPUTS).values(), history_state, hist.gallery, hist.table],
+                           api_name="generate", concurrency_limit=1, concurrency_id="gpu")
+
+    def on_cancel(request: gr.Request):
+        return cancel_run(ctx, request.session_hash)
+
+    gen.cancel_btn.click(on_cancel, outputs=gen.out["status"], api_name="cancel", queue=False)
+    gen.inputs["preset"].input(lambda name: option_widgets.updates(apply_preset(name)), gen.inputs["preset"],
+                               list(option_widgets.values()), api_name="apply_preset", queue=False)
+    gr.on([w.input for w in option_widgets.values()], lambda **values: matching_preset(values),
+          inputs_kwargs=option_widgets, outputs=gen.inputs["preset"], queue=False, api_visibility="private",
+          show_progress="hidden")
+    gen.timer.tick(lambda samples: live_gpu(ctx, samples), gen.vram_samples,
+                   [gen.out["gpu_live"], gen.out["vram_plot"], gen.vram_samples], api_name="gpu_stats",
+                   queue=False, show_progress="hidden")
+
+
+def _wire_compare(ctx: AppContext, gen, cmp, compare_tab, hist, history_state) -> None:
+    run_inputs = gen.inputs.pick(RUN_INPUTS)
+
+    def on_compare(history, request: gr.Request, progress=gr.Progress(), **values):
+        shown, comp = run_compare(ctx, values, request.session_hash, progress)
+        if comp is not None:
+            history = history + [history_entry(r.result.to_json(), f"compare: {r.name}") for r in comp.runs]
+        return {**cmp.out.updates(shown), **_history_updates(hist, history_state, history)}
+
+    cmp.run_btn.click(on_compare, inputs=[history_state], inputs_kwargs={**run_inputs, **cmp.inputs},
+                      outputs=[*cmp.out.values(), history_state, hist.gallery, hist.table], api_name="compare",
+                      concurrency_limit=1, concurrency_id="gpu")
+
+    def on_cancel(request: gr.Request):
+        return cancel_run(ctx, request.session_hash)
+
+    cmp.cancel_btn.click(on_cancel, outputs=cmp.out["status"], api_name="cancel_compare", queue=False)
+    compare_tab.select(lambda **values: request_summary(values), inputs_kwargs=run_inputs, outputs=cmp.summary,
+                       queue=False, api_visibility="private", show_progress="hidden")
+
+
+def _wire_history(gen, hist, history_state, restore) -> None:
+    def on_select(history, evt: gr.SelectData):
+        return evt.index + 1, history[evt.index]["info"] if evt.index < len(history) else None
+
+    hist.gallery.select(on_select, history_state, [hist.run_number, hist.details], api_visibility="private",
+                        queue=False)
+
+    def on_reuse(history, run_number):
+        try:
+            settings = entry_settings(history, run_number)
+        except UserError as e:
+            raise user_error(e) from None
+        return restore(settings, f"Re-using the settings of run #{int(run_number)}.")
+
+    hist.reuse_btn.click(on_reuse, [history_state, hist.run_number], restore.outputs, api_name="reuse_settings",
+                         queue=False)
+
+    def on_upload(path):
+        try:
+            settings = video_settings(path)
+        except UserError as e:
+            raise user_error(e) from None
+        message = f"Loaded the settings of {Path(path).name}."
+        return {**restore(settings, message), hist.status: message}
+
+    hist.upload.upload(on_upload, hist.upload, [*restore.outputs, hist.status], api_name="load_settings",
+                       queue=False)

@@ -1,0 +1,110 @@
+"""The Compare tab: 2-6 optimization sets on the Generate tab's prompt and parameters, side by side."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import gradio as gr
+import pandas as pd
+
+from .compare import MAX_SETS, Comparison, run_comparison
+from .errors import GenerationCancelled, UserError
+from .ui_context import AppContext
+from .ui_generate import progress_reporter
+from .ui_values import NO_SET, named_sets_from_values, preset_choices, request_from_values
+from .ui_widgets import Widgets, user_error
+
+INITIAL_SETS = 2
+
+
+@dataclass
+class CompareTab:
+    inputs: Widgets  # set_i_preset, set_i_options, compare_quality
+    out: Widgets  # status, video_i, table, ratio_plot, latency_plot, csv, markdown
+    summary: gr.Markdown  # what the sets run on (the Generate tab's parameters)
+    run_btn: gr.Button
+    cancel_btn: gr.Button
+
+
+def build_compare_tab(ctx: AppContext) -> CompareTab:
+    inputs, out = Widgets(), Widgets()
+    summary = gr.Markdown("The sets run on the prompt and parameters of the **Generate** tab.",
+                          elem_id="compare-summary")
+    choices = [(NO_SET, NO_SET), *preset_choices(ctx.hw)[:-1]]  # every preset but "Custom"
+    defaults = ["Baseline (report)", "Fast" if ctx.hw.cuda else "CPU quick"]
+    gr.Markdown("The first set is the baseline of every ratio. Add options to a preset as `key=value, key=value` "
+                "(names as in the Generate tab, e.g. `cache=mag, scheduler=dpmpp`).")
+    for i in range(1, MAX_SETS + 1):
+        with gr.Row(equal_height=True):
+            inputs[f"set_{i}_preset"] = gr.Dropdown(
+                choices, value=defaults[i - 1] if i <= INITIAL_SETS else NO_SET,
+                label=f"Set {i}" + (" (baseline)" if i == 1 else ""), elem_id=f"set-{i}-preset", scale=2)
+            inputs[f"set_{i}_options"] = gr.Textbox(label=f"Set {i} extra options", placeholder="key=value, …",
+                                                    elem_id=f"set-{i}-options", scale=3)
+    with gr.Row():
+        inputs["compare_quality"] = gr.Checkbox(False, label="Compute quality metrics",
+                                                interactive=ctx.scorer is not None, elem_id="compare-quality")
+        run_btn = gr.Button("Run comparison", variant="primary", elem_id="compare-btn", scale=2)
+        cancel_btn = gr.Button("Cancel", variant="stop", elem_id="compare-cancel-btn", scale=1)
+    out["status"] = gr.Textbox(label="Status", interactive=False, lines=2, elem_id="compare-status")
+    with gr.Row(elem_id="compare-videos"):
+        for i in range(1, MAX_SETS + 1):
+            out[f"video_{i}"] = gr.Video(label=f"Set {i}", visible=False, interactive=False, autoplay=True,
+                                         loop=True, elem_id=f"compare-video-{i}", min_width=120)
+    out["table"] = gr.Markdown(elem_id="compare-table")
+    with gr.Row():
+        out["latency_plot"] = gr.BarPlot(pd.DataFrame({"set": [], "seconds": []}), x="set", y="seconds",
+                                         title="Clip-wise latency", height=240, elem_id="compare-latency-plot")
+        out["ratio_plot"] = gr.BarPlot(pd.DataFrame({"metric": [], "ratio": [], "set": []}), x="metric",
+                                       y="ratio", color="set", title="Ratio to the baseline (1 = same)",
+                                       height=240, x_label_angle=-30, elem_id="compare-ratio-plot")
+    with gr.Row():
+        out["csv"] = gr.File(label="Table (CSV)", interactive=False, elem_id="compare-csv")
+        out["markdown"] = gr.File(label="Table (Markdown)", interactive=False, elem_id="compare-md")
+    return CompareTab(inputs, out, summary, run_btn, cancel_btn)
+
+
+def request_summary(values: dict) -> str:
+    """The Generate tab's parameters, as the Compare tab will use them."""
+    try:
+        r = request_from_values({**values, "randomize_seed": False})
+    except UserError as e:
+        return f"The sets run on the Generate tab's parameters, which are not valid yet: {e}"
+    seed = "a random seed" if values.get("randomize_seed") else f"seed {r.seed}"
+    return (f"The sets run on the **Generate** tab's parameters: “{r.prompt}” — {r.width}x{r.height}, "
+            f"{r.num_frames} frames, {r.num_inference_steps} steps, CFG {r.guidance_scale}, {seed}.")
+
+
+def run_compare(ctx: AppContext, values: dict, session: str, progress) -> tuple[dict, Comparison | None]:
+    """Widget values -> comparison -> {output name: value}; (status only, None) when cancelled."""
+    try:
+        request, sets = request_from_values(values), named_sets_from_values(values)
+    except UserError as e:
+        raise user_error(e) from None
+    cancel = ctx.runs.start(session)
+    scorer = ctx.scorer if values.get("compare_quality") else None
+    try:
+        comp = run_comparison(ctx.manager, ctx.model, request, sets, scorer=scorer,
+                              baseline_cache=ctx.baseline_cache, on_progress=progress_reporter(progress),
+                              cancel=cancel, out_dir=ctx.outputs)
+    except GenerationCancelled as e:
+        return {"status": f"Cancelled: {e}. The app is ready for the next run."}, None
+    except UserError as e:
+        raise user_error(e) from None
+    finally:
+        ctx.runs.finish(session, cancel)
+    return comparison_display(ctx, comp), comp
+
+
+def comparison_display(ctx: AppContext, comp: Comparison) -> dict:
+    csv_path, md_path = comp.write_tables(ctx.outputs / f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
+    shown = {f"video_{i + 1}": gr.Video(run.result.video_path, label=run.name, visible=True)
+             for i, run in enumerate(comp.runs)}
+    hidden = {f"video_{i}": gr.Video(None, visible=False) for i in range(len(comp.runs) + 1, MAX_SETS + 1)}
+    latency = pd.DataFrame([{"set": n, "seconds": m["clip_latency_s"]} for n, m in comp.named_metrics])
+    r = comp.request
+    return {**shown, **hidden, "table": comp.markdown(), "csv": str(csv_path), "markdown": str(md_path),
+            "latency_plot": latency, "ratio_plot": pd.DataFrame(comp.ratio_rows(), columns=["set", "metric", "ratio"]),
+            "status": f"Compared {len(comp.runs)} sets at {r.width}x{r.height}, {r.num_frames} frames, "
+                      f"{r.num_inference_steps} steps, seed {r.seed}. Tables: {csv_path.parent}"}

@@ -1,0 +1,170 @@
+"""The Generate tab: parameters and optimizations on the left, the video and its metrics panel on the right."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+import pandas as pd
+
+from .compare import measure_quality
+from .errors import GenerationCancelled, UserError
+from .generate import generate
+from .settings_store import save_settings
+from .ui_context import AppContext
+from .ui_values import (CUSTOM_PRESET, accuracy_markdown, efficiency_markdown, hardware_markdown,
+                        options_from_values, others_markdown, preset_of, preset_values, request_from_values,
+                        settings_of, status_line, step_rows)
+from .ui_widgets import Widgets, build_option_widgets, build_request_widgets, user_error
+
+# what a run fills (the live GPU widgets are the timer's)
+RUN_OUTPUTS = ("video", "seed_used", "status", "hardware", "efficiency", "steps_plot", "accuracy", "others",
+               "result_json")
+VRAM_SAMPLES = 300  # live samples kept per page (10 min at the 2 s tick)
+TICK_S = 2.0
+
+
+@dataclass
+class GenerateTab:
+    inputs: Widgets  # request + option widgets + preset/resolution/randomize_seed/quality
+    out: Widgets  # video, status, seed_used, metric panels
+    generate_btn: gr.Button
+    cancel_btn: gr.Button
+    timer: gr.Timer
+    vram_samples: gr.State
+
+
+# ---- layout -----------------------------------------------------------------------------------------------
+def build_generate_tab(ctx: AppContext) -> GenerateTab:
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5, elem_id="parameters"):
+            gr.Markdown("### Parameters")
+            inputs = build_request_widgets()
+            gr.Markdown("### Optimizations")
+            inputs.update(build_option_widgets(ctx.hw))
+        with gr.Column(scale=6, elem_id="results"):
+            out = Widgets()
+            out["video"] = gr.Video(label="Video", elem_id="video", autoplay=True, loop=True, height=360,
+                                    interactive=False)
+            with gr.Row():
+                generate_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn", scale=3)
+                cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn", scale=1)
+            with gr.Row():
+                inputs["quality"] = gr.Checkbox(False, label="Compute quality metrics", elem_id="quality",
+                                                info="CLIP, LPIPS/PSNR/SSIM vs the no-optimization video of this "
+                                                     "request (run once, cached), temporal LPIPS",
+                                                interactive=ctx.scorer is not None)
+                out["seed_used"] = gr.Number(label="Seed used", interactive=False, precision=0,
+                                             elem_id="seed-used")
+            out["status"] = gr.Textbox(label="Status", lines=2, max_lines=6, interactive=False, elem_id="status")
+            out.update(_build_metrics_panel(ctx))
+            vram_samples = gr.State([])
+            timer = gr.Timer(TICK_S, active=ctx.monitor.available)
+    return GenerateTab(inputs, out, generate_btn, cancel_btn, timer, vram_samples)
+
+
+def _build_metrics_panel(ctx: AppContext) -> Widgets:
+    """The report's four accordions: Hardware, Efficiency, Accuracy, Others."""
+    w = Widgets()
+    with gr.Accordion("Hardware", open=True, elem_id="acc-hardware"):
+        w["gpu_live"] = gr.Markdown(ctx.monitor.markdown(), elem_id="gpu-live")
+        w["vram_plot"] = gr.LinePlot(pd.DataFrame({"time": [], "MiB used": []}), x="time", y="MiB used",
+                                     title="GPU memory used (live)", height=180, elem_id="vram-plot",
+                                     visible=ctx.monitor.available)
+        w["hardware"] = gr.Markdown("No run yet.", elem_id="metrics-hardware")
+    with gr.Accordion("Efficiency", open=True, elem_id="acc-efficiency"):
+        w["efficiency"] = gr.Markdown("No run yet.", elem_id="metrics-efficiency")
+        w["steps_plot"] = gr.LinePlot(pd.DataFrame({"step": [], "seconds": []}), x="step", y="seconds",
+                                      title="Per-step latency", height=180, elem_id="steps-plot")
+    with gr.Accordion("Accuracy", open=False, elem_id="acc-accuracy"):
+        w["accuracy"] = gr.Markdown("No run yet.", elem_id="metrics-accuracy")
+    with gr.Accordion("Others", open=False, elem_id="acc-others"):
+        w["others"] = gr.Markdown("No run yet.", elem_id="metrics-others")
+        w["result_json"] = gr.JSON(label="Result (JSON)", elem_id="result-json")
+    return w
+
+
+# ---- handlers (wired in ui.py once every tab exists) --------------------------------------------------------
+def progress_reporter(progress):
+    """generate()'s on_progress(phase, done, total) -> gr.Progress (compare prefixes the phase with the set)."""
+    names = {"loading": "loading the model (build or reuse)", "encoding": "encoding the prompt",
+             "decoding": "decoding (VAE)", "writing": "writing the mp4"}
+
+    def on_progress(phase: str, done: int, total: int) -> None:
+        tag, _, step = phase.rpartition(": ")
+        prefix = f"{tag}: " if tag else ""
+        if step == "denoising":
+            progress((done, total), desc=f"{prefix}step {done} of {total}", unit="steps")
+        else:
+            progress(None, desc=prefix + names.get(step, step))
+
+    return on_progress
+
+
+def display_values(ctx: AppContext, result, scored: bool) -> dict:
+    """Result -> {output name: value} for the video and the metrics panel."""
+    info = result.to_json()
+    m = info["metrics"]
+    return {"video": result.video_path, "seed_used": result.request.seed, "status": status_line(info),
+            "hardware": hardware_markdown(m), "efficiency": efficiency_markdown(m),
+            "steps_plot": pd.DataFrame(step_rows(m), columns=["step", "seconds"]),
+            "accuracy": accuracy_markdown(m, scored), "others": others_markdown(info, ctx.versions),
+            "result_json": info}
+
+
+def run_generate(ctx: AppContext, values: dict, session: str, progress) -> tuple[dict, dict | None]:
+    """One generation from widget values: ({output name: value}, result JSON or None when cancelled)."""
+    try:
+        request, opts = request_from_values(values), options_from_values(values)
+    except UserError as e:
+        raise user_error(e) from None
+    cancel = ctx.runs.start(session)
+    on_progress = progress_reporter(progress)
+    try:
+        result = generate(ctx.manager, ctx.model, request, opts, out_dir=ctx.outputs, on_progress=on_progress,
+                          cancel=cancel)
+        scored = bool(values.get("quality")) and ctx.scorer is not None
+        if scored:
+            on_progress("quality metrics", 0, 1)
+            measure_quality(ctx.manager, ctx.model, result, ctx.scorer, ctx.baseline_cache)
+    except GenerationCancelled as e:
+        return {"status": f"Cancelled: {e}. Nothing was written; the app is ready for the next run."}, None
+    except UserError as e:
+        raise user_error(e) from None
+    finally:
+        ctx.runs.finish(session, cancel)
+    if ctx.save_settings:
+        ui = {"randomize_seed": bool(values.get("randomize_seed")), "quality": bool(values.get("quality"))}
+        save_settings({**settings_of(result.to_json()), "ui": ui}, ctx.settings_path)
+    return display_values(ctx, result, scored), result.to_json()
+
+
+def cancel_run(ctx: AppContext, session: str) -> str:
+    if ctx.runs.cancel(session):
+        return "Cancelling… the pipeline stops at the end of the current step."
+    return "Nothing is running in this session."
+
+
+def live_gpu(ctx: AppContext, samples: list) -> tuple[str, pd.DataFrame, list]:
+    """Timer tick: NVML reading -> markdown, appended to this page's VRAM-over-time samples."""
+    stats = ctx.monitor.read()
+    if stats is None:
+        return ctx.monitor.reason or "no GPU", pd.DataFrame({"time": [], "MiB used": []}), samples
+    samples = (samples + [(stats.time_s, stats.used_mb)])[-VRAM_SAMPLES:]
+    frame = pd.DataFrame({"time": pd.to_datetime([t for t, _ in samples], unit="s"),
+                          "MiB used": [u for _, u in samples]})
+    return stats.markdown(), frame, samples
+
+
+def apply_preset(name: str) -> dict:
+    """Preset name -> {option name: value} (Custom keeps the widgets as they are)."""
+    return {} if name == CUSTOM_PRESET else preset_values(name)
+
+
+def matching_preset(values: dict) -> str:
+    """After a manual option change: the preset the widgets now equal, or Custom."""
+    try:
+        return preset_of(options_from_values(values))
+    except UserError:
+        return CUSTOM_PRESET
+
