@@ -258,7 +258,8 @@ def score_result(result, scorer: QualityScorer | None = None, reference: np.ndar
     """Fill `result.metrics`' quality fields in place (and return the metrics). Call it after `generate` returns:
     nothing here is timed. `reference` is the baseline's frames (see `BaselineCache`); without it the *_vs_baseline
     fields stay None. `quality_note` says which metrics are unavailable and why, and flags random weights (of the
-    video model or of the metric models)."""
+    video model or of the metric models). Without `scorer` a default one is built for this call (the CLI's single
+    run); the app and the benchmark keep one scorer so its models load once."""
     scorer = scorer or QualityScorer()
     values, notes = scorer.score(result.frames, result.request.prompt, reference)
     m = result.metrics
