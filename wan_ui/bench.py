@@ -73,6 +73,7 @@ class BenchConfig:
     process_per_set: bool = False
     set_timeout_s: float | None = None  # per set, --process-per-set only
     time_budget_s: float | None = None  # whole benchmark: later sets are skipped, children killed in time
+    progress: bool = False  # show the pipeline's progress bars
 
 
 def _log(msg: str) -> None:
@@ -114,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only re-draw DIR/report.md and the charts from DIR/results.jsonl (e.g. where "
                         "matplotlib is installed)")
     p.add_argument("--list-sets", action="store_true", help="print presets and aliases, then exit")
+    p.add_argument("--progress", action="store_true", help="show the pipeline's progress bars")
     # internal: one set in a child process (--process-per-set)
     p.add_argument("--child-index", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-sets-json", default=None, help=argparse.SUPPRESS)
@@ -354,6 +356,8 @@ def _child_command(cfg: BenchConfig, sets: list[BenchSet], index: int, row_path:
         cmd.append("--quality" if cfg.quality else "--no-quality")
     if cfg.device:
         cmd += ["--device", cfg.device]
+    if cfg.progress:
+        cmd.append("--progress")
     return cmd
 
 
@@ -395,6 +399,9 @@ def run_child(cfg: BenchConfig, sets: list[BenchSet], index: int, timeout: float
         row["status"] = "crashed"
         row["error"] = f"child process exited with {rc}: " + " | ".join(list(tail)[-3:])
     row["method"]["process_per_set"] = True
+    from .bench_env import command_line
+
+    row["command"] = command_line()  # the parent's, with the set list (the child's holds plumbing)
     return row
 
 
@@ -486,15 +493,17 @@ def main(argv=None) -> int:
 
 
 def _quiet_progress() -> None:
-    """Denoising and weight-loading progress bars would flood the log of a benchmark."""
+    """Denoising and weight-loading progress bars would flood the benchmark's log (and a GPU job's output tail).
+    The pipeline's own bar reads `_progress_bar_config`, looked up on the class when no instance set one."""
     try:
+        from diffusers import DiffusionPipeline
         from diffusers.utils import logging as dlog
-
-        dlog.disable_progress_bar()
         from transformers.utils import logging as tlog
 
+        DiffusionPipeline._progress_bar_config = {"disable": True}
+        dlog.disable_progress_bar()
         tlog.disable_progress_bar()
-    except Exception:
+    except Exception:  # cosmetic only
         pass
 
 
@@ -515,8 +524,10 @@ def _main(args) -> int:
     if args.repeats < 0 or (args.steps is not None and args.steps < 1):
         raise ValidationError("--repeats must be >= 0 and --steps >= 1")
     cfg = BenchConfig(args.workload, args.model or default_model(args.workload), Path(), args.steps, args.repeats,
-                      args.quality, args.device, args.process_per_set, args.set_timeout, args.time_budget)
-    _quiet_progress()
+                      args.quality, args.device, args.process_per_set, args.set_timeout, args.time_budget,
+                      args.progress)
+    if not args.progress:
+        _quiet_progress()
     if args.child_index is not None:
         cfg.out = Path(args.out)
         return child_main(cfg, json.loads(args.child_sets_json), args.child_index, Path(args.child_row))

@@ -76,4 +76,10 @@ def card_label(hardware: dict) -> str:
 
 
 def command_line() -> str:
-    return " ".join([os.path.basename(sys.executable), *sys.argv])
+    """How this process was started, as one would type it (`python -m wan_ui.bench ...`)."""
+    import shlex
+
+    args = sys.argv[1:]
+    if "--child-index" in args:  # a --process-per-set child: show the parent's set list, not the plumbing
+        args = args[:args.index("--child-index")]
+    return shlex.join(["python", "-m", "wan_ui.bench", *args])

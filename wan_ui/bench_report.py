@@ -157,9 +157,10 @@ def _set_section(row: dict, base_cells: dict | None) -> list[str]:
     s = row["set"]
     changed = ", ".join(f"{k}={v}" for k, v in s["changed"].items()) or "defaults"
     runs = row["method"].get("runs_done", 0)
+    done = f"{runs} (1 warm-up + {runs - 1} timed)" if runs else "none"
     lines = [f"## {row['index'] + 1}. {s['name']}", "",
-             f"`{s['spec']}` · options: {changed} · status **{row['status']}** · runs: {runs} "
-             f"(1 warm-up + {max(0, runs - 1)} timed) · wall {row.get('wall_s') or 0:.1f} s", ""]
+             f"`{s['spec']}` · options: {changed} · status **{row['status']}** · runs: {done} "
+             f"· wall {row.get('wall_s') or 0:.1f} s", ""]
     if row.get("error"):
         lines += [f"> {row['status']}: {row['error']}", ""]
     if not row.get("metrics"):
@@ -235,11 +236,22 @@ def _latency_chart(plt, out, rows, names, nums) -> str:
                     edgecolor="white")
             left += width
         ax.text(left, yi, f" {left:.1f} s" + (" (extrapolated)" if ex else ""), va="center", fontsize=8)
-    ax.set_yticks(y, names, fontsize=8)
-    ax.set_xlabel("clip latency, s (text encode | denoise | decode; hatched = extrapolated)")
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(color=c, label=k.replace("_s", "").replace("_", " ")) for k, c in colors.items()]
+              + [Patch(facecolor="white", edgecolor="grey", hatch="//", label="extrapolated")],
+              fontsize=7, loc="lower right")
+    _axes(ax, y, names, "clip latency, s (stacked phases; hatched = extrapolated to the full step count)")
     ax.set_title(_title(rows, "Clip latency"), fontsize=10)
-    ax.margins(x=0.25)
     return _save(fig, plt, out / "latency.png")
+
+
+def _axes(ax, y, names, xlabel) -> None:
+    ax.set_yticks(y, names, fontsize=8)
+    ax.set_ylim(-0.7, len(y) - 0.3)
+    ax.set_xlabel(xlabel)
+    ax.margins(x=0.3)
+    ax.set_xlim(left=0)
 
 
 def _vram_chart(plt, out, rows, names, nums) -> str:
@@ -256,10 +268,10 @@ def _vram_chart(plt, out, rows, names, nums) -> str:
         if num.get("nvml_peak_used_mb"):
             ax.plot(num["nvml_peak_used_mb"] / 1024, yi, "k|", markersize=14)
         ax.text(peak / 1024, yi, f" {peak / 1024:.1f} GiB", va="center", fontsize=8)
-    ax.set_yticks(y, names, fontsize=8)
-    ax.set_xlabel("peak allocated GiB (torch.cuda.max_memory_allocated); | = NVML peak used (all processes)")
+    _axes(ax, y, names, "peak allocated GiB (torch.cuda.max_memory_allocated); | = NVML peak used (all processes)")
+    if not measured:
+        ax.set_xlim(0, 1)
     ax.set_title(_title(rows, "Peak VRAM") + ("" if measured else " - not measured on CPU"), fontsize=10)
-    ax.margins(x=0.25)
     return _save(fig, plt, out / "vram.png")
 
 

@@ -146,7 +146,7 @@ def parse_sets(items: list[str]) -> list[BenchSet]:
     seen = set()
     for s in sets:
         if s.name in seen:
-            raise ValidationError(f"two sets are named {s.name!r}; give one a label ('LABEL: {s.spec}')",
+            raise ValidationError(f"two sets are named {s.name!r}; give them different labels ('LABEL: TERMS')",
                                   field="sets")
         seen.add(s.name)
     return sets

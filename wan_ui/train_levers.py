@@ -143,31 +143,30 @@ class _BlockRunner(nn.Module):
     so LoRA/state-dict names do not change) so that `compile()` of runners shares one graph for all blocks,
     with the checkpoint region inside the compiled graph (required for selective checkpointing under compile)."""
 
-    def __init__(self, block: nn.Module, checkpoint: bool, context_fn=None):
+    def __init__(self, block: nn.Module, checkpoint: bool, selective: bool):
         super().__init__()
         self.block = block
         self.checkpoint = checkpoint
-        self.context_fn = context_fn
+        self.selective = selective
 
     def forward(self, *args):
+        from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
+
         if not self.checkpoint:
             return self.block(*args)
-        from torch.utils.checkpoint import checkpoint, noop_context_fn
-
-        return checkpoint(self.block, *args, use_reentrant=False, context_fn=self.context_fn or noop_context_fn)
+        if self.selective:
+            # built here, not stored: dynamo only traces a context_fn given as a function or partial literal
+            policy = functools.partial(create_selective_checkpoint_contexts, _save_self_attention)
+            return checkpoint(self.block, *args, use_reentrant=False, context_fn=policy)
+        return checkpoint(self.block, *args, use_reentrant=False)
 
 
 def apply_grad_checkpointing(transformer, mode: str, skip_blocks: int = 0) -> list[_BlockRunner]:
     """Route every block through a runner (diffusers' `gradient_checkpointing_func` hook); return the runners."""
     if mode == "off":
         return []
-    context_fn = None
-    if mode == "selective":
-        from torch.utils.checkpoint import create_selective_checkpoint_contexts
-
-        context_fn = functools.partial(create_selective_checkpoint_contexts, _save_self_attention)
     n = len(transformer.blocks)
-    runners = [_BlockRunner(b, checkpoint=i < n - skip_blocks, context_fn=context_fn)
+    runners = [_BlockRunner(b, checkpoint=i < n - skip_blocks, selective=mode == "selective")
                for i, b in enumerate(transformer.blocks)]
     by_block = {id(r.block): r for r in runners}
 

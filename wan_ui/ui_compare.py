@@ -40,7 +40,7 @@ def build_compare_tab(ctx: AppContext) -> CompareTab:
             inputs[f"set_{i}_preset"] = gr.Dropdown(
                 choices, value=defaults[i - 1] if i <= INITIAL_SETS else NO_SET,
                 label=f"Set {i}" + (" (baseline)" if i == 1 else ""), elem_id=f"set-{i}-preset", scale=2)
-            inputs[f"set_{i}_options"] = gr.Textbox(label=f"Set {i} extra options", placeholder="key=value, …",
+            inputs[f"set_{i}_options"] = gr.Textbox("", label=f"Set {i} extra options", placeholder="key=value, …",
                                                     elem_id=f"set-{i}-options", scale=3)
     with gr.Row():
         inputs["compare_quality"] = gr.Checkbox(False, label="Compute quality metrics",

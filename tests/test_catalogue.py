@@ -1,0 +1,142 @@
+"""Issue 3 on CPU: every CPU-capable technique runs; run-time options toggle off to bit-identical output."""
+
+import numpy as np
+import pytest
+import torch
+
+from lora_files import write_diffusers_lora, write_kijai_lora
+from wan_ui.errors import ValidationError
+from wan_ui.generate import generate
+from wan_ui.optim.attention import ChunkedWanAttnProcessor
+from wan_ui.optim.lora import parse_lora_spec
+from wan_ui.options import OptimizationSet
+
+CPU_SETS = [
+    {"precision": "fp32", "text_encoder_precision": "fp32"}, {"precision": "fp16"}, {"vae_precision": "bf16"},
+    {"quantization": "fp8_storage"}, {"scheduler": "dpmpp"}, {"scheduler": "euler", "flow_shift": 5.0},
+    {"attention_backend": "math"}, {"attention_backend": "flex"}, {"attention_slicing": 64},
+    {"cache": "first_block"}, {"cache": "mag"}, {"cache": "taylorseer"}, {"cache": "pab"},
+    {"cfg_truncation": 0.5}, {"vae_tiling": True, "vae_slicing": True},
+]
+
+
+def _frames(manager, req, opts):
+    return generate(manager, "tiny", req, opts, out_dir=None)
+
+
+@pytest.mark.parametrize("values", CPU_SETS, ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()))
+def test_technique_runs(manager, smoke_request, values):
+    r = _frames(manager, smoke_request, OptimizationSet.from_dict(values))
+    assert r.frames.shape == (9, 64, 64, 3)
+    assert np.isfinite(r.frames).all() and r.frames.std() > 0
+
+
+def test_runtime_toggle_on_then_off_is_bit_identical(manager, smoke_request, lora_root):
+    write_diffusers_lora(lora_root / "style.safetensors")
+    req = smoke_request.__class__(**{**smoke_request.to_dict(), "num_inference_steps": 6, "notes": ()})
+    base = OptimizationSet()
+    never = _frames(manager, req, base).frames
+    for values in ({"cache": "mag"}, {"cache": "first_block"}, {"cache": "taylorseer"}, {"scheduler": "dpmpp"},
+                   {"attention_backend": "flex"}, {"attention_slicing": 32}, {"cfg_truncation": 0.5},
+                   {"vae_tiling": True}, {"lora": "style.safetensors"},
+                   {"lora": "style.safetensors:0.7", "lora_fuse": True}):
+        on = _frames(manager, req, base.with_(**values)).frames
+        off = _frames(manager, req, base).frames
+        assert np.array_equal(off, never), f"{values} left a trace"
+        if "vae_tiling" not in values and "attention_slicing" not in values:  # these are exact at 64 px
+            assert not np.array_equal(on, never), f"{values} changed nothing"
+    assert manager.builds == 1
+
+
+def test_caches_skip_forwards_and_report_it(manager, smoke_request):
+    req = smoke_request.__class__(**{**smoke_request.to_dict(), "num_inference_steps": 10, "notes": ()})
+    dense = _frames(manager, req, OptimizationSet()).metrics
+    assert dense.forwards_planned == dense.forwards_computed == 20
+    mag = _frames(manager, req, OptimizationSet().with_(cache="mag")).metrics
+    assert mag.forwards_computed < mag.forwards_planned == 20
+    cfg = _frames(manager, req, OptimizationSet().with_(cfg_truncation=0.5)).metrics
+    assert cfg.forwards_planned == cfg.forwards_computed == 15  # 10 cond + first 5 uncond
+
+
+def test_chunked_attention_matches_sdpa_and_restores(manager, smoke_request):
+    pipe, _, _ = manager.get("tiny", OptimizationSet().with_(precision="fp32"), smoke_request)
+    attn = pipe.transformer.blocks[0].attn1
+    x = torch.randn(1, 40, attn.to_q.in_features)
+    ref = attn(x)
+    proc = attn.processor
+    attn.set_processor(ChunkedWanAttnProcessor(7))
+    torch.testing.assert_close(attn(x), ref, rtol=1e-5, atol=1e-5)
+    attn.set_processor(proc)
+    manager.get("tiny", OptimizationSet().with_(precision="fp32", attention_slicing=16), smoke_request)
+    assert all(isinstance(p, ChunkedWanAttnProcessor) for k, p in pipe.transformer.attn_processors.items())
+    manager.get("tiny", OptimizationSet().with_(precision="fp32"), smoke_request)
+    assert not any(isinstance(p, ChunkedWanAttnProcessor) for p in pipe.transformer.attn_processors.values())
+
+
+def test_fp8_storage_really_stores_fp8(manager, smoke_request):
+    pipe, _, _ = manager.get("tiny", OptimizationSet().with_(quantization="fp8_storage"), smoke_request)
+    dtypes = {p.dtype for n, p in pipe.transformer.named_parameters() if "blocks" in n and n.endswith("weight")}
+    assert torch.float8_e4m3fn in dtypes
+
+
+def test_lora_fuse_then_remove_restores_weights_exactly(manager, smoke_request, lora_root):
+    write_diffusers_lora(lora_root / "a.safetensors")
+    write_kijai_lora(lora_root / "kijai" / "causvid_like.safetensors")
+    pipe, _, _ = manager.get("tiny", OptimizationSet(), smoke_request)
+    before = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
+    opts = OptimizationSet().with_(lora="a.safetensors:0.5;kijai/causvid_like.safetensors", lora_fuse=True)
+    manager.get("tiny", opts, smoke_request)
+    assert pipe.get_active_adapters() == ["wan_ui_0", "wan_ui_1"]
+    manager.get("tiny", OptimizationSet(), smoke_request)
+    after = pipe.transformer.state_dict()
+    assert set(after) == set(before)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_lora_paths_are_confined(lora_root, tmp_path):
+    outside = write_diffusers_lora(tmp_path / "outside.safetensors")
+    (lora_root / "link.safetensors").symlink_to(outside)
+    (lora_root / "notes.txt").write_text("x")
+    for spec, fragment in [("../outside.safetensors", "may not contain '..'"),
+                           (str(outside), "outside the LoRA folder"),
+                           ("link.safetensors", "outside the LoRA folder"),
+                           ("notes.txt", "must be .safetensors"),
+                           ("./missing.safetensors", "not found"),
+                           ("owner/repo/weights.bin", "must be .safetensors"),
+                           ("justaname", "neither a file/folder")]:
+        with pytest.raises(ValidationError, match=fragment):
+            parse_lora_spec(spec, lora_root)
+    hub = parse_lora_spec("Kijai/WanVideo_comfy/Wan21_CausVid_bidirect2_T2V_1_3B_lora_rank32.safetensors:0.8",
+                          lora_root)[0]
+    assert hub.is_hub and hub.location == "Kijai/WanVideo_comfy" and hub.scale == 0.8
+    assert hub.weight_name == "Wan21_CausVid_bidirect2_T2V_1_3B_lora_rank32.safetensors"
+
+
+def test_bad_lora_leaves_pipeline_usable(manager, smoke_request, lora_root):
+    (lora_root / "broken.safetensors").write_bytes(b"garbage")
+    good = _frames(manager, smoke_request, OptimizationSet()).frames
+    with pytest.raises(Exception):
+        _frames(manager, smoke_request, OptimizationSet().with_(lora="broken.safetensors"))
+    assert np.array_equal(_frames(manager, smoke_request, OptimizationSet()).frames, good)
+
+
+@pytest.mark.slow
+def test_regional_compile_counts_as_warmup(manager, smoke_request):
+    opts = OptimizationSet().with_(compile="regional")
+    first = _frames(manager, smoke_request, opts).metrics
+    second = _frames(manager, smoke_request, opts).metrics
+    assert first.warmup_time_s > 0.2 and second.warmup_time_s == 0.0
+    assert second.clip_latency_s < first.clip_latency_s
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["model", "sequential", "group_block", "group_leaf"])
+def test_offload_really_moves_weights(mode, smoke_request, tiny_folder):
+    from wan_ui.manager import ModelManager
+
+    m = ModelManager(device="cuda", log=lambda _: None)
+    pipe, _, _ = m.get("tiny", OptimizationSet().with_(offload=mode), smoke_request)
+    devices = {p.device.type for p in pipe.transformer.parameters()}
+    assert devices == {"cpu"} or mode == "model" and "cpu" in devices
+    r = generate(m, "tiny", smoke_request, OptimizationSet().with_(offload=mode), out_dir=None)
+    assert r.frames.shape[0] == 9

@@ -1,0 +1,77 @@
+"""run_comparison on the tiny model: order, reuse of the pipeline, report-layout tables, quality, cancel."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from wan_ui.compare import Comparison, named_set, run_comparison
+from wan_ui.errors import GenerationCancelled, UnavailableError, ValidationError
+from wan_ui.options import OptimizationSet, preset
+
+
+def test_named_set_from_preset_and_overrides():
+    assert named_set("Defaults") == ("Defaults", OptimizationSet())
+    name, opts = named_set("CPU quick", "cache=mag,\nvae_tiling=true")
+    assert name == "CPU quick + cache=mag, vae_tiling=true"
+    assert opts == preset("CPU quick").with_(cache="mag", vae_tiling=True)
+    with pytest.raises(ValidationError):
+        named_set("Defaults", "cache=warp")
+
+
+def test_two_sets_run_in_order_share_one_pipeline_and_fill_the_report_table(manager, smoke_request, tmp_path):
+    phases = []
+    sets = [named_set("Defaults"), named_set("Defaults", "cache=first_block, vae_tiling=true")]
+    comp = run_comparison(manager, "tiny", smoke_request, sets, out_dir=tmp_path,
+                          on_progress=lambda phase, done, total: phases.append(phase))
+    assert [r.name for r in comp.runs] == [n for n, _ in sets]
+    assert manager.builds == 1  # same load-time part: the second set only re-applies run-time families
+    assert comp.runs[1].result.build.rebuilt is False and "cache" in comp.runs[1].result.build.reapplied
+    videos = [Path(r.result.video_path) for r in comp.runs]
+    assert all(v.parent == tmp_path and v.exists() for v in videos)
+    assert phases[0] == "Defaults (1/2): loading" and any(p.endswith("(2/2): denoising") for p in phases)
+    table = comp.markdown()
+    assert table.splitlines()[0].startswith("| Set | Load Time | Warm up time | MAX VRAM |")
+    assert table.splitlines()[2].startswith("| Defaults | ") and "(1.00x)" in table.splitlines()[2]
+    rows = comp.ratio_rows()
+    assert {r["metric"] for r in rows} >= {"Clip-wise Latency", "Throughput"}
+    assert all(r["ratio"] == pytest.approx(1.0) for r in rows if r["set"] == "Defaults")
+    csv_path, md_path = comp.write_tables(tmp_path / "tables")
+    header = csv_path.read_text().splitlines()[0]
+    assert header.startswith("set,Load Time,Load Time / baseline,") and "PSNR vs baseline" in header
+    assert "Ratios are to the first set (Defaults)" in md_path.read_text()
+
+
+def test_sets_are_checked_before_anything_runs(manager, smoke_request):
+    with pytest.raises(ValidationError, match="choose 2 to 6"):
+        run_comparison(manager, "tiny", smoke_request, [named_set("Defaults")], out_dir=None)
+    with pytest.raises(ValidationError, match="same name"):
+        run_comparison(manager, "tiny", smoke_request, [named_set("Defaults")] * 2, out_dir=None)
+    if not manager.hw.cuda:
+        with pytest.raises(UnavailableError, match="set 'Fast': .*needs a CUDA GPU"):
+            run_comparison(manager, "tiny", smoke_request, [named_set("Defaults"), named_set("Fast")], out_dir=None)
+    assert manager.builds == 0
+
+
+def test_quality_uses_the_cached_no_optimization_baseline(manager, smoke_request):
+    from wan_ui.quality import BaselineCache, QualityConfig, QualityScorer
+
+    cache = BaselineCache()
+    comp = run_comparison(manager, "tiny", smoke_request, [named_set("Defaults"), named_set("CPU quick")],
+                          scorer=QualityScorer(QualityConfig.random_weights()), baseline_cache=cache, out_dir=None)
+    base, quick = (r.metrics for r in comp.runs)
+    assert len(cache) == 1 and manager.builds == 1  # the Defaults run is the baseline: no extra generation
+    assert base["lpips_vs_baseline"] == pytest.approx(0.0, abs=1e-6) and base["psnr_vs_baseline"] == 100.0
+    assert quick["lpips_vs_baseline"] is not None and quick["lpips_temporal"] is not None
+    assert "random-weight" in quick["quality_note"]
+    assert isinstance(comp, Comparison) and "LPIPS Score" in comp.markdown()
+
+
+def test_cancel_stops_the_comparison(manager, smoke_request):
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(GenerationCancelled, match="after step 1"):
+        run_comparison(manager, "tiny", smoke_request, [named_set("Defaults"), named_set("CPU quick")],
+                       cancel=cancel, out_dir=None)

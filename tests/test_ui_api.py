@@ -1,0 +1,113 @@
+"""Driving the launched app through gradio_client: every action is a named endpoint."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from ui_server import ui_app  # noqa: F401  (module-scoped fixture: one app for this module)
+
+from wan_ui.ui_generate import RUN_OUTPUTS
+
+SMALL = dict(prompt="a lighthouse in a storm", width=64, height=64, num_frames=9, num_inference_steps=2, seed=11)
+GENERATE_OUTPUTS = (*RUN_OUTPUTS, "gallery", "table")
+COMPARE_OUTPUTS = ("status", *(f"video_{i}" for i in range(1, 7)), "table", "latency_plot", "ratio_plot", "csv",
+                   "markdown", "gallery", "history_table")
+
+
+@pytest.fixture(scope="module")
+def client(ui_app):  # noqa: F811
+    from gradio_client import Client
+
+    return Client(ui_app.url, verbose=False, download_files=False)
+
+
+def generate(client, **kwargs) -> dict:
+    return dict(zip(GENERATE_OUTPUTS, client.predict(**{**SMALL, **kwargs}, api_name="/generate")))
+
+
+def test_every_action_is_a_named_endpoint(client):
+    names = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
+    assert {"/generate", "/cancel", "/compare", "/cancel_compare", "/apply_preset", "/reuse_settings",
+            "/load_settings", "/restore_last_settings", "/gpu_stats", "/options"} <= names
+
+
+def test_generate_returns_video_metrics_and_saves_the_settings(client, ui_app):  # noqa: F811
+    out = generate(client, num_frames=8, vae_tiling=True)
+    info = out["result_json"]
+    assert Path(info["video"]).parent == ui_app.outputs and Path(info["video"]).exists()
+    assert info["frames"] == 9 and info["random_weights"] is True and info["optimizations"]["vae_tiling"] is True
+    assert out["seed_used"] == 11 and "snapped to 9" in out["status"] and "random-weight" in out["status"]
+    assert "Clip-wise latency" in out["efficiency"] and "no CUDA device" in out["hardware"]
+    assert "not computed" in out["accuracy"] and "tiny random-weight" in out["others"]
+    assert [row[0] for row in out["table"]["data"]] == [1]
+    saved = json.loads(ui_app.settings_file.read_text())
+    assert saved["request"]["prompt"] == SMALL["prompt"] and saved["optimizations"]["vae_tiling"] is True
+    restored = client.predict(api_name="/restore_last_settings")
+    assert SMALL["prompt"] in restored and "Restored the last-used settings" in " ".join(map(str, restored))
+
+
+def test_randomized_seed_is_reported(client):
+    out = generate(client, randomize_seed=True)
+    assert out["seed_used"] == out["result_json"]["seed"] and f"seed {out['seed_used']}" in out["status"]
+
+
+def test_bad_input_is_an_error_naming_the_field_and_the_app_stays_up(client):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=r"width must be a multiple of 16 in \[16, 2048\], got 70"):
+        generate(client, width=70)
+    with pytest.raises(AppError, match="needs a CUDA GPU"):
+        generate(client, offload="group_leaf")
+    assert client.predict(api_name="/options")["presets"]["CPU quick"]["cache"] == "first_block"
+
+
+def test_presets_fill_the_option_widgets(client):
+    values = client.predict("CPU quick", api_name="/apply_preset")
+    assert "first_block" in values and "bf16" in values
+
+
+def test_compare_two_sets_gives_the_report_table_and_downloads(client):
+    out = dict(zip(COMPARE_OUTPUTS, client.predict(
+        **SMALL, set_1_preset="Defaults", set_2_preset="Defaults", set_2_options="cache=first_block",
+        api_name="/compare")))
+    lines = out["table"].splitlines()
+    assert lines[0].startswith("| Set | Load Time |") and lines[2].startswith("| Defaults |")
+    assert lines[3].startswith("| Defaults + cache=first_block |") and "x)" in lines[3]
+    assert Path(out["csv"]["path"]).read_text().startswith("set,Load Time,")
+    assert "Ratios are to the first set" in Path(out["markdown"]["path"]).read_text()
+    print("V1", out["video_1"]); print("V3", out["video_3"])
+    print(out["latency_plot"], out["ratio_plot"], out["video_1"], out["video_3"])
+    assert [row[2] for row in out["history_table"]["data"]][-2:] == ["compare: Defaults",
+                                                                     "compare: Defaults + cache=first_block"]
+
+
+def test_settings_load_back_from_a_video_and_from_history(client, ui_app):  # noqa: F811
+    from gradio_client import handle_file
+
+    info = generate(client, seed=21, cache="first_block")["result_json"]
+    values = client.predict(handle_file(info["video"]), api_name="/load_settings")
+    assert SMALL["prompt"] in values and 21 in values and "first_block" in values
+    history = generate(client, seed=22)["table"]["data"]
+    run = next(row[0] for row in history if row[7] == 21)
+    reused = client.predict(run, api_name="/reuse_settings")
+    assert 21 in reused and f"Re-using the settings of run #{run}." in reused
+
+
+def test_cancel_interrupts_a_long_run_and_the_app_stays_usable(client):
+    job = client.submit(**{**SMALL, "num_inference_steps": 200}, api_name="/generate")
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        progress = job.status().progress_data
+        if progress and "step" in (progress[-1].desc or ""):
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the run never reached the denoising loop")
+    assert client.predict(api_name="/cancel").startswith("Cancelling")
+    out = dict(zip(GENERATE_OUTPUTS, job.result(timeout=60)))
+    assert out["status"].startswith("Cancelled: cancelled after step") and "of 200" in out["status"]
+    assert client.predict(api_name="/cancel") == "Nothing is running in this session."
+    assert "Done" in generate(client)["status"]
