@@ -37,7 +37,7 @@ def test_runtime_toggle_on_then_off_is_bit_identical(manager, smoke_request, lor
     base = OptimizationSet()
     never = _frames(manager, req, base).frames
     for values in ({"cache": "mag"}, {"cache": "first_block"}, {"cache": "taylorseer"}, {"scheduler": "dpmpp"},
-                   {"attention_backend": "flex"}, {"attention_slicing": 32}, {"cfg_truncation": 0.5},
+                   {"attention_backend": "math"}, {"attention_slicing": 32}, {"cfg_truncation": 0.5},
                    {"vae_tiling": True}, {"lora": "style.safetensors"},
                    {"lora": "style.safetensors:0.7", "lora_fuse": True}):
         on = _frames(manager, req, base.with_(**values)).frames

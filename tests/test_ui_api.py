@@ -78,8 +78,10 @@ def test_compare_two_sets_gives_the_report_table_and_downloads(client):
     assert lines[3].startswith("| Defaults + cache=first_block |") and "x)" in lines[3]
     assert Path(out["csv"]["path"]).read_text().startswith("set,Load Time,")
     assert "Ratios are to the first set" in Path(out["markdown"]["path"]).read_text()
-    print("V1", out["video_1"]); print("V3", out["video_3"])
-    print(out["latency_plot"], out["ratio_plot"], out["video_1"], out["video_3"])
+    assert out["video_1"]["label"] == "Defaults" and out["video_1"]["value"]["path"].endswith(".mp4")
+    assert out["video_3"]["visible"] is False
+    assert [row[0] for row in out["latency_plot"]["data"]] == ["Defaults", "Defaults + cache=first_block"]
+    assert ["Defaults", "Clip-wise Latency", 1.0] in out["ratio_plot"]["data"]
     assert [row[2] for row in out["history_table"]["data"]][-2:] == ["compare: Defaults",
                                                                      "compare: Defaults + cache=first_block"]
 

@@ -183,12 +183,16 @@ class NvmlSampler:
     def start(self) -> "NvmlSampler":
         self.stop()
         self.samples, self.error = [], None
+        initialised = False
         try:
             nvml = self._module()
             nvml.nvmlInit()
+            initialised = True
             self._handle = nvml.nvmlDeviceGetHandleByIndex(self.index)
         except Exception as e:  # no driver, no GPU, package missing
             self.error = f"NVML unavailable: {type(e).__name__}: {e}"
+            if initialised:
+                self._nvml.nvmlShutdown()
             return self
         self._stop.clear()
         self._t0 = time.perf_counter()

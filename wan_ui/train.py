@@ -159,6 +159,18 @@ def flow_matching_loss(transformer, latents: torch.Tensor, text: torch.Tensor, s
     return torch.nn.functional.mse_loss(pred.float(), target)
 
 
+def train_step(transformer, optimizer, params, latents, text, sigmas, noise, autocast_dtype,
+               max_grad_norm: float) -> tuple[float, float | None]:
+    """One optimizer step (forward, backward, clip, update); the training loop and the GPU benchmark both
+    time exactly this. Returns (loss, gradient norm before clipping)."""
+    loss = flow_matching_loss(transformer, latents, text, sigmas, noise, autocast_dtype)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm) if max_grad_norm else None
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item(), (float(grad_norm) if grad_norm is not None else None)  # .item() synchronises
+
+
 def tokens_per_sample(latents_shape, patch=(1, 2, 2)) -> int:
     """Transformer sequence length of one sample: T x h/2 x w/2 for latents (C, T, h, w)."""
     _, t, h, w = latents_shape[-4:]
@@ -562,18 +574,14 @@ class _Loop:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        loss = flow_matching_loss(self.transformer, latents, text, sigmas.to(device), noise, autocast)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm) if cfg.max_grad_norm else None
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss_value = loss.item()  # synchronises
+        loss_value, grad_norm = train_step(self.transformer, self.optimizer, self.params, latents, text,
+                                           sigmas.to(device), noise, autocast, cfg.max_grad_norm)
         if device == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
         self.step += 1
         return {"event": "step", "step": self.step, "loss": loss_value, "lr": lr,
-                "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                "grad_norm": grad_norm,
                 "sigma_mean": float(sigmas.mean()), "step_time_s": dt, "samples_per_s": cfg.batch_size / dt,
                 "tokens_per_s": cfg.batch_size * tokens / dt, "tokens_per_sample": tokens,
                 "batch_size": cfg.batch_size, "peak_vram_mb": _peak_vram_mb(device), "time": time.time()}

@@ -57,7 +57,7 @@ def create_demo(manager: ModelManager, model: str | None = None, scorer=None, ba
         _wire_history(gen, hist, history, restore)
         demo.load(lambda: restore(load_settings(ctx.settings_path), f"Restored the last-used settings from "
                                   f"{ctx.settings_path or settings_path()}."),
-                  outputs=restore.outputs, api_name="restore_last_settings")
+                  outputs=restore.outputs, api_name="restore_last_settings", show_progress="hidden")
     demo.queue(default_concurrency_limit=1)
     return demo
 
@@ -133,7 +133,8 @@ def _wire_generate(ctx: AppContext, gen, hist, history_state) -> None:
 
     gen.cancel_btn.click(on_cancel, outputs=gen.out["status"], api_name="cancel", queue=False)
     gen.inputs["preset"].input(lambda name: option_widgets.updates(apply_preset(name)), gen.inputs["preset"],
-                               list(option_widgets.values()), api_name="apply_preset", queue=False)
+                               list(option_widgets.values()), api_name="apply_preset", queue=False,
+                               show_progress="hidden")
     gr.on([w.input for w in option_widgets.values()], lambda **values: matching_preset(values),
           inputs_kwargs=option_widgets, outputs=gen.inputs["preset"], queue=False, api_visibility="private",
           show_progress="hidden")

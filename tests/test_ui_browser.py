@@ -1,0 +1,96 @@
+"""The app in a real browser: Playwright drives Debian's chromium (never a downloaded one) against the app on
+127.0.0.1 with the tiny model. Screenshots go to test-artifacts/ (git-ignored)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from ui_server import ui_app  # noqa: F401  (module-scoped fixture: one app for this module)
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+RUN_TIMEOUT_MS = 90_000  # a tiny generation takes seconds; the first one also builds the pipeline
+
+
+@pytest.fixture(scope="module")
+def page(ui_app):  # noqa: F811
+    if not shutil.which(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is not installed (CI installs Debian's chromium through apt)")
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(RUN_TIMEOUT_MS)
+        page.goto(ui_app.url)
+        page.wait_for_selector("#prompt textarea")
+        yield page
+        browser.close()
+
+
+def set_number(page, elem_id: str, value: int) -> None:
+    """Number boxes and the number box of a slider commit their value on input + blur."""
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def screenshot(page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def test_generate_shows_the_video_and_fills_the_metrics(page):
+    from playwright.sync_api import expect
+
+    page.fill("#prompt textarea", "a red kite over a grey sea")
+    for elem_id, value in (("width", 64), ("height", 64), ("num-frames", 9), ("steps", 2)):
+        set_number(page, elem_id, value)
+    expect(page.locator("#resolution input")).to_have_value("64x64 (tiny model)")
+    page.locator("#opt-vae-tiling input[type=checkbox]").check()
+    expect(page.locator("#preset input")).to_have_value("Custom")  # a manual change leaves the preset
+    page.click("#generate-btn")
+    expect(page.locator("#video video")).to_have_attribute("src", re.compile(r".+\.mp4"))
+    expect(page.locator("#status textarea")).to_have_value(re.compile(r"^Done: 9 frames at 64x64"))
+    expect(page.locator("#metrics-efficiency")).to_contain_text(re.compile(r"Clip-wise latency\s*\d+\.\d+ s"))
+    expect(page.locator("#metrics-hardware")).to_contain_text("no CUDA device")
+    page.click("#acc-others button:has-text('Others')") if page.locator("#metrics-others").is_hidden() else None
+    expect(page.locator("#metrics-others")).to_contain_text("vae_tiling=True")
+    expect(page.locator("#seed-used input")).to_have_value("0")
+    screenshot(page, "generate")
+
+
+def test_cancel_interrupts_a_long_run(page):
+    from playwright.sync_api import expect
+
+    set_number(page, "steps", 120)
+    page.click("#generate-btn")
+    expect(page.get_by_text(re.compile(r"step \d+ of 120")).first).to_be_visible()
+    page.click("#cancel-btn")
+    expect(page.locator("#status textarea")).to_have_value(re.compile(r"^Cancelled: cancelled after step \d+ of 120"))
+    screenshot(page, "cancelled")
+
+
+def test_two_set_comparison_shows_its_table(page):
+    from playwright.sync_api import expect
+
+    set_number(page, "steps", 2)
+    page.get_by_role("tab", name="Compare").click()
+    expect(page.locator("#compare-summary")).to_contain_text("64x64, 9 frames, 2 steps")
+    page.click("#compare-btn")
+    rows = page.locator("#compare-table tbody tr")
+    expect(rows).to_have_count(2)
+    expect(rows.nth(0)).to_contain_text("Baseline (report)")
+    expect(rows.nth(1)).to_contain_text("CPU quick")
+    expect(page.locator("#compare-video-2 video")).to_have_attribute("src", re.compile(r".+\.mp4"))
+    screenshot(page, "compare")
+    page.get_by_role("tab", name="History").click()
+    expect(page.locator("#history-table")).to_contain_text("compare: CPU quick")
+    screenshot(page, "history")
