@@ -10,11 +10,12 @@ import pytest
 from ui_server import ui_app  # noqa: F401  (module-scoped fixture: one app for this module)
 
 from wan_ui.ui_generate import RUN_OUTPUTS
+from wan_ui.ui_values import HISTORY_COLUMNS
 
 SMALL = dict(prompt="a lighthouse in a storm", width=64, height=64, num_frames=9, num_inference_steps=2, seed=11)
 GENERATE_OUTPUTS = (*RUN_OUTPUTS, "gallery", "table")
-COMPARE_OUTPUTS = ("status", *(f"video_{i}" for i in range(1, 7)), "table", "latency_plot", "ratio_plot", "csv",
-                   "markdown", "gallery", "history_table")
+COMPARE_OUTPUTS = ("status", *(f"video_{i}" for i in range(1, 7)), "table", "chart", "csv", "markdown", "gallery",
+                   "history_table")
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +50,13 @@ def test_generate_returns_video_metrics_and_saves_the_settings(client, ui_app): 
     assert SMALL["prompt"] in restored and "Restored the last-used settings" in " ".join(map(str, restored))
 
 
+def test_quality_metrics_fill_the_accuracy_panel(client):
+    out = generate(client, quality=True, cache="first_block")
+    m = out["result_json"]["metrics"]
+    assert m["clip_score"] is not None and m["lpips_vs_baseline"] is not None and m["ssim_vs_baseline"] is not None
+    assert "| **LPIPS vs baseline** | 0." in out["accuracy"] and "random weights" in out["accuracy"]
+
+
 def test_randomized_seed_is_reported(client):
     out = generate(client, randomize_seed=True)
     assert out["seed_used"] == out["result_json"]["seed"] and f"seed {out['seed_used']}" in out["status"]
@@ -80,8 +88,7 @@ def test_compare_two_sets_gives_the_report_table_and_downloads(client):
     assert "Ratios are to the first set" in Path(out["markdown"]["path"]).read_text()
     assert out["video_1"]["label"] == "Defaults" and out["video_1"]["value"]["path"].endswith(".mp4")
     assert out["video_3"]["visible"] is False
-    assert [row[0] for row in out["latency_plot"]["data"]] == ["Defaults", "Defaults + cache=first_block"]
-    assert ["Defaults", "Clip-wise Latency", 1.0] in out["ratio_plot"]["data"]
+    assert out["chart"]["type"] == "matplotlib" and out["chart"]["plot"].startswith("data:image/")
     assert [row[2] for row in out["history_table"]["data"]][-2:] == ["compare: Defaults",
                                                                      "compare: Defaults + cache=first_block"]
 
@@ -93,7 +100,7 @@ def test_settings_load_back_from_a_video_and_from_history(client, ui_app):  # no
     values = client.predict(handle_file(info["video"]), api_name="/load_settings")
     assert SMALL["prompt"] in values and 21 in values and "first_block" in values
     history = generate(client, seed=22)["table"]["data"]
-    run = next(row[0] for row in history if row[7] == 21)
+    run = next(row[0] for row in history if row[HISTORY_COLUMNS.index("seed")] == 21)
     reused = client.predict(run, api_name="/reuse_settings")
     assert 21 in reused and f"Re-using the settings of run #{run}." in reused
 

@@ -32,6 +32,8 @@ def page(ui_app):  # noqa: F811
         page.set_default_timeout(RUN_TIMEOUT_MS)
         page.goto(ui_app.url)
         page.wait_for_selector("#prompt textarea")
+        # the page-load event restores the last-used settings; wait for it before typing
+        page.wait_for_function("document.querySelector('#status textarea')?.value.length > 0")
         yield page
         browser.close()
 
@@ -94,3 +96,14 @@ def test_two_set_comparison_shows_its_table(page):
     page.get_by_role("tab", name="History").click()
     expect(page.locator("#history-table")).to_contain_text("compare: CPU quick")
     screenshot(page, "history")
+
+
+def test_history_reuses_a_runs_settings(page):
+    from playwright.sync_api import expect
+
+    page.locator("#history-gallery button").first.click()
+    expect(page.locator("#history-run input")).to_have_value("1")
+    page.click("#reuse-btn")
+    expect(page.locator("#status textarea")).to_have_value("Re-using the settings of run #1.")
+    expect(page.locator("#prompt textarea")).to_have_value("a red kite over a grey sea")
+    expect(page.locator("#steps input[type=number]")).to_have_value("2")

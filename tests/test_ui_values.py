@@ -179,8 +179,8 @@ def test_history_rows_and_captions():
     entry = uv.history_entry(fake_info(), kind="compare: Fast")
     row = uv.history_row(2, entry)
     assert dict(zip(uv.HISTORY_COLUMNS, row)) | {"time": None} == {
-        "#": 2, "time": None, "kind": "compare: Fast", "prompt": "a cat", "size": "64x64", "frames": 9,
-        "steps": 50, "seed": 3, "options": "cache=mag", "clip s": 4.0, "fps": 2.0, "peak MiB": None}
+        "#": 2, "time": None, "kind": "compare: Fast", "size": "64x64", "frames": 9, "steps": 50, "seed": 3,
+        "clip s": 4.0, "fps": 2.0, "peak MiB": None, "prompt": "a cat", "options": "cache=mag"}
     assert uv.history_caption(2, entry).startswith("#2 compare: Fast · seed 3")
     assert uv.settings_of(entry["info"])["optimizations"]["cache"] == "mag"
 

@@ -100,9 +100,9 @@ class _Restorer:
         self.outputs = [*gen.inputs.values(), gen.out["status"], tabs]
 
     def __call__(self, settings: dict | None, message: str) -> dict:
-        if settings is None:  # nothing saved yet
-            return {}
         status = self.gen.out["status"]
+        if settings is None:  # nothing saved yet
+            return {status: "Ready."}
         try:
             values = values_from_settings(settings)
         except UserError as e:

@@ -6,7 +6,6 @@ import time
 from dataclasses import dataclass
 
 import gradio as gr
-import pandas as pd
 
 from .compare import MAX_SETS, Comparison, run_comparison
 from .errors import GenerationCancelled, UserError
@@ -16,12 +15,13 @@ from .ui_values import NO_SET, named_sets_from_values, preset_choices, request_f
 from .ui_widgets import Widgets, user_error
 
 INITIAL_SETS = 2
+SETS_PER_ROW = 3
 
 
 @dataclass
 class CompareTab:
     inputs: Widgets  # set_i_preset, set_i_options, compare_quality
-    out: Widgets  # status, video_i, table, ratio_plot, latency_plot, csv, markdown
+    out: Widgets  # status, video_i, table, chart, csv, markdown
     summary: gr.Markdown  # what the sets run on (the Generate tab's parameters)
     run_btn: gr.Button
     cancel_btn: gr.Button
@@ -35,13 +35,16 @@ def build_compare_tab(ctx: AppContext) -> CompareTab:
     defaults = ["Baseline (report)", "Fast" if ctx.hw.cuda else "CPU quick"]
     gr.Markdown("The first set is the baseline of every ratio. Add options to a preset as `key=value, key=value` "
                 "(names as in the Generate tab, e.g. `cache=mag, scheduler=dpmpp`).")
-    for i in range(1, MAX_SETS + 1):
+    for first in range(1, MAX_SETS + 1, SETS_PER_ROW):
         with gr.Row(equal_height=True):
-            inputs[f"set_{i}_preset"] = gr.Dropdown(
-                choices, value=defaults[i - 1] if i <= INITIAL_SETS else NO_SET,
-                label=f"Set {i}" + (" (baseline)" if i == 1 else ""), elem_id=f"set-{i}-preset", scale=2)
-            inputs[f"set_{i}_options"] = gr.Textbox("", label=f"Set {i} extra options", placeholder="key=value, …",
-                                                    elem_id=f"set-{i}-options", scale=3)
+            for i in range(first, first + SETS_PER_ROW):
+                with gr.Column(min_width=220):
+                    inputs[f"set_{i}_preset"] = gr.Dropdown(
+                        choices, value=defaults[i - 1] if i <= INITIAL_SETS else NO_SET,
+                        label=f"Set {i}" + (" (baseline)" if i == 1 else ""), elem_id=f"set-{i}-preset")
+                    inputs[f"set_{i}_options"] = gr.Textbox(
+                        "", show_label=False, placeholder="extra options: key=value, …", elem_id=f"set-{i}-options",
+                        container=False)
     with gr.Row():
         inputs["compare_quality"] = gr.Checkbox(False, label="Compute quality metrics",
                                                 interactive=ctx.scorer is not None, elem_id="compare-quality")
@@ -51,14 +54,9 @@ def build_compare_tab(ctx: AppContext) -> CompareTab:
     with gr.Row(elem_id="compare-videos"):
         for i in range(1, MAX_SETS + 1):
             out[f"video_{i}"] = gr.Video(label=f"Set {i}", visible=False, interactive=False, autoplay=True,
-                                         loop=True, elem_id=f"compare-video-{i}", min_width=120)
+                                         loop=True, elem_id=f"compare-video-{i}", min_width=120, height=260)
     out["table"] = gr.Markdown(elem_id="compare-table")
-    with gr.Row():
-        out["latency_plot"] = gr.BarPlot(pd.DataFrame({"set": [], "seconds": []}), x="set", y="seconds",
-                                         title="Clip-wise latency", height=240, elem_id="compare-latency-plot")
-        out["ratio_plot"] = gr.BarPlot(pd.DataFrame({"metric": [], "ratio": [], "set": []}), x="metric",
-                                       y="ratio", color="set", title="Ratio to the baseline (1 = same)",
-                                       height=240, x_label_angle=-30, elem_id="compare-ratio-plot")
+    out["chart"] = gr.Plot(show_label=False, elem_id="compare-chart")
     with gr.Row():
         out["csv"] = gr.File(label="Table (CSV)", interactive=False, elem_id="compare-csv")
         out["markdown"] = gr.File(label="Table (Markdown)", interactive=False, elem_id="compare-md")
@@ -102,9 +100,33 @@ def comparison_display(ctx: AppContext, comp: Comparison) -> dict:
     shown = {f"video_{i + 1}": gr.Video(run.result.video_path, label=run.name, visible=True)
              for i, run in enumerate(comp.runs)}
     hidden = {f"video_{i}": gr.Video(None, visible=False) for i in range(len(comp.runs) + 1, MAX_SETS + 1)}
-    latency = pd.DataFrame([{"set": n, "seconds": m["clip_latency_s"]} for n, m in comp.named_metrics])
     r = comp.request
     return {**shown, **hidden, "table": comp.markdown(), "csv": str(csv_path), "markdown": str(md_path),
-            "latency_plot": latency, "ratio_plot": pd.DataFrame(comp.ratio_rows(), columns=["set", "metric", "ratio"]),
+            "chart": comparison_figure(comp),
             "status": f"Compared {len(comp.runs)} sets at {r.width}x{r.height}, {r.num_frames} frames, "
                       f"{r.num_inference_steps} steps, seed {r.seed}. Tables: {csv_path.parent}"}
+
+
+def comparison_figure(comp: Comparison):
+    """Bar charts: clip-wise latency per set, and each report metric's ratio to the baseline, grouped by set.
+    Drawn with matplotlib's object API (no pyplot state: handlers run in threads)."""
+    from matplotlib.figure import Figure
+
+    names = [name for name, _ in comp.named_metrics]
+    fig = Figure(figsize=(11, 3.6), layout="constrained")
+    latency, ratios = fig.subplots(1, 2, width_ratios=[1, 2])
+    latency.bar(names, [m["clip_latency_s"] for _, m in comp.named_metrics], color=[f"C{i}" for i in range(len(names))])
+    latency.set(title="Clip-wise latency", ylabel="seconds")
+    latency.tick_params(axis="x", labelrotation=20)
+    rows = comp.ratio_rows()
+    metrics = list(dict.fromkeys(r["metric"] for r in rows))
+    width = 0.8 / max(1, len(names))
+    for i, name in enumerate(names):
+        values = {r["metric"]: r["ratio"] for r in rows if r["set"] == name}
+        xs = [m + (i - (len(names) - 1) / 2) * width for m in range(len(metrics))]
+        ratios.bar(xs, [values.get(metric, 0.0) for metric in metrics], width, label=name, color=f"C{i}")
+    ratios.axhline(1.0, color="black", linewidth=0.8)
+    ratios.set(title=f"Ratio to the baseline ({names[0]}; 1 = same)", xticks=range(len(metrics)))
+    ratios.set_xticklabels(metrics, rotation=20, ha="right")
+    ratios.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig

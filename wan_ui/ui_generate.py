@@ -80,7 +80,8 @@ def _build_metrics_panel(ctx: AppContext) -> Widgets:
         w["accuracy"] = gr.Markdown("No run yet.", elem_id="metrics-accuracy")
     with gr.Accordion("Others", open=False, elem_id="acc-others"):
         w["others"] = gr.Markdown("No run yet.", elem_id="metrics-others")
-        w["result_json"] = gr.JSON(label="Result (JSON)", elem_id="result-json")
+        with gr.Accordion("Result (JSON)", open=False):
+            w["result_json"] = gr.JSON(show_label=False, elem_id="result-json")
     return w
 
 

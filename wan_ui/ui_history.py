@@ -30,7 +30,7 @@ def build_history_tab() -> HistoryTab:
         with gr.Column(scale=3):
             gallery = gr.Gallery(label="Runs", columns=4, height=300, allow_preview=False, elem_id="history-gallery")
         with gr.Column(scale=2):
-            run_number = gr.Number(label="Run #", precision=0, minimum=1, elem_id="history-run")
+            run_number = gr.Number(1, label="Run # (click a run)", precision=0, minimum=1, elem_id="history-run")
             reuse_btn = gr.Button("Re-use settings", variant="primary", elem_id="reuse-btn")
             upload = gr.File(label="Load settings from a video (.mp4 from outputs, or its .json sidecar)",
                              file_types=[".mp4", ".json"], elem_id="settings-upload")

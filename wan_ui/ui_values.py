@@ -254,7 +254,7 @@ def _diff_text(optimizations: dict) -> str:
 
 
 def _table(rows: list[tuple[str, str]]) -> str:
-    return "| | |\n|---|---|\n" + "\n".join(f"| **{k}** | {v.replace('|', '/')} |" for k, v in rows)
+    return "| Metric | Value |\n|---|---|\n" + "\n".join(f"| **{k}** | {v.replace('|', '/')} |" for k, v in rows)
 
 
 def step_rows(m: dict) -> list[dict]:
@@ -272,8 +272,8 @@ def versions() -> dict[str, str]:
 
 
 # ---- history ------------------------------------------------------------------------------------------
-HISTORY_COLUMNS = ["#", "time", "kind", "prompt", "size", "frames", "steps", "seed", "options", "clip s", "fps",
-                   "peak MiB"]
+HISTORY_COLUMNS = ["#", "time", "kind", "size", "frames", "steps", "seed", "clip s", "fps", "peak MiB", "prompt",
+                   "options"]
 
 
 def history_entry(info: dict, kind: str = "generate") -> dict:
@@ -285,10 +285,10 @@ def history_row(n: int, entry: dict) -> list:
     info, m = entry["info"], entry["info"]["metrics"]
     r = info["request"]
     prompt = r["prompt"] if len(r["prompt"]) <= 40 else r["prompt"][:39] + "…"
-    return [n, entry["time"], entry["kind"], prompt, f"{r['width']}x{r['height']}", r["num_frames"],
-            r["num_inference_steps"], r["seed"], _diff_text(info["optimizations"]),
-            round(m["clip_latency_s"], 3), round(m["throughput_fps"], 3),
-            None if m.get("peak_vram_mb") is None else round(m["peak_vram_mb"])]
+    return [n, entry["time"], entry["kind"], f"{r['width']}x{r['height']}", r["num_frames"], r["num_inference_steps"],
+            r["seed"], round(m["clip_latency_s"], 3), round(m["throughput_fps"], 3),
+            None if m.get("peak_vram_mb") is None else round(m["peak_vram_mb"]), prompt,
+            _diff_text(info["optimizations"])]
 
 
 def history_caption(n: int, entry: dict) -> str:
