@@ -29,10 +29,13 @@ def generate(client, **kwargs) -> dict:
     return dict(zip(GENERATE_OUTPUTS, client.predict(**{**SMALL, **kwargs}, api_name="/generate")))
 
 
-def test_every_action_is_a_named_endpoint(client):
+def test_every_action_is_a_named_endpoint_and_gpu_jobs_share_one_slot(client, ui_app):  # noqa: F811
     names = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
     assert {"/generate", "/cancel", "/compare", "/cancel_compare", "/apply_preset", "/reuse_settings",
             "/load_settings", "/restore_last_settings", "/gpu_stats", "/options"} <= names
+    slots = {fn.api_name: (fn.concurrency_id, fn.concurrency_limit) for fn in ui_app.demo.fns.values()
+             if fn.api_name in ("generate", "compare")}
+    assert slots == {"generate": ("gpu", 1), "compare": ("gpu", 1)}
 
 
 def test_generate_returns_video_metrics_and_saves_the_settings(client, ui_app):  # noqa: F811
@@ -105,18 +108,27 @@ def test_settings_load_back_from_a_video_and_from_history(client, ui_app):  # no
     assert 21 in reused and f"Re-using the settings of run #{run}." in reused
 
 
-def test_cancel_interrupts_a_long_run_and_the_app_stays_usable(client):
-    job = client.submit(**{**SMALL, "num_inference_steps": 200}, api_name="/generate")
-    deadline = time.time() + 60
+def wait_for(job, condition, what: str, timeout_s: float = 60):
+    deadline = time.time() + timeout_s
     while time.time() < deadline:
-        progress = job.status().progress_data
-        if progress and "step" in (progress[-1].desc or ""):
-            break
+        if condition(job.status()):
+            return
         time.sleep(0.1)
-    else:
-        pytest.fail("the run never reached the denoising loop")
+    pytest.fail(f"timed out waiting until {what}")
+
+
+def test_cancel_interrupts_a_long_run_while_another_user_waits_in_the_queue(client, ui_app):  # noqa: F811
+    from gradio_client import Client
+    from gradio_client.utils import Status
+
+    long_run = client.submit(**{**SMALL, "num_inference_steps": 200}, api_name="/generate")
+    wait_for(long_run, lambda s: s.progress_data and "step" in (s.progress_data[-1].desc or ""), "it denoises")
+    other = Client(ui_app.url, verbose=False, download_files=False).submit(**SMALL, api_name="/generate")
+    # one generation at a time: the other user's job waits with its position in the queue
+    wait_for(other, lambda s: s.code == Status.IN_QUEUE and s.rank == 0, "the second job is queued first in line")
     assert client.predict(api_name="/cancel").startswith("Cancelling")
-    out = dict(zip(GENERATE_OUTPUTS, job.result(timeout=60)))
+    out = dict(zip(GENERATE_OUTPUTS, long_run.result(timeout=60)))
     assert out["status"].startswith("Cancelled: cancelled after step") and "of 200" in out["status"]
     assert client.predict(api_name="/cancel") == "Nothing is running in this session."
+    assert dict(zip(GENERATE_OUTPUTS, other.result(timeout=60)))["status"].startswith("Done")
     assert "Done" in generate(client)["status"]

@@ -19,7 +19,7 @@ from wan_ui.options import PRESETS, OptimizationSet, preset
 from wan_ui.requests import WAN_DEFAULT_NEGATIVE_PROMPT, GenerationRequest
 from wan_ui.settings_store import load_settings, save_settings, settings_from_video, settings_path
 from wan_ui.ui_context import RunRegistry
-from wan_ui.ui_generate import matching_preset, progress_reporter
+from wan_ui.ui_generate import live_gpu, matching_preset, progress_reporter
 
 CPU = Hardware(False, "cpu", None, None, frozenset())
 GPU = Hardware(True, "NVIDIA H100", (9, 0), 80000.0, frozenset({"torchao", "bitsandbytes"}))
@@ -268,6 +268,15 @@ def test_gpu_monitor_without_nvml_says_no_gpu():
     monitor = GpuMonitor(nvml=NoDriver())
     assert monitor.read() is None and not monitor.available
     assert monitor.markdown().startswith("no GPU") and "Not Found" in monitor.reason
+
+
+def test_live_gpu_tick_appends_to_the_vram_over_time_samples():
+    ctx = SimpleNamespace(monitor=GpuMonitor(nvml=FakeNvml()))
+    text, frame, samples = live_gpu(ctx, [(0.0, 5000.0)])
+    assert "NVIDIA H100" in text and len(samples) == 2 and list(frame["MiB used"]) == [5000.0, 6144.0]
+    no_gpu = SimpleNamespace(monitor=GpuMonitor(nvml=SimpleNamespace(nvmlInit=lambda: 1 / 0)))
+    text, frame, samples = live_gpu(no_gpu, [])
+    assert text.startswith("no GPU") and frame.empty and samples == []
 
 
 def test_run_registry_cancels_only_the_running_job_of_a_session():

@@ -18,6 +18,7 @@ class LaunchedApp:
     outputs: Path
     settings_file: Path
     manager: object
+    demo: object
 
 
 def free_port() -> int:
@@ -39,5 +40,5 @@ def ui_app(tiny_folder, tmp_path_factory):
                        baseline_cache=BaselineCache(), outputs=root / "outputs", settings_file=root / "last.json")
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
                             **launch_kwargs(root / "outputs"))
-    yield LaunchedApp(url, root / "outputs", root / "last.json", manager)
+    yield LaunchedApp(url, root / "outputs", root / "last.json", manager, demo)
     demo.close()
