@@ -59,16 +59,18 @@ print(f'$MODEL model at {folder} (built in {s:.0f} s)' if s else f'$MODEL model 
 WORKLOADS=("$@")
 [[ ${#WORKLOADS[@]} -eq 0 ]] && WORKLOADS=(official480 report)
 FP8_COMPILE="FP8 + regional compile: quantization=torchao_fp8+compile=regional+attention_backend=cudnn"
-# official480: 5 of 50 steps (the fp32 baseline 2, a single run), warm-up + 1 repeat.
+# Order: the fp32 baseline first (every ratio's denominator), the cheap sets next, the compile sets last (FP8 +
+# regional compile spends ~2-3 min compiling in its first run; "Fast" is skipped if time runs out).
+# official480: 5 of 50 steps (the fp32 baseline 2, a single run), warm-up + 1 repeat per set.
 SETS_official480_DEFAULT="Baseline (report fp32): baseline+steps=2+repeats=0, bf16 baseline: default, report-best,\
  MagCache: cache=mag, Low VRAM: low-vram, $FP8_COMPILE, Fast: fast"
-# report: 3 of 65 steps (the fp32 baseline 1), a single run per set (repeats 0: warm-up comes from the in-run
-# first-step estimate; the extrapolation's per-step median leaves the first step out).
+# report: 2 of 65 steps (the fp32 baseline 1: ~66 s of fp32 forwards), a single run per set (repeats 0: warm-up is
+# the in-run first-step estimate; the extrapolation's per-step median leaves the first step out).
 SETS_report_DEFAULT="Baseline (report fp32): baseline+steps=1, bf16 baseline: default, report-best,\
  MagCache: cache=mag, Low VRAM: low-vram, $FP8_COMPILE, Fast: fast"
 for w in "${WORKLOADS[@]}"; do
   sets_var="SETS_$w"; steps_var="STEPS_$w"; rep_var="REPEATS_$w"; def_var="SETS_${w}_DEFAULT"
-  case "$w" in official480) dsteps=5; drep=1 ;; report) dsteps=3; drep=0 ;; *) dsteps=2; drep=1 ;; esac
+  case "$w" in official480) dsteps=5; drep=1 ;; report) dsteps=2; drep=0 ;; *) dsteps=2; drep=1 ;; esac
   SETS="${!sets_var:-${!def_var:-baseline,default}}"
   left=$(( TIME_BUDGET - ($(date +%s) - T0) - 20 ))   # 20 s to write the report after the last set
   if (( left < 60 )); then echo "no time left for $w"; continue; fi

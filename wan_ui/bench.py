@@ -39,6 +39,7 @@ from .requests import WORKLOADS
 SCHEMA = "wan_ui.bench/1"
 QUALITY_KEYS = ("clip_score", "lpips_vs_baseline", "psnr_vs_baseline", "ssim_vs_baseline", "lpips_temporal")
 VS_BASELINE_KEYS = ("lpips_vs_baseline", "psnr_vs_baseline", "ssim_vs_baseline")
+MIN_SET_S = 30.0  # with less time budget left a set is not started (a child's imports and load alone take ~20 s)
 
 SET_HELP = """\
 sets (--sets, comma-separated; repeat --sets to add more):
@@ -74,6 +75,7 @@ class BenchConfig:
     set_timeout_s: float | None = None  # per set, --process-per-set only
     time_budget_s: float | None = None  # whole benchmark: later sets are skipped, children killed in time
     progress: bool = False  # show the pipeline's progress bars
+    command: str = ""  # the command line as typed, recorded in every row
 
 
 def _log(msg: str) -> None:
@@ -147,7 +149,7 @@ def request_for(cfg: BenchConfig, bset: BenchSet):
 
 
 def base_row(cfg: BenchConfig, bset: BenchSet, index: int) -> dict:
-    from .bench_env import command_line, hardware_record, now_iso, package_versions
+    from .bench_env import hardware_record, now_iso, package_versions
     from .models import resolve_model
 
     request, steps_full = request_for(cfg, bset)
@@ -159,7 +161,7 @@ def base_row(cfg: BenchConfig, bset: BenchSet, index: int) -> dict:
         "workload": cfg.workload, "workload_description": WORKLOADS[cfg.workload].description,
         "request": request.to_dict(), "steps_run": request.num_inference_steps, "steps_full": steps_full,
         "model": source.name, "model_label": source.label, "random_weights": source.random_weights,
-        "hardware": hardware_record(), "versions": package_versions(), "date": now_iso(), "command": command_line(),
+        "hardware": hardware_record(), "versions": package_versions(), "date": now_iso(), "command": cfg.command,
         "method": {"repeats": bset.repeats if bset.repeats is not None else cfg.repeats, "runs_done": 0,
                    "process_per_set": cfg.process_per_set, "statistic": "median clip latency over the repeats"},
         "metrics": None, "runs": [], "extrapolation": None,
@@ -340,9 +342,12 @@ class QualityPlan:
         why = ("n/a (random weights)" if self.random_weights else f"n/a ({self.reason})" if self.reason
                else "n/a (quality failed)" if q.get("error") else "n/a")
         m = row.get("metrics") or {}
+        unavailable = [part.split(" unavailable:")[0] for part in (m.get("quality_note") or "").split("; ")
+                       if " unavailable:" in part]  # "clip_score, lpips_temporal unavailable: <reason>"
         for k in QUALITY_KEYS:
             if m.get(k) is None:
-                q["na"].setdefault(k, why)
+                missing = any(k in names.split(", ") for names in unavailable)
+                q["na"].setdefault(k, "n/a (metric model unavailable: see notes)" if missing else why)
 
 
 # ---- 4. one set in a child process -------------------------------------------------------------------------
@@ -399,9 +404,7 @@ def run_child(cfg: BenchConfig, sets: list[BenchSet], index: int, timeout: float
         row["status"] = "crashed"
         row["error"] = f"child process exited with {rc}: " + " | ".join(list(tail)[-3:])
     row["method"]["process_per_set"] = True
-    from .bench_env import command_line
-
-    row["command"] = command_line()  # the parent's, with the set list (the child's holds plumbing)
+    row["command"] = cfg.command  # the parent's, with the set list (the child's holds plumbing)
     return row
 
 
@@ -456,7 +459,7 @@ def run_benchmark(cfg: BenchConfig, sets: list[BenchSet]) -> list[dict]:
     for i, bset in enumerate(sets):
         left = None if cfg.time_budget_s is None else cfg.time_budget_s - (time.perf_counter() - t0)
         row = precheck(cfg, bset, i, hw)
-        if row is None and left is not None and left < 5:
+        if row is None and left is not None and left < MIN_SET_S:
             row = base_row(cfg, bset, i)
             row["status"], row["error"] = "skipped", f"time budget of {cfg.time_budget_s:.0f} s spent"
         if row is None:
@@ -481,9 +484,10 @@ def run_benchmark(cfg: BenchConfig, sets: list[BenchSet]) -> list[dict]:
 def main(argv=None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
-        return _main(args)
+        return _main(args, argv)
     except UserError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
@@ -507,7 +511,9 @@ def _quiet_progress() -> None:
         pass
 
 
-def _main(args) -> int:
+def _main(args, argv: list[str]) -> int:
+    from .bench_env import command_line
+
     from .errors import ValidationError
 
     if args.list_sets:
@@ -525,7 +531,7 @@ def _main(args) -> int:
         raise ValidationError("--repeats must be >= 0 and --steps >= 1")
     cfg = BenchConfig(args.workload, args.model or default_model(args.workload), Path(), args.steps, args.repeats,
                       args.quality, args.device, args.process_per_set, args.set_timeout, args.time_budget,
-                      args.progress)
+                      args.progress, command_line(argv))
     if not args.progress:
         _quiet_progress()
     if args.child_index is not None:

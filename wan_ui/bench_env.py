@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
-import sys
 import time
 from importlib import metadata
 
@@ -75,11 +74,8 @@ def card_label(hardware: dict) -> str:
     return "".join(c for c in name.lower().replace(" ", "-") if c.isalnum() or c == "-")[:24] or "gpu"
 
 
-def command_line() -> str:
-    """How this process was started, as one would type it (`python -m wan_ui.bench ...`)."""
+def command_line(args: list[str]) -> str:
+    """The benchmark's command as one would type it (`python -m wan_ui.bench ...`)."""
     import shlex
 
-    args = sys.argv[1:]
-    if "--child-index" in args:  # a --process-per-set child: show the parent's set list, not the plumbing
-        args = args[:args.index("--child-index")]
     return shlex.join(["python", "-m", "wan_ui.bench", *args])

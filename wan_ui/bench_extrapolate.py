@@ -72,7 +72,12 @@ def extrapolate(metrics: dict, steps_run: int, steps_full: int, frames: int, gui
     median = step_median(metrics.get("step_latencies_s") or [])
     planned_run = planned_forwards(guidance_scale, steps_run, cfg_truncation)
     planned_full = planned_forwards(guidance_scale, steps_full, cfg_truncation)
-    computed_run = metrics.get("forwards_computed")
+    computed_run = metrics.get("forwards_computed")  # None under torch.compile (hooks are not counted there)
+    note = None
+    if cache == "mag":
+        replayed = forwards_computed_mag(steps_run, guidance_scale, cfg_truncation, cache_threshold)
+        if computed_run is None:
+            computed_run, note = replayed, "forwards computed not counted (compiled); MagCache's replayed count used"
     out = {"label": f"extrapolated to {steps_full} steps from {steps_run} measured",
            "steps_run": steps_run, "steps_full": steps_full, "step_median_s": median,
            "text_encode_s": text_s, "decode_s": decode_s, "denoise_run_s": denoise_s,
@@ -83,13 +88,16 @@ def extrapolate(metrics: dict, steps_run: int, steps_full: int, frames: int, gui
         denoise_full = median * steps_full * ratio
         out.update(method="text_encode + per-step median x full steps x forwards ratio + decode",
                    forwards_ratio=ratio, forwards_computed_full=planned_full)
+        if cache != "none":
+            out["note"] = (f"cache={cache} under compile: forwards computed were not counted, so this ignores the "
+                           f"skip schedule (an upper bound)")
     else:
         per_forward = denoise_s / computed_run
         if cache == "mag":
             computed_full = forwards_computed_mag(steps_full, guidance_scale, cfg_truncation, cache_threshold)
-            out["forwards_computed_run_replayed"] = forwards_computed_mag(steps_run, guidance_scale, cfg_truncation,
-                                                                          cache_threshold)
-            out["note"] = "MagCache schedule replayed at the full step count (exact: it reads no activations)"
+            out["forwards_computed_run_replayed"] = replayed
+            out["note"] = "; ".join(n for n in (note, "MagCache schedule replayed at the full step count (exact: "
+                                                      "it reads no activations)") if n)
         else:
             computed_full = round(planned_full * computed_run / planned_run)
             out["note"] = (f"cache={cache}: its skip schedule depends on the step count and on activations; the "

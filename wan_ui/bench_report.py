@@ -17,6 +17,7 @@ LATENCY_KEYS = ("clip_latency_s", "frame_latency_s", "throughput_fps")  # replac
 BENCH_ROWS: list[tuple[str, str, str, str, bool]] = [
     ("Steps run / full", "steps_text", "", "{}", True),
     ("Per-step latency (median, measured)", "step_median_s", "s", "{:.3f}s", True),
+    ("Seconds per transformer forward (measured)", "forward_s", "s", "{:.3f}s", True),
     ("Measured clip latency (steps run)", "measured_clip_latency_s", "s", "{:.3f}s", True),
     ("Text encode", "text_encode_s", "s", "{:.3f}s", True),
     ("Denoise (steps run)", "denoise_s", "s", "{:.3f}s", True),
@@ -46,9 +47,27 @@ def numbers(row: dict) -> dict:
              peak_vram_max_mb=(row.get("bench") or {}).get("peak_vram_max_mb"),
              steps_text=f"{row['steps_run']} / {row['steps_full']}",
              forwards_text=f"{m.get('forwards_computed')} / {m.get('forwards_planned')}")
+    m["forward_s"] = _per_forward(row, m)
     if ex:
         m.update({k: ex[k] for k in LATENCY_KEYS})
     return m
+
+
+def _per_forward(row: dict, m: dict) -> float | None:
+    """One transformer forward (one CFG branch), comparable with ../shared/WORKLOADS.md's floors: the per-step
+    median over forwards per step; with a step cache, denoise time over forwards computed."""
+    cache = row["set"]["options"].get("cache") or "none"
+    if cache != "none":
+        done = m.get("forwards_computed")
+        if done is None and cache == "mag":  # not counted under compile; MagCache's schedule is known exactly
+            from .bench_extrapolate import forwards_computed_mag
+
+            req, opts = row["request"], row["set"]["options"]
+            done = forwards_computed_mag(row["steps_run"], req["guidance_scale"], opts["cfg_truncation"],
+                                         opts["cache_threshold"])
+        return m["denoise_s"] / done if done and m.get("denoise_s") is not None else None
+    planned = m.get("forwards_planned")
+    return m["step_median_s"] * row["steps_run"] / planned if planned and m.get("step_median_s") else None
 
 
 def na_reason(row: dict, key: str) -> str:
