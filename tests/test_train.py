@@ -162,6 +162,10 @@ def test_resume_continues_from_the_saved_step(tmp_path, one_clip, train_cache):
     assert resumed.precompute.loaded == [] and resumed.precompute.latents_cached == 1  # encoders never loaded
     assert any("resumed" in m for m in logs)
 
+    train(config(one_clip, tmp_path / "c.safetensors", train_cache, steps=4, save_every=1, keep_checkpoints=2),
+          log=lambda m: None)
+    assert sorted(p.name for p in (tmp_path / "c_checkpoints").iterdir()) == ["step-000003", "step-000004"]
+
 
 def test_stop_event_and_ctrl_c_save_a_checkpoint_and_the_lora(tmp_path, one_clip, train_cache):
     stop = threading.Event()

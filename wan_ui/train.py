@@ -32,10 +32,9 @@ import numpy as np
 import torch
 
 from .errors import UserError, ValidationError
-from .train_cache import MAX_TEXT_TOKENS, LatentCache, PrecomputeStats, Sample, TextCache, collate_text, \
-    model_fingerprint
+from .train_cache import LatentCache, PrecomputeStats, Sample, TextCache, collate_text, model_fingerprint
 from .train_data import Skipped, discover_clips, format_skipped
-from .train_levers import CHECKPOINT_MODES, check_levers, lora_parameters, prepare_transformer
+from .train_levers import CHECKPOINT_MODES, check_levers, prepare_transformer
 
 NUM_TRAIN_TIMESTEPS = 1000  # Wan's timestep = sigma * 1000 (its scheduler's num_train_timesteps)
 
@@ -75,6 +74,7 @@ class TrainConfig:
     checkpoint_dir: str | None = None  # default: <out folder>/<out stem>_checkpoints
     resume: str | None = None  # a checkpoint folder, or "latest" (newest in checkpoint_dir)
     save_every: int = 0  # checkpoint every N steps; 0 = only at the end / on interrupt
+    keep_checkpoints: int = 3  # newest checkpoints kept in checkpoint_dir (each ~0.3 GB at rank 32); 0 = all
     metrics_jsonl: str | None = None  # one JSON record per step + a summary line
     save_dtype: str = "bf16"  # dtype of the final LoRA file: bf16 | fp32
     # validation: a video from `validation_prompt` every N steps (written next to the LoRA)
@@ -202,6 +202,8 @@ class BatchSampler:
     def load_state_dict(self, state: dict) -> None:
         self.gen.set_state(state["gen"])
         self.order, self.pos = list(state["order"]), int(state["pos"])
+        if any(i >= self.n for i in self.order):  # the dataset shrank since the checkpoint: start a new epoch
+            self.order, self.pos = [], 0
 
 
 def make_batch(samples: list[Sample], idx: list[int], device: str):
@@ -227,11 +229,11 @@ def prepare_data(cfg: TrainConfig, device: str, log=print) -> PreparedData:
 
     t0 = time.perf_counter()
     clips, skipped = discover_clips(cfg.data)
-    folder, _ = materialize(resolve_model(cfg.model, device == "cuda"), log=log)
+    folder, _ = materialize(resolve_model(cfg.model, _is_cuda(device)), log=log)
     cache = Path(cfg.cache_dir) if cfg.cache_dir else cache_root() / "train_cache"
     fp = model_fingerprint(folder)
     stats = PrecomputeStats()
-    te_dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    te_dtype = torch.bfloat16 if _is_cuda(device) else torch.float32
     named = [(c.path.relative_to(cfg.data).as_posix(), c) for c in clips]
     # VAE first: clips that turn out unreadable need no caption embedding.
     latents = LatentCache(cache, folder, fp, device, torch.float32, cfg.width, cfg.height, cfg.frames).get_many(
@@ -280,6 +282,17 @@ def save_checkpoint(folder: Path, transformer, optimizer, step: int, sampler: Ba
         shutil.rmtree(final)
     os.replace(tmp, final)
     return final
+
+
+def prune_checkpoints(folder: Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` step-* checkpoints; return the deleted ones."""
+    import shutil
+
+    found = sorted(folder.glob("step-*"))
+    old = found[:-keep] if keep > 0 else []
+    for path in old:
+        shutil.rmtree(path, ignore_errors=True)
+    return old
 
 
 def resolve_resume(cfg: TrainConfig) -> Path | None:
@@ -389,7 +402,11 @@ def summarize(records: list[dict], warmup: int = 2) -> dict:
 
 
 def _peak_vram_mb(device: str) -> float | None:
-    return torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
+    return torch.cuda.max_memory_allocated() / 2**20 if _is_cuda(device) else None
+
+
+def _is_cuda(device: str) -> bool:
+    return torch.device(device).type == "cuda"
 
 
 # ---- validation ------------------------------------------------------------------------------------------------
@@ -420,7 +437,7 @@ class Validator:
         autocast = torch.bfloat16 if cfg.bf16 else None
         dtype = autocast or torch.float32
         try:
-            with torch.autocast(self.device if self.device != "mps" else "cpu", dtype=autocast,
+            with torch.autocast(torch.device(self.device).type, dtype=autocast,
                                 enabled=autocast is not None):
                 latents = pipe(prompt_embeds=self.embeds["positive"].to(self.device, dtype),
                                negative_prompt_embeds=self.embeds["negative"].to(self.device, dtype),
@@ -454,7 +471,7 @@ def train(cfg: TrainConfig, on_step: StepCallback | None = None, stop: threading
 
     hw = probe_hardware()
     device = cfg.device or hw.device
-    check_levers(cfg, hw if device == "cuda" else dataclasses.replace(hw, cuda=False))
+    check_levers(cfg, hw if _is_cuda(device) else dataclasses.replace(hw, cuda=False))
     resume_from = resolve_resume(cfg)
     torch.manual_seed(cfg.seed)
 
@@ -525,6 +542,7 @@ class _Loop:
         self.checkpoint: Path | None = None
         self.ckpt_dir = default_checkpoint_dir(cfg)
         self.losses: list[float] = []
+        self.times: list[float] = []
         out = Path(cfg.out)
         self.validator = Validator(cfg, data.folder, data.validation, device, out.with_name(out.stem + "_validation")) \
             if cfg.validate_every else None
@@ -570,17 +588,19 @@ class _Loop:
         lr = self.lr_at(self.step)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        if device == "cuda":
+        if _is_cuda(device):
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         loss_value, grad_norm = train_step(self.transformer, self.optimizer, self.params, latents, text,
                                            sigmas.to(device), noise, autocast, cfg.max_grad_norm)
-        if device == "cuda":
+        if _is_cuda(device):
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
         self.step += 1
-        return {"event": "step", "step": self.step, "loss": loss_value, "lr": lr,
+        self.times.append(dt)
+        eta = statistics.median(self.times[-20:]) * (cfg.steps - self.step)  # recent steps: past warm-up
+        return {"event": "step", "step": self.step, "loss": loss_value, "lr": lr, "eta_s": eta,
                 "grad_norm": grad_norm,
                 "sigma_mean": float(sigmas.mean()), "step_time_s": dt, "samples_per_s": cfg.batch_size / dt,
                 "tokens_per_s": cfg.batch_size * tokens / dt, "tokens_per_sample": tokens,
@@ -590,6 +610,7 @@ class _Loop:
         t0 = time.perf_counter()
         self.checkpoint = save_checkpoint(self.ckpt_dir, self.transformer, self.optimizer, self.step, self.sampler,
                                           self.noise_gen, self.cfg, self.lora_config)
+        prune_checkpoints(self.ckpt_dir, self.cfg.keep_checkpoints)
         self.metrics.write({"event": "checkpoint", "step": self.step, "path": str(self.checkpoint),
                             "seconds": time.perf_counter() - t0})
 
@@ -660,6 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--checkpoint-dir", default=None, help="default: <out stem>_checkpoints beside --out")
     f.add_argument("--resume", default=None, metavar="CKPT", help="a checkpoint folder, or 'latest'")
     f.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps")
+    f.add_argument("--keep-checkpoints", type=int, default=3, help="newest checkpoints kept (0 = all)")
     f.add_argument("--save-dtype", default=d.save_dtype, choices=("bf16", "fp32"))
     f.add_argument("--metrics-jsonl", default=None, help="per-step metrics + summary (JSON lines)")
     f.add_argument("--validate-every", type=int, default=0, help="write a validation video every N steps")

@@ -101,9 +101,14 @@ def lora_parameters(transformer) -> list[nn.Parameter]:
 
 
 # ---- 3. float8 training (torchao) ----------------------------------------------------------------------------
-def apply_float8_training(transformer, recipe: str = "tensorwise") -> int:
-    """Swap the blocks' frozen base linears for torchao Float8Linear (dims divisible by 16). Returns how many."""
-    from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+def apply_float8_training(transformer) -> int:
+    """Swap the blocks' frozen base linears for torchao Float8Linear (dims divisible by 16). Returns how many.
+
+    Tensorwise dynamic scaling for the forward gemm and the grad-input gemm. The grad-weight gemm is left in
+    high precision ("disabled" casts, as torchao's `rowwise_with_gw_hp` recipe does): the base weights are
+    frozen, so under compile that gemm is dead code and removed; and its inner dimension is the token count
+    (20,280 at 832x480x49, not a multiple of 16, which FP8 `_scaled_mm` would refuse)."""
+    from torchao.float8 import CastConfig, Float8LinearConfig, ScalingType, convert_to_float8_training
 
     count = 0
 
@@ -114,8 +119,10 @@ def apply_float8_training(transformer, recipe: str = "tensorwise") -> int:
         count += ok
         return ok
 
-    convert_to_float8_training(transformer, module_filter_fn=keep,
-                               config=Float8LinearConfig.from_recipe_name(recipe))
+    # two objects: torchao fills in each one's target dtype in place (e4m3 for input, e5m2 for grad_output)
+    config = Float8LinearConfig(cast_config_input_for_grad_weight=CastConfig(scaling_type=ScalingType.DISABLED),
+                                cast_config_grad_output_for_grad_weight=CastConfig(scaling_type=ScalingType.DISABLED))
+    convert_to_float8_training(transformer, module_filter_fn=keep, config=config)
     return count
 
 
@@ -196,7 +203,7 @@ def build_optimizer(params, lr: float, weight_decay: float, adamw8bit: bool, dev
         return bnb.optim.AdamW8bit(params, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
     # fused: one kernel for all LoRA tensors on CUDA (hundreds of small tensors otherwise)
     return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay,
-                             fused=True if device == "cuda" else None)
+                             fused=True if torch.device(device).type == "cuda" else None)
 
 
 # ---- all of it, in order -------------------------------------------------------------------------------------
