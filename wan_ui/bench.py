@@ -34,6 +34,7 @@ from pathlib import Path
 
 from .bench_sets import BenchSet, parse_set, parse_sets, preset_aliases
 from .errors import IncompatibleOptionsError, OutOfMemoryError, UnavailableError, UserError
+from .options import PRESETS
 from .requests import WORKLOADS
 
 SCHEMA = "wan_ui.bench/1"
@@ -44,7 +45,7 @@ MIN_SET_S = 30.0  # with less time budget left a set is not started (a child's i
 SET_HELP = """\
 sets (--sets, comma-separated; repeat --sets to add more):
   ITEM    = [LABEL:] TERM [+ TERM ...]
-  TERM    = a preset name, any case ("Baseline (report)", "Report best", "Fast", "Low VRAM", "CPU quick")
+  TERM    = a preset name, any case ({presets})
           | an alias: {aliases}
           | key=value for any option of `python -m wan_ui options` (precision=fp32, cache=mag, ...)
           | steps=N / repeats=R: this set's own --steps / --repeats
@@ -88,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m wan_ui.bench", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Benchmark optimization sets on a named workload; write results.jsonl, report.md and "
                     "PNG charts (latency, VRAM) in --out.",
-        epilog=SET_HELP.format(aliases=", ".join(preset_aliases())))
+        epilog=SET_HELP.format(aliases=", ".join(preset_aliases()), presets=", ".join(f'"{p}"' for p in PRESETS)))
     p.add_argument("--workload", default="smoke", choices=sorted(WORKLOADS),
                    help="report (1248x720, 97 f, 65 steps), official480 (832x480, 81 f, 50 steps), smoke (tiny)")
     p.add_argument("--model", default=None, help="tiny | random-full | hub id | folder (default: tiny for smoke, "

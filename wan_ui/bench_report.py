@@ -163,7 +163,7 @@ def _header(rows: list[dict], charts_note: str | None, chart_files: list[str]) -
                   "ratio) + decode; for step caches, time per computed forward x forwards computed at the full "
                   "step count (MagCache's schedule replayed exactly; other caches assume the measured skip "
                   "fraction). Measured values are in each set's table.", ""]
-    lines += ["Metric definitions: [docs/METRICS.md](../METRICS.md) and `wan_ui/metrics.py`. Ratios are set / "
+    lines += ["Metric definitions: [docs/METRICS.md](../../METRICS.md) (path as committed under docs/benchmarks/<run>/) and `wan_ui/metrics.py`. Ratios are set / "
               "baseline (lower is better for times and memory); clip speed-up is baseline / set.", ""]
     if chart_files:
         lines += [" ".join(f"![{Path(f).stem}]({Path(f).name})" for f in chart_files), ""]
