@@ -137,6 +137,8 @@ def test_offload_really_moves_weights(mode, smoke_request, tiny_folder):
     m = ModelManager(device="cuda", log=lambda _: None)
     pipe, _, _ = m.get("tiny", OptimizationSet().with_(offload=mode), smoke_request)
     devices = {p.device.type for p in pipe.transformer.parameters()}
-    assert devices == {"cpu"} or mode == "model" and "cpu" in devices
+    # weights stay off the GPU until used: on the CPU (model, group) or as meta stubs whose data accelerate's
+    # hooks keep on the CPU (sequential)
+    assert "cuda" not in devices and devices <= {"cpu", "meta"}
     r = generate(m, "tiny", smoke_request, OptimizationSet().with_(offload=mode), out_dir=None)
     assert r.frames.shape[0] == 9

@@ -145,7 +145,12 @@ class ModelManager:
         entry.pipe = None
         if hasattr(pipe, "remove_all_hooks"):
             pipe.remove_all_hooks()
+        compiled = dict(key[1]).get("compile", "none") != "none"
         del pipe, entry
+        if compiled:
+            # torch.compile's code cache keeps the compiled blocks (and their weights) alive: drop it, or an
+            # evicted compiled pipeline keeps ~14 GB of GPU memory (seen on an H200).
+            torch._dynamo.reset()
         _free_cuda()
 
     def clear(self) -> None:

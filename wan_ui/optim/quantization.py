@@ -14,6 +14,9 @@ import torch
 from .precision import DTYPES
 
 
+NOT_QUANTIZED = ["patch_embedding", "condition_embedder", "proj_out", "norm_out", "scale_shift_table"]
+
+
 def _transformer_config(opts):
     q = opts.quantization
     if q in ("bnb_nf4", "bnb_int8"):
@@ -27,9 +30,13 @@ def _transformer_config(opts):
         from diffusers import TorchAoConfig
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, Int8WeightOnlyConfig, PerRow
 
+        # Only the 30 blocks' linears: the embedders and the output projection are small, precision-sensitive
+        # (Wan keeps them out of layerwise casting too) and take a negligible share of the FLOPs.
+        skip = NOT_QUANTIZED
         if q == "torchao_fp8":
-            return TorchAoConfig(Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
-        return TorchAoConfig(Int8WeightOnlyConfig())
+            return TorchAoConfig(Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
+                                 modules_to_not_convert=skip)
+        return TorchAoConfig(Int8WeightOnlyConfig(), modules_to_not_convert=skip)
     return None
 
 
