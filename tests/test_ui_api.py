@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from ui_server import ui_app  # noqa: F401  (module-scoped fixture: one app for this module)
 
+from wan_ui.options import preset
 from wan_ui.ui_generate import RUN_OUTPUTS
-from wan_ui.ui_values import HISTORY_COLUMNS
+from wan_ui.ui_values import HISTORY_COLUMNS, OPTION_FIELDS
 
 SMALL = dict(prompt="a lighthouse in a storm", width=64, height=64, num_frames=9, num_inference_steps=2, seed=11)
 GENERATE_OUTPUTS = (*RUN_OUTPUTS, "gallery", "table")
@@ -76,8 +77,10 @@ def test_bad_input_is_an_error_naming_the_field_and_the_app_stays_up(client):
 
 
 def test_presets_fill_the_option_widgets(client):
-    values = client.predict("CPU quick", api_name="/apply_preset")
-    assert "first_block" in values and "bf16" in values
+    values = dict(zip(OPTION_FIELDS, client.predict("CPU quick", api_name="/apply_preset")))
+    assert values == preset("CPU quick").to_dict()
+    unchanged = client.predict("Custom", api_name="/apply_preset")
+    assert len(unchanged) == len(OPTION_FIELDS)
 
 
 def test_compare_two_sets_gives_the_report_table_and_downloads(client):

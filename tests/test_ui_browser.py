@@ -23,8 +23,9 @@ RUN_TIMEOUT_MS = 90_000  # a tiny generation takes seconds; the first one also b
 def page(ui_app):  # noqa: F811
     if not shutil.which(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is not installed (CI installs Debian's chromium through apt)")
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=RUN_TIMEOUT_MS)  # assertions wait like actions (default: 5 s)
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
@@ -72,18 +73,21 @@ def test_generate_shows_the_video_and_fills_the_metrics(page):
 def test_cancel_interrupts_a_long_run(page):
     from playwright.sync_api import expect
 
-    set_number(page, "steps", 120)
+    # 200 steps at 128x128: tens of seconds, so the click lands mid-run even on a loaded 2-core machine
+    for elem_id, value in (("width", 128), ("height", 128), ("steps", 200)):
+        set_number(page, elem_id, value)
     page.click("#generate-btn")
-    expect(page.get_by_text(re.compile(r"step \d+ of 120")).first).to_be_visible()
+    expect(page.get_by_text(re.compile(r"step \d+ of 200")).first).to_be_visible()
     page.click("#cancel-btn")
-    expect(page.locator("#status textarea")).to_have_value(re.compile(r"^Cancelled: cancelled after step \d+ of 120"))
+    expect(page.locator("#status textarea")).to_have_value(re.compile(r"^Cancelled: cancelled after step \d+ of 200"))
     screenshot(page, "cancelled")
 
 
 def test_two_set_comparison_shows_its_table(page):
     from playwright.sync_api import expect
 
-    set_number(page, "steps", 2)
+    for elem_id, value in (("width", 64), ("height", 64), ("steps", 2)):
+        set_number(page, elem_id, value)
     page.get_by_role("tab", name="Compare").click()
     expect(page.locator("#compare-summary")).to_contain_text("64x64, 9 frames, 2 steps")
     page.click("#compare-btn")

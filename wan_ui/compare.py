@@ -74,7 +74,7 @@ class Comparison:
         return out
 
     def write_tables(self, folder: str | Path) -> tuple[Path, Path]:
-        """table.csv and table.md in `folder` (created)."""
+        """comparison.csv (every row, with ratios) and comparison.md (with the request) in `folder`."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         csv_path, md_path = folder / "comparison.csv", folder / "comparison.md"

@@ -132,9 +132,8 @@ def _wire_generate(ctx: AppContext, gen, hist, history_state) -> None:
         return cancel_run(ctx, request.session_hash)
 
     gen.cancel_btn.click(on_cancel, outputs=gen.out["status"], api_name="cancel", queue=False)
-    gen.inputs["preset"].input(lambda name: option_widgets.updates(apply_preset(name)), gen.inputs["preset"],
-                               list(option_widgets.values()), api_name="apply_preset", queue=False,
-                               show_progress="hidden")
+    gen.inputs["preset"].input(apply_preset, gen.inputs["preset"], [option_widgets[f] for f in OPTION_FIELDS],
+                               api_name="apply_preset", queue=False, show_progress="hidden")
     gr.on([w.input for w in option_widgets.values()], lambda **values: matching_preset(values),
           inputs_kwargs=option_widgets, outputs=gen.inputs["preset"], queue=False, api_visibility="private",
           show_progress="hidden")

@@ -12,7 +12,7 @@ from .errors import GenerationCancelled, UserError
 from .generate import generate
 from .settings_store import save_settings
 from .ui_context import AppContext
-from .ui_values import (CUSTOM_PRESET, accuracy_markdown, efficiency_markdown, hardware_markdown,
+from .ui_values import (CUSTOM_PRESET, OPTION_FIELDS, accuracy_markdown, efficiency_markdown, hardware_markdown,
                         options_from_values, others_markdown, preset_of, preset_values, request_from_values,
                         settings_of, status_line, step_rows)
 from .ui_widgets import Widgets, build_option_widgets, build_request_widgets, user_error
@@ -68,7 +68,7 @@ def _build_metrics_panel(ctx: AppContext) -> Widgets:
     w = Widgets()
     with gr.Accordion("Hardware", open=True, elem_id="acc-hardware"):
         w["gpu_live"] = gr.Markdown(ctx.monitor.markdown(), elem_id="gpu-live")
-        w["vram_plot"] = gr.LinePlot(pd.DataFrame({"time": [], "MiB used": []}), x="time", y="MiB used",
+        w["vram_plot"] = gr.LinePlot(vram_frame([]), x="time", y="MiB used",
                                      title="GPU memory used (live)", height=180, elem_id="vram-plot",
                                      visible=ctx.monitor.available)
         w["hardware"] = gr.Markdown("No run yet.", elem_id="metrics-hardware")
@@ -102,11 +102,10 @@ def progress_reporter(progress):
     return on_progress
 
 
-def display_values(ctx: AppContext, result, scored: bool) -> dict:
-    """Result -> {output name: value} for the video and the metrics panel."""
-    info = result.to_json()
+def display_values(ctx: AppContext, info: dict, scored: bool) -> dict:
+    """Result JSON -> {output name: value} for the video and the metrics panel."""
     m = info["metrics"]
-    return {"video": result.video_path, "seed_used": result.request.seed, "status": status_line(info),
+    return {"video": info["video"], "seed_used": info["seed"], "status": status_line(info),
             "hardware": hardware_markdown(m), "efficiency": efficiency_markdown(m),
             "steps_plot": pd.DataFrame(step_rows(m), columns=["step", "seconds"]),
             "accuracy": accuracy_markdown(m, scored), "others": others_markdown(info, ctx.versions),
@@ -134,10 +133,11 @@ def run_generate(ctx: AppContext, values: dict, session: str, progress) -> tuple
         raise user_error(e) from None
     finally:
         ctx.runs.finish(session, cancel)
+    info = result.to_json()
     if ctx.save_settings:
         ui = {"randomize_seed": bool(values.get("randomize_seed")), "quality": bool(values.get("quality"))}
-        save_settings({**settings_of(result.to_json()), "ui": ui}, ctx.settings_path)
-    return display_values(ctx, result, scored), result.to_json()
+        save_settings({**settings_of(info), "ui": ui}, ctx.settings_path)
+    return display_values(ctx, info, scored), info
 
 
 def cancel_run(ctx: AppContext, session: str) -> str:
@@ -150,16 +150,21 @@ def live_gpu(ctx: AppContext, samples: list) -> tuple[str, pd.DataFrame, list]:
     """Timer tick: NVML reading -> markdown, appended to this page's VRAM-over-time samples."""
     stats = ctx.monitor.read()
     if stats is None:
-        return ctx.monitor.reason or "no GPU", pd.DataFrame({"time": [], "MiB used": []}), samples
+        return ctx.monitor.reason or "no GPU", vram_frame([]), samples
     samples = (samples + [(stats.time_s, stats.used_mb)])[-VRAM_SAMPLES:]
-    frame = pd.DataFrame({"time": pd.to_datetime([t for t, _ in samples], unit="s"),
-                          "MiB used": [u for _, u in samples]})
-    return stats.markdown(), frame, samples
+    return stats.markdown(), vram_frame(samples), samples
 
 
-def apply_preset(name: str) -> dict:
-    """Preset name -> {option name: value} (Custom keeps the widgets as they are)."""
-    return {} if name == CUSTOM_PRESET else preset_values(name)
+def vram_frame(samples: list[tuple[float, float]]) -> pd.DataFrame:
+    """(time.time(), MiB used) samples -> the VRAM-over-time plot's frame."""
+    return pd.DataFrame({"time": pd.to_datetime([t for t, _ in samples], unit="s"),
+                         "MiB used": [u for _, u in samples]})
+
+
+def apply_preset(name: str) -> list:
+    """Preset name -> every option widget's value, in OPTION_FIELDS order (Custom keeps them as they are)."""
+    values = {} if name == CUSTOM_PRESET else preset_values(name)
+    return [values.get(field, gr.skip()) for field in OPTION_FIELDS]
 
 
 def matching_preset(values: dict) -> str:
