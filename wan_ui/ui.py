@@ -19,11 +19,11 @@ from .options import PRESETS, options_table
 from .settings_store import load_settings, settings_path
 from .ui_compare import build_compare_tab, request_summary, run_compare
 from .ui_context import AppContext
-from .ui_generate import (RUN_OUTPUTS, apply_preset, build_generate_tab, cancel_run, live_gpu, matching_preset,
+from .ui_generate import (RUN_OUTPUTS, apply_preset, build_generate_tab, cancel_handler, live_gpu, matching_preset,
                           run_generate)
 from .ui_history import build_history_tab, entry_settings, history_views, video_settings
 from .ui_values import OPTION_FIELDS, REQUEST_FIELDS, history_entry, values_from_settings
-from .ui_widgets import user_error
+from .ui_widgets import user_errors_as_toasts
 
 CSS = """
 #random-banner {background: #fff4e5; border: 1px solid #f0a020; border-radius: 8px; padding: 6px 12px;}
@@ -128,10 +128,7 @@ def _wire_generate(ctx: AppContext, gen, hist, history_state) -> None:
                            outputs=[*gen.out.pick(RUN_OUTPUTS).values(), history_state, hist.gallery, hist.table],
                            api_name="generate", concurrency_limit=1, concurrency_id="gpu")
 
-    def on_cancel(request: gr.Request):
-        return cancel_run(ctx, request.session_hash)
-
-    gen.cancel_btn.click(on_cancel, outputs=gen.out["status"], api_name="cancel", queue=False)
+    gen.cancel_btn.click(cancel_handler(ctx), outputs=gen.out["status"], api_name="cancel", queue=False)
     gen.inputs["preset"].input(apply_preset, gen.inputs["preset"], [option_widgets[f] for f in OPTION_FIELDS],
                                api_name="apply_preset", queue=False, show_progress="hidden")
     gr.on([w.input for w in option_widgets.values()], lambda **values: matching_preset(values),
@@ -155,10 +152,7 @@ def _wire_compare(ctx: AppContext, gen, cmp, compare_tab, hist, history_state) -
                       outputs=[*cmp.out.values(), history_state, hist.gallery, hist.table], api_name="compare",
                       concurrency_limit=1, concurrency_id="gpu")
 
-    def on_cancel(request: gr.Request):
-        return cancel_run(ctx, request.session_hash)
-
-    cmp.cancel_btn.click(on_cancel, outputs=cmp.out["status"], api_name="cancel_compare", queue=False)
+    cmp.cancel_btn.click(cancel_handler(ctx), outputs=cmp.out["status"], api_name="cancel_compare", queue=False)
     compare_tab.select(lambda **values: request_summary(values), inputs_kwargs=run_inputs, outputs=cmp.summary,
                        queue=False, api_visibility="private", show_progress="hidden")
 
@@ -171,20 +165,16 @@ def _wire_history(gen, hist, history_state, restore) -> None:
                         queue=False)
 
     def on_reuse(history, run_number):
-        try:
+        with user_errors_as_toasts():
             settings = entry_settings(history, run_number)
-        except UserError as e:
-            raise user_error(e) from None
         return restore(settings, f"Re-using the settings of run #{int(run_number)}.")
 
     hist.reuse_btn.click(on_reuse, [history_state, hist.run_number], restore.outputs, api_name="reuse_settings",
                          queue=False)
 
     def on_upload(path):
-        try:
+        with user_errors_as_toasts():
             settings = video_settings(path)
-        except UserError as e:
-            raise user_error(e) from None
         message = f"Loaded the settings of {Path(path).name}."
         return {**restore(settings, message), hist.status: message}
 

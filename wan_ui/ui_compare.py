@@ -12,7 +12,7 @@ from .errors import GenerationCancelled, UserError
 from .ui_context import AppContext
 from .ui_generate import progress_reporter
 from .ui_values import NO_SET, named_sets_from_values, preset_choices, request_from_values
-from .ui_widgets import Widgets, user_error
+from .ui_widgets import Widgets, user_errors_as_toasts
 
 INITIAL_SETS = 2
 SETS_PER_ROW = 3
@@ -76,22 +76,15 @@ def request_summary(values: dict) -> str:
 
 def run_compare(ctx: AppContext, values: dict, session: str, progress) -> tuple[dict, Comparison | None]:
     """Widget values -> comparison -> {output name: value}; (status only, None) when cancelled."""
-    try:
-        request, sets = request_from_values(values), named_sets_from_values(values)
-    except UserError as e:
-        raise user_error(e) from None
-    cancel = ctx.runs.start(session)
     scorer = ctx.scorer if values.get("compare_quality") else None
-    try:
-        comp = run_comparison(ctx.manager, ctx.model, request, sets, scorer=scorer,
-                              baseline_cache=ctx.baseline_cache, on_progress=progress_reporter(progress),
-                              cancel=cancel, out_dir=ctx.outputs)
-    except GenerationCancelled as e:
-        return {"status": f"Cancelled: {e}. The app is ready for the next run."}, None
-    except UserError as e:
-        raise user_error(e) from None
-    finally:
-        ctx.runs.finish(session, cancel)
+    with user_errors_as_toasts(), ctx.runs.running(session) as cancel:
+        request, sets = request_from_values(values), named_sets_from_values(values)
+        try:
+            comp = run_comparison(ctx.manager, ctx.model, request, sets, scorer=scorer,
+                                  baseline_cache=ctx.baseline_cache, on_progress=progress_reporter(progress),
+                                  cancel=cancel, out_dir=ctx.outputs)
+        except GenerationCancelled as e:
+            return {"status": f"Cancelled: {e}. The app is ready for the next run."}, None
     return comparison_display(ctx, comp), comp
 
 

@@ -8,6 +8,7 @@ because the Cancel click arrives as a separate request while the generation is s
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,15 @@ class RunRegistry:
         with self._lock:
             if self._events.get(session) is event:
                 del self._events[session]
+
+    @contextmanager
+    def running(self, session: str):
+        """`with runs.running(session) as cancel:` — the job's flag, registered while the block runs."""
+        event = self.start(session)
+        try:
+            yield event
+        finally:
+            self.finish(session, event)
 
     def cancel(self, session: str) -> bool:
         """Set the running job's flag; the pipeline stops at the end of its current step. False: none running."""

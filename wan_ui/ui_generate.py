@@ -15,7 +15,7 @@ from .ui_context import AppContext
 from .ui_values import (CUSTOM_PRESET, OPTION_FIELDS, accuracy_markdown, efficiency_markdown, hardware_markdown,
                         options_from_values, others_markdown, preset_of, preset_values, request_from_values,
                         settings_of, status_line, step_rows)
-from .ui_widgets import Widgets, build_option_widgets, build_request_widgets, user_error
+from .ui_widgets import Widgets, build_option_widgets, build_request_widgets, user_errors_as_toasts
 
 # what a run fills (the live GPU widgets are the timer's)
 RUN_OUTPUTS = ("video", "seed_used", "status", "hardware", "efficiency", "steps_plot", "accuracy", "others",
@@ -114,25 +114,18 @@ def display_values(ctx: AppContext, info: dict, scored: bool) -> dict:
 
 def run_generate(ctx: AppContext, values: dict, session: str, progress) -> tuple[dict, dict | None]:
     """One generation from widget values: ({output name: value}, result JSON or None when cancelled)."""
-    try:
-        request, opts = request_from_values(values), options_from_values(values)
-    except UserError as e:
-        raise user_error(e) from None
-    cancel = ctx.runs.start(session)
+    scored = bool(values.get("quality")) and ctx.scorer is not None
     on_progress = progress_reporter(progress)
-    try:
-        result = generate(ctx.manager, ctx.model, request, opts, out_dir=ctx.outputs, on_progress=on_progress,
-                          cancel=cancel)
-        scored = bool(values.get("quality")) and ctx.scorer is not None
+    with user_errors_as_toasts(), ctx.runs.running(session) as cancel:
+        request, opts = request_from_values(values), options_from_values(values)
+        try:
+            result = generate(ctx.manager, ctx.model, request, opts, out_dir=ctx.outputs,
+                              on_progress=on_progress, cancel=cancel)
+        except GenerationCancelled as e:
+            return {"status": f"Cancelled: {e}. Nothing was written; the app is ready for the next run."}, None
         if scored:
             on_progress("quality metrics", 0, 1)
             measure_quality(ctx.manager, ctx.model, result, ctx.scorer, ctx.baseline_cache)
-    except GenerationCancelled as e:
-        return {"status": f"Cancelled: {e}. Nothing was written; the app is ready for the next run."}, None
-    except UserError as e:
-        raise user_error(e) from None
-    finally:
-        ctx.runs.finish(session, cancel)
     info = result.to_json()
     if ctx.save_settings:
         ui = {"randomize_seed": bool(values.get("randomize_seed")), "quality": bool(values.get("quality"))}
@@ -140,10 +133,14 @@ def run_generate(ctx: AppContext, values: dict, session: str, progress) -> tuple
     return display_values(ctx, info, scored), info
 
 
-def cancel_run(ctx: AppContext, session: str) -> str:
-    if ctx.runs.cancel(session):
-        return "Cancelling… the pipeline stops at the end of the current step."
-    return "Nothing is running in this session."
+def cancel_handler(ctx: AppContext):
+    """The Cancel buttons' handler: flags this session's running job (the pipeline stops after its step)."""
+    def on_cancel(request: gr.Request) -> str:
+        if ctx.runs.cancel(request.session_hash):
+            return "Cancelling… the pipeline stops at the end of the current step."
+        return "Nothing is running in this session."
+
+    return on_cancel
 
 
 def live_gpu(ctx: AppContext, samples: list) -> tuple[str, pd.DataFrame, list]:

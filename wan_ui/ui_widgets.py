@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Iterable
 
 import gradio as gr
@@ -27,10 +28,15 @@ class Widgets(dict):
         return {self[n]: v for n, v in values.items() if n in self}
 
 
-def user_error(e: UserError) -> gr.Error:
-    """A toast naming the field; the message already says the allowed range."""
-    title = f"Invalid {e.field.replace('_', ' ')}" if e.field else "Cannot run"
-    return gr.Error(str(e), title=title)
+@contextmanager
+def user_errors_as_toasts():
+    """A UserError becomes a gr.Error toast naming the field (its message already says the allowed range);
+    the app stays up and the outputs keep their values."""
+    try:
+        yield
+    except UserError as e:
+        title = f"Invalid {e.field.replace('_', ' ')}" if e.field else "Cannot run"
+        raise gr.Error(str(e), title=title) from None
 
 
 # ---- parameters -----------------------------------------------------------------------------------------
