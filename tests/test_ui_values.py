@@ -16,7 +16,7 @@ from wan_ui.gpu_monitor import GpuMonitor
 from wan_ui.hardware import Hardware
 from wan_ui.metrics import Metrics
 from wan_ui.options import PRESETS, OptimizationSet, preset
-from wan_ui.requests import WAN_DEFAULT_NEGATIVE_PROMPT, GenerationRequest
+from wan_ui.requests import LIMITS, WAN_DEFAULT_NEGATIVE_PROMPT, GenerationRequest
 from wan_ui.settings_store import load_settings, save_settings, settings_from_video, settings_path
 from wan_ui.ui_context import RunRegistry
 from wan_ui.ui_generate import live_gpu, matching_preset, progress_reporter
@@ -44,7 +44,7 @@ def test_request_from_values_builds_the_validated_request_and_notes_the_frame_sn
 
 def test_randomize_seed_draws_a_new_seed_and_the_request_carries_it():
     r = uv.request_from_values(widget_values(randomize_seed=True), rng=random.Random(0))
-    assert r.seed == random.Random(0).randint(0, 2**31 - 1) and r.seed != 3
+    assert r.seed == random.Random(0).randint(*LIMITS["seed"]) and r.seed != 3
 
 
 @pytest.mark.parametrize("name, value, fragment", [

@@ -51,12 +51,11 @@ def resolution_label(width, height) -> str:
 def request_from_values(values: dict, rng: random.Random | None = None) -> GenerationRequest:
     """Widget values -> validated request. With `randomize_seed`, a fresh seed is drawn (and shown after)."""
     fields = {name: values[name] for name in REQUEST_FIELDS if name in values}
-    for name, value in fields.items():
-        if value is None:  # an emptied number box
-            lo, hi = LIMITS.get(name, (None, None))
+    for name, (lo, hi) in LIMITS.items():
+        if name in fields and fields[name] is None:  # an emptied number box
             raise UserError(f"{name} is empty; enter a number in [{lo}, {hi}]", field=name)
     if values.get("randomize_seed"):
-        fields["seed"] = (rng or random.SystemRandom()).randint(0, min(LIMITS["seed"][1], 2**31 - 1))
+        fields["seed"] = (rng or random.SystemRandom()).randint(*LIMITS["seed"])
     return validate_request(GenerationRequest(**fields))
 
 
