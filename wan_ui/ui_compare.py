@@ -25,6 +25,7 @@ class CompareTab:
     summary: gr.Markdown  # what the sets run on (the Generate tab's parameters)
     run_btn: gr.Button
     cancel_btn: gr.Button
+    cancel_note: gr.Markdown
 
 
 def build_compare_tab(ctx: AppContext) -> CompareTab:
@@ -50,6 +51,7 @@ def build_compare_tab(ctx: AppContext) -> CompareTab:
                                                 interactive=ctx.scorer is not None, elem_id="compare-quality")
         run_btn = gr.Button("Run comparison", variant="primary", elem_id="compare-btn", scale=2)
         cancel_btn = gr.Button("Cancel", variant="stop", elem_id="compare-cancel-btn", scale=1)
+    cancel_note = gr.Markdown(elem_id="compare-cancel-note")
     out["status"] = gr.Textbox(label="Status", interactive=False, lines=2, elem_id="compare-status")
     with gr.Row(elem_id="compare-videos"):
         for i in range(1, MAX_SETS + 1):
@@ -60,7 +62,7 @@ def build_compare_tab(ctx: AppContext) -> CompareTab:
     with gr.Row():
         out["csv"] = gr.File(label="Table (CSV)", interactive=False, elem_id="compare-csv")
         out["markdown"] = gr.File(label="Table (Markdown)", interactive=False, elem_id="compare-md")
-    return CompareTab(inputs, out, summary, run_btn, cancel_btn)
+    return CompareTab(inputs, out, summary, run_btn, cancel_btn, cancel_note)
 
 
 def request_summary(values: dict) -> str:

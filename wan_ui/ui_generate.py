@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import gradio as gr
@@ -30,6 +31,7 @@ class GenerateTab:
     out: Widgets  # video, status, seed_used, metric panels
     generate_btn: gr.Button
     cancel_btn: gr.Button
+    cancel_note: gr.Markdown  # the Cancel click's acknowledgement (the run's own status says how it ended)
     timer: gr.Timer
     vram_samples: gr.State
 
@@ -49,6 +51,7 @@ def build_generate_tab(ctx: AppContext) -> GenerateTab:
             with gr.Row():
                 generate_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn", scale=3)
                 cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn", scale=1)
+            cancel_note = gr.Markdown(elem_id="cancel-note")
             with gr.Row():
                 inputs["quality"] = gr.Checkbox(False, label="Compute quality metrics", elem_id="quality",
                                                 info="CLIP, LPIPS/PSNR/SSIM vs the no-optimization video of this "
@@ -60,7 +63,7 @@ def build_generate_tab(ctx: AppContext) -> GenerateTab:
             out.update(_build_metrics_panel(ctx))
             vram_samples = gr.State([])
             timer = gr.Timer(TICK_S, active=ctx.monitor.available)
-    return GenerateTab(inputs, out, generate_btn, cancel_btn, timer, vram_samples)
+    return GenerateTab(inputs, out, generate_btn, cancel_btn, cancel_note, timer, vram_samples)
 
 
 def _build_metrics_panel(ctx: AppContext) -> Widgets:
@@ -134,10 +137,13 @@ def run_generate(ctx: AppContext, values: dict, session: str, progress) -> tuple
 
 
 def cancel_handler(ctx: AppContext):
-    """The Cancel buttons' handler: flags this session's running job (the pipeline stops after its step)."""
+    """The Cancel buttons' handler: flags this session's running job (the pipeline stops after its step).
+
+    It answers in its own note, not the status box: the run's "Cancelled: ..." status can reach the page before
+    this reply does, and must not be overwritten by it."""
     def on_cancel(request: gr.Request) -> str:
         if ctx.runs.cancel(request.session_hash):
-            return "Cancelling… the pipeline stops at the end of the current step."
+            return f"Cancel requested at {time.strftime('%H:%M:%S')}: the run stops at the end of its current step."
         return "Nothing is running in this session."
 
     return on_cancel
