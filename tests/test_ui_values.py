@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import threading
 from types import SimpleNamespace
 
 import numpy as np
@@ -281,10 +280,12 @@ def test_live_gpu_tick_appends_to_the_vram_over_time_samples():
 
 def test_run_registry_cancels_only_the_running_job_of_a_session():
     runs = RunRegistry()
-    assert runs.cancel("a") is False
-    event = runs.start("a")
-    assert runs.cancel("b") is False and not event.is_set()
-    assert runs.cancel("a") is True and event.is_set()
-    runs.finish("a", event)
-    assert runs.cancel("a") is False
-    assert isinstance(runs.start("a"), threading.Event)
+    assert runs.cancel("a") is None
+    with runs.running("a") as flag:
+        assert runs.cancel("b") is None and not flag.is_set()
+        done = runs.cancel("a")
+        assert flag.is_set() and not done.is_set()
+    assert done.is_set() and runs.cancel("a") is None
+    with pytest.raises(RuntimeError), runs.running("a"):
+        raise RuntimeError("a failed run still unregisters")
+    assert runs.cancel("a") is None

@@ -128,9 +128,9 @@ def _wire_generate(ctx: AppContext, gen, hist, history_state) -> None:
                            outputs=[*gen.out.pick(RUN_OUTPUTS).values(), history_state, hist.gallery, hist.table],
                            api_name="generate", concurrency_limit=1, concurrency_id="gpu")
 
-    gen.generate_btn.click(lambda: "", outputs=gen.cancel_note, queue=False, api_visibility="private",
-                           show_progress="hidden")  # a new run starts with no stale acknowledgement
-    gen.cancel_btn.click(cancel_handler(ctx), outputs=gen.cancel_note, api_name="cancel", queue=False)
+    # queued (for its toast) but unlimited, so it never waits behind the GPU job it cancels
+    gen.cancel_btn.click(cancel_handler(ctx), outputs=gen.cancel_note, api_name="cancel", concurrency_limit=None,
+                         show_progress="hidden")
     gen.inputs["preset"].input(apply_preset, gen.inputs["preset"], [option_widgets[f] for f in OPTION_FIELDS],
                                api_name="apply_preset", queue=False, show_progress="hidden")
     gr.on([w.input for w in option_widgets.values()], lambda **values: matching_preset(values),
@@ -154,9 +154,8 @@ def _wire_compare(ctx: AppContext, gen, cmp, compare_tab, hist, history_state) -
                       outputs=[*cmp.out.values(), history_state, hist.gallery, hist.table], api_name="compare",
                       concurrency_limit=1, concurrency_id="gpu")
 
-    cmp.run_btn.click(lambda: "", outputs=cmp.cancel_note, queue=False, api_visibility="private",
-                      show_progress="hidden")
-    cmp.cancel_btn.click(cancel_handler(ctx), outputs=cmp.cancel_note, api_name="cancel_compare", queue=False)
+    cmp.cancel_btn.click(cancel_handler(ctx), outputs=cmp.cancel_note, api_name="cancel_compare",
+                         concurrency_limit=None, show_progress="hidden")
     compare_tab.select(lambda **values: request_summary(values), inputs_kwargs=run_inputs, outputs=cmp.summary,
                        queue=False, api_visibility="private", show_progress="hidden")
 

@@ -18,41 +18,42 @@ from .models import resolve_model
 from .ui_values import versions
 
 
+@dataclass(frozen=True)
+class _Run:
+    cancel: threading.Event = field(default_factory=threading.Event)  # set by the Cancel click
+    done: threading.Event = field(default_factory=threading.Event)  # set when the job has returned
+
+
 class RunRegistry:
-    """session id -> threading.Event of its running generation (a session runs one job at a time)."""
+    """session id -> the cancel flag and done signal of its running job (a session runs one job at a time)."""
 
     def __init__(self):
-        self._events: dict[str, threading.Event] = {}
+        self._runs: dict[str, _Run] = {}
         self._lock = threading.Lock()
-
-    def start(self, session: str) -> threading.Event:
-        event = threading.Event()
-        with self._lock:
-            self._events[session] = event
-        return event
-
-    def finish(self, session: str, event: threading.Event) -> None:
-        with self._lock:
-            if self._events.get(session) is event:
-                del self._events[session]
 
     @contextmanager
     def running(self, session: str):
         """`with runs.running(session) as cancel:` — the job's flag, registered while the block runs."""
-        event = self.start(session)
-        try:
-            yield event
-        finally:
-            self.finish(session, event)
-
-    def cancel(self, session: str) -> bool:
-        """Set the running job's flag; the pipeline stops at the end of its current step. False: none running."""
+        run = _Run()
         with self._lock:
-            event = self._events.get(session)
-        if event is None:
-            return False
-        event.set()
-        return True
+            self._runs[session] = run
+        try:
+            yield run.cancel
+        finally:
+            with self._lock:
+                if self._runs.get(session) is run:
+                    del self._runs[session]
+            run.done.set()
+
+    def cancel(self, session: str) -> threading.Event | None:
+        """Set the running job's flag (the pipeline stops at the end of its current step) and return the event
+        that is set once the job has returned; None when nothing runs in this session."""
+        with self._lock:
+            run = self._runs.get(session)
+        if run is None:
+            return None
+        run.cancel.set()
+        return run.done
 
 
 @dataclass

@@ -23,6 +23,7 @@ RUN_OUTPUTS = ("video", "seed_used", "status", "hardware", "efficiency", "steps_
                "result_json")
 VRAM_SAMPLES = 300  # live samples kept per page (10 min at the 2 s tick)
 TICK_S = 2.0
+CANCEL_WAIT_S = 120.0  # one step of the report workload takes ~6 s on an H100; a decode can take ~30 s
 
 
 @dataclass
@@ -137,14 +138,17 @@ def run_generate(ctx: AppContext, values: dict, session: str, progress) -> tuple
 
 
 def cancel_handler(ctx: AppContext):
-    """The Cancel buttons' handler: flags this session's running job (the pipeline stops after its step).
-
-    It answers in its own note, not the status box: the run's "Cancelled: ..." status can reach the page before
-    this reply does, and must not be overwritten by it."""
+    """The Cancel buttons' handler: flags this session's running job, toasts at once, then waits for the job
+    to return and notes when it stopped. It writes its own note, never the status box: the run's "Cancelled: ..."
+    status and this reply travel separately, and neither may overwrite the other."""
     def on_cancel(request: gr.Request) -> str:
-        if ctx.runs.cancel(request.session_hash):
-            return f"Cancel requested at {time.strftime('%H:%M:%S')}: the run stops at the end of its current step."
-        return "Nothing is running in this session."
+        done = ctx.runs.cancel(request.session_hash)
+        if done is None:
+            return "Nothing is running in this session."
+        gr.Info("Cancelling… the run stops at the end of its current step.")
+        if done.wait(CANCEL_WAIT_S):
+            return f"Run cancelled at {time.strftime('%H:%M:%S')}."
+        return f"Cancel requested at {time.strftime('%H:%M:%S')}; the current step or decode is still running."
 
     return on_cancel
 
