@@ -136,6 +136,14 @@ def test_extrapolation_with_magcache_replays_the_schedule():
     assert ex["clip_latency_s"] == pytest.approx(2.0 + 3.2 / 6 * 50 + 10.0)
 
 
+def test_extrapolation_leaves_compile_time_of_a_single_run_out():
+    # the `report` Fast row of 2026-11-26: the first step held 140 s of compile
+    ex = extrapolate(_metrics([143.6, 2.9], None), 2, 65, 97, 6.0, cfg_truncation=0.5, cache="mag")
+    assert ex["first_step_excess_s"] == pytest.approx(140.7)
+    assert ex["per_forward_s"] == pytest.approx((143.6 + 2.9 - 140.7) / ex["forwards_computed_run"])
+    assert ex["clip_latency_s"] < 400
+
+
 def test_extrapolation_with_other_caches_assumes_the_measured_skip_fraction():
     ex = extrapolate(_metrics([1.0] * 4, 6), 4, 50, 81, 5.0, cache="first_block")
     assert ex["forwards_computed_full"] == 75  # 6 of 8 computed -> 75 of 100
