@@ -80,7 +80,14 @@ def test_presets_fill_the_option_widgets(client):
     values = dict(zip(OPTION_FIELDS, client.predict("CPU quick", api_name="/apply_preset")))
     assert values == preset("CPU quick").to_dict()
     unchanged = client.predict("Custom", api_name="/apply_preset")
-    assert len(unchanged) == len(OPTION_FIELDS)
+    assert len(unchanged) == len(OPTION_FIELDS) + 1  # the option widgets, then the status note
+
+
+def test_low_vram_preset_is_sized_and_says_why(client):
+    out = client.predict("Low VRAM", 832, 480, 81, api_name="/apply_preset")
+    values, note = dict(zip(OPTION_FIELDS, out)), out[-1]
+    assert values["offload"] == "group_leaf" and values["vae_tiling"] is True  # no GPU reading on CPU: leanest
+    assert note.startswith("Low VRAM preset: no GPU reading")
 
 
 def test_compare_two_sets_gives_the_report_table_and_downloads(client):

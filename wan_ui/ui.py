@@ -131,7 +131,9 @@ def _wire_generate(ctx: AppContext, gen, hist, history_state) -> None:
     # queued (for its toast) but unlimited, so it never waits behind the GPU job it cancels
     gen.cancel_btn.click(cancel_handler(ctx), outputs=gen.cancel_note, api_name="cancel", concurrency_limit=None,
                          show_progress="hidden")
-    gen.inputs["preset"].input(apply_preset, gen.inputs["preset"], [option_widgets[f] for f in OPTION_FIELDS],
+    gen.inputs["preset"].input(lambda name, w, h, f: apply_preset(name, ctx, w, h, f),
+                               [gen.inputs[k] for k in ("preset", "width", "height", "num_frames")],
+                               [*(option_widgets[f] for f in OPTION_FIELDS), gen.out["status"]],
                                api_name="apply_preset", queue=False, show_progress="hidden")
     gr.on([w.input for w in option_widgets.values()], lambda **values: matching_preset(values),
           inputs_kwargs=option_widgets, outputs=gen.inputs["preset"], queue=False, api_visibility="private",

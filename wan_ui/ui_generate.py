@@ -11,6 +11,8 @@ import pandas as pd
 from .compare import measure_quality
 from .errors import GenerationCancelled, UserError
 from .generate import generate
+from .lowvram import plan_low_vram
+from .requests import GenerationRequest, validate_request
 from .settings_store import save_settings
 from .ui_context import AppContext
 from .ui_values import (CUSTOM_PRESET, OPTION_FIELDS, accuracy_markdown, efficiency_markdown, hardware_markdown,
@@ -168,10 +170,29 @@ def vram_frame(samples: list[tuple[float, float]]) -> pd.DataFrame:
                          "MiB used": [u for _, u in samples]})
 
 
-def apply_preset(name: str) -> list:
-    """Preset name -> every option widget's value, in OPTION_FIELDS order (Custom keeps them as they are)."""
+def apply_preset(name: str, ctx: AppContext | None = None, width=None, height=None, num_frames=None) -> list:
+    """Preset name -> every option widget's value, in OPTION_FIELDS order (Custom keeps them as they are), then
+    a status note. "Low VRAM" is sized to the GPU's free memory and the video size (`wan_ui.lowvram`)."""
     values = {} if name == CUSTOM_PRESET else preset_values(name)
-    return [values.get(field, gr.skip()) for field in OPTION_FIELDS]
+    note = gr.skip()
+    if name == "Low VRAM" and ctx is not None:
+        plan = plan_low_vram(_free_mb(ctx), _size_request(width, height, num_frames))
+        values, note = plan.options.to_dict(), f"Low VRAM preset: {plan.reason}"
+    return [values.get(field, gr.skip()) for field in OPTION_FIELDS] + [note]
+
+
+def _free_mb(ctx: AppContext) -> float | None:
+    stats = ctx.monitor.read()
+    return stats.free_mb if stats else None
+
+
+def _size_request(width, height, num_frames) -> GenerationRequest:
+    """The widgets' size as a request, or the defaults where a box is empty or out of range."""
+    try:
+        return validate_request(GenerationRequest("size", width=int(width), height=int(height),
+                                                  num_frames=int(num_frames)))
+    except (TypeError, ValueError):
+        return GenerationRequest("size")
 
 
 def matching_preset(values: dict) -> str:

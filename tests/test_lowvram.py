@@ -1,0 +1,35 @@
+import dataclasses
+
+from wan_ui.lowvram import plan_low_vram
+from wan_ui.options import check_compatible
+from wan_ui.requests import WORKLOADS
+
+R480 = WORKLOADS["official480"].request
+REPORT = WORKLOADS["report"].request
+
+
+def test_plan_follows_free_memory():
+    big = plan_low_vram(80_000, R480)
+    assert big.options.offload == "none" and "fits" in big.reason
+    mid = plan_low_vram(16_000, R480)
+    assert mid.options.offload == "model" and mid.options.vae_tiling
+    small = plan_low_vram(6_000, R480)
+    assert small.options.offload == "group_leaf" and "group offload" in small.reason
+    for p in (big, mid, small):
+        check_compatible(p.options)
+        assert p.options.precision == "bf16"
+
+
+def test_larger_videos_need_leaner_plans():
+    assert plan_low_vram(16_000, R480).options.offload == "model"
+    assert plan_low_vram(16_000, REPORT).options.offload == "group_leaf"
+    assert plan_low_vram(4_000, REPORT).estimated_peak_mb > plan_low_vram(4_000, R480).estimated_peak_mb
+    tiny = dataclasses.replace(R480, width=64, height=64, num_frames=9)
+    assert plan_low_vram(16_000, tiny).estimated_peak_mb > 0
+
+
+def test_too_little_or_unknown_memory_says_so():
+    low = plan_low_vram(1_000, REPORT)
+    assert low.options.offload == "group_leaf" and "below the leanest plan" in low.reason
+    unknown = plan_low_vram(None, R480)
+    assert unknown.options.offload == "group_leaf" and "no GPU reading" in unknown.reason

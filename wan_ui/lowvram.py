@@ -1,0 +1,66 @@
+"""The "Low VRAM" preset, sized to the GPU: pick the fewest memory levers that fit the free memory.
+
+Peaks are torch's peak allocated memory measured on an H200 (2026-11-26, random-full, bf16 transformer and text
+encoder, docs/benchmarks/README.md) at two token counts and interpolated linearly in tokens per forward
+(`official480` 32,760 tokens, `report` 87,750):
+
+  plan             levers                                             official480   report
+  none             everything resident, bf16 VAE                      ~20 GB        ~30 GB (est.)
+  model offload    whole components move in when used, tiled VAE      11.1 GB       ~15 GB (est.)
+  group offload    leaf-level group offload with CUDA streams, tiled  2.07 GB       4.32 GB
+
+The plan keeps a 15 % margin plus 1 GiB for the CUDA context and allocator slack. It only chooses levers;
+the user sees which and why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .options import OptimizationSet, preset
+from .requests import GenerationRequest
+
+# (name, overrides on top of the "Low VRAM" preset's base, (peak MiB at 32,760 tokens, at 87,750 tokens))
+PLANS: list[tuple[str, dict, tuple[float, float]]] = [
+    ("no offload", {"offload": "none", "vae_tiling": False}, (20_000.0, 30_000.0)),
+    ("model CPU offload", {"offload": "model", "vae_tiling": True}, (11_140.0, 15_000.0)),
+    ("group offload (leaf level, CUDA streams)", {"offload": "group_leaf", "vae_tiling": True}, (2_070.0, 4_324.0)),
+]
+TOKENS = (32_760, 87_750)
+MARGIN = 1.15
+CONTEXT_MB = 1024.0
+
+
+@dataclass(frozen=True)
+class LowVramPlan:
+    options: OptimizationSet
+    plan: str
+    estimated_peak_mb: float
+    reason: str
+
+
+def estimate_peak_mb(points: tuple[float, float], tokens: int) -> float:
+    (t0, t1), (p0, p1) = TOKENS, points
+    return max(p0 * 0.5, p0 + (p1 - p0) * (tokens - t0) / (t1 - t0))
+
+
+def plan_low_vram(free_mb: float | None, request: GenerationRequest) -> LowVramPlan:
+    """The lightest plan whose estimated peak fits `free_mb`; the leanest plan when none fits or free is unknown."""
+    tokens = request.tokens_per_forward()
+    base = preset("Low VRAM")
+    if free_mb is None:
+        name, over, points = PLANS[-1]
+        peak = estimate_peak_mb(points, tokens)
+        return LowVramPlan(base.with_(**over), name, peak,
+                           f"no GPU reading: using {name} (estimated peak {peak / 1024:.1f} GiB)")
+    for name, over, points in PLANS:
+        peak = estimate_peak_mb(points, tokens)
+        if peak * MARGIN + CONTEXT_MB <= free_mb:
+            return LowVramPlan(base.with_(**over), name, peak,
+                               f"{free_mb / 1024:.1f} GiB free: {name} fits (estimated peak {peak / 1024:.1f} GiB "
+                               f"at {tokens:,} tokens per forward)")
+    name, over, points = PLANS[-1]
+    peak = estimate_peak_mb(points, tokens)
+    return LowVramPlan(base.with_(**over), name, peak,
+                       f"{free_mb / 1024:.1f} GiB free is below the leanest plan's estimated "
+                       f"{peak / 1024:.1f} GiB: using {name}; reduce size or frames if it runs out of memory")
