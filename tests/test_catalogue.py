@@ -142,3 +142,29 @@ def test_offload_really_moves_weights(mode, smoke_request, tiny_folder):
     assert "cuda" not in devices and devices <= {"cpu", "meta"}
     r = generate(m, "tiny", smoke_request, OptimizationSet().with_(offload=mode), out_dir=None)
     assert r.frames.shape[0] == 9
+
+
+def test_cfg_batch_matches_separate_branches_with_half_the_calls(manager, smoke_request):
+    opts = OptimizationSet().with_(precision="fp32", text_encoder_precision="fp32")
+    req = smoke_request.__class__(**{**smoke_request.to_dict(), "num_inference_steps": 4, "notes": ()})
+    separate = _frames(manager, req, opts)
+    pipe, _, _ = manager.get("tiny", opts, req)
+    batch_sizes = []
+    handle = pipe.transformer.blocks[0].register_forward_pre_hook(lambda m, a: batch_sizes.append(a[0].shape[0]))
+    try:
+        batched = _frames(manager, req, opts.with_(cfg_batch=True))
+    finally:
+        handle.remove()
+    assert batch_sizes == [2] * 4  # one batch-2 pass per step instead of two batch-1 passes
+    assert np.abs(batched.frames.astype(int) - separate.frames.astype(int)).max() <= 1
+    assert batched.metrics.forwards_computed == separate.metrics.forwards_computed == 8
+    # with CFG truncation the uncond branch stops: no batched pass is wasted
+    batch_sizes.clear()
+    handle = pipe.transformer.blocks[0].register_forward_pre_hook(lambda m, a: batch_sizes.append(a[0].shape[0]))
+    try:
+        _frames(manager, req, opts.with_(cfg_batch=True, cfg_truncation=0.5))
+    finally:
+        handle.remove()
+    assert batch_sizes == [2, 2, 1, 1]
+    off = _frames(manager, req, opts)
+    assert np.array_equal(off.frames, separate.frames)

@@ -4,7 +4,8 @@
   1. validate the request, get the pipeline from the manager (build or reuse, run-time options applied);
   2. encode the prompts (`pipe.encode_prompt`);
   3. denoise with diffusers' own loop (`pipe(..., output_type="latent")`), observed through
-     `callback_on_step_end` for per-step timing, progress, cancellation and CFG truncation;
+     `callback_on_step_end` for per-step timing, progress, cancellation, CFG truncation and
+     sparse attention's dense steps;
   4. decode the latents with the VAE;
   5. write the mp4 (outside the timed clip latency) and return frames, path and metrics.
 """
@@ -21,12 +22,15 @@ import numpy as np
 import torch
 
 from .errors import GenerationCancelled, OutOfMemoryError
+from .gpu_pool import device_index, device_scope, is_cuda
 from .manager import LOW_VRAM_HINT, BuildInfo, ModelManager
 from .metrics import Clock, Metrics, NvmlSampler, forward_counter, frame_metrics, warmup_from_steps
 from .optim.cfg import make_cfg_step_hook, planned_forwards
+from .optim.sparse import make_sparse_step_hook
+from .optim.cfg_batch import prepare_cfg_batch
 from .options import OptimizationSet
 from .requests import GenerationRequest, validate_request
-from .video import unique_path, write_video
+from .video import rewrite_metadata, unique_path, write_video
 
 # on_progress(phase, done, total): phase in "loading", "encoding", "denoising", "decoding", "writing"
 ProgressFn = Callable[[str, int, int], None]
@@ -48,15 +52,17 @@ class Result:
                 "random_weights": self.build.random_weights, "device": self.build.device,
                 "request": r.to_dict(), "notes": list(r.notes), "optimizations": self.options.to_dict(),
                 "rebuilt": self.build.rebuilt, "reapplied": self.build.reapplied,
-                "metrics": self.metrics.to_dict()}
+                "parallel": self.build.parallel, "metrics": self.metrics.to_dict()}
 
 
 class _StepObserver:
-    """The `callback_on_step_end`: step times, progress, cancel, CFG truncation."""
+    """The `callback_on_step_end`: step times, progress, cancel, and the per-step hooks (CFG truncation, dense
+    steps of sparse attention), each `hook(pipe, step_index)`."""
 
     def __init__(self, clock: Clock, total: int, on_progress: ProgressFn | None, cancel: threading.Event | None,
-                 cfg_hook):
-        self.clock, self.total, self.on_progress, self.cancel, self.cfg_hook = clock, total, on_progress, cancel, cfg_hook
+                 hooks=()):
+        self.clock, self.total, self.on_progress, self.cancel = clock, total, on_progress, cancel
+        self.hooks = [h for h in hooks if h is not None]
         self.times: list[float] = []
         self.last = None
 
@@ -68,8 +74,8 @@ class _StepObserver:
         now = time.perf_counter()
         self.times.append(now - self.last)
         self.last = now
-        if self.cfg_hook:
-            self.cfg_hook(pipe, i)
+        for hook in self.hooks:
+            hook(pipe, i)
         if self.on_progress:
             self.on_progress("denoising", i + 1, self.total)
         if self.cancel is not None and self.cancel.is_set():
@@ -101,8 +107,10 @@ def run_pipeline(pipe, request: GenerationRequest, opts: OptimizationSet, clock:
         with clock.phase("text_encode"):
             pos, neg = pipe.encode_prompt(prompt=r.prompt, negative_prompt=r.negative_prompt,
                                           do_classifier_free_guidance=use_cfg, max_sequence_length=512, device=device)
-        observer = _StepObserver(clock, r.num_inference_steps, on_progress, cancel,
-                                 make_cfg_step_hook(r.guidance_scale, r.num_inference_steps, opts.cfg_truncation))
+        prepare_cfg_batch(pipe, neg)
+        hooks = [make_cfg_step_hook(r.guidance_scale, r.num_inference_steps, opts.cfg_truncation),
+                 make_sparse_step_hook(pipe, r, opts)]
+        observer = _StepObserver(clock, r.num_inference_steps, on_progress, cancel, hooks)
         counter = forward_counter(pipe)
         counter.reset()
         with clock.phase("denoise"):
@@ -123,15 +131,23 @@ def generate(manager: ModelManager, model: str | None, request: GenerationReques
              out_dir: str | Path | None = "outputs", out_path: str | Path | None = None,
              on_progress: ProgressFn | None = None, cancel: threading.Event | None = None,
              nvml_hz: float = 10.0) -> Result:
+    """`manager`: a ModelManager, or a gpu_pool.ManagerPool that lends a free GPU's manager for this run."""
     request = validate_request(request)
+    with manager.lease(model, opts) as leased, device_scope(leased.device):
+        cancel = leased.start_job(model, request, opts, cancel)  # a serving parallel app's other ranks join in
+        return _generate_on(leased, model, request, opts, out_dir, out_path, on_progress, cancel, nvml_hz)
+
+
+def _generate_on(manager: ModelManager, model, request: GenerationRequest, opts: OptimizationSet, out_dir,
+                 out_path, on_progress, cancel, nvml_hz: float) -> Result:
     if on_progress:
         on_progress("loading", 0, 1)
     try:
         pipe, build, fresh = manager.get(model, opts, request)
     except torch.cuda.OutOfMemoryError:
         raise OutOfMemoryError(f"out of GPU memory while building; {LOW_VRAM_HINT}") from None
-    clock = Clock(manager.device)
-    sampler = NvmlSampler(hz=nvml_hz) if clock.cuda else None
+    clock = Clock("cuda" if is_cuda(manager.device) else manager.device)  # syncs the current device (scoped)
+    sampler = NvmlSampler(index=device_index(manager.device) or 0, hz=nvml_hz) if clock.cuda else None
     clock.start_run()
     if sampler:
         sampler.start()
@@ -178,6 +194,13 @@ def _assemble_metrics(build, fresh, clock, steps, computed, request, opts, n_fra
         quality_note="random-weight model: quality metrics describe noise, not video quality"
         if build.random_weights else None,
     )
+
+
+def update_video_metadata(result: Result) -> None:
+    """After metrics were added to `result` (quality is scored after the mp4 is written): rewrite its sidecar
+    and the mp4's comment tag, so the file carries every metric shown."""
+    if result.video_path:
+        rewrite_metadata(result.video_path, _metadata(result))
 
 
 def _metadata(result: Result) -> dict:

@@ -100,8 +100,8 @@ class ForwardCounter:
     def _call(self, *_):
         self.calls += 1
 
-    def _computed(self, *_):
-        self.computed += 1
+    def _computed(self, module, args):
+        self.computed += args[0].shape[0] if args and hasattr(args[0], "shape") else 1  # a CFG batch = 2
 
     def reset(self) -> None:
         self.calls = self.computed = 0

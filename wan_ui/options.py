@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,10 +24,11 @@ class Spec:
     help: str
     choices: tuple | None = None  # allowed values for enum-like fields
     bounds: tuple[float, float] | None = None  # inclusive range for numbers
+    pattern: str | None = None  # regular expression a text value must match in full
 
 
-def _opt(default, family, load_time, help, choices=None, bounds=None):
-    return field(default=default, metadata={"spec": Spec(family, load_time, help, choices, bounds)})
+def _opt(default, family, load_time, help, choices=None, bounds=None, pattern=None):
+    return field(default=default, metadata={"spec": Spec(family, load_time, help, choices, bounds, pattern)})
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -60,6 +62,22 @@ class OptimizationSet:
     attention_backend: str = _opt("native", "attention", False, "diffusers attention backend", ATTENTION_BACKENDS)
     attention_slicing: int = _opt(0, "attention", False, "query chunk size for chunked attention (0 = off)",
                                   bounds=(0, 1 << 20))
+    # training-free sparse self-attention (wan_ui/optim/sparse.py): a 3D sliding tile window on FlexAttention
+    sparse_attention: str = _opt("none", "attention", False,
+                                 "sparse self-attention: sta = sliding tile window (FlexAttention block mask)",
+                                 ("none", "sta"))
+    # half-widths in tiles of 1 x 8 x 16 patches. Default +-6 frames, +-1 tile in h and w: 89.5 % block-sparse at
+    # the report size (5.9x faster attention than dense SDPA, ../shared/WORKLOADS.md). Ours, not published: STA
+    # (arXiv 2502.04507) picks per-head windows by a mask search on real weights; check LPIPS vs dense.
+    sparse_window: str = _opt("6,1,1", "attention", False,
+                              "window half-widths 't,h,w' in tiles (tile = 1 frame x 8 x 16 patches)",
+                              pattern=r"\s*\d+\s*,\s*\d+\s*,\s*\d+\s*")
+    sparse_dense_steps: int = _opt(-1, "attention", False,
+                                   "first N steps dense (-1 = STA's Wan setting, 12 of 50 steps, scaled)",
+                                   bounds=(-1, 200))
+    # Radial Attention keeps 1 layer dense, Sparse VideoGen 3 % of layers (1 of Wan 1.3B's 30)
+    sparse_dense_layers: int = _opt(1, "attention", False, "first N transformer blocks keep dense attention",
+                                    bounds=(0, 64))
     # scheduler
     scheduler: str = _opt("unipc", "scheduler", False, "sampler", ("unipc", "dpmpp", "euler"))
     flow_shift: float = _opt(0.0, "scheduler", False, "flow shift (0 = the model's own: 3.0)", bounds=(0.0, 20.0))
@@ -73,6 +91,8 @@ class OptimizationSet:
     cfg_truncation: float = _opt(1.0, "cfg", False,
                                  "fraction of steps that run the unconditional pass (1 = all; CFG-trunc.)",
                                  bounds=(0.0, 1.0))
+    cfg_batch: bool = _opt(False, "cfg", False, "run the cond and uncond branches as one batch-2 forward",
+                           (False, True))
     # VAE decode memory
     vae_tiling: bool = _opt(False, "vae", False, "decode in spatial tiles (lower peak memory)", (False, True))
     vae_slicing: bool = _opt(False, "vae", False, "decode batch items one at a time", (False, True))
@@ -146,6 +166,8 @@ def _coerce(name: str, value: Any, spec: Spec, kind: type) -> Any:
         raise ValidationError(f"option {name} must be {kind.__name__} ({allowed}), got {value!r}", field=name) from None
     if spec.choices is not None and value not in spec.choices:
         raise ValidationError(f"option {name} must be one of {list(spec.choices)}, got {value!r}", field=name)
+    if spec.pattern is not None and not re.fullmatch(spec.pattern, value):
+        raise ValidationError(f"option {name} has the wrong form ({spec.help}), got {value!r}", field=name)
     if spec.bounds is not None and not (value == value and spec.bounds[0] <= value <= spec.bounds[1]):
         raise ValidationError(f"option {name} must be in [{spec.bounds[0]}, {spec.bounds[1]}], got {value!r}",
                               field=name)
@@ -246,6 +268,9 @@ INCOMPATIBLE: list[tuple[str, Any, str]] = [
     ("attention_slicing + an attention backend other than native",
      lambda o: o.attention_slicing > 0 and o.attention_backend != "native",
      "chunked attention runs on the native SDPA backend; set attention_backend=native"),
+    ("cfg_batch + a step cache",
+     lambda o: o.cfg_batch and o.cache != "none",
+     "step caches keep one state per branch; use cfg_batch=false with a cache"),
     ("offload + quantization=torchao_fp8 with group offload",
      lambda o: o.quantization in ("torchao_fp8", "torchao_int8wo") and o.offload.startswith("group"),
      "torchao tensor subclasses do not stream through group offload; use fp8_storage with group offload"),
@@ -256,7 +281,13 @@ def check_compatible(opts: OptimizationSet) -> None:
     """Raise IncompatibleOptionsError for the first combination that cannot work, saying what to do instead."""
     for what, bad, instead in INCOMPATIBLE:
         if bad(opts):
-            raise IncompatibleOptionsError(f"incompatible options: {what}; {instead}")
+            raise IncompatibleOptionsError(f"incompatible options: {what}; {instead}", field=_culprit(opts, bad))
+
+
+def _culprit(opts: OptimizationSet, bad) -> str | None:
+    """The first changed field whose default resolves the conflict: what the UI's error names."""
+    base = OptimizationSet()
+    return next((k for k in opts.changed(base) if not bad(dataclasses.replace(opts, **{k: getattr(base, k)}))), None)
 
 
 def options_table(hw: Hardware) -> list[dict[str, Any]]:

@@ -4,13 +4,13 @@ Load-time (the model manager builds a new pipeline when these fields change):
   LOAD_KWARGS — contribute `WanPipeline.from_pretrained` arguments;
   BUILD_STEPS — applied once after loading, in order weights -> FP8 storage -> placement/offload -> compile.
 Run-time (applied to a built pipeline; removed and re-applied when their fields change):
-  RUNTIME — (family, apply, remove, signature) in the fixed order LoRA -> scheduler -> attention -> cache -> VAE.
+  RUNTIME — (family, apply, remove, signature) in the fixed order LoRA -> scheduler -> attention -> sparse attention -> cache -> CFG batch -> VAE.
   A change in one family re-applies it and every family after it, so hooks always stack in the same order.
 """
 
 from __future__ import annotations
 
-from . import attention, cache, compile, lora, offload, precision, quantization, scheduler, vae
+from . import attention, cache, cfg_batch, compile, lora, offload, precision, quantization, scheduler, sparse, vae
 from .state import state_of
 
 LOAD_KWARGS = [precision.load_kwargs, quantization.load_kwargs]
@@ -25,7 +25,10 @@ RUNTIME = [
     ("lora", lora.apply_lora, lora.remove_lora, _fields("lora")),
     ("scheduler", scheduler.apply_scheduler, scheduler.remove_scheduler, _fields("scheduler")),
     ("attention", attention.apply_attention, attention.remove_attention, _fields("attention")),
+    # sparse self-attention wraps the processors the attention family installed (its fields are in "attention")
+    ("sparse", sparse.apply_sparse, sparse.remove_sparse, sparse.signature),
     ("cache", cache.apply_cache, cache.remove_cache, cache.signature),
+    ("cfg_batch", cfg_batch.apply_cfg_batch, cfg_batch.remove_cfg_batch, lambda o, r: o.cfg_batch),
     ("vae", vae.apply_vae, vae.remove_vae, _fields("vae")),
 ]
 

@@ -1,0 +1,66 @@
+"""CFG batching: the conditional and unconditional branches of a step in one transformer forward (batch 2).
+
+The Wan pipeline calls the transformer twice per CFG step (cond, then uncond, with the same latents and
+timestep). A diffusers `ModelHook` on the transformer turns the cond call into one batched call with the
+negative prompt embeddings appended, returns the cond half and keeps the uncond half, which it hands back on
+the uncond call that follows. Peak activation memory doubles; the gain is fewer, larger kernels (helps small
+videos and small GPUs more than an H100 at 32k+ tokens, where one branch already fills the card). Step caches
+keep one state per branch (`cache_context`), which a batched call would mix: the two are incompatible.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+
+from .state import state_of
+
+_HOOK = "wan_ui_cfg_batch"
+
+
+class CfgBatchHook(ModelHook):
+    def __init__(self, pipe):
+        super().__init__()
+        self.pipe = pipe
+        self.negative: torch.Tensor | None = None  # (B, 512, C) negative prompt embeddings of this generation
+        self._stash = None  # (latents of the batched call, uncond output tuple)
+
+    def new_forward(self, module, *args, **kwargs):
+        forward = self.fn_ref.original_forward
+        hidden = kwargs.get("hidden_states")
+        if self._stash is not None:
+            key, uncond = self._stash
+            self._stash = None
+            if hidden is key:
+                return uncond
+        ehs = kwargs.get("encoder_hidden_states")
+        if (self.negative is None or hidden is None or ehs is None or args or kwargs.get("return_dict", True)
+                or not self.pipe.do_classifier_free_guidance or self.negative.shape != ehs.shape):
+            return forward(*args, **kwargs)
+        batched = dict(kwargs, hidden_states=torch.cat([hidden, hidden]),
+                       timestep=torch.cat([kwargs["timestep"], kwargs["timestep"]]),
+                       encoder_hidden_states=torch.cat([ehs, self.negative.to(ehs)]))
+        out = forward(**batched)
+        cond, uncond = zip(*(t.chunk(2) for t in out))
+        self._stash = (hidden, tuple(uncond))
+        return tuple(cond)
+
+
+def apply_cfg_batch(pipe, opts, request=None) -> None:
+    if not opts.cfg_batch:
+        return
+    hook = CfgBatchHook(pipe)
+    HookRegistry.check_if_exists_or_initialize(pipe.transformer).register_hook(hook, _HOOK)
+    state_of(pipe).saved["cfg_batch"] = hook
+
+
+def remove_cfg_batch(pipe) -> None:
+    if state_of(pipe).saved.pop("cfg_batch", None) is not None:
+        HookRegistry.check_if_exists_or_initialize(pipe.transformer).remove_hook(_HOOK, recurse=False)
+
+
+def prepare_cfg_batch(pipe, negative: torch.Tensor | None) -> None:
+    """Give the hook this generation's negative embeddings (no-op when CFG batching is off)."""
+    hook = state_of(pipe).saved.get("cfg_batch")
+    if hook is not None:
+        hook.negative, hook._stash = negative, None
