@@ -98,6 +98,6 @@ def test_every_documented_conflict_is_reachable():
         {"offload": "sequential", "compile": "regional"}, {"offload": "group_leaf", "compile": "full"},
         {"quantization": "bnb_nf4", "compile": "regional"}, {"quantization": "bnb_int8", "lora_fuse": True},
         {"quantization": "fp8_storage", "compile": "full"}, {"attention_slicing": 8, "attention_backend": "flex"},
-        {"quantization": "torchao_int8wo", "offload": "group_leaf"})]
+        {"quantization": "torchao_int8wo", "offload": "group_leaf"}, {"cfg_batch": True, "cache": "mag"})]
     for what, bad, _ in INCOMPATIBLE:
         assert any(bad(s) for s in samples), what
