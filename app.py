@@ -12,7 +12,8 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Wan2.1-T2V-1.3B workbench (Gradio app)")
-    p.add_argument("--listen", action="store_true", help="bind 0.0.0.0 (default: 127.0.0.1, this machine only)")
+    p.add_argument("--listen", action="store_true", help="bind 0.0.0.0 (default: $GRADIO_SERVER_NAME, which "
+                   "Hugging Face Spaces set, else 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     p.add_argument("--share", action="store_true", help="open a public gradio.live link (off by default)")
     p.add_argument("--model", default=None, help="tiny | random-full | hub id | local folder "
@@ -38,23 +39,30 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     auth = parse_auth(args.auth)
 
+    from wan_ui.zerogpu import load_spaces
+
+    load_spaces()  # on a ZeroGPU Space `spaces` must be imported before CUDA starts; elsewhere a no-op
     from wan_ui.errors import UserError
     from wan_ui.manager import ModelManager
+    from wan_ui.model_download import ModelDownload
     from wan_ui.models import resolve_model
     from wan_ui.quality import BaselineCache, QualityScorer
     from wan_ui.ui import create_demo, launch_kwargs
 
     manager = ModelManager(log=lambda m: print(f"[wan_ui] {m}", file=sys.stderr))
     try:
-        resolve_model(args.model, manager.hw.cuda)  # a bad --model fails here, before the server starts
+        source = resolve_model(args.model, manager.hw.cuda)  # a bad --model fails here, before the server starts
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    # a hub checkpoint downloads now, in the background, with its progress in the page's header
+    downloads = ModelDownload(source, log=manager.log).start() if source.kind == "hub" else None
     demo = create_demo(manager, model=args.model, scorer=QualityScorer(device=manager.device),
                        baseline_cache=BaselineCache(), outputs=args.outputs,
-                       save_settings=not args.no_save_settings)
-    demo.launch(server_name="0.0.0.0" if args.listen else "127.0.0.1", server_port=args.port, share=args.share,
-                auth=auth, **launch_kwargs(args.outputs))
+                       save_settings=not args.no_save_settings, downloads=downloads)
+    server_name = "0.0.0.0" if args.listen else os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
+    demo.launch(server_name=server_name, server_port=args.port, share=args.share, auth=auth,
+                **launch_kwargs(args.outputs))
     return 0
 
 

@@ -82,9 +82,11 @@ def cmd_generate(args) -> int:
     result = generate(manager, args.model, req, opts, out_path=args.out,
                       on_progress=_progress_printer(not args.json or sys.stderr.isatty()))
     if args.quality:
+        from .generate import update_video_metadata
         from .quality import score_result
 
         score_result(result)
+        update_video_metadata(result)  # the scores join the sidecar and the mp4's comment tag
     for note in result.request.notes:
         print(f"[wan_ui] note: {note}", file=sys.stderr)
     if result.build.random_weights:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError, ValidationError
-from .generate import ProgressFn, Result, generate
+from .generate import ProgressFn, Result, generate, update_video_metadata
 from .manager import ModelManager
 from .options import PRESETS, OptimizationSet, check_available, check_compatible, parse_set_args, preset
 from .report import EXTRA_ROWS, REPORT_ROWS, ratio, summary_csv, summary_markdown
@@ -140,6 +140,7 @@ def measure_quality(manager: ModelManager, model: str | None, result: Result, sc
         from .quality import baseline_frames, score_result
     except ImportError as e:  # metric packages missing: say so, keep the run
         result.metrics.quality_note = f"quality metrics unavailable: {e}"
+        update_video_metadata(result)
         return
     reference = None
     if baseline_cache is not None:
@@ -148,6 +149,7 @@ def measure_quality(manager: ModelManager, model: str | None, result: Result, sc
         else:
             reference = baseline_frames(manager, model, result.request, baseline_cache)
     score_result(result, scorer, reference)
+    update_video_metadata(result)  # the mp4 and its sidecar were written before the scores existed
 
 
 def preset_names() -> list[str]:

@@ -124,8 +124,9 @@ def build_random_pipeline(full: bool, seed: int = 0, device: str = "cpu"):
                        vae=vae.eval(), scheduler=scheduler)
 
 
-def materialize(source: ModelSource, log=print) -> tuple[str, float]:
-    """Make sure `source` is on disk; return (folder or hub id, seconds spent downloading/building)."""
+def materialize(source: ModelSource, log=print, tqdm_class=None) -> tuple[str, float]:
+    """Make sure `source` is on disk; return (folder or hub id, seconds spent downloading/building).
+    tqdm_class: the hub download's progress bars (model_download.ModelDownload records them for the UI)."""
     if source.kind in (TINY, RANDOM_FULL):
         folder = Path(source.location)
         if (folder / MARKER).is_file():
@@ -145,18 +146,18 @@ def materialize(source: ModelSource, log=print) -> tuple[str, float]:
         del pipe
         return str(folder), time.perf_counter() - t0
     if source.kind == "hub":
-        return _download(source.name)
+        return _download(source.name, tqdm_class)
     return source.location, 0.0
 
 
-def _download(repo_id: str) -> tuple[str, float]:
+def _download(repo_id: str, tqdm_class=None) -> tuple[str, float]:
     """Fetch the checkpoint with the hub client's progress bars; timed apart from loading."""
     from huggingface_hub import snapshot_download
 
     t0 = time.perf_counter()
     try:
         folder = snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model",
-                                                             "tokenizer*", "spiece*"])
+                                                             "tokenizer*", "spiece*"], tqdm_class=tqdm_class)
     except Exception as e:  # offline, unknown repo, auth: one clear message
         raise ModelLoadError(f"could not download {repo_id!r}: {type(e).__name__}: {e}. Pass a local folder with "
                              f"--model PATH, or --model tiny / random-full", field="model") from None

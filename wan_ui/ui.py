@@ -3,7 +3,8 @@ each action to a named endpoint. Handlers turn widget values into the core's dat
 format the result (the conversions are in ui_values and unit-tested).
 
 Endpoints (gradio_client `api_name`): /generate, /cancel, /compare, /cancel_compare, /apply_preset,
-/reuse_settings, /load_settings, /restore_last_settings, /gpu_stats, /options.
+/reuse_settings, /load_settings, /restore_last_settings, /gpu_stats, /options, /model_download (while
+the first start downloads the checkpoint).
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from .gpu_monitor import GpuMonitor
 from .manager import ModelManager
 from .options import PRESETS, options_table
 from .settings_store import load_settings, settings_path
-from .ui_compare import build_compare_tab, request_summary, run_compare
+from .ui_compare import build_compare_tab, compare_gpu_seconds, compare_task, request_summary, run_compare
 from .ui_context import AppContext
-from .ui_generate import (RUN_OUTPUTS, apply_preset, build_generate_tab, cancel_handler, live_gpu, matching_preset,
-                          run_generate)
+from .ui_generate import (RUN_OUTPUTS, apply_preset, build_generate_tab, cancel_handler, generate_gpu_seconds,
+                          generate_task, live_gpu, matching_preset, run_generate)
 from .ui_history import build_history_tab, entry_settings, history_views, video_settings
 from .ui_values import OPTION_FIELDS, REQUEST_FIELDS, history_entry, values_from_settings
 from .ui_widgets import user_errors_as_toasts
+from .zerogpu import gpu_function
 
 CSS = """
 #random-banner {background: #fff4e5; border: 1px solid #f0a020; border-radius: 8px; padding: 6px 12px;}
@@ -35,10 +37,14 @@ RUN_INPUTS = (*REQUEST_FIELDS, "randomize_seed")  # what a generation or compari
 
 def create_demo(manager: ModelManager, model: str | None = None, scorer=None, baseline_cache=None,
                 outputs: str | Path = "outputs", settings_file: str | Path | None = None,
-                save_settings: bool = True, monitor: GpuMonitor | None = None) -> gr.Blocks:
-    """The app around one model manager (built by the caller, e.g. app.py). Queue: one GPU job at a time."""
+                save_settings: bool = True, monitor: GpuMonitor | None = None, downloads=None) -> gr.Blocks:
+    """The app around one model manager (built by the caller, e.g. app.py). Queue: one GPU job at a time.
+    downloads: a started model_download.ModelDownload (hub checkpoint), shown in the header until done."""
     ctx = AppContext(manager, model, scorer, baseline_cache, Path(outputs),
-                     Path(settings_file) if settings_file else None, save_settings, monitor or GpuMonitor())
+                     Path(settings_file) if settings_file else None, save_settings, monitor or GpuMonitor(),
+                     downloads=downloads)
+    ctx.gpu_generate = gpu_function(generate_task(ctx), generate_gpu_seconds)
+    ctx.gpu_compare = gpu_function(compare_task(ctx), compare_gpu_seconds)
     with gr.Blocks(title="Wan2.1 T2V 1.3B workbench") as demo:
         _header(ctx)
         history = gr.State([])
@@ -77,6 +83,16 @@ def _header(ctx: AppContext) -> None:
                 f"outputs: `{ctx.outputs}`", elem_id="model-info")
     if source.random_weights:
         gr.Markdown(f"⚠ {source.label}", elem_id="random-banner")
+    if ctx.downloads is not None:
+        _download_status(ctx.downloads)
+
+
+def _download_status(downloads) -> None:
+    """The first start's checkpoint download: a line refreshed every second until it has finished."""
+    status = gr.Markdown(downloads.markdown(), elem_id="model-download")
+    timer = gr.Timer(1.0, active=not downloads.finished.is_set())
+    timer.tick(lambda: (downloads.markdown(), gr.Timer(active=not downloads.finished.is_set())),
+               outputs=[status, timer], api_name="model_download", queue=False, show_progress="hidden")
 
 
 def _build_options_tab(ctx: AppContext) -> None:

@@ -13,6 +13,7 @@ from .ui_context import AppContext
 from .ui_generate import progress_reporter
 from .ui_values import NO_SET, named_sets_from_values, preset_choices, request_from_values
 from .ui_widgets import Widgets, user_errors_as_toasts
+from .zerogpu import ZEROGPU_SPEED, check_zerogpu, estimate_comparison_seconds, on_zerogpu
 
 INITIAL_SETS = 2
 SETS_PER_ROW = 3
@@ -78,16 +79,37 @@ def request_summary(values: dict) -> str:
 
 def run_compare(ctx: AppContext, values: dict, session: str, progress) -> tuple[dict, Comparison | None]:
     """Widget values -> comparison -> {output name: value}; (status only, None) when cancelled."""
-    scorer = ctx.scorer if values.get("compare_quality") else None
     with user_errors_as_toasts(), ctx.runs.running(session) as cancel:
         request, sets = request_from_values(values), named_sets_from_values(values)
-        try:
-            comp = run_comparison(ctx.manager, ctx.model, request, sets, scorer=scorer,
-                                  baseline_cache=ctx.baseline_cache, on_progress=progress_reporter(progress),
-                                  cancel=cancel, out_dir=ctx.outputs)
-        except GenerationCancelled as e:
-            return {"status": f"Cancelled: {e}. The app is ready for the next run."}, None
+        if on_zerogpu(ctx.gpu_compare):
+            for _, opts in sets:
+                check_zerogpu(opts)
+        if ctx.downloads is not None:  # first start: the checkpoint may still be on its way (outside GPU time)
+            ctx.downloads.wait(progress)
+        comp = ctx.gpu_compare(cancel, request, sets, bool(values.get("compare_quality")), progress)
+    if isinstance(comp, str):
+        return {"status": f"Cancelled: {comp}. The app is ready for the next run."}, None
     return comparison_display(ctx, comp), comp
+
+
+def compare_task(ctx: AppContext):
+    """The GPU part of a comparison as one call `task(cancel, request, sets, quality, progress)` (see
+    `ui_generate.generate_task`): the Comparison, or the cancel message as a str."""
+    def task(cancel, request, sets, quality: bool, progress):
+        with user_errors_as_toasts():
+            try:
+                return run_comparison(ctx.manager, ctx.model, request, sets, scorer=ctx.scorer if quality else None,
+                                      baseline_cache=ctx.baseline_cache, on_progress=progress_reporter(progress),
+                                      cancel=cancel, out_dir=ctx.outputs)
+            except GenerationCancelled as e:
+                return str(e)
+
+    return task
+
+
+def compare_gpu_seconds(request, sets, quality: bool, progress) -> int:
+    """ZeroGPU's `duration` for `compare_task`."""
+    return estimate_comparison_seconds(request, [opts for _, opts in sets], speed=ZEROGPU_SPEED, quality=quality)
 
 
 def comparison_display(ctx: AppContext, comp: Comparison) -> dict:

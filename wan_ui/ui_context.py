@@ -11,6 +11,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from .gpu_monitor import GpuMonitor
 from .manager import ModelManager
@@ -68,6 +69,11 @@ class AppContext:
     monitor: GpuMonitor = field(default_factory=GpuMonitor)
     runs: RunRegistry = field(default_factory=RunRegistry)
     versions: dict = field(default_factory=versions)
+    # the GPU part of a generation / comparison: ui_generate.generate_task / ui_compare.compare_task, wrapped by
+    # zerogpu.gpu_function (under spaces.GPU on ZeroGPU); set by create_demo
+    gpu_generate: Callable | None = None
+    gpu_compare: Callable | None = None
+    downloads: object | None = None  # model_download.ModelDownload of a hub checkpoint fetched at start, or None
 
     @property
     def hw(self):

@@ -19,6 +19,7 @@ from .ui_values import (CUSTOM_PRESET, OPTION_FIELDS, accuracy_markdown, efficie
                         options_from_values, others_markdown, preset_of, preset_values, request_from_values,
                         settings_of, status_line, step_rows)
 from .ui_widgets import Widgets, build_option_widgets, build_request_widgets, user_errors_as_toasts
+from .zerogpu import ZEROGPU_SPEED, check_zerogpu, estimate_gpu_seconds, on_zerogpu
 
 # what a run fills (the live GPU widgets are the timer's)
 RUN_OUTPUTS = ("video", "seed_used", "status", "hardware", "efficiency", "steps_plot", "accuracy", "others",
@@ -121,22 +122,46 @@ def display_values(ctx: AppContext, info: dict, scored: bool) -> dict:
 def run_generate(ctx: AppContext, values: dict, session: str, progress) -> tuple[dict, dict | None]:
     """One generation from widget values: ({output name: value}, result JSON or None when cancelled)."""
     scored = bool(values.get("quality")) and ctx.scorer is not None
-    on_progress = progress_reporter(progress)
     with user_errors_as_toasts(), ctx.runs.running(session) as cancel:
         request, opts = request_from_values(values), options_from_values(values)
-        try:
-            result = generate(ctx.manager, ctx.model, request, opts, out_dir=ctx.outputs,
-                              on_progress=on_progress, cancel=cancel)
-        except GenerationCancelled as e:
-            return {"status": f"Cancelled: {e}. Nothing was written; the app is ready for the next run."}, None
-        if scored:
-            on_progress("quality metrics", 0, 1)
-            measure_quality(ctx.manager, ctx.model, result, ctx.scorer, ctx.baseline_cache)
+        if on_zerogpu(ctx.gpu_generate):
+            check_zerogpu(opts)
+        if ctx.downloads is not None:  # first start: the checkpoint may still be on its way (outside GPU time)
+            ctx.downloads.wait(progress)
+        result = ctx.gpu_generate(cancel, request, opts, scored, progress)
+    if isinstance(result, str):
+        return {"status": f"Cancelled: {result}. Nothing was written; the app is ready for the next run."}, None
     info = result.to_json()
     if ctx.save_settings:
         ui = {"randomize_seed": bool(values.get("randomize_seed")), "quality": bool(values.get("quality"))}
         save_settings({**settings_of(info), "ui": ui}, ctx.settings_path)
     return display_values(ctx, info, scored), info
+
+
+def generate_task(ctx: AppContext):
+    """The GPU part of a generation as one call `task(cancel, request, opts, scored, progress)`, so that ZeroGPU
+    can run it in its worker process (`zerogpu.gpu_function`): plain, picklable arguments; the manager, scorer
+    and baseline cache come through the closure. Returns the Result, or the cancel message as a str (an
+    exception would reach the app as a bare "ZeroGPU worker error")."""
+    def task(cancel, request, opts, scored: bool, progress):
+        on_progress = progress_reporter(progress)
+        with user_errors_as_toasts():  # a gr.Error crosses the worker boundary with its message
+            try:
+                result = generate(ctx.manager, ctx.model, request, opts, out_dir=ctx.outputs,
+                                  on_progress=on_progress, cancel=cancel)
+            except GenerationCancelled as e:
+                return str(e)
+            if scored:
+                on_progress("quality metrics", 0, 1)
+                measure_quality(ctx.manager, ctx.model, result, ctx.scorer, ctx.baseline_cache)
+        return result
+
+    return task
+
+
+def generate_gpu_seconds(request, opts, scored: bool, progress) -> int:
+    """ZeroGPU's `duration` for `generate_task` (same arguments but the cancel flag)."""
+    return estimate_gpu_seconds(request, opts, speed=ZEROGPU_SPEED, quality=scored)
 
 
 def cancel_handler(ctx: AppContext):

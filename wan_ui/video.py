@@ -60,6 +60,36 @@ def write_video(frames: np.ndarray, path: str | Path, fps: int, metadata: dict |
     return path
 
 
+def rewrite_metadata(path: str | Path, metadata: dict) -> Path:
+    """Replace the settings of a video we wrote (e.g. once its quality metrics are computed): the JSON sidecar
+    and the mp4's `comment` tag (a stream copy, no re-encode), each swapped in atomically. `created` is kept."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    path = Path(path)
+    sidecar = path.with_suffix(".json")
+    try:
+        created = json.loads(sidecar.read_text()).get("created")
+    except (OSError, ValueError):
+        created = None
+    metadata = {**metadata, **({"created": created} if created else {}),
+                "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    tmp = path.with_name(f".{path.stem}.meta{path.suffix}")
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-i", str(path), "-map", "0", "-c", "copy",
+           "-metadata", f"comment={json.dumps(metadata, ensure_ascii=True)}", str(tmp)]
+    try:
+        subprocess.run(cmd, capture_output=True, timeout=120, check=True)
+        tmp_sidecar = sidecar.with_name(f".{sidecar.name}.tmp")
+        tmp_sidecar.write_text(json.dumps(metadata, indent=2, ensure_ascii=False))
+        os.replace(tmp, path)
+        os.replace(tmp_sidecar, sidecar)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
 def read_video(path: str | Path) -> tuple[np.ndarray, float]:
     """(frames (F, H, W, 3) uint8, fps) — for tests and for comparing runs."""
     import imageio_ffmpeg
