@@ -49,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--height", type=int, default=d.height)
     g.add_argument("--frames", type=int, default=d.num_frames, help="snapped to 4k+1 (reported)")
     g.add_argument("--fps", type=int, default=d.fps)
-    g.add_argument("--steps", type=int, default=d.num_inference_steps)
-    g.add_argument("--guidance", type=float, default=d.guidance_scale)
+    # None = not given: a distilled preset's request hints, else the request's defaults (printed when a hint is used)
+    g.add_argument("--steps", type=int, default=None, help=f"default {d.num_inference_steps} (or the preset's)")
+    g.add_argument("--guidance", type=float, default=None, help=f"default {d.guidance_scale} (or the preset's)")
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--preset", default=None, help="start from a preset (see `options`)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an option; repeatable")
@@ -73,7 +74,7 @@ def cmd_generate(args) -> int:
     opts = parse_set_args(args.set, base=base)
     req = GenerationRequest(prompt=args.prompt, negative_prompt=args.negative_prompt, width=args.width,
                             height=args.height, num_frames=args.frames, fps=args.fps, seed=args.seed,
-                            guidance_scale=args.guidance, num_inference_steps=args.steps)
+                            **_request_settings(args))
     manager = ModelManager(log=lambda m: print(f"[wan_ui] {m}", file=sys.stderr))
     # fail fast on user mistakes, before any model work
     validate_request(req)
@@ -98,6 +99,22 @@ def cmd_generate(args) -> int:
         print(f"wrote {result.video_path}: {result.frames.shape[0]} frames in {m.clip_latency_s:.2f} s "
               f"({m.throughput_fps:.3f} fps)")
     return 0
+
+
+def _request_settings(args) -> dict:
+    """Steps and guidance: the user's flags, else the preset's request hints (said on stderr), else the defaults."""
+    from .distilled import PRESET_NOTES, request_hints_for
+    from .requests import GenerationRequest
+
+    given = {"num_inference_steps": args.steps, "guidance_scale": args.guidance}
+    hints = request_hints_for(args.preset, given)
+    if hints:
+        said = ", ".join(f"{k}={v}" for k, v in hints.items())
+        print(f"[wan_ui] preset {args.preset!r} set {said} (pass --steps/--guidance to override). "
+              f"{PRESET_NOTES.get(args.preset, '')}", file=sys.stderr)
+    d = GenerationRequest("x")
+    defaults = {"num_inference_steps": d.num_inference_steps, "guidance_scale": d.guidance_scale}
+    return {k: v if v is not None else hints.get(k, defaults[k]) for k, v in given.items()}
 
 
 def cmd_options(args) -> int:

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .distilled import DISTILLED_PRESETS
 from .errors import IncompatibleOptionsError, UnavailableError, ValidationError
 from .hardware import Hardware
 
@@ -206,6 +207,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Everything that runs on a CPU: bf16, a cache, no CUDA-only kernels.
     "CPU quick": {"precision": "bf16", "cache": "first_block"},
 }
+# Few-step distilled LoRAs (CausVid 8-step, Self-Forcing DMD 4-step): the LoRA by hub id, its shift and kernels here;
+# the steps and guidance they need are request hints (wan_ui/distilled.py, applied by the CLI's --preset).
+PRESETS.update(DISTILLED_PRESETS)
 
 
 def preset(name: str) -> OptimizationSet:

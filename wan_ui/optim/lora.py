@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ValidationError
+from ..errors import ModelLoadError, ValidationError
 from .state import state_of
 
 
@@ -78,6 +78,19 @@ def _resolve(src: str, scale: float, root: Path) -> LoraSource:
                           field="lora")
 
 
+def _require_local_when_offline(src: LoraSource) -> None:
+    """Offline, diffusers reports a hub file it cannot fetch as missing: say what is wrong and how to fix it."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if not src.is_hub or not constants.HF_HUB_OFFLINE or not src.weight_name:
+        return
+    if isinstance(try_to_load_from_cache(src.location, src.weight_name), str):
+        return  # in the hub cache: loads offline
+    raise ModelLoadError(f"LoRA {src.location}/{src.weight_name} is not downloaded and the hub is offline "
+                         f"(HF_HUB_OFFLINE=1): download it once online, or put the file at "
+                         f"{lora_dir() / src.location / src.weight_name}", field="lora")
+
+
 def apply_lora(pipe, opts, request=None) -> None:
     if not opts.lora:
         return
@@ -86,6 +99,7 @@ def apply_lora(pipe, opts, request=None) -> None:
     for i, src in enumerate(sources):
         name = f"wan_ui_{i}"
         kwargs = {"weight_name": src.weight_name} if src.weight_name else {}
+        _require_local_when_offline(src)
         pipe.load_lora_weights(src.location, adapter_name=name, use_safetensors=True, **kwargs)
         names.append(name)
     pipe.set_adapters(names, adapter_weights=[s.scale for s in sources])

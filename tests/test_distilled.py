@@ -1,0 +1,88 @@
+"""Few-step distilled presets: the published settings as data, the CLI's request hints, the LoRA by hub id
+(offline error, nested file path) and by a local file of Kijai's key layout at the hub id's path."""
+
+import json
+
+import numpy as np
+import pytest
+from huggingface_hub import hf_hub_url
+
+from lora_files import write_kijai_lora
+from wan_ui.cli import main
+from wan_ui.distilled import DISTILLED, PRESET_REQUEST_HINTS, request_hints_for
+from wan_ui.errors import ModelLoadError
+from wan_ui.generate import generate
+from wan_ui.optim.lora import parse_lora_spec
+from wan_ui.options import OptimizationSet, check_compatible, preset
+
+CAUSVID, SELF_FORCING = "CausVid 8-step", "Self-Forcing DMD 4-step"
+CAUSVID_ID = "Kijai/WanVideo_comfy/Wan21_CausVid_bidirect2_T2V_1_3B_lora_rank32.safetensors"
+SF_FILE = "LoRAs/Wan2_1_self_forcing_1_3B/Wan2_1_self_forcing_dmd_1_3B_lora_rank_32_fp16.safetensors"
+CPU = {"compile": "none", "attention_backend": "native"}  # the presets' GPU kernels, off for the CPU tests
+
+
+def test_published_settings_are_data():
+    cv, sf = preset(CAUSVID), preset(SELF_FORCING)
+    assert cv.lora == CAUSVID_ID + ":1" and cv.flow_shift == 2.0 and cv.lora_fuse
+    assert sf.lora == f"Kijai/WanVideo_comfy/{SF_FILE}:1" and sf.flow_shift == 8.0
+    assert PRESET_REQUEST_HINTS[CAUSVID] == {"num_inference_steps": 8, "guidance_scale": 1.0}
+    assert PRESET_REQUEST_HINTS[SELF_FORCING] == {"num_inference_steps": 4, "guidance_scale": 1.0}
+    assert all(d.licence and d.source for d in DISTILLED)
+    for name in (CAUSVID, SELF_FORCING):
+        check_compatible(preset(name))
+    assert request_hints_for(CAUSVID, {"num_inference_steps": 3, "guidance_scale": None}) == {"guidance_scale": 1.0}
+    assert request_hints_for("Fast", {"num_inference_steps": None}) == {}
+
+
+def test_hub_id_with_a_nested_file_path(lora_root):
+    src = parse_lora_spec(preset(SELF_FORCING).lora, lora_root)[0]
+    assert src.is_hub and src.location == "Kijai/WanVideo_comfy" and src.weight_name == SF_FILE and src.scale == 1
+    # diffusers hands weight_name to hf_hub_download as the filename: the subfolder stays in the URL
+    assert hf_hub_url(src.location, src.weight_name) == \
+        f"https://huggingface.co/Kijai/WanVideo_comfy/resolve/main/{SF_FILE}"
+
+
+def _request(smoke_request, name):
+    return smoke_request.__class__(**{**smoke_request.to_dict(), **PRESET_REQUEST_HINTS[name], "notes": ()})
+
+
+def test_offline_hub_download_fails_clearly_and_leaves_the_pipeline_usable(manager, smoke_request, lora_root,
+                                                                           monkeypatch):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # tests run offline anyway
+    req = _request(smoke_request, SELF_FORCING)
+    good = generate(manager, "tiny", req, OptimizationSet(), out_dir=None).frames
+    with pytest.raises(ModelLoadError, match="is not downloaded and the hub is offline") as e:
+        generate(manager, "tiny", req, preset(SELF_FORCING).with_(**CPU), out_dir=None)
+    assert f"Kijai/WanVideo_comfy/{SF_FILE}" in str(e.value) and str(lora_root) in str(e.value)  # where to put it
+    assert np.array_equal(generate(manager, "tiny", req, OptimizationSet(), out_dir=None).frames, good)
+
+
+def test_preset_with_a_local_file_at_the_hub_path(manager, smoke_request, lora_root):
+    write_kijai_lora(lora_root / CAUSVID_ID, rank=32)  # same key layout and rank as the published file
+    req = _request(smoke_request, CAUSVID)
+    opts = preset(CAUSVID).with_(**CPU)
+    assert not parse_lora_spec(opts.lora, lora_root)[0].is_hub  # a local file wins over the hub
+    base = generate(manager, "tiny", req, OptimizationSet().with_(**{k: getattr(opts, k) for k in (
+        "scheduler", "flow_shift", "vae_precision")}), out_dir=None)
+    r = generate(manager, "tiny", req, opts, out_dir=None)
+    assert r.frames.shape == (9, 64, 64, 3) and len(r.metrics.step_latencies_s) == 8
+    assert r.metrics.forwards_computed == 8  # CFG 1: one forward per step
+    assert not np.array_equal(r.frames, base.frames)  # the LoRA is in
+
+
+def test_cli_preset_fills_unset_request_flags_and_says_so(tmp_path, tiny_folder, lora_root, capsys):
+    write_kijai_lora(lora_root / "Kijai/WanVideo_comfy" / SF_FILE, rank=32)
+    base = ["generate", "--model", "tiny", "--prompt", "a red ball", "--width", "64", "--height", "64",
+            "--frames", "9", "--preset", SELF_FORCING, "--set", "compile=none", "--set", "attention_backend=native",
+            "--json"]
+    assert main(base + ["--out", str(tmp_path / "a.mp4")]) == 0
+    out, err = capsys.readouterr()
+    data = json.loads(out.strip().splitlines()[-1])
+    assert data["request"]["num_inference_steps"] == 4 and data["request"]["guidance_scale"] == 1.0
+    assert data["optimizations"]["flow_shift"] == 8.0 and data["optimizations"]["scheduler"] == "euler"
+    assert "set num_inference_steps=4, guidance_scale=1.0" in err and "Licence" in err
+    assert main(base + ["--steps", "2", "--out", str(tmp_path / "b.mp4")]) == 0
+    out, err = capsys.readouterr()
+    data = json.loads(out.strip().splitlines()[-1])
+    assert data["request"]["num_inference_steps"] == 2 and data["request"]["guidance_scale"] == 1.0
+    assert "set guidance_scale=1.0" in err and "num_inference_steps=4" not in err
