@@ -161,7 +161,9 @@ def _flex(q, k, v, block_mask):
 
 def sparse_attention(q, k, v, layout: TileLayout, block_mask) -> torch.Tensor:
     """q, k, v (B, L, H, D) frame-major -> (B, L, H, D), attention restricted to the tile window."""
-    q, k, v = (layout.to_tiles(t).transpose(1, 2) for t in (q, k, v))  # (B, H, Lp, D)
+    # (B, H, Lp, D), contiguous: inductor's CPU flex lowering fails on these views otherwise (torch 2.14); in a
+    # compiled block the pad, reorder and transpose fuse into one copy
+    q, k, v = (layout.to_tiles(t).transpose(1, 2).contiguous() for t in (q, k, v))
     out = _flex(q, k, v, block_mask).transpose(1, 2)  # (B, Lp, H, D)
     return layout.from_tiles(out)
 
