@@ -20,6 +20,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the hub checkpoint with a CUDA GPU, else the tiny random-weight model)")
     p.add_argument("--auth", default=None, metavar="USER:PASS", help="require a login")
     p.add_argument("--outputs", default="outputs", help="folder for videos and comparison tables")
+    p.add_argument("--gpus", default=None, metavar="LIST",
+                   help="GPU indices to use, e.g. 0,1 (default: one GPU, or the CPU without one)")
+    p.add_argument("--gpu-mode", default="pool", choices=("pool", "parallel"),
+                   help="with --gpus: pool = one pipeline per GPU, each job on a free one (more users at once); "
+                        "parallel = every job across all of them (one video faster; restarts under torchrun)")
+    p.add_argument("--parallel", default=None, metavar="MODE",
+                   help="with --gpu-mode parallel: auto | ulysses[=N] | ring[=N] | ulysses=U,ring=R | cfg "
+                        "(default: auto)")
     p.add_argument("--no-save-settings", action="store_true",
                    help="do not write the last-used settings file (~/.config/wan_ui/last.json, or $WAN_UI_SETTINGS)")
     return p
@@ -34,8 +42,22 @@ def parse_auth(text: str | None) -> tuple[str, str] | None:
     return user, password
 
 
+def build_manager(args, argv: list[str]):
+    """One manager, a pool of one per GPU, or this rank's share of a parallel app (None on ranks > 0, which ran
+    the UI's jobs until it stopped). `--gpu-mode parallel` outside torchrun restarts itself as N processes."""
+    from wan_ui.gpu_pool import build_app_manager, parse_gpus, relaunch_command
+
+    gpus = parse_gpus(args.gpus)
+    if gpus and args.gpu_mode == "parallel" and "WORLD_SIZE" not in os.environ:
+        cmd, env = relaunch_command([os.path.abspath(sys.argv[0]), *argv], gpus)
+        os.execvpe(cmd[0], cmd, env)
+    log = lambda m: print(f"[wan_ui] {m}", file=sys.stderr)  # noqa: E731
+    return build_app_manager(gpus, args.gpu_mode, args.parallel, log=log)
+
+
 def main(argv=None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     auth = parse_auth(args.auth)
 
@@ -43,14 +65,15 @@ def main(argv=None) -> int:
 
     load_spaces()  # on a ZeroGPU Space `spaces` must be imported before CUDA starts; elsewhere a no-op
     from wan_ui.errors import UserError
-    from wan_ui.manager import ModelManager
     from wan_ui.model_download import ModelDownload
     from wan_ui.models import resolve_model
     from wan_ui.quality import BaselineCache, QualityScorer
     from wan_ui.ui import create_demo, launch_kwargs
 
-    manager = ModelManager(log=lambda m: print(f"[wan_ui] {m}", file=sys.stderr))
     try:
+        manager = build_manager(args, argv)
+        if manager is None:  # --gpu-mode parallel, rank > 0: it ran the UI's jobs until the app stopped
+            return 0
         source = resolve_model(args.model, manager.hw.cuda)  # a bad --model fails here, before the server starts
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

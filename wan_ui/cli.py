@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", default=None, help="video path (default: a unique name in ./outputs)")
     g.add_argument("--json", action="store_true", help="print one JSON object with the result and metrics")
     g.add_argument("--quality", action="store_true", help="also compute CLIP score and temporal LPIPS")
+    g.add_argument("--parallel", default=None, metavar="MODE",
+                   help="one video on several GPUs, run under `torchrun --nproc-per-node N`: auto | ulysses[=N] | "
+                        "ring[=N] | ulysses=U,ring=R | cfg | none (default: auto under torchrun, else none); "
+                        "rank 0 writes the video and the JSON")
     o = sub.add_parser("options", help="list every optimization option")
     o.add_argument("--json", action="store_true")
     sub.add_parser("presets", help="list presets")
@@ -75,11 +79,20 @@ def cmd_generate(args) -> int:
     req = GenerationRequest(prompt=args.prompt, negative_prompt=args.negative_prompt, width=args.width,
                             height=args.height, num_frames=args.frames, fps=args.fps, seed=args.seed,
                             **_request_settings(args))
-    manager = ModelManager(log=lambda m: print(f"[wan_ui] {m}", file=sys.stderr))
+    runtime = _parallel_runtime(args.parallel)  # None: one process, one device
+    leader = runtime is None or runtime.dist.leader  # only rank 0 prints and writes
+    log = (lambda m: print(f"[wan_ui] {m}", file=sys.stderr)) if leader else (lambda m: None)
+    manager = ModelManager(device=runtime.dist.device if runtime else None, log=log, parallel=runtime)
     # fail fast on user mistakes, before any model work
     validate_request(req)
     check_available(opts, manager.hw)
     check_compatible(opts)
+    if runtime is not None:
+        runtime.check(opts)
+    if not leader:
+        _quiet_follower()
+        generate(manager, args.model, req, opts, out_dir=None)
+        return 0
     result = generate(manager, args.model, req, opts, out_path=args.out,
                       on_progress=_progress_printer(not args.json or sys.stderr.isatty()))
     if args.quality:
@@ -117,6 +130,37 @@ def _request_settings(args) -> dict:
     return {k: v if v is not None else hints.get(k, defaults[k]) for k, v in given.items()}
 
 
+def _parallel_runtime(text: str | None):
+    """--parallel under torchrun -> this rank's ParallelRuntime (process group joined); None for one process."""
+    import atexit
+
+    from .parallel import ParallelConfig, ParallelRuntime, finish_distributed, init_distributed, torchrun_world_size
+
+    world = torchrun_world_size()
+    config = ParallelConfig.parse(text or ("auto" if world > 1 else "none"))
+    if config.mode == "none" and world == 1:
+        return None
+    if world == 1:
+        raise UserError(f"--parallel {config.to_text()} needs several processes: run it under "
+                        f"`torchrun --nproc-per-node N -m wan_ui generate ...`", field="parallel")
+    if config.mode == "none":
+        raise UserError(f"--parallel none with {world} processes would compute the whole video {world} times; "
+                        f"pass --parallel auto (or ulysses / ring / cfg)", field="parallel")
+    runtime = ParallelRuntime(config, init_distributed())
+    atexit.register(finish_distributed)
+    return runtime
+
+
+def _quiet_follower() -> None:
+    """Ranks > 0 run the same job silently: no progress bars, no library warnings."""
+    from diffusers import DiffusionPipeline
+    from diffusers.utils import logging as dlog
+
+    DiffusionPipeline._progress_bar_config = {"disable": True}
+    dlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+
+
 def cmd_options(args) -> int:
     from .hardware import probe_hardware
     from .options import options_table
@@ -146,7 +190,8 @@ def main(argv=None) -> int:
     try:
         return {"generate": cmd_generate, "options": cmd_options, "presets": cmd_presets}[args.command](args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank sees the same mistake
+            print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

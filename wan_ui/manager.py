@@ -9,6 +9,7 @@ build so both never need to fit; on CPU it is kept until the new one is built).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import threading
 import time
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import ModelLoadError, OutOfMemoryError
+from .gpu_pool import is_cuda
 from .hardware import Hardware, probe_hardware
 from .metrics import install_forward_counter
 from .models import ModelSource, materialize, resolve_model
@@ -37,6 +39,7 @@ class BuildInfo:
     reapplied: list[str] = field(default_factory=list)  # run-time families (re)applied by this call
     load_time_s: float = 0.0  # from_pretrained + device moves + load-time optimizations (no download)
     load_breakdown: dict = field(default_factory=dict)  # download_s, weights_s, optimizations_s, runtime_apply_s
+    parallel: dict | None = None  # how this run used several GPUs (parallel.ParallelPlan or a pool); None: one
 
 
 @dataclass
@@ -55,9 +58,13 @@ def _free_cuda() -> None:
 
 class ModelManager:
     def __init__(self, device: str | None = None, max_resident: int = 1, hardware: Hardware | None = None,
-                 log=print):
+                 log=print, parallel=None):
         self.hw = hardware or probe_hardware()
-        self.device = device or self.hw.device
+        self.device = device or self.hw.device  # "cuda", "cuda:<i>" or "cpu"
+        self.parallel = parallel  # parallel.ParallelRuntime: this process's share of one video on several GPUs
+        self.placement: dict | None = None  # set by a gpu_pool.ManagerPool holding this manager
+        self.slots = 1  # jobs that can run at once (a ManagerPool has one per GPU)
+        self.load_lock = threading.Lock()  # shared by a ManagerPool's managers: one from_pretrained at a time
         self.max_resident = max_resident
         self.log = log
         self.builds = 0  # how many times weights were loaded (tests count rebuild decisions with it)
@@ -71,12 +78,23 @@ class ModelManager:
     def key(self, model: str | None, opts: OptimizationSet) -> tuple:
         return (resolve_model(model, self.hw.cuda).name, opts.load_key())
 
+    # ---- the manager interface a gpu_pool.ManagerPool shares -------------------------------------
+    def lease(self, model: str | None = None, opts: OptimizationSet | None = None):
+        """`with manager.lease(model, opts) as m:` — a manager is its own (and only) GPU."""
+        return contextlib.nullcontext(self)
+
+    def start_job(self, model, request, opts, cancel):
+        """generate() announces each job here: a serving parallel app's other ranks join in (parallel.py)."""
+        return self.parallel.start_job(model, request, opts, cancel) if self.parallel is not None else cancel
+
     # ---- the one verb ----------------------------------------------------------------------------
     def get(self, model: str | None, opts: OptimizationSet, request=None):
         """Return (pipeline, BuildInfo, fresh) with `opts` applied; build only when the load-time part changed."""
         with self._lock:
             check_available(opts, self.hw)
             check_compatible(opts)
+            if self.parallel is not None:
+                self.parallel.check(opts)
             source = resolve_model(model, self.hw.cuda)
             key = (source.name, opts.load_key())
             entry = self._entries.get(key)
@@ -91,6 +109,10 @@ class ModelManager:
             except torch.cuda.OutOfMemoryError:
                 self._evict(key)
                 raise OutOfMemoryError(f"out of GPU memory while applying options; {LOW_VRAM_HINT}") from None
+            if self.parallel is not None:  # after the run-time hooks, so the parallel layer stays outermost
+                entry.info.parallel = self.parallel.sync(entry.pipe, opts, request, bool(entry.info.reapplied))
+            else:
+                entry.info.parallel = self.placement
             entry.info.load_breakdown["runtime_apply_s"] = time.perf_counter() - t0
             if entry.info.reapplied:
                 entry.fresh = True
@@ -98,18 +120,16 @@ class ModelManager:
             return entry.pipe, entry.info, fresh
 
     def _build(self, key, source: ModelSource, opts: OptimizationSet) -> _Entry:
-        if self.device == "cuda":
+        if is_cuda(self.device):
             while len(self._entries) >= self.max_resident:
                 self._evict(next(iter(self._entries)))
-        folder, download_s = materialize(source, log=self.log)
-        t0 = time.perf_counter()
         try:
-            pipe = self._load(folder, source, opts)
+            pipe, download_s, weights_s = self._load_locked(source, opts)
             t1 = time.perf_counter()
             install_forward_counter(pipe)  # before compile: hooks added to compiled blocks force recompiles
             build_steps(pipe, opts, self.device)
-            if self.device == "cuda":
-                torch.cuda.synchronize()
+            if is_cuda(self.device):
+                torch.cuda.synchronize(self.device)
         except torch.cuda.OutOfMemoryError:
             pipe = None
             _free_cuda()
@@ -117,12 +137,21 @@ class ModelManager:
         t2 = time.perf_counter()
         self.builds += 1
         info = BuildInfo(source.name, source.label, source.random_weights, self.device, True,
-                         load_time_s=t2 - t0,
-                         load_breakdown={"download_s": download_s, "weights_s": t1 - t0, "optimizations_s": t2 - t1})
+                         load_time_s=weights_s + (t2 - t1),
+                         load_breakdown={"download_s": download_s, "weights_s": weights_s, "optimizations_s": t2 - t1})
         while len(self._entries) >= self.max_resident:
             self._evict(next(iter(self._entries)))
         self._entries[key] = _Entry(pipe, source, info)
         return self._entries[key]
+
+    def _load_locked(self, source: ModelSource, opts: OptimizationSet) -> tuple[object, float, float]:
+        """Materialize + from_pretrained, one at a time per process (a ManagerPool's managers share the lock):
+        loading patches process-wide state (meta-device init), and two concurrent loads leave meta tensors behind
+        ("Cannot copy out of meta tensor", seen with two CPU managers). Returns (pipe, download_s, weights_s)."""
+        with self.load_lock:
+            folder, download_s = materialize(source, log=self.log)
+            t0 = time.perf_counter()
+            return self._load(folder, source, opts), download_s, time.perf_counter() - t0
 
     def _load(self, folder: str, source: ModelSource, opts: OptimizationSet):
         from diffusers import WanPipeline

@@ -142,7 +142,7 @@ def _wire_generate(ctx: AppContext, gen, hist, history_state) -> None:
 
     gen.generate_btn.click(on_generate, inputs=[history_state], inputs_kwargs=run_inputs,
                            outputs=[*gen.out.pick(RUN_OUTPUTS).values(), history_state, hist.gallery, hist.table],
-                           api_name="generate", concurrency_limit=1, concurrency_id="gpu")
+                           api_name="generate", concurrency_limit=ctx.manager.slots, concurrency_id="gpu")
 
     # queued (for its toast) but unlimited, so it never waits behind the GPU job it cancels
     gen.cancel_btn.click(cancel_handler(ctx), outputs=gen.cancel_note, api_name="cancel", concurrency_limit=None,
@@ -170,7 +170,7 @@ def _wire_compare(ctx: AppContext, gen, cmp, compare_tab, hist, history_state) -
 
     cmp.run_btn.click(on_compare, inputs=[history_state], inputs_kwargs={**run_inputs, **cmp.inputs},
                       outputs=[*cmp.out.values(), history_state, hist.gallery, hist.table], api_name="compare",
-                      concurrency_limit=1, concurrency_id="gpu")
+                      concurrency_limit=ctx.manager.slots, concurrency_id="gpu")
 
     cmp.cancel_btn.click(cancel_handler(ctx), outputs=cmp.cancel_note, api_name="cancel_compare",
                          concurrency_limit=None, show_progress="hidden")

@@ -17,6 +17,7 @@ from typing import Any
 
 from .compare import DEFAULTS_NAME, MAX_SETS, named_set
 from .errors import UserError
+from .gpu_pool import describe_placement
 from .options import PRESETS, OptimizationSet, check_available, options_table, preset
 from .requests import LIMITS, GenerationRequest, validate_request
 
@@ -241,6 +242,7 @@ def others_markdown(info: dict, versions: dict[str, str]) -> str:
         ("Manager", reused),
         ("Run-time families re-applied", reapplied),
         ("Device", info["device"]),
+        ("GPUs", describe_placement(info.get("parallel"), info["device"])),
         ("Options changed from defaults", _diff_text(info.get("optimizations") or {})),
         ("Versions", " · ".join(f"{k} {v}" for k, v in versions.items())),
     ]
