@@ -73,8 +73,10 @@ def test_generate_shows_the_video_and_fills_the_metrics(page):
 def test_cancel_interrupts_a_long_run(page):
     from playwright.sync_api import expect
 
-    # 200 steps at 128x128: tens of seconds, so the click lands mid-run even on a loaded 2-core machine
-    for elem_id, value in (("width", 128), ("height", 128), ("steps", 200)):
+    # 200 steps at 256x256 (768 tokens per forward): long enough that the click lands mid-run even on an idle
+    # 2-core machine (at 128x128 the whole run once took 2.6 s and finished before the click)
+    page.fill("#prompt textarea", "a slow pan over a harbour")
+    for elem_id, value in (("width", 256), ("height", 256), ("steps", 200)):
         set_number(page, elem_id, value)
     page.click("#generate-btn")
     expect(page.get_by_text(re.compile(r"step \d+ of 200")).first).to_be_visible()
