@@ -20,6 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the hub checkpoint with a CUDA GPU, else the tiny random-weight model)")
     p.add_argument("--auth", default=None, metavar="USER:PASS", help="require a login")
     p.add_argument("--outputs", default="outputs", help="folder for videos and comparison tables")
+    p.add_argument("--max-queue", type=int, default=None, metavar="N",
+                   help="jobs that may wait in the queue before new ones are refused (default: 32; 0 = no bound)")
     p.add_argument("--gpus", default=None, metavar="LIST",
                    help="GPU indices to use, e.g. 0,1 (default: one GPU, or the CPU without one)")
     p.add_argument("--gpu-mode", default="pool", choices=("pool", "parallel"),
@@ -82,7 +84,8 @@ def main(argv=None) -> int:
     downloads = ModelDownload(source, log=manager.log).start() if source.kind == "hub" else None
     demo = create_demo(manager, model=args.model, scorer=QualityScorer(device=manager.device),
                        baseline_cache=BaselineCache(), outputs=args.outputs,
-                       save_settings=not args.no_save_settings, downloads=downloads)
+                       save_settings=not args.no_save_settings, downloads=downloads,
+                       **({} if args.max_queue is None else {"max_queue": args.max_queue or None}))
     server_name = "0.0.0.0" if args.listen else os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
     demo.launch(server_name=server_name, server_port=args.port, share=args.share, auth=auth,
                 **launch_kwargs(args.outputs))

@@ -36,7 +36,8 @@ def load(folder, dtype, quant=None):
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
 
         kw["quantization_config"] = TorchAoConfig(Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
-    m = WanTransformer3DModel.from_pretrained(folder, subfolder="transformer", torch_dtype=dtype, **kw)
+    m = WanTransformer3DModel.from_pretrained(folder, subfolder="transformer", torch_dtype=dtype, use_safetensors=True,
+                                              **kw)
     return m.to("cuda").eval()
 
 

@@ -3,6 +3,7 @@
 `run_comparison(manager, model, request, named_sets)`:
   1. check every set before running any (unavailable or incompatible options fail at once, naming the set);
   2. generate each set in order through `generate()` — the manager rebuilds only when a load-time part differs;
+     a cancelled or failed comparison removes the videos of the sets it finished (no table refers to them);
   3. optionally score quality against the no-optimization baseline video (`quality.baseline_frames`, cached per
      request in a `BaselineCache`, so it runs once however many sets are compared);
   4. return a `Comparison` whose tables use the report's layout (`report.py`), ratios to the first set.
@@ -113,19 +114,31 @@ def run_comparison(manager: ModelManager, model: str | None, request: Generation
     request = validate_request(request)
     check_sets(named_sets, manager)
     runs = []
-    for i, (name, opts) in enumerate(named_sets):
-        def progress(phase, done, total, _tag=f"{name} ({i + 1}/{len(named_sets)})"):
-            if on_progress:
-                on_progress(f"{_tag}: {phase}", done, total)
+    try:
+        for i, (name, opts) in enumerate(named_sets):
+            def progress(phase, done, total, _tag=f"{name} ({i + 1}/{len(named_sets)})"):
+                if on_progress:
+                    on_progress(f"{_tag}: {phase}", done, total)
 
-        result = generate(manager, model, request, opts, out_dir=out_dir, on_progress=progress, cancel=cancel)
-        runs.append(CompareRun(name, result))
+            result = generate(manager, model, request, opts, out_dir=out_dir, on_progress=progress, cancel=cancel)
+            runs.append(CompareRun(name, result))
+    except BaseException:
+        # a cancelled or failed comparison shows no table: its finished sets' videos would be orphans in outputs
+        for run in runs:
+            _remove_video(run.result.video_path)
+        raise
     if scorer is not None:
         for run in runs:
             if on_progress:
                 on_progress(f"{run.name}: quality metrics", 0, 1)
             measure_quality(manager, model, run.result, scorer, baseline_cache)
     return Comparison(request, runs)
+
+
+def _remove_video(path: str | None) -> None:
+    if path:
+        for p in (Path(path), Path(path).with_suffix(".json")):
+            p.unlink(missing_ok=True)
 
 
 def measure_quality(manager: ModelManager, model: str | None, result: Result, scorer,

@@ -151,18 +151,25 @@ def _generate_on(manager: ModelManager, model, request: GenerationRequest, opts:
     clock.start_run()
     if sampler:
         sampler.start()
+    # OOM and cancel are handled after the except blocks: inside them the traceback still holds the run's tensors
+    out_of_memory, cancelled = False, None
     try:
         frames, steps, computed = run_pipeline(pipe, request, opts, clock, on_progress, cancel)
     except torch.cuda.OutOfMemoryError:
-        manager.mark_broken(model, opts)
-        raise OutOfMemoryError(f"out of GPU memory during generation; {LOW_VRAM_HINT}") from None
-    except GenerationCancelled:
-        if clock.cuda:
-            torch.cuda.empty_cache()
-        raise
+        out_of_memory = True
+    except GenerationCancelled as e:
+        cancelled = str(e)
     finally:
         nvml_peak = sampler.stop() if sampler else None
         pipe._guidance_scale = request.guidance_scale  # undo CFG truncation's change
+    if out_of_memory:
+        del pipe  # the last reference outside the manager: evicting it now frees its memory
+        manager.mark_broken(model, opts)
+        raise OutOfMemoryError(f"out of GPU memory during generation; {LOW_VRAM_HINT}")
+    if cancelled is not None:
+        if clock.cuda:
+            torch.cuda.empty_cache()  # the cancelled run's latents and activations are garbage by now
+        raise GenerationCancelled(cancelled)
     metrics = _assemble_metrics(build, fresh, clock, steps, computed, request, opts, frames.shape[0], nvml_peak,
                                 sampler)
     result = Result(frames, None, request, opts, build, metrics)

@@ -131,9 +131,10 @@ class ModelManager:
             if is_cuda(self.device):
                 torch.cuda.synchronize(self.device)
         except torch.cuda.OutOfMemoryError:
-            pipe = None
+            pipe = None  # raised below: inside this block the OOM's traceback still holds the half-built pipeline
+        if pipe is None:
             _free_cuda()
-            raise OutOfMemoryError(f"out of GPU memory while loading the model; {LOW_VRAM_HINT}") from None
+            raise OutOfMemoryError(f"out of GPU memory while loading the model; {LOW_VRAM_HINT}")
         t2 = time.perf_counter()
         self.builds += 1
         info = BuildInfo(source.name, source.label, source.random_weights, self.device, True,
@@ -157,12 +158,16 @@ class ModelManager:
         from diffusers import WanPipeline
 
         try:
-            return WanPipeline.from_pretrained(folder, use_safetensors=True, **load_kwargs(opts, self.hw))
+            pipe = WanPipeline.from_pretrained(folder, use_safetensors=True, **load_kwargs(opts, self.hw))
         except torch.cuda.OutOfMemoryError:
             raise
-        except (OSError, ValueError, RuntimeError, KeyError, EnvironmentError) as e:
+        except Exception as e:  # a missing or corrupt file raises OSError, SafetensorError, JSONDecodeError, ...
             raise ModelLoadError(f"could not load model {source.name!r} from {folder}: {type(e).__name__}: "
                                  f"{str(e).splitlines()[0] if str(e) else ''}", field="model") from None
+        if getattr(pipe.tokenizer, "pad_token", None) is None:  # loads, then every prompt fails to encode
+            raise ModelLoadError(f"could not load model {source.name!r} from {folder}: its tokenizer has no padding "
+                                 f"token (tokenizer/tokenizer_config.json missing or damaged?)", field="model")
+        return pipe
 
     # ---- freeing ---------------------------------------------------------------------------------
     def _evict(self, key) -> None:

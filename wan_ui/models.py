@@ -139,10 +139,13 @@ def materialize(source: ModelSource, log=print, tqdm_class=None) -> tuple[str, f
         pipe = build_random_pipeline(full=source.kind == RANDOM_FULL, device=device)
         tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        (tmp / MARKER).write_text(json.dumps({"seed": 0, "kind": source.kind}))
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
+        try:
+            pipe.save_pretrained(tmp, safe_serialization=True)
+            (tmp / MARKER).write_text(json.dumps({"seed": 0, "kind": source.kind}))
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(tmp, folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # a failed write (disk full) leaves no half-written folder
         del pipe
         return str(folder), time.perf_counter() - t0
     if source.kind == "hub":

@@ -62,9 +62,12 @@ class GenerationRequest:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValidationError(f"unknown request field(s) {unknown}; valid: {sorted(known)}", field=unknown[0])
-        d = dict(d)
-        d["notes"] = tuple(d.get("notes", ()))
-        return cls(**d)
+        if "prompt" not in d:
+            raise ValidationError("request has no prompt", field="prompt")
+        notes = d.get("notes", ())
+        if not isinstance(notes, (list, tuple)) or not all(isinstance(n, str) for n in notes):
+            raise ValidationError(f"notes must be a list of text, got {notes!r}", field="notes")
+        return cls(**{**d, "notes": tuple(notes)})
 
     @property
     def latent_frames(self) -> int:
@@ -85,7 +88,7 @@ def _check_range(name: str, value, kind=int):
     lo, hi = LIMITS[name]
     try:
         v = kind(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
         raise ValidationError(f"{name} must be a number in [{lo}, {hi}], got {value!r}", field=name) from None
     if kind is int and isinstance(value, float) and not float(value).is_integer():
         raise ValidationError(f"{name} must be a whole number in [{lo}, {hi}], got {value!r}", field=name)

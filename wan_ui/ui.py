@@ -32,12 +32,16 @@ CSS = """
 #random-banner p {margin: 0; color: #7a4a00; font-weight: 600;}
 #compare-table table, #metrics-efficiency table, #metrics-others table {font-size: 0.9em;}
 """
+# Jobs that may wait in the queue (all events together; None = no bound). Beyond it a click gets Gradio's
+# "Queue is full" error at once instead of waiting behind hours of GPU work (docs/RELIABILITY.md).
+MAX_QUEUE = 32
 RUN_INPUTS = (*REQUEST_FIELDS, "randomize_seed")  # what a generation or comparison reads from the Generate tab
 
 
 def create_demo(manager: ModelManager, model: str | None = None, scorer=None, baseline_cache=None,
                 outputs: str | Path = "outputs", settings_file: str | Path | None = None,
-                save_settings: bool = True, monitor: GpuMonitor | None = None, downloads=None) -> gr.Blocks:
+                save_settings: bool = True, monitor: GpuMonitor | None = None, downloads=None,
+                max_queue: int | None = MAX_QUEUE) -> gr.Blocks:
     """The app around one model manager (built by the caller, e.g. app.py). Queue: one GPU job at a time.
     downloads: a started model_download.ModelDownload (hub checkpoint), shown in the header until done."""
     ctx = AppContext(manager, model, scorer, baseline_cache, Path(outputs),
@@ -64,7 +68,7 @@ def create_demo(manager: ModelManager, model: str | None = None, scorer=None, ba
         demo.load(lambda: restore(load_settings(ctx.settings_path), f"Restored the last-used settings from "
                                   f"{ctx.settings_path or settings_path()}."),
                   outputs=restore.outputs, api_name="restore_last_settings", show_progress="hidden")
-    demo.queue(default_concurrency_limit=1)
+    demo.queue(default_concurrency_limit=1, max_size=max_queue)
     return demo
 
 

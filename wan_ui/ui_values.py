@@ -68,14 +68,19 @@ def options_from_values(values: dict) -> OptimizationSet:
 # ---- settings -> widgets ------------------------------------------------------------------------------
 def values_from_settings(settings: dict) -> dict[str, Any]:
     """Saved settings ({"request": ..., "optimizations": ...}) -> widget values. Unknown keys are errors."""
-    request = GenerationRequest.from_dict({k: v for k, v in settings["request"].items() if k != "notes"})
-    opts = OptimizationSet.from_dict(settings.get("optimizations") or {})
+    request = validate_request(GenerationRequest.from_dict({k: v for k, v in settings["request"].items()
+                                                            if k != "notes"}))
+    optimizations = settings.get("optimizations") or {}
+    if not isinstance(optimizations, dict):
+        raise UserError(f"optimizations must be an object of option: value, got {optimizations!r}",
+                        field="settings_file")
+    opts = OptimizationSet.from_dict(optimizations)
     values = {name: getattr(request, name) for name in REQUEST_FIELDS}
     values.update(opts.to_dict())
     values["resolution"] = resolution_label(request.width, request.height)
     values["randomize_seed"] = False  # restoring a video's settings restores the seed that made it
     values["preset"] = preset_of(opts)
-    ui = settings.get("ui") or {}  # the last-used file also keeps UI switches
+    ui = settings.get("ui") if isinstance(settings.get("ui"), dict) else {}  # the last-used file keeps UI switches
     values.update({k: bool(ui[k]) for k in ("randomize_seed", "quality") if k in ui})
     return values
 

@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from ..errors import ModelLoadError, ValidationError
 from .state import state_of
 
@@ -41,7 +43,10 @@ def parse_lora_spec(spec: str, root: Path | None = None) -> list[LoraSource]:
             src, scale = head, float(tail)
         if not (-10.0 <= scale <= 10.0):
             raise ValidationError(f"lora scale must be in [-10, 10], got {scale}", field="lora")
-        out.append(_resolve(src, scale, root))
+        try:
+            out.append(_resolve(src, scale, root))
+        except OSError as e:  # e.g. a name longer than the file system allows
+            raise ValidationError(f"lora path {src[:80]!r} cannot be used: {e.strerror}", field="lora") from None
     return out
 
 
@@ -100,7 +105,14 @@ def apply_lora(pipe, opts, request=None) -> None:
         name = f"wan_ui_{i}"
         kwargs = {"weight_name": src.weight_name} if src.weight_name else {}
         _require_local_when_offline(src)
-        pipe.load_lora_weights(src.location, adapter_name=name, use_safetensors=True, **kwargs)
+        try:
+            pipe.load_lora_weights(src.location, adapter_name=name, use_safetensors=True, **kwargs)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as e:  # a corrupt file, a wrong layout, a hub id offline: one clear message
+            where = f"{src.location}/{src.weight_name}" if src.weight_name else src.location
+            raise ModelLoadError(f"could not load LoRA {where!r}: {type(e).__name__}: "
+                                 f"{str(e).splitlines()[0] if str(e) else ''}", field="lora") from None
         names.append(name)
     pipe.set_adapters(names, adapter_weights=[s.scale for s in sources])
     if opts.lora_fuse:
