@@ -77,7 +77,8 @@ def _smooth_field(channels: int, seed: int, coarse=(4, 6, 8)) -> torch.Tensor:
     x = F.interpolate(x, size=GRID, mode="trilinear", align_corners=True)  # (1, C, T, H, W)
     x = (x - x.mean((2, 3, 4), keepdim=True)) / x.std((2, 3, 4), keepdim=True)
     x = x + 0.1 * torch.randn(x.shape, device=DEVICE, generator=g)  # a little fine detail
-    return x.flatten(2).transpose(1, 2).unflatten(2, (HEADS, DIM))
+    # contiguous: a head dim with stride L would push SDPA to its math kernel (an L x L matrix: 344 GiB here)
+    return x.flatten(2).transpose(1, 2).unflatten(2, (HEADS, DIM)).contiguous()
 
 
 def _wan_rope():
@@ -143,26 +144,31 @@ def end_to_end(args, res) -> None:
     manager = ModelManager(device=DEVICE, log=lambda m: print(f"[wan_ui] {m}", flush=True))
     req = WORKLOADS[args.e2e_workload].request
     req = dataclasses.replace(req, num_inference_steps=args.e2e_steps or req.num_inference_steps)
-    sets = [("sparse", preset(args.preset).with_(sparse_attention="sta", sparse_window=args.e2e_window))]
+    sets = [(f"sparse {w}", preset(args.preset).with_(sparse_attention="sta", sparse_window=w))
+            for w in args.e2e_window.split(";")]
     if args.with_dense:
         sets.append(("dense", preset(args.preset)))
     res["e2e"] = {"preset": args.preset, "workload": args.e2e_workload, "model": args.e2e_model,
                   "request": req.to_dict(), "runs": {}}
+    last = 0.0  # seconds the previous set took (warm-up + timed): a later set needs about as long
     for label, opts in sets:
-        if time.perf_counter() - T0 > args.budget - 60:
+        if time.perf_counter() - T0 > args.budget - max(60.0, 0.8 * last):
             res["e2e"]["runs"][label] = {"skipped": "time budget"}
             continue
         try:
             # warm-up: 2 steps, the first dense, so both graphs compile (and the model loads) outside the timed run
+            t_set = time.perf_counter()
             warm = generate(manager, args.e2e_model, dataclasses.replace(req, num_inference_steps=2),
-                            opts.with_(sparse_dense_steps=1) if label == "sparse" else opts, out_dir=None)
+                            opts.with_(sparse_dense_steps=1) if label.startswith("sparse") else opts, out_dir=None)
             timed = generate(manager, args.e2e_model, req, opts, out_dir=None)
             m = timed.metrics
             res["e2e"]["runs"][label] = {
                 "options": opts.diff_from_default(), "warmup_run_s": warm.metrics.clip_latency_s,
                 "load_s": warm.metrics.load_time_s, "clip_latency_s": m.clip_latency_s, "phases": m.phases,
                 "step_latencies_s": m.step_latencies_s, "peak_vram_mb": m.peak_vram_mb,
-                "sparsity": sparsity_report(req, opts)}
+                "sparsity": sparsity_report(req, opts), "forwards": [m.forwards_planned, m.forwards_computed],
+                "forwards_skipped": m.forwards_skipped}
+            last = time.perf_counter() - t_set
             print(f"[e2e] {label}: clip {m.clip_latency_s:.1f} s, phases {m.phases}", flush=True)
         except Exception as e:  # noqa: BLE001 — recorded, the next set still runs
             res["e2e"]["runs"][label] = {"error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()[-3000:]}
@@ -205,7 +211,7 @@ def main() -> int:
     p.add_argument("--e2e-steps", type=int, default=0, help="0 = the workload's (report: 65)")
     p.add_argument("--e2e-workload", default="report")
     p.add_argument("--e2e-model", default="random-full", help="CPU dry run: tiny with --e2e-workload smoke")
-    p.add_argument("--e2e-window", default="6,1,1")
+    p.add_argument("--e2e-window", default="6,1,1", help="';'-separated windows, one timed run each (same pipeline)")
     p.add_argument("--skip-e2e", action="store_true")
     p.add_argument("--with-dense", action="store_true", help="also time the preset without sparse attention")
     p.add_argument("--budget", type=float, default=500.0, help="seconds; later parts are skipped past it")

@@ -86,3 +86,24 @@ def test_cli_preset_fills_unset_request_flags_and_says_so(tmp_path, tiny_folder,
     data = json.loads(out.strip().splitlines()[-1])
     assert data["request"]["num_inference_steps"] == 2 and data["request"]["guidance_scale"] == 1.0
     assert "set guidance_scale=1.0" in err and "num_inference_steps=4" not in err
+
+
+@pytest.mark.parametrize("layout", ["kijai", "diffusers"])
+def test_random_lora_with_ffn_keys_loads_in_both_layouts(tmp_path, tiny_folder, layout):
+    """The benchmark's random LoRA of a distilled preset (attention + FFN, as Kijai's files) loads onto every
+    projection it names: diffusers' converter maps ffn.0/ffn.2 (kijai) and ffn.net.* (diffusers)."""
+    from wan_ui.models import TINY_TRANSFORMER
+    from wan_ui.random_lora import write_random_lora
+
+    inner = TINY_TRANSFORMER["num_attention_heads"] * TINY_TRANSFORMER["attention_head_dim"]
+    path = write_random_lora(tmp_path / "r.safetensors", inner=inner, layers=TINY_TRANSFORMER["num_layers"],
+                             rank=4, layout=layout, ffn_dim=TINY_TRANSFORMER["ffn_dim"])
+    from diffusers import WanPipeline
+
+    pipe = WanPipeline.from_pretrained(tiny_folder)
+    pipe.load_lora_weights(str(path), adapter_name="r")
+    for block in pipe.transformer.blocks:
+        for layer in (block.attn1.to_q, block.attn2.to_out[0], block.ffn.net[0].proj, block.ffn.net[2]):
+            assert "r" in layer.lora_A
+    with pytest.raises(ValueError, match="layout must be one of"):
+        write_random_lora(tmp_path / "x.safetensors", inner=inner, layers=1, layout="comfy")

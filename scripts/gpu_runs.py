@@ -1,0 +1,229 @@
+"""Measurement plans for one lent-GPU call each: many generations in one process (pipelines and compiled graphs are
+reused where the load-time options match), every run isolated, JSON written to $OUT after each run.
+
+Usage (wheels on PYTHONPATH as in scripts/gpu_bench.sh):
+    python scripts/gpu_runs.py --plan NAME [--budget 560] [--only run1,run2]
+    python scripts/gpu_runs.py --list
+CPU dry run of a plan's code paths: OUT=/tmp/gr python scripts/gpu_runs.py --plan NAME --model tiny --workload smoke
+
+A run: a workload, a preset and/or `--set`-style options, request overrides, `warmup` steps run first (compiles and
+loads outside the timed run; 0 = none) and `repeats` timed runs. Kinds:
+- "gen": the above;
+- "oom": caps this process's GPU memory (`torch.cuda.set_per_process_memory_fraction`) to `cap_gb`, runs the
+  request (a real allocator OOM), records the error text and the memory left allocated, lifts the cap and runs
+  `after` (a small request) to show the next request works.
+Distilled presets get a random LoRA of the published rank and key layout written at their hub path under
+$WAN_UI_LORA_DIR (random weights: a speed figure, never a quality one) and their published steps/guidance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from wan_ui.distilled import DISTILLED, PRESET_REQUEST_HINTS  # noqa: E402
+from wan_ui.generate import generate  # noqa: E402
+from wan_ui.manager import ModelManager  # noqa: E402
+from wan_ui.models import FULL_TRANSFORMER, TINY_TRANSFORMER  # noqa: E402
+from wan_ui.optim.lora import lora_dir, parse_lora_spec  # noqa: E402
+from wan_ui.options import OptimizationSet, preset  # noqa: E402
+from wan_ui.random_lora import write_random_lora  # noqa: E402
+from wan_ui.requests import WORKLOADS  # noqa: E402
+
+OUT = Path(os.environ.get("OUT", "/tmp/out"))
+T0 = time.perf_counter()
+SF, CV = "Self-Forcing DMD 4-step", "CausVid 8-step"
+STA = {"sparse_attention": "sta"}
+
+
+def _run(name, workload, preset_name=None, sets=None, request=None, warmup=2, repeats=1, kind="gen", **extra):
+    return {"name": name, "workload": workload, "preset": preset_name, "set": sets or {}, "request": request or {},
+            "warmup": warmup, "repeats": repeats, "kind": kind, **extra}
+
+
+PLANS = {
+    # official480: attention slicing / CFG batching (issue 3), a real OOM (issue 9), distilled presets (issue 7)
+    "official480": [
+        _run("bf16 eager", "official480", None, {}, {"num_inference_steps": 3}, warmup=1),
+        _run("bf16 + attention slicing 4096", "official480", None, {"attention_slicing": 4096},
+             {"num_inference_steps": 3}, warmup=1),
+        _run("bf16 + cfg_batch", "official480", None, {"cfg_batch": True}, {"num_inference_steps": 3}, warmup=1),
+        # 12 GB: the bf16 text encoder (11.4 GB) + transformer (2.8 GB) do not fit -> OOM while building;
+        # 18 GB: the build fits, the report-size run (23 GB peak) does not -> OOM while generating
+        _run("real OOM while building (12 GB cap)", "report", None, {}, {"num_inference_steps": 1}, warmup=0,
+             kind="oom", cap_gb=12, after={"workload": "official480", "request": {"num_inference_steps": 2}}),
+        _run("real OOM while generating (18 GB cap)", "report", None, {}, {"num_inference_steps": 1}, warmup=0,
+             kind="oom", cap_gb=18, after={"workload": "official480", "request": {"num_inference_steps": 2}}),
+        _run(f"{SF}", "official480", SF, {}, {}, warmup=2, repeats=2),
+        _run(f"{CV}", "official480", CV, {}, {}, warmup=0, repeats=2),
+        _run(f"{SF} + sparse", "official480", SF, STA, {}, warmup=2, repeats=2),
+    ],
+    # a new process on the same machine after "official480": the compile caches are warm (warm restart)
+    "restart480": [_run(f"{SF} (warm restart)", "official480", SF, {}, {}, warmup=2, repeats=1)],
+    # report: Low VRAM with the step savings of Fast (issue 8), distilled (issue 7)
+    "report": [
+        _run("Low VRAM + MagCache + CFG 0.5", "report", "Low VRAM", {"cache": "mag", "cfg_truncation": 0.5}, {},
+             warmup=0, repeats=1),
+        _run(f"{SF}", "report", SF, {}, {}, warmup=2, repeats=2),
+        _run(f"{SF} + sparse", "report", SF, STA, {}, warmup=2, repeats=1),
+    ],
+    # report: the training-free Fast preset with sparse attention, fewer dense steps and a narrower window
+    "report_sparse": [
+        _run("Fast + sparse 3,1,1, 4 dense steps", "report", "Fast",
+             {**STA, "sparse_window": "3,1,1", "sparse_dense_steps": 4}, {}, warmup=2, repeats=1),
+        _run("Fast + sparse 6,1,1, 4 dense steps", "report", "Fast",
+             {**STA, "sparse_dense_steps": 4}, {}, warmup=0, repeats=1),
+    ],
+}
+
+
+def write_distilled_loras(full: bool) -> list[str]:
+    """A random LoRA at each distilled preset's hub path (rank 32, Kijai's layout, attention + FFN)."""
+    dims = FULL_TRANSFORMER if full else TINY_TRANSFORMER
+    inner, written = dims["num_attention_heads"] * dims["attention_head_dim"], []
+    for d in DISTILLED:
+        src = parse_lora_spec(preset(d.name).lora.replace(f":{d.strength:g}", ""), lora_dir())[0]
+        path = lora_dir() / src.location / src.weight_name if src.is_hub else Path(src.location)
+        if not path.exists():
+            write_random_lora(path, inner=inner, layers=dims["num_layers"], rank=32, layout="kijai",
+                              ffn_dim=dims["ffn_dim"], dtype=torch.float16)
+        written.append(str(path))
+    return written
+
+
+def summary(r) -> dict:
+    m = r.metrics
+    steps = m.step_latencies_s
+    return {"clip_latency_s": m.clip_latency_s, "phases": m.phases, "load_time_s": m.load_time_s,
+            "warmup_time_s": m.warmup_time_s, "step_median_s": sorted(steps)[len(steps) // 2] if steps else None,
+            "steps": steps, "peak_vram_mb": m.peak_vram_mb, "peak_reserved_mb": m.peak_reserved_mb,
+            "phase_peak_vram_mb": m.phase_peak_vram_mb, "nvml_peak_used_mb": m.nvml_peak_used_mb,
+            "forwards": [m.forwards_planned, m.forwards_computed], "vram_note": m.vram_note}
+
+
+def request_for(spec, args):
+    base = WORKLOADS[args.workload or spec["workload"]].request
+    fields = {**(PRESET_REQUEST_HINTS.get(spec["preset"] or "", {})), **spec["request"]}
+    if args.workload:  # dry run: keep the small workload's steps unless the run sets fewer
+        fields["num_inference_steps"] = min(fields.get("num_inference_steps", 99), base.num_inference_steps)
+    return dataclasses.replace(base, **fields)
+
+
+def options_for(spec, args) -> OptimizationSet:
+    opts = preset(spec["preset"]) if spec["preset"] else OptimizationSet()
+    opts = opts.with_(**spec["set"])
+    if args.model == "tiny":  # CPU dry run: the GPU kernels off
+        opts = opts.with_(compile="none", attention_backend="native", quantization="none", offload="none")
+    return opts
+
+
+def run_gen(manager, spec, args, rec) -> None:
+    req, opts = request_for(spec, args), options_for(spec, args)
+    rec.update(options=opts.diff_from_default(), request=req.to_dict())
+    if spec["warmup"]:
+        t = time.perf_counter()
+        warm_req = dataclasses.replace(req, num_inference_steps=min(spec["warmup"], req.num_inference_steps))
+        warm_opts = opts.with_(sparse_dense_steps=1) if opts.sparse_attention != "none" else opts
+        w = generate(manager, args.model, warm_req, warm_opts, out_dir=None)
+        rec["warmup_run"] = {**summary(w), "wall_s": time.perf_counter() - t}
+        print(f"  warm-up: {rec['warmup_run']['wall_s']:.1f} s (load {w.metrics.load_time_s}, warm-up "
+              f"{w.metrics.warmup_time_s})", flush=True)
+    rec["runs"] = []
+    for i in range(spec["repeats"]):
+        if i and time.perf_counter() - T0 > args.budget - 1.3 * rec["runs"][-1]["clip_latency_s"]:
+            rec["note"] = f"{i} of {spec['repeats']} repeats (time budget)"
+            break
+        r = generate(manager, args.model, req, opts, out_dir=None)
+        rec["runs"].append(summary(r))
+        print(f"  run {i}: clip {r.metrics.clip_latency_s:.2f} s, phases "
+              f"{ {k: round(v, 2) for k, v in r.metrics.phases.items()} }, peak {r.metrics.peak_vram_mb} MB, "
+              f"nvml {r.metrics.nvml_peak_used_mb} MB, forwards {summary(r)['forwards']}", flush=True)
+
+
+def run_oom(manager, spec, args, rec) -> None:
+    req, opts = request_for(spec, args), options_for(spec, args)
+    rec.update(options=opts.diff_from_default(), request=req.to_dict(), cap_gb=spec["cap_gb"])
+    cuda = torch.cuda.is_available()
+    if cuda:
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(spec["cap_gb"] * 2**30 / total)
+    try:
+        generate(manager, args.model, req, opts, out_dir=None)
+        rec["outcome"] = "no OOM (ran within the cap)"
+    except Exception as e:  # noqa: BLE001 — the point: what the user sees
+        rec["outcome"] = f"{type(e).__name__}: {e}"
+    finally:
+        if cuda:
+            torch.cuda.set_per_process_memory_fraction(1.0)
+    rec["allocated_after_mb"] = torch.cuda.memory_allocated() / 2**20 if cuda else None
+    rec["manager_models_after"] = len(manager.resident())
+    print(f"  outcome: {rec['outcome'][:300]}; allocated after {rec['allocated_after_mb']} MB", flush=True)
+    after = dict(spec["after"])
+    nxt = dataclasses.replace(WORKLOADS[args.workload or after["workload"]].request, **after["request"])
+    r = generate(manager, args.model, nxt, opts, out_dir=None)
+    rec["next_request"] = {"request": nxt.to_dict(), **summary(r)}
+    print(f"  next request: clip {r.metrics.clip_latency_s:.2f} s, frames {r.frames.shape}", flush=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--plan", choices=sorted(PLANS))
+    ap.add_argument("--only", default="", help="comma-separated run names")
+    ap.add_argument("--budget", type=float, default=560.0, help="seconds; later runs are skipped past it")
+    ap.add_argument("--model", default="random-full")
+    ap.add_argument("--workload", default="", help="dry run: every run on this workload (e.g. smoke)")
+    ap.add_argument("--list", action="store_true")
+    args = ap.parse_args()
+    if args.list or not args.plan:
+        for plan, runs in PLANS.items():
+            print(plan + ":", "; ".join(r["name"] for r in runs))
+        return 0
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"gpu_runs_{args.plan}.json"
+    cuda = torch.cuda.is_available()
+    res = {"plan": args.plan, "device": torch.cuda.get_device_name(0) if cuda else "cpu (dry run)",
+           "torch": torch.__version__, "date": time.strftime("%F %T"), "model": args.model,
+           "random_weights": True, "runs": {}}
+    res["distilled_loras"] = write_distilled_loras(full=args.model != "tiny")
+    manager = ModelManager(device="cuda" if cuda else "cpu", log=lambda m: print(f"[wan_ui] {m}", flush=True))
+    only = {s.strip() for s in args.only.split(",") if s.strip()}
+    last = 0.0
+    for spec in PLANS[args.plan]:
+        if only and spec["name"] not in only:
+            continue
+        left = args.budget - (time.perf_counter() - T0)
+        if left < max(45.0, 0.5 * last):
+            res["runs"][spec["name"]] = {"skipped": f"time budget ({left:.0f} s left)"}
+            continue
+        print(f"=== {spec['name']} ({left:.0f} s left)", flush=True)
+        rec, t = {}, time.perf_counter()
+        try:
+            (run_oom if spec["kind"] == "oom" else run_gen)(manager, spec, args, rec)
+        except Exception as e:  # noqa: BLE001 — recorded; the next run still goes
+            rec["error"] = f"{type(e).__name__}: {e}"
+            rec["trace"] = traceback.format_exc()[-3000:]
+            print(f"  FAILED: {rec['error'][:500]}", flush=True)
+            manager.clear()
+        last = rec["wall_s"] = time.perf_counter() - t
+        res["runs"][spec["name"]] = rec
+        path.write_text(json.dumps(res, indent=1, default=str))
+    manager.clear()
+    res["allocated_after_clear_mb"] = torch.cuda.memory_allocated() / 2**20 if cuda else None
+    res["total_s"] = time.perf_counter() - T0
+    path.write_text(json.dumps(res, indent=1, default=str))
+    print(f"total {res['total_s']:.0f} s -> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
