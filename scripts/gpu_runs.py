@@ -72,15 +72,17 @@ PLANS = {
     "restart480": [_run(f"{SF} (warm restart)", "official480", SF, {}, {}, warmup=2, repeats=1)],
     # report: Low VRAM with the step savings of Fast (issue 8), distilled (issue 7)
     "report": [
+        _run(f"{SF}", "report", SF, {}, {}, warmup=2, repeats=2),
+        _run(f"{SF} + sparse", "report", SF, STA, {}, warmup=2, repeats=1),
+        _run("Low VRAM + MagCache + CFG 0.5", "report", "Low VRAM", {"cache": "mag", "cfg_truncation": 0.5}, {},
+             warmup=0, repeats=1),
+    ],
+    "slicing": [
         # attention slicing where it matters: the math kernel materializes the L x L scores (12 heads x 32,760^2)
         _run("math attention", "official480", None, {"attention_backend": "math"}, {"num_inference_steps": 1},
              warmup=0),
         _run("math attention + slicing 4096", "official480", None,
              {"attention_backend": "math", "attention_slicing": 4096}, {"num_inference_steps": 1}, warmup=0),
-        _run("Low VRAM + MagCache + CFG 0.5", "report", "Low VRAM", {"cache": "mag", "cfg_truncation": 0.5}, {},
-             warmup=0, repeats=1),
-        _run(f"{SF}", "report", SF, {}, {}, warmup=2, repeats=2),
-        _run(f"{SF} + sparse", "report", SF, STA, {}, warmup=2, repeats=1),
     ],
     # report: the training-free Fast preset with sparse attention, fewer dense steps and a narrower window
     "report_sparse": [
