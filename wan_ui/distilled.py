@@ -12,7 +12,7 @@ path under the LoRA folder (`$WAN_UI_LORA_DIR/Kijai/WanVideo_comfy/...`): a loca
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 # The kernels of "Fast (quick start)" that hold with a fused LoRA: bf16 + regional compile + cuDNN attention +
@@ -64,6 +64,12 @@ DISTILLED = [
                 "is stated with the file: check the Self-Forcing release terms before commercial use; base model "
                 "Apache-2.0"),
 ]
+
+# Self-Forcing + sliding-tile sparse attention (default window, first step dense): `report` in 12.6 s on an H200
+# (18.1 s dense; docs/benchmarks/SPARSE.md). The sparse window is ours, not the LoRA authors' setting.
+DISTILLED.append(replace(DISTILLED[1], name="Self-Forcing DMD 4-step (sparse)",
+                         options={**_KERNELS, "sparse_attention": "sta"},
+                         source=DISTILLED[1].source + "; sparse self-attention (sliding tile window, ours) on steps 2-4"))
 
 DISTILLED_PRESETS: dict[str, dict[str, Any]] = {d.name: d.preset_options() for d in DISTILLED}
 # preset name -> GenerationRequest fields the preset needs (applied where the user did not set them)
