@@ -176,12 +176,9 @@ def test_model_weights_load_as_safetensors_only():
         assert keyword_is(node, "use_safetensors", True), f"{file}: {ast.unparse(node)}"
 
 
-# torch.load unpickles: allowed only for tensors (weights_only=True), with one listed exception.
-PICKLE_EXCEPTIONS = {
-    # the training run's own RNG states (numpy's state needs pickle); read back only by --resume of a folder the
-    # same tool wrote. Listed in docs/RELIABILITY.md: never resume from a checkpoint folder you did not make.
-    ("wan_ui/train.py", "torch.load(path / 'rng.pt', weights_only=False)"),
-}
+# torch.load unpickles: allowed only for tensors (weights_only=True). Training checkpoints keep their RNG states in
+# safetensors + JSON (tests/test_train.py: a pickled object in a checkpoint is refused).
+PICKLE_EXCEPTIONS: set[tuple[str, str]] = set()
 
 
 def test_torch_load_never_unpickles_weights():

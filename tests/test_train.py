@@ -9,42 +9,12 @@ import threading
 import numpy as np
 import pytest
 import torch
+from train_files import FRAMES, SIZE, moving_square, write_dataset
 
 from wan_ui.errors import IncompatibleOptionsError, UnavailableError, UserError, ValidationError
 from wan_ui.train import TrainConfig, main, train
 from wan_ui.train_data import discover_clips, read_clip
 from wan_ui.video import write_video
-
-SIZE, FRAMES = 64, 9  # the smoke workload's size: latents (16, 3, 8, 8), 48 tokens
-
-
-def moving_square(seed: int, frames: int = FRAMES, size: int = SIZE) -> np.ndarray:
-    """(F, H, W, 3) uint8: a coloured 16 px square moving in a straight line over a dark background."""
-    rng = np.random.default_rng(seed)
-    video = np.empty((frames, size, size, 3), np.uint8)
-    video[:] = rng.integers(0, 40, 3)
-    color = rng.integers(80, 256, 3)
-    x, y = rng.integers(0, size - 16, 2)
-    dx, dy = rng.integers(-4, 5, 2)
-    for i in range(frames):
-        xs, ys = int(x + i * dx) % (size - 16), int(y + i * dy) % (size - 16)
-        video[i, ys:ys + 16, xs:xs + 16] = color
-    return video
-
-
-def write_dataset(root, n: int, captions: str = "txt"):
-    root.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in range(n):
-        write_video(moving_square(i), root / f"clip{i}.mp4", fps=8)
-        caption = f"a coloured square moving across a dark background, clip {i}"
-        if captions == "txt":
-            (root / f"clip{i}.txt").write_text(caption)
-        else:
-            rows.append(json.dumps({"file": f"clip{i}.mp4", "caption": caption}))
-    if rows:
-        (root / "metadata.jsonl").write_text("\n".join(rows) + "\n")
-    return root
 
 
 @pytest.fixture(autouse=True)
@@ -165,6 +135,62 @@ def test_resume_continues_from_the_saved_step(tmp_path, one_clip, train_cache):
     train(config(one_clip, tmp_path / "c.safetensors", train_cache, steps=4, save_every=1, keep_checkpoints=2),
           log=lambda m: None)
     assert sorted(p.name for p in (tmp_path / "c_checkpoints").iterdir()) == ["step-000003", "step-000004"]
+
+
+def test_rng_states_round_trip_through_safetensors_and_json(tmp_path):
+    import random
+
+    from wan_ui.train import BatchSampler, load_rng, save_rng
+
+    sampler, noise = BatchSampler(5, 2, seed=3), torch.Generator().manual_seed(4)
+    sampler.next(), torch.randn(3, generator=noise), random.random(), np.random.standard_normal()  # mid-stream
+    save_rng(tmp_path, noise, sampler)
+
+    def draws(s, g):
+        return (s.next(), s.next(), s.next(), torch.randn(4, generator=g).tolist(), torch.rand(2).tolist(),
+                random.random(), np.random.standard_normal(3).tolist())
+
+    expected = draws(sampler, noise)
+    sampler2, noise2 = BatchSampler(5, 2, seed=99), torch.Generator().manual_seed(99)
+    load_rng(tmp_path, noise2, sampler2)
+    assert draws(sampler2, noise2) == expected
+
+
+class _RunsCode:
+    """What a malicious pickle would hold: unpickling it calls print (any function, in a real attack)."""
+
+    def __reduce__(self):
+        return (print, ("this ran while loading the checkpoint",))
+
+
+def test_checkpoints_load_without_pickle_and_a_pickled_object_is_refused(tmp_path, one_clip, train_cache):
+    import shutil
+
+    first = train(config(one_clip, tmp_path / "a.safetensors", train_cache, steps=2), log=lambda m: None)
+    ckpt = tmp_path / "a_checkpoints" / "step-000002"
+    assert first.checkpoint == str(ckpt)
+    assert sorted(p.name for p in ckpt.iterdir()) == ["adapter.safetensors", "optimizer.pt", "rng.json",
+                                                      "rng.safetensors", "state.json"]
+    torch.load(ckpt / "optimizer.pt", weights_only=True)  # tensors, numbers, containers only
+
+    def resume_from(folder):
+        return train(config(one_clip, tmp_path / "b.safetensors", train_cache, steps=3, resume=str(folder)),
+                     log=lambda m: None)
+
+    poisoned = shutil.copytree(ckpt, tmp_path / "poisoned")
+    state = torch.load(ckpt / "optimizer.pt", weights_only=True)
+    torch.save({**state, "extra": _RunsCode()}, poisoned / "optimizer.pt")
+    with pytest.raises(UserError, match="optimizer.pt holds more than tensors and numbers \\(print\\)") as e:
+        resume_from(poisoned)
+    assert e.value.field == "resume"
+
+    old = shutil.copytree(ckpt, tmp_path / "old_format")  # before this change: the RNG states pickled in rng.pt
+    (old / "rng.safetensors").unlink()
+    (old / "rng.json").unlink()
+    torch.save({"python": __import__("random").getstate(), "numpy": np.random.get_state()}, old / "rng.pt")
+    with pytest.raises(UserError, match="pickled rng.pt of an older version, which is not loaded"):
+        resume_from(old)
+    assert resume_from(ckpt).steps_done == 3
 
 
 def test_stop_event_and_ctrl_c_save_a_checkpoint_and_the_lora(tmp_path, one_clip, train_cache):

@@ -19,7 +19,9 @@ import argparse
 import dataclasses
 import json
 import os
+import pickle
 import random
+import re
 import statistics
 import sys
 import threading
@@ -260,7 +262,8 @@ def default_checkpoint_dir(cfg: TrainConfig) -> Path:
 
 def save_checkpoint(folder: Path, transformer, optimizer, step: int, sampler: BatchSampler,
                     noise_gen: torch.Generator, cfg: TrainConfig, lora_config) -> Path:
-    """folder/step-000123/: adapter.safetensors (fp32, peft names), optimizer.pt, rng.pt, state.json."""
+    """folder/step-000123/: adapter.safetensors (fp32, peft names), optimizer.pt, rng.safetensors + rng.json,
+    state.json. Nothing in it needs pickle to load (issue 9)."""
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
 
@@ -269,10 +272,8 @@ def save_checkpoint(folder: Path, transformer, optimizer, step: int, sampler: Ba
     tmp.mkdir(parents=True, exist_ok=True)
     adapter = {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(transformer).items()}
     save_file(adapter, str(tmp / "adapter.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save({"noise": noise_gen.get_state(), "sampler": sampler.state_dict(), "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "python": random.getstate(), "numpy": np.random.get_state()}, tmp / "rng.pt")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")  # tensors, numbers and lists: weights_only loads it
+    save_rng(tmp, noise_gen, sampler)
     (tmp / "state.json").write_text(json.dumps({
         "step": step, "rank": lora_config.r, "alpha": lora_config.lora_alpha,
         "targets": sorted(lora_config.target_modules), "config": cfg.to_dict()}, indent=2))
@@ -324,16 +325,58 @@ def load_checkpoint(path: Path, transformer, optimizer, sampler: BatchSampler, n
     result = set_peft_model_state_dict(transformer, load_file(str(path / "adapter.safetensors")))
     if getattr(result, "unexpected_keys", None):
         raise UserError(f"checkpoint {path} does not match the model: {result.unexpected_keys[:3]}", field="resume")
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
-    rng = torch.load(path / "rng.pt", weights_only=False)
-    noise_gen.set_state(rng["noise"])
-    sampler.load_state_dict(rng["sampler"])
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
+    try:
+        optimizer_state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # an object other than tensors/numbers/containers: never unpickled
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        raise UserError(f"checkpoint {path}: optimizer.pt holds more than tensors and numbers"
+                        f"{f' ({found[1]})' if found else ''} and is not loaded: a pickle can run code",
+                        field="resume") from None
+    optimizer.load_state_dict(optimizer_state)
+    load_rng(path, noise_gen, sampler)
     return int(state["step"])
+
+
+# RNG states as tensors (safetensors) + numbers (JSON): loading them runs no code, unlike a pickled rng.pt.
+def save_rng(folder: Path, noise_gen: torch.Generator, sampler: BatchSampler) -> None:
+    """rng.safetensors: the byte states of the noise, data-order, torch and CUDA generators and numpy's MT19937
+    key (624 words); rng.json: the data order, numpy's position/cached gaussian and Python's `random` state."""
+    from safetensors.torch import save_file
+
+    order = sampler.state_dict()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    _, key, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    version, words, gauss_next = random.getstate()
+    tensors = {"noise": noise_gen.get_state(), "sampler": order["gen"], "torch": torch.get_rng_state(),
+               "numpy_key": torch.from_numpy(key.astype(np.int64)),
+               **{f"cuda.{i}": s for i, s in enumerate(cuda)}}
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "rng.safetensors"))
+    (folder / "rng.json").write_text(json.dumps({
+        "sampler": {"order": order["order"], "pos": order["pos"]}, "cuda_devices": len(cuda),
+        "numpy": {"pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": version, "state": list(words), "gauss_next": gauss_next}}))
+
+
+def load_rng(folder: Path, noise_gen: torch.Generator, sampler: BatchSampler) -> None:
+    from safetensors.torch import load_file
+
+    if not (folder / "rng.safetensors").is_file():
+        old = " (it has the pickled rng.pt of an older version, which is not loaded: a pickle can run code)" \
+            if (folder / "rng.pt").exists() else ""
+        raise UserError(f"checkpoint {folder} has no rng.safetensors{old}; resume from a checkpoint this version "
+                        f"wrote, or start a new run", field="resume")
+    tensors = load_file(str(folder / "rng.safetensors"))
+    meta = json.loads((folder / "rng.json").read_text())
+    noise_gen.set_state(tensors["noise"])
+    sampler.load_state_dict({"gen": tensors["sampler"], **meta["sampler"]})
+    torch.set_rng_state(tensors["torch"])
+    for i in range(min(meta["cuda_devices"], torch.cuda.device_count())):  # the GPUs both machines have
+        torch.cuda.set_rng_state(tensors[f"cuda.{i}"], i)
+    n = meta["numpy"]
+    np.random.set_state(("MT19937", tensors["numpy_key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["gauss"]))
+    p = meta["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
 
 
 def save_lora(transformer, lora_config, path: str | Path, dtype: str = "bf16") -> Path:
