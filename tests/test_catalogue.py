@@ -168,3 +168,42 @@ def test_cfg_batch_matches_separate_branches_with_half_the_calls(manager, smoke_
     assert batch_sizes == [2, 2, 1, 1]
     off = _frames(manager, req, opts)
     assert np.array_equal(off.frames, separate.frames)
+
+
+def test_chunked_attention_on_the_math_kernel_is_exact_and_runs_in_chunks(monkeypatch):
+    """attention_backend=math + attention_slicing: the chunks run on SDPA's math kernel (where slicing saves memory:
+    the scores are N x L instead of L x L); same output as unchunked math attention."""
+    from diffusers.models.transformers.transformer_wan import WanAttention, WanAttnProcessor
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    torch.manual_seed(0)
+    attn = WanAttention(dim=24, heads=2, dim_head=12, eps=1e-6, cross_attention_dim_head=None,
+                        processor=WanAttnProcessor()).eval()
+    x = torch.randn(1, 50, 24)
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        ref = attn(x)
+    seen, real = [], torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, *a, **kw):
+        seen.append((q.shape[2], torch._C._get_math_sdp_enabled(), torch._C._get_flash_sdp_enabled()))
+        return real(q, *a, **kw)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    attn.set_processor(ChunkedWanAttnProcessor(16, math=True))
+    with torch.no_grad():
+        out = attn(x)
+    assert torch.allclose(out, ref, atol=1e-6)
+    assert [n for n, _, _ in seen] == [16, 16, 16, 2] and all(m and not f for _, m, f in seen)
+
+
+def test_option_notes_say_when_slicing_saves_nothing():
+    import dataclasses
+
+    from wan_ui.hardware import probe_hardware
+    from wan_ui.options import option_notes
+
+    cpu = probe_hardware()
+    gpu = dataclasses.replace(cpu, cuda=True)
+    assert "saves no memory" in option_notes(OptimizationSet(attention_slicing=4096), gpu)[0]
+    assert option_notes(OptimizationSet(attention_slicing=4096, attention_backend="math"), gpu) == []
+    assert option_notes(OptimizationSet(attention_slicing=4096), cpu) == [] == option_notes(OptimizationSet(), gpu)

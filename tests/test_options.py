@@ -83,7 +83,7 @@ def test_cuda_only_values_are_unavailable_on_cpu_with_reason():
     ({"offload": "group_leaf", "compile": "full"}, "use compile=regional"),
     ({"quantization": "bnb_nf4", "compile": "regional"}, "bitsandbytes quantization + torch.compile"),
     ({"quantization": "bnb_int8", "lora_fuse": True}, "fused LoRA"),
-    ({"attention_slicing": 1024, "attention_backend": "cudnn"}, "attention_backend=native"),
+    ({"attention_slicing": 1024, "attention_backend": "cudnn"}, "attention_backend=native (or math)"),
     ({"quantization": "torchao_fp8", "offload": "group_block"}, "fp8_storage with group offload"),
 ])
 def test_incompatible_combinations_say_what_to_do(values, fragment):

@@ -101,7 +101,7 @@ def cmd_generate(args) -> int:
 
         score_result(result)
         update_video_metadata(result)  # the scores join the sidecar and the mp4's comment tag
-    for note in result.request.notes:
+    for note in [*result.request.notes, *result.metrics.option_notes]:
         print(f"[wan_ui] note: {note}", file=sys.stderr)
     if result.build.random_weights:
         print(f"[wan_ui] {result.build.label}", file=sys.stderr)

@@ -28,7 +28,7 @@ from .metrics import Clock, Metrics, NvmlSampler, forward_counter, frame_metrics
 from .optim.cfg import make_cfg_step_hook, planned_forwards
 from .optim.sparse import make_sparse_step_hook
 from .optim.cfg_batch import prepare_cfg_batch
-from .options import OptimizationSet
+from .options import OptimizationSet, option_notes
 from .requests import GenerationRequest, validate_request
 from .video import rewrite_metadata, unique_path, write_video
 
@@ -50,7 +50,8 @@ class Result:
         return {"video": self.video_path, "frames": int(self.frames.shape[0]), "width": r.width, "height": r.height,
                 "fps": r.fps, "seed": r.seed, "model": self.build.model, "model_label": self.build.label,
                 "random_weights": self.build.random_weights, "device": self.build.device,
-                "request": r.to_dict(), "notes": list(r.notes), "optimizations": self.options.to_dict(),
+                "request": r.to_dict(), "notes": [*r.notes, *self.metrics.option_notes],
+                "optimizations": self.options.to_dict(),
                 "rebuilt": self.build.rebuilt, "reapplied": self.build.reapplied,
                 "parallel": self.build.parallel, "metrics": self.metrics.to_dict()}
 
@@ -172,6 +173,7 @@ def _generate_on(manager: ModelManager, model, request: GenerationRequest, opts:
         raise GenerationCancelled(cancelled)
     metrics = _assemble_metrics(build, fresh, clock, steps, computed, request, opts, frames.shape[0], nvml_peak,
                                 sampler)
+    metrics.option_notes = option_notes(opts, manager.hw)
     result = Result(frames, None, request, opts, build, metrics)
     if out_dir is not None or out_path is not None:
         if on_progress:

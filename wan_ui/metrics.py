@@ -35,6 +35,8 @@ class Metrics:
       forwards that ran the transformer blocks (the last block's FFN ran); the rest were skipped by a cache.
       null under torch.compile (hooks inside compiled blocks are not run reliably).
     - clip_score, lpips_vs_baseline, psnr_vs_baseline, ssim_vs_baseline, lpips_temporal: see `quality.py`.
+    - option_notes (not a measurement): what an option of the set does not do on this hardware, e.g. attention
+      slicing on fused SDPA kernels (`options.option_notes`); shown with the result.
     """
 
     load_time_s: float | None = None
@@ -61,6 +63,7 @@ class Metrics:
     lpips_temporal: float | None = None
     quality_note: str | None = None  # why a quality metric is null, or that weights were random
     random_weights: bool | None = None
+    option_notes: list = field(default_factory=list)  # what the options did not do here (options.option_notes)
 
     def to_dict(self) -> dict:
         return asdict(self)

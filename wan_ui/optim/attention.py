@@ -4,15 +4,20 @@ Backends map to `transformer.set_attention_backend`: native (PyTorch SDPA picks 
 efficient / math (SDPA forced to one kernel), flex (FlexAttention), sage / xformers / flash_attn (when their
 packages import). diffusers has no attention slicing for Wan's transformer, so `attention_slicing=N` installs
 `ChunkedWanAttnProcessor`: queries are processed N tokens at a time, so the score matrix held at once is
-N x L instead of L x L. That lowers peak memory only where SDPA would otherwise materialise the scores (the
-math kernel, e.g. fp32 on CPU); flash/cuDNN/efficient kernels are already O(L) in memory — the benchmark
-measures it instead of assuming it.
+N x L instead of L x L. That lowers peak memory only where SDPA materialises the scores: the math kernel
+(`attention_backend=math`, where the chunks run on it too). Flash/cuDNN/efficient kernels are already O(L) in
+memory: measured on an H200 at 480p, slicing 4096 on the native backend gave the same peak and speed (15.7 GB
+denoise peak), while the math kernel alone peaked at 125.9 GB (docs/benchmarks/README.md). `option_notes` says so
+to the user instead of letting it pass for a saving.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .state import state_of
 
@@ -32,8 +37,9 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
 class ChunkedWanAttnProcessor:
     """Wan text-to-video attention with the query split into chunks of `chunk` tokens."""
 
-    def __init__(self, chunk: int):
+    def __init__(self, chunk: int, math: bool = False):
         self.chunk = chunk
+        self.math = math  # run the chunks on SDPA's math kernel (attention_backend=math)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
         if attn.add_k_proj is not None:
@@ -46,9 +52,10 @@ class ChunkedWanAttnProcessor:
             q, k = _rope(q, *rotary_emb), _rope(k, *rotary_emb)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, L, D)
         out = torch.empty_like(q)
-        for start in range(0, q.shape[2], self.chunk):
-            sl = slice(start, start + self.chunk)
-            out[:, :, sl] = F.scaled_dot_product_attention(q[:, :, sl], k, v, attn_mask=attention_mask)
+        with sdpa_kernel(SDPBackend.MATH) if self.math else contextlib.nullcontext():
+            for start in range(0, q.shape[2], self.chunk):
+                sl = slice(start, start + self.chunk)
+                out[:, :, sl] = F.scaled_dot_product_attention(q[:, :, sl], k, v, attn_mask=attention_mask)
         out = out.transpose(1, 2).flatten(2, 3).type_as(q)
         return attn.to_out[1](attn.to_out[0](out))
 
@@ -60,7 +67,8 @@ def apply_attention(pipe, opts, request=None) -> None:
     if opts.attention_slicing:
         st = state_of(pipe)
         st.saved["attn_processors"] = pipe.transformer.attn_processors
-        pipe.transformer.set_attn_processor(ChunkedWanAttnProcessor(opts.attention_slicing))
+        pipe.transformer.set_attn_processor(ChunkedWanAttnProcessor(opts.attention_slicing,
+                                                                     math=opts.attention_backend == "math"))
 
 
 def remove_attention(pipe) -> None:
