@@ -204,6 +204,10 @@ def test_stop_event_and_ctrl_c_save_a_checkpoint_and_the_lora(tmp_path, one_clip
                    log=lambda m: None)
     assert result.stopped and result.steps_done == 2 and (tmp_path / "s.safetensors").is_file()
     assert result.checkpoint.endswith("step-000002")
+    # a stop that comes while the data is prepared ends the run before its first step: nothing trained to save
+    result = train(config(one_clip, tmp_path / "e.safetensors", train_cache), stop=stop, log=lambda m: None)
+    assert result.stopped and result.steps_done == 0 and result.lora_path is None and result.checkpoint is None
+    assert not (tmp_path / "e.safetensors").exists()
 
     def ctrl_c_at_3(record):
         if record["step"] == 3:

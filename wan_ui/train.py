@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -509,7 +510,10 @@ def load_transformer(folder: str, cfg: TrainConfig, device: str):
 
 
 def train(cfg: TrainConfig, on_step: StepCallback | None = None, stop: threading.Event | None = None,
-          log=print) -> TrainResult:
+          log=print, load_lock=None) -> TrainResult:
+    """on_step: called with each step record; stop: set it to end the run after the current step (a checkpoint and
+    the LoRA are saved, as on Ctrl-C); load_lock: held while models load (phases 1-2) when another thread of
+    this process may load models too (the app's ModelManager.load_lock: concurrent from_pretrained calls clash)."""
     from .hardware import probe_hardware
 
     hw = probe_hardware()
@@ -518,8 +522,10 @@ def train(cfg: TrainConfig, on_step: StepCallback | None = None, stop: threading
     resume_from = resolve_resume(cfg)
     torch.manual_seed(cfg.seed)
 
+    loading = load_lock if load_lock is not None else contextlib.nullcontext()
     # 1. data: precompute (or read) latents and text embeddings; the encoders are freed inside
-    data = prepare_data(cfg, device, log)
+    with loading:
+        data = prepare_data(cfg, device, log)
     if data.skipped:
         log(format_skipped(data.skipped))
     if not data.samples:
@@ -530,7 +536,8 @@ def train(cfg: TrainConfig, on_step: StepCallback | None = None, stop: threading
 
     # 2. the transformer alone + LoRA + levers
     t0 = time.perf_counter()
-    transformer = load_transformer(data.folder, cfg, device)
+    with loading:
+        transformer = load_transformer(data.folder, cfg, device)
     lora_config, params, info = prepare_transformer(transformer, cfg, device)
     optimizer = build_optimizer_for(cfg, params, device)
     load_s = time.perf_counter() - t0
@@ -605,6 +612,12 @@ class _Loop:
                    disable=not cfg.progress)
         try:
             while self.step < cfg.steps:
+                # checked before each step: a stop that came during data preparation or loading ends the run
+                # before its first step
+                if self.stop is not None and self.stop.is_set():
+                    self.stopped = True
+                    self.log(f"stop requested at step {self.step}: saving a checkpoint and the LoRA")
+                    break
                 record = self.one_step(autocast, tokens)
                 self.losses.append(record["loss"])
                 bar.update(1)
@@ -616,10 +629,6 @@ class _Loop:
                     self.save_checkpoint()
                 if self.validator and self.step % cfg.validate_every == 0:
                     self.validate()
-                if self.stop is not None and self.stop.is_set():
-                    self.stopped = True
-                    self.log(f"stop requested at step {self.step}: saving a checkpoint and the LoRA")
-                    break
         finally:
             bar.close()
 
@@ -671,7 +680,8 @@ class _Loop:
 
     def finish(self, start: int, load_s: float) -> TrainResult:
         lora_path = None
-        if self.step > start or self.interrupted or self.stopped:
+        # a new run stopped before its first step has nothing to write
+        if self.step > start or ((self.interrupted or self.stopped) and self.step > 0):
             if self.step > start:
                 self.save_checkpoint()
             lora_path = str(save_lora(self.transformer, self.lora_config, self.cfg.out, self.cfg.save_dtype))

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelLoadError, ValidationError
+from ..paths import confine
 from .state import state_of
 
 
@@ -60,12 +61,8 @@ def _is_number(text: str) -> bool:
 
 def _resolve(src: str, scale: float, root: Path) -> LoraSource:
     candidate = Path(src) if os.path.isabs(src) else root / src
-    if ".." in Path(src).parts:
-        raise ValidationError(f"lora path {src!r} may not contain '..'; put the file in {root}", field="lora")
-    if candidate.exists() or os.path.isabs(src) or src.startswith("."):
-        real = candidate.resolve()  # follows symlinks: an escaping link is caught here
-        if not real.is_relative_to(root):
-            raise ValidationError(f"lora path {src!r} is outside the LoRA folder {root}", field="lora")
+    if ".." in Path(src).parts or candidate.exists() or os.path.isabs(src) or src.startswith("."):
+        real = confine(src, root, "lora", "lora path", "the LoRA folder")  # '..', outside, escaping symlinks
         if not real.exists():
             raise ValidationError(f"lora file {src!r} not found in {root}", field="lora")
         if real.is_file():
