@@ -237,3 +237,17 @@ def test_extrapolation_under_compile_where_forwards_are_not_counted():
     assert "not counted" in ex["note"]
     ex = extrapolate(_metrics([1.0] * 4, None), 4, 50, 81, 5.0, cache="first_block")
     assert ex["forwards_computed_full"] == 100 and "ignores the skip schedule" in ex["note"]
+
+
+def test_sparse_sets_are_never_shortened():
+    """Sparse attention's dense steps scale with the step count: a 2-step run would be all sparse (or all dense)
+    and extrapolate to a wrong clip, so such sets run every step and the row says why."""
+    from pathlib import Path
+
+    from wan_ui.bench import BenchConfig, base_row, request_for
+
+    cfg = BenchConfig("official480", "tiny", Path("."), steps=2)
+    sparse, dense = parse_sets(["fast-sparse", "fast"])
+    assert request_for(cfg, sparse)[0].num_inference_steps == 50
+    assert request_for(cfg, dense)[0].num_inference_steps == 2
+    assert "full length" in base_row(cfg, sparse, 0)["steps_note"] and base_row(cfg, dense, 1)["steps_note"] is None

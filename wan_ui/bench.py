@@ -142,9 +142,12 @@ def expand_out(template: str, workload: str) -> Path:
 
 # ---- 2. one set, measured in this process ------------------------------------------------------------------
 def request_for(cfg: BenchConfig, bset: BenchSet):
-    """The workload's request with this set's step count; returns (request, steps_full)."""
+    """The workload's request with this set's step count; returns (request, steps_full). Sets with sparse attention
+    always run every step: their dense steps scale with the step count, so a shortened run would not extrapolate."""
     base = WORKLOADS[cfg.workload].request
     steps = bset.steps or cfg.steps or base.num_inference_steps
+    if bset.options.sparse_attention != "none":
+        steps = base.num_inference_steps
     return dataclasses.replace(base, num_inference_steps=min(steps, base.num_inference_steps)), \
         base.num_inference_steps
 
@@ -161,6 +164,8 @@ def base_row(cfg: BenchConfig, bset: BenchSet, index: int) -> dict:
                 "options": bset.options.to_dict(), "changed": bset.options.diff_from_default()},
         "workload": cfg.workload, "workload_description": WORKLOADS[cfg.workload].description,
         "request": request.to_dict(), "steps_run": request.num_inference_steps, "steps_full": steps_full,
+        "steps_note": "sparse attention: measured at full length (its dense steps scale with the step count)"
+        if bset.options.sparse_attention != "none" and (bset.steps or cfg.steps) else None,
         "model": source.name, "model_label": source.label, "random_weights": source.random_weights,
         "hardware": hardware_record(), "versions": package_versions(), "date": now_iso(), "command": cfg.command,
         "method": {"repeats": bset.repeats if bset.repeats is not None else cfg.repeats, "runs_done": 0,
