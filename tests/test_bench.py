@@ -251,3 +251,15 @@ def test_sparse_sets_are_never_shortened():
     assert request_for(cfg, sparse)[0].num_inference_steps == 50
     assert request_for(cfg, dense)[0].num_inference_steps == 2
     assert "full length" in base_row(cfg, sparse, 0)["steps_note"] and base_row(cfg, dense, 1)["steps_note"] is None
+
+
+def test_forwards_computed_under_compile_is_magcaches_replayed_schedule(smoke_request):
+    """Hooks inside compiled blocks are not counted; MagCache's schedule is replayed instead (exact, see
+    test_mag_replay_matches_a_real_run), other caches give no count."""
+    from wan_ui.generate import _forwards_computed
+
+    req = dataclasses.replace(smoke_request, num_inference_steps=20)
+    compiled = OptimizationSet(compile="regional", cache="mag", cfg_truncation=0.5)
+    assert _forwards_computed(None, req, compiled) == forwards_computed_mag(20, req.guidance_scale, 0.5, 0.0) < 30
+    assert _forwards_computed(None, req, compiled.with_(cache="first_block")) is None
+    assert _forwards_computed(17, req, compiled.with_(compile="none")) == 17

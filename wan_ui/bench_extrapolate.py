@@ -19,41 +19,8 @@ from __future__ import annotations
 
 import statistics
 
-from .optim.cfg import cfg_steps, planned_forwards
-
-
-def mag_schedule(steps: int, threshold: float = 0.0) -> list[bool]:
-    """Per-branch compute (True) / skip (False) decisions of diffusers' MagCache head hook for `steps` steps,
-    with our Wan2.1-1.3B config (optim/cache.py). Replays `MagCacheHeadHook.new_forward` step by step with the
-    same tensor arithmetic (float32 ratios), so the counts match a real run."""
-    from .optim.cache import make_cache_config
-
-    cfg = make_cache_config("mag", threshold, steps)
-    ratios = cfg.mag_ratios  # (steps,) float32 tensor, nearest-interpolated from the 50 calibrated values
-    retention_step = int(cfg.retention_ratio * cfg.num_inference_steps + 0.5)
-    acc_ratio, acc_err, acc_steps = 1.0, 0.0, 0
-    have_residual = False  # the first step has no cached residual and always computes
-    out = []
-    for i in range(steps):
-        compute = True
-        if i >= retention_step:
-            acc_ratio = acc_ratio * (ratios[i] if i < len(ratios) else 1.0)
-            acc_steps += 1
-            acc_err = acc_err + abs(1.0 - acc_ratio)
-            if have_residual and acc_err <= cfg.threshold and acc_steps <= cfg.max_skip_steps:
-                compute = False
-            else:
-                acc_ratio, acc_err, acc_steps = 1.0, 0.0, 0
-        have_residual = have_residual or compute
-        out.append(compute)
-    return out
-
-
-def forwards_computed_mag(steps: int, guidance_scale: float, cfg_truncation: float, threshold: float) -> int:
-    """Transformer forwards MagCache computes: the cond branch every step, the uncond branch on CFG steps; each
-    branch keeps its own state (diffusers `cache_context`) and so follows the same schedule."""
-    schedule = mag_schedule(steps, threshold)
-    return sum(schedule) + sum(schedule[:cfg_steps(guidance_scale, steps, cfg_truncation)])
+from .optim.cache import forwards_computed_mag, mag_schedule  # noqa: F401  (re-exported)
+from .optim.cfg import planned_forwards
 
 
 def step_median(step_latencies: list[float]) -> float | None:

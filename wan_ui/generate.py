@@ -25,6 +25,7 @@ from .errors import GenerationCancelled, OutOfMemoryError
 from .gpu_pool import device_index, device_scope, is_cuda
 from .manager import LOW_VRAM_HINT, BuildInfo, ModelManager
 from .metrics import Clock, Metrics, NvmlSampler, forward_counter, frame_metrics, warmup_from_steps
+from .optim.cache import forwards_computed_mag
 from .optim.cfg import make_cfg_step_hook, planned_forwards
 from .optim.sparse import make_sparse_step_hook
 from .optim.cfg_batch import prepare_cfg_batch
@@ -183,6 +184,17 @@ def _generate_on(manager: ModelManager, model, request: GenerationRequest, opts:
     return result
 
 
+def _forwards_computed(counted: int | None, request: GenerationRequest, opts: OptimizationSet) -> int | None:
+    """The counter's figure; under torch.compile (module hooks inside compiled blocks are not run reliably) MagCache's
+    replayed schedule, exact because its decision reads no activations; otherwise no count rather than a wrong one."""
+    if opts.compile == "none":
+        return counted
+    if opts.cache == "mag":
+        return forwards_computed_mag(request.num_inference_steps, request.guidance_scale, opts.cfg_truncation,
+                                     opts.cache_threshold)
+    return None
+
+
 def _assemble_metrics(build, fresh, clock, steps, computed, request, opts, n_frames, nvml_peak, sampler) -> Metrics:
     clip = sum(clock.phases.values())
     frame_latency, fps = frame_metrics(clip, n_frames)
@@ -198,8 +210,7 @@ def _assemble_metrics(build, fresh, clock, steps, computed, request, opts, n_fra
         peak_vram_mb=peak, peak_reserved_mb=reserved, phase_peak_vram_mb=dict(clock.peaks) if clock.cuda else {},
         nvml_peak_used_mb=nvml_peak, vram_note=note,
         forwards_planned=planned_forwards(request.guidance_scale, request.num_inference_steps, opts.cfg_truncation),
-        # module hooks inside compiled blocks are not run reliably: no count rather than a wrong one
-        forwards_computed=computed if opts.compile == "none" else None, random_weights=build.random_weights,
+        forwards_computed=_forwards_computed(computed, request, opts), random_weights=build.random_weights,
         quality_note="random-weight model: quality metrics describe noise, not video quality"
         if build.random_weights else None,
     )

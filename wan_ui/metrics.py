@@ -33,7 +33,8 @@ class Metrics:
     - nvml_peak_used_mb: peak device memory in use (all processes, as nvidia-smi shows) sampled at >= 4 Hz.
     - forwards_planned: transformer forwards the request asks for (steps + CFG steps); forwards_computed:
       forwards that ran the transformer blocks (the last block's FFN ran); the rest were skipped by a cache.
-      null under torch.compile (hooks inside compiled blocks are not run reliably).
+      Under torch.compile (hooks inside compiled blocks are not run reliably): MagCache's replayed schedule (exact:
+      its skip decision reads no activations), null for the other caches.
     - clip_score, lpips_vs_baseline, psnr_vs_baseline, ssim_vs_baseline, lpips_temporal: see `quality.py`.
     - option_notes (not a measurement): what an option of the set does not do on this hardware, e.g. attention
       slicing on fused SDPA kernels (`options.option_notes`); shown with the result.
