@@ -94,6 +94,17 @@ PLANS = {
         _run("Low VRAM + MagCache + CFG 0.5 (8 GB cap)", "report", "Low VRAM",
              {"cache": "mag", "cfg_truncation": 0.5}, {}, warmup=0, repeats=1, cap_gb=8),
     ],
+    # not run yet (no device time left on 2026-11-26): the next measurements, one call each (--only to split)
+    "next_lowvram": [
+        _run("Low VRAM (8 GB cap)", "report", "Low VRAM", {}, {}, warmup=0, repeats=1, cap_gb=8),
+        _run("Low VRAM + sparse 3,1,1, 4 dense steps", "report", "Low VRAM",
+             {**STA, "sparse_window": "3,1,1", "sparse_dense_steps": 4}, {}, warmup=2, repeats=1),
+    ],
+    "next_fast": [
+        _run("Fast (sparse), official480", "official480", "Fast (sparse)", {}, {}, warmup=2, repeats=1),
+        _run("Fast (sparse), 2 dense steps", "report", "Fast (sparse)", {"sparse_dense_steps": 2}, {}, warmup=2,
+             repeats=1),
+    ],
     # report: the training-free Fast preset with sparse attention, fewer dense steps and a narrower window
     "report_sparse": [
         _run("Fast + sparse 3,1,1, 4 dense steps", "report", "Fast",
