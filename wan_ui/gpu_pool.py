@@ -96,6 +96,10 @@ class ManagerPool:
     def log(self):
         return self.managers[0].log
 
+    @property
+    def load_lock(self):  # shared by all managers of the pool (above); training holds it while it loads models
+        return self.managers[0].load_lock
+
     def key(self, model, opts) -> tuple:
         return self.managers[0].key(model, opts)
 

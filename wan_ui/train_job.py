@@ -213,10 +213,11 @@ class TrainJob:
             self._stop = threading.Event()
             self._status = TrainStatus("preparing", Path(cfg.out).name, steps=cfg.steps, start_step=start_step,
                                        records=earlier, started_at=time.time())
+            started = self._copy()  # as it starts ("preparing"), whatever the thread has done by the time we return
             self._thread = threading.Thread(target=self._run, args=(cfg, self._stop), name="wan_ui-train",
                                             daemon=True)
             self._thread.start()
-        return self.status()
+        return started
 
     def stop(self) -> bool:
         """Ask the running run to stop after its current step (it saves a checkpoint and the LoRA); False when
@@ -230,8 +231,11 @@ class TrainJob:
 
     def status(self) -> TrainStatus:
         with self._lock:
-            s = self._status
-            return dataclasses.replace(s, records=list(s.records), log=list(s.log))
+            return self._copy()
+
+    def _copy(self) -> TrainStatus:  # with the lock held
+        s = self._status
+        return dataclasses.replace(s, records=list(s.records), log=list(s.log))
 
     def wait(self, timeout: float | None = None) -> TrainStatus:
         """Block until the run has ended (or `timeout` seconds); return the status."""

@@ -1,10 +1,10 @@
-"""The Gradio app: `create_demo(manager, ...)` lays out the tabs (ui_generate, ui_compare, ui_history) and wires
-each action to a named endpoint. Handlers turn widget values into the core's dataclasses, call the core and
+"""The Gradio app: `create_demo(manager, ...)` lays out the tabs (ui_generate, ui_compare, ui_history, ui_train)
+and wires each action to a named endpoint. Handlers turn widget values into the core's dataclasses, call the core and
 format the result (the conversions are in ui_values and unit-tested).
 
 Endpoints (gradio_client `api_name`): /generate, /cancel, /compare, /cancel_compare, /apply_preset,
 /reuse_settings, /load_settings, /restore_last_settings, /gpu_stats, /options, /model_download (while
-the first start downloads the checkpoint).
+the first start downloads the checkpoint), /train_start, /train_resume, /train_stop, /train_status.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from .ui_context import AppContext
 from .ui_generate import (RUN_OUTPUTS, apply_preset, build_generate_tab, cancel_handler, generate_gpu_seconds,
                           generate_task, live_gpu, matching_preset, run_generate)
 from .ui_history import build_history_tab, entry_settings, history_views, video_settings
+from .ui_train import build_train_tab, wire_train_tab
 from .ui_values import OPTION_FIELDS, REQUEST_FIELDS, history_entry, values_from_settings
 from .ui_widgets import user_errors_as_toasts
 from .zerogpu import gpu_function
@@ -59,12 +60,15 @@ def create_demo(manager: ModelManager, model: str | None = None, scorer=None, ba
                 cmp = build_compare_tab(ctx)
             with gr.Tab("History", id="history"):
                 hist = build_history_tab()
+            with gr.Tab("Train", id="train") as train_tab:
+                train = build_train_tab(ctx)
             with gr.Tab("Options", id="options"):
                 _build_options_tab(ctx)
         restore = _Restorer(gen, tabs)
         _wire_generate(ctx, gen, hist, history)
         _wire_compare(ctx, gen, cmp, compare_tab, hist, history)
         _wire_history(gen, hist, history, restore)
+        wire_train_tab(ctx, train, train_tab)
         demo.load(lambda: restore(load_settings(ctx.settings_path), f"Restored the last-used settings from "
                                   f"{ctx.settings_path or settings_path()}."),
                   outputs=restore.outputs, api_name="restore_last_settings", show_progress="hidden")

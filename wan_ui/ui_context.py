@@ -1,8 +1,9 @@
 """What the UI's handlers share: the app-level objects `app.py` builds once and passes to `create_demo`.
 
 Nothing here is module-level: one `AppContext` per demo. Per-user values (history, live VRAM samples) live
-in `gr.State`; the only cross-request table is `RunRegistry`, the cancel flag of each session's running job,
-because the Cancel click arrives as a separate request while the generation is still running.
+in `gr.State`; the cross-request objects are `RunRegistry`, the cancel flag of each session's running job,
+because the Cancel click arrives as a separate request while the generation is still running, and the app's
+one `TrainJob` (a training run outlives the request that started it).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Callable
 from .gpu_monitor import GpuMonitor
 from .manager import ModelManager
 from .models import resolve_model
+from .train_job import TrainJob
 from .ui_values import versions
 
 
@@ -74,6 +76,11 @@ class AppContext:
     gpu_generate: Callable | None = None
     gpu_compare: Callable | None = None
     downloads: object | None = None  # model_download.ModelDownload of a hub checkpoint fetched at start, or None
+    trainer: TrainJob | None = None  # the app's one LoRA training job (Train tab); None: one is made here
+
+    def __post_init__(self):
+        if self.trainer is None:  # its model loads take the manager's lock: concurrent from_pretrained calls clash
+            self.trainer = TrainJob(load_lock=getattr(self.manager, "load_lock", None))
 
     @property
     def hw(self):
