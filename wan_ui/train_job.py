@@ -24,7 +24,6 @@ import os
 import re
 import sys
 import threading
-import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,7 +168,6 @@ class TrainStatus:
     log: list[str] = field(default_factory=list)  # the trainer's messages (skipped clips, resume, stop)
     error: str | None = None
     summary: dict | None = None  # train.summarize() of this run, when it has ended
-    started_at: float | None = None  # time.time()
 
     @property
     def running(self) -> bool:
@@ -188,10 +186,9 @@ class TrainJob:
 
     LOG_LINES = 200
 
-    def __init__(self, load_lock=None, train_fn=train):
+    def __init__(self, load_lock=None):
         self._lock = threading.Lock()
         self._load_lock = load_lock
-        self._train = train_fn
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._status = TrainStatus()
@@ -199,7 +196,7 @@ class TrainJob:
     def start(self, cfg: TrainConfig, hw) -> TrainStatus:
         """Check `cfg` (levers here, fresh name or existing checkpoint, captioned clips), then start the run."""
         with self._lock:
-            if self._thread is not None and self._thread.is_alive():
+            if self._status.running:  # the thread's last act is to end the phase
                 s = self._status
                 raise UserError(f"a training run is already going (LoRA {s.lora_name}, step "
                                 f"{s.last['step'] if s.last else s.start_step} of {s.steps}); one run at a time per "
@@ -212,7 +209,7 @@ class TrainJob:
                 Path(cfg.metrics_jsonl).unlink(missing_ok=True)
             self._stop = threading.Event()
             self._status = TrainStatus("preparing", Path(cfg.out).name, steps=cfg.steps, start_step=start_step,
-                                       records=earlier, started_at=time.time())
+                                       records=earlier)
             started = self._copy()  # as it starts ("preparing"), whatever the thread has done by the time we return
             self._thread = threading.Thread(target=self._run, args=(cfg, self._stop), name="wan_ui-train",
                                             daemon=True)
@@ -247,7 +244,7 @@ class TrainJob:
     # ---- the thread ---------------------------------------------------------------------------------------
     def _run(self, cfg: TrainConfig, stop: threading.Event) -> None:
         try:
-            result = self._train(cfg, on_step=self._on_step, stop=stop, log=self._log, load_lock=self._load_lock)
+            result = train(cfg, on_step=self._on_step, stop=stop, log=self._log, load_lock=self._load_lock)
         except UserError as e:
             self._end("failed", error=str(e))
         except Exception as e:  # the run is gone, the app is not: say what happened
@@ -282,6 +279,9 @@ def check_start(cfg: TrainConfig, hw) -> int:
     check_levers(cfg, hw if str(cfg.device or hw.device).startswith("cuda") else dataclasses.replace(hw, cuda=False))
     out, ckpts = Path(cfg.out), default_checkpoint_dir(cfg)
     if cfg.resume:
+        if not any(ckpts.glob("step-*")):
+            raise UserError(f"{out.name} has no checkpoint to resume from (no checkpoint in {ckpts}): click Start "
+                            f"to begin its run", field="resume")
         found = resolve_resume(cfg)
         step = int(json.loads((found / "state.json").read_text())["step"])
         if cfg.steps <= step:
