@@ -69,7 +69,7 @@ def test_train_stop_resume_and_use_the_lora(client, roots, tiny_folder):
     started = call(client, "/train_start", **{**TRAIN, "steps": 100_000})
     assert started["status"].startswith("**Preparing** `ui_squares.safetensors`")
     poll(client, lambda o: "**Training**" in o["status"] and "step 1 of" not in o["status"], "two steps are done")
-    call(client, "/train_stop")
+    assert call(client, "/train_stop")["status"].startswith(("**Stopping** `ui_squares", "**Stopped**"))
     out = poll(client, lambda o: o["status"].startswith("**Stopped**"), "the run has stopped")
     at = int(out["status"].split("at step ")[1].split()[0])
     assert "checkpoint `" in out["status"] and f"step-{at:06d}" in out["status"]
