@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU benchmark in one call on an air-gapped H100/H200 box (torch 2.11 preinstalled, no network):
-#   1. install the carried wheels (scripts/fetch_gpu_wheels.sh -> .whl/) into /tmp/site;
+#   1. install the carried wheels (scripts/fetch_gpu_wheels.sh -> .whl/) into /tmp/site (scripts/gpu_call.sh);
 #   2. build the random-full model (real 1.3B architecture, random weights) once into /tmp/wan_cache;
 #   3. run `python -m wan_ui.bench --process-per-set` for each workload given (default: official480 report),
 #      writing $OUT/<card>-<date>-<workload>/{results.jsonl,report.md,summary.csv,*.png} and a log.
@@ -17,23 +17,12 @@ set -uo pipefail
 T0=$(date +%s)
 TIME_BUDGET="${TIME_BUDGET:-540}"
 SET_TIMEOUT="${SET_TIMEOUT:-300}"
-OUT="${OUT:-$PWD/bench-out}"
 WHEELS="${WHEELS:-.whl}"
 MODEL="${MODEL:-random-full}"   # MODEL=tiny WAN_UI_CACHE=... bash scripts/gpu_bench.sh smoke: a CPU dry run
-mkdir -p "$OUT"
-export WAN_UI_CACHE="${WAN_UI_CACHE:-/tmp/wan_cache}" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
-export GRADIO_ANALYTICS_ENABLED=False
+export WAN_UI_LORA_DIR="${WAN_UI_LORA_DIR:-$PWD/loras}"   # the app's default (gpu_call.sh's is gpu_runs' /tmp/loras)
 
-# 1. wheels (skipped when /tmp/site already has them: a warm machine keeps /tmp)
-if [[ ! -d /tmp/site/diffusers ]]; then
-  if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
-    pip install --no-index --no-deps --target /tmp/site "$WHEELS"/*.whl >/dev/null || echo "wheel install failed"
-  else
-    echo "no wheels in $WHEELS: run scripts/fetch_gpu_wheels.sh here and carry .whl"
-  fi
-fi
-export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || echo "no nvidia-smi"
+# 1. wheels, environment ($OUT, caches, offline hub), the card: the shared preamble
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_call.sh"
 python - <<'PY'
 import importlib.metadata as md
 import importlib.util

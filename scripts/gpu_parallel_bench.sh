@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Multi-GPU benchmark in one call on a 2-GPU H100 box (device kind nvidia-h100-x2; torch 2.11 preinstalled, no
 # network). One video of a workload (default: report, 1248x720, 97 frames) on one GPU vs across both:
-#   1. install the carried wheels (scripts/fetch_gpu_wheels.sh -> .whl/) into /tmp/site;
+#   1. install the carried wheels (scripts/fetch_gpu_wheels.sh -> .whl/) into /tmp/site (scripts/gpu_call.sh);
 #   2. build the random-full model (real 1.3B architecture, random weights) once into /tmp/wan_cache;
 #   3. run each mode with `python -m wan_ui.parallel_bench run` — one GPU in a plain process, the parallel modes
 #      under torchrun (one process per GPU; rank 0 writes) — STEPS denoising steps, extrapolated to the
@@ -20,7 +20,6 @@
 # NVLink multicast stays off (NCCL_NVLS_ENABLE=0, TORCH_SYMM_MEM_DISABLE_MULTICAST=1): see docs/benchmarks/MULTI_GPU.md.
 set -uo pipefail
 T0=$(date +%s)
-OUT="${OUT:-$PWD/bench-out}"
 RUN_DIR="${RUN_DIR:-/tmp/multi_gpu}"   # frames (~260 MB a mode for `report`) and forwards stay here; $OUT gets the rest
 WHEELS="${WHEELS:-.whl}"
 MODEL="${MODEL:-random-full}"   # MODEL=tiny WORKLOAD=smoke: a CPU dry run (gloo)
@@ -31,20 +30,12 @@ MODES="${MODES:-single ulysses=$NPROC cfg}"
 SETS="${SETS:-}"
 MODE_TIMEOUT="${MODE_TIMEOUT:-240}"
 TIME_BUDGET="${TIME_BUDGET:-560}"
-rm -rf "$RUN_DIR" && mkdir -p "$RUN_DIR" "$OUT/multi_gpu"
-export WAN_UI_CACHE="${WAN_UI_CACHE:-/tmp/wan_cache}" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 GRADIO_ANALYTICS_ENABLED=False
+export WAN_UI_LORA_DIR="${WAN_UI_LORA_DIR:-$PWD/loras}"   # the app's default (gpu_call.sh's is gpu_runs' /tmp/loras)
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
 
-# 1. wheels (skipped when /tmp/site already has them: a warm machine keeps /tmp)
-if [[ ! -d /tmp/site/diffusers ]]; then
-  if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
-    pip install --no-index --no-deps --target /tmp/site "$WHEELS"/*.whl >/dev/null || echo "wheel install failed"
-  else
-    echo "no wheels in $WHEELS: run scripts/fetch_gpu_wheels.sh here and carry .whl"
-  fi
-fi
-export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader || echo "no nvidia-smi"
+# 1. wheels, environment ($OUT, caches, offline hub), the cards: the shared preamble
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_call.sh"
+rm -rf "$RUN_DIR" && mkdir -p "$RUN_DIR" "$OUT/multi_gpu"
 nvidia-smi topo -m 2>/dev/null | head -5 || true
 python -c "import torch, diffusers; print('torch', torch.__version__, 'cuda', torch.version.cuda, '| diffusers',
 diffusers.__version__, '| GPUs', torch.cuda.device_count())"

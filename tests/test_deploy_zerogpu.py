@@ -13,6 +13,7 @@ import types
 from pathlib import Path
 
 import pytest
+from ui_server import launches  # noqa: F401  (records create_demo's and launch's arguments; no server)
 
 from wan_ui.options import OptimizationSet, preset
 from wan_ui.requests import WORKLOADS, GenerationRequest
@@ -257,22 +258,6 @@ def test_the_page_shows_the_download_and_a_run_waits_for_it(manager, tmp_path):
 
 
 # ---- app.py on a Space ----------------------------------------------------------------------------------------
-@pytest.fixture
-def launches(monkeypatch):
-    calls = []
-
-    class FakeDemo:
-        def launch(self, **kwargs):
-            calls[-1]["launch"] = kwargs
-
-    def fake_create_demo(manager, **kwargs):
-        calls.append({"create": kwargs})
-        return FakeDemo()
-
-    monkeypatch.setattr("wan_ui.ui.create_demo", fake_create_demo)
-    return calls
-
-
 def test_app_binds_gradio_server_name_as_spaces_set_it(launches, monkeypatch, tmp_path):
     import app
 

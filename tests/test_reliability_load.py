@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ui_server import free_port
+from ui_server import free_port, launches  # noqa: F401  (launches: a fixture)
 
 from wan_ui.options import OptimizationSet
 
@@ -53,20 +53,13 @@ def test_twenty_concurrent_generations_complete_or_get_a_queue_full_error(small_
     assert manager.resident() == [manager.key("tiny", OptimizationSet())]
 
 
-def test_the_queue_bound_has_a_default_and_a_flag(small_queue_app, monkeypatch):
+def test_the_queue_bound_has_a_default_and_a_flag(small_queue_app, launches):  # noqa: F811
     import app
     from wan_ui.ui import MAX_QUEUE as DEFAULT
 
     url, _, _ = small_queue_app
     assert 8 <= DEFAULT <= 64  # a GPU job takes minutes: a bound, but one a small team does not meet
-    created = []
-
-    class FakeDemo:
-        def launch(self, **kwargs):
-            pass
-
-    monkeypatch.setattr("wan_ui.ui.create_demo", lambda manager, **kw: created.append(kw) or FakeDemo())
     for argv, expected in ((["--max-queue", "5"], 5), (["--max-queue", "0"], None)):
         assert app.main(["--model", "tiny", *argv]) == 0
-        assert created[-1]["max_queue"] == expected
-    assert app.main(["--model", "tiny"]) == 0 and "max_queue" not in created[-1]  # create_demo's default
+        assert launches[-1]["create"]["max_queue"] == expected
+    assert app.main(["--model", "tiny"]) == 0 and "max_queue" not in launches[-1]["create"]  # create_demo's default

@@ -3,25 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from ui_server import launches  # noqa: F401  (records create_demo's and launch's arguments; no server)
 
 import app
-
-
-@pytest.fixture
-def launches(monkeypatch):
-    """Record create_demo's and launch's arguments instead of starting a server."""
-    calls = []
-
-    class FakeDemo:
-        def launch(self, **kwargs):
-            calls[-1]["launch"] = kwargs
-
-    def fake_create_demo(manager, **kwargs):
-        calls.append({"manager": manager, "create": kwargs})
-        return FakeDemo()
-
-    monkeypatch.setattr("wan_ui.ui.create_demo", fake_create_demo)
-    return calls
 
 
 def test_defaults_bind_localhost_without_share_or_auth(launches, tmp_path):

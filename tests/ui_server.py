@@ -1,6 +1,8 @@
-"""The app on 127.0.0.1 in this process (tiny model, CPU), for the gradio_client and browser tests.
+"""The app on 127.0.0.1 in this process (tiny model, CPU), for the gradio_client and browser tests; `app.py`'s
+launch arguments recorded instead of a server started.
 
-Import the `ui_app` fixture into a test module; it is module-scoped: one launched app per module.
+Import the `ui_app` fixture into a test module; it is module-scoped: one launched app per module. The `launches`
+fixture (function-scoped) is imported the same way.
 """
 
 from __future__ import annotations
@@ -42,3 +44,21 @@ def ui_app(tiny_folder, tmp_path_factory):
                             **launch_kwargs(root / "outputs"))
     yield LaunchedApp(url, root / "outputs", root / "last.json", manager, demo)
     demo.close()
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """Record create_demo's and launch's arguments instead of starting a server: one dict per `app.main` call,
+    {"manager", "create": create_demo's keywords, "launch": launch's keywords}."""
+    calls = []
+
+    class FakeDemo:
+        def launch(self, **kwargs):
+            calls[-1]["launch"] = kwargs
+
+    def fake_create_demo(manager, **kwargs):
+        calls.append({"manager": manager, "create": kwargs})
+        return FakeDemo()
+
+    monkeypatch.setattr("wan_ui.ui.create_demo", fake_create_demo)
+    return calls

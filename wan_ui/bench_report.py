@@ -10,21 +10,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .report import EXTRA_ROWS, REPORT_ROWS, format_value, pair_table, ratio, summary_csv
+from .report import EXTRA_ROWS, REPORT_ROWS, Row, format_value, metric_row, pair_table, ratio, summary_csv
 
 LATENCY_KEYS = ("clip_latency_s", "frame_latency_s", "throughput_fps")  # replaced by extrapolated values
-# (label, key, unit, format, lower is better) like report.REPORT_ROWS: what the benchmark adds per set
-BENCH_ROWS: list[tuple[str, str, str, str, bool]] = [
-    ("Steps run / full", "steps_text", "", "{}", True),
-    ("Per-step latency (median, measured)", "step_median_s", "s", "{:.3f}s", True),
-    ("Seconds per transformer forward (measured)", "forward_s", "s", "{:.3f}s", True),
-    ("Measured clip latency (steps run)", "measured_clip_latency_s", "s", "{:.3f}s", True),
-    ("Text encode", "text_encode_s", "s", "{:.3f}s", True),
-    ("Denoise (steps run)", "denoise_s", "s", "{:.3f}s", True),
-    ("Decode", "decode_s", "s", "{:.3f}s", True),
-    ("Peak reserved VRAM", "peak_reserved_mb", "MB", "{:.0f}MB", True),
-    ("MAX VRAM over all runs (incl. warm-up)", "peak_vram_max_mb", "MB", "{:.0f}MB", True),
-    ("Forwards computed / planned", "forwards_text", "", "{}", True),
+# what the benchmark adds per set, in report.REPORT_ROWS' layout ("{}": text the row builds, e.g. "2 / 65")
+BENCH_ROWS: list[Row] = [
+    metric_row("Steps run / full", "steps_text", fmt="{}"),
+    metric_row("Per-step latency (median, measured)", "step_median_s", "s"),
+    metric_row("Seconds per transformer forward (measured)", "forward_s", "s"),
+    metric_row("Measured clip latency (steps run)", "measured_clip_latency_s", "s"),
+    metric_row("Text encode", "text_encode_s", "s"),
+    metric_row("Denoise (steps run)", "denoise_s", "s"),
+    metric_row("Decode", "decode_s", "s"),
+    metric_row("Peak reserved VRAM", "peak_reserved_mb", "MB"),
+    metric_row("MAX VRAM over all runs (incl. warm-up)", "peak_vram_max_mb", "MB"),
+    metric_row("Forwards computed / planned", "forwards_text", fmt="{}"),
 ]
 ALL_ROWS = REPORT_ROWS + EXTRA_ROWS + BENCH_ROWS
 GPU_KEYS = ("peak_vram_mb", "peak_reserved_mb", "peak_vram_max_mb", "nvml_peak_used_mb")

@@ -12,23 +12,31 @@ import csv
 import io
 from typing import Any
 
-# (row label, metrics key, unit, format, lower is better)
-REPORT_ROWS: list[tuple[str, str, str, str, bool]] = [
-    ("Load Time", "load_time_s", "s", "{:.3f}s", True),
-    ("Warm up time", "warmup_time_s", "s", "{:.3f}s", True),
-    ("MAX VRAM", "peak_vram_mb", "MB", "{:.0f}MB", True),
-    ("CLIP Score", "clip_score", "", "{:.3f}", False),
-    ("LPIPS Score", "lpips_vs_baseline", "", "{:.3f}", True),
-    ("Throughput", "throughput_fps", "fps", "{:.3f}fps", False),
-    ("Frame-wise Latency", "frame_latency_s", "s", "{:.3f}s", True),
-    ("Clip-wise Latency", "clip_latency_s", "s", "{:.3f}s", True),
+Row = tuple[str, str, str, str, bool]  # (row label, metrics key, unit, format, lower is better)
+UNIT_FORMATS = {"s": "{:.3f}s", "MB": "{:.0f}MB", "fps": "{:.3f}fps", "dB": "{:.2f}dB", "": "{:.3f}"}
+
+
+def metric_row(label: str, key: str, unit: str = "", lower: bool = True, fmt: str | None = None) -> Row:
+    """One table row; its format follows the unit (UNIT_FORMATS) unless given."""
+    return label, key, unit, fmt or UNIT_FORMATS[unit], lower
+
+
+REPORT_ROWS: list[Row] = [
+    metric_row("Load Time", "load_time_s", "s"),
+    metric_row("Warm up time", "warmup_time_s", "s"),
+    metric_row("MAX VRAM", "peak_vram_mb", "MB"),
+    metric_row("CLIP Score", "clip_score", lower=False),
+    metric_row("LPIPS Score", "lpips_vs_baseline"),
+    metric_row("Throughput", "throughput_fps", "fps", lower=False),
+    metric_row("Frame-wise Latency", "frame_latency_s", "s"),
+    metric_row("Clip-wise Latency", "clip_latency_s", "s"),
 ]
-EXTRA_ROWS: list[tuple[str, str, str, str, bool]] = [
-    ("Temporal LPIPS (report's definition)", "lpips_temporal", "", "{:.3f}", True),
-    ("PSNR vs baseline", "psnr_vs_baseline", "dB", "{:.2f}dB", False),
-    ("SSIM vs baseline", "ssim_vs_baseline", "", "{:.3f}", False),
-    ("NVML peak used", "nvml_peak_used_mb", "MB", "{:.0f}MB", True),
-    ("Transformer forwards computed", "forwards_computed", "", "{:d}", True),
+EXTRA_ROWS: list[Row] = [
+    metric_row("Temporal LPIPS (report's definition)", "lpips_temporal"),
+    metric_row("PSNR vs baseline", "psnr_vs_baseline", "dB", lower=False),
+    metric_row("SSIM vs baseline", "ssim_vs_baseline", lower=False),
+    metric_row("NVML peak used", "nvml_peak_used_mb", "MB"),
+    metric_row("Transformer forwards computed", "forwards_computed", fmt="{:d}"),
 ]
 
 
