@@ -4,46 +4,21 @@
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import pytest
-from ui_server import ui_app  # noqa: F401  (module-scoped fixture: one app for this module)
+from ui_server import browser_page, set_number, ui_app  # noqa: F401  (ui_app: module-scoped, one app per module)
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-quic"]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-RUN_TIMEOUT_MS = 90_000  # a tiny generation takes seconds; the first one also builds the pipeline
 
 
 @pytest.fixture(scope="module")
 def page(ui_app):  # noqa: F811
-    if not shutil.which(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is not installed (CI installs Debian's chromium through apt)")
-    from playwright.sync_api import expect, sync_playwright
-
-    expect.set_options(timeout=RUN_TIMEOUT_MS)  # assertions wait like actions (default: 5 s)
     ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(RUN_TIMEOUT_MS)
-        page.goto(ui_app.url)
-        page.wait_for_selector("#prompt textarea")
-        # the page-load event restores the last-used settings; wait for it before typing
-        page.wait_for_function("document.querySelector('#status textarea')?.value.length > 0")
+    with browser_page(ui_app.url) as page:
         yield page
-        browser.close()
-
-
-def set_number(page, elem_id: str, value: int) -> None:
-    """Number boxes and the number box of a slider commit their value on input + blur."""
-    box = page.locator(f"#{elem_id} input[type=number]")
-    box.fill(str(value))
-    box.press("Tab")
 
 
 def screenshot(page, name: str) -> None:

@@ -1,5 +1,5 @@
-"""The app on 127.0.0.1 in this process (tiny model, CPU), for the gradio_client and browser tests; `app.py`'s
-launch arguments recorded instead of a server started.
+"""The app on 127.0.0.1 in this process (tiny model, CPU), for the gradio_client and browser tests; its page in
+Debian's chromium; `app.py`'s launch arguments recorded instead of a server started.
 
 Import the `ui_app` fixture into a test module; it is module-scoped: one launched app per module. The `launches`
 fixture (function-scoped) is imported the same way.
@@ -7,11 +7,18 @@ fixture (function-scoped) is imported the same way.
 
 from __future__ import annotations
 
+import shutil
 import socket
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+RUN_TIMEOUT_MS = 90_000  # a tiny generation takes seconds; the first one also builds the pipeline
 
 
 @dataclass
@@ -62,3 +69,33 @@ def launches(monkeypatch):
 
     monkeypatch.setattr("wan_ui.ui.create_demo", fake_create_demo)
     return calls
+
+
+@contextmanager
+def browser_page(url: str):
+    """The app's page in Debian's chromium (never a downloaded one; the test is skipped without it), once the
+    page-load event has restored the last-used settings. Playwright's assertions wait like its actions."""
+    if not shutil.which(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is not installed (CI installs Debian's chromium through apt)")
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=RUN_TIMEOUT_MS)  # assertions wait like actions (default: 5 s)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(RUN_TIMEOUT_MS)
+            page.goto(url)
+            page.wait_for_selector("#prompt textarea")
+            # the page-load event restores the last-used settings; wait for it before typing
+            page.wait_for_function("document.querySelector('#status textarea')?.value.length > 0")
+            yield page
+        finally:
+            browser.close()
+
+
+def set_number(page, elem_id: str, value: int) -> None:
+    """Number boxes and the number box of a slider commit their value on input + blur."""
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Tab")

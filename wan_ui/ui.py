@@ -9,6 +9,7 @@ the first start downloads the checkpoint), /train_start, /train_resume, /train_s
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import gradio as gr
@@ -20,8 +21,8 @@ from .options import PRESETS, options_table
 from .settings_store import load_settings, settings_path
 from .ui_compare import build_compare_tab, compare_gpu_seconds, compare_task, request_summary, run_compare
 from .ui_context import AppContext
-from .ui_generate import (RUN_OUTPUTS, apply_preset, build_generate_tab, cancel_handler, generate_gpu_seconds,
-                          generate_task, live_gpu, matching_preset, run_generate)
+from .ui_generate import (CANCELLING_NOTE, RUN_OUTPUTS, apply_preset, build_generate_tab, cancel_handler,
+                          generate_gpu_seconds, generate_task, live_gpu, matching_preset, run_generate)
 from .ui_history import build_history_tab, entry_settings, history_views, video_settings
 from .ui_train import build_train_tab, wire_train_tab
 from .ui_values import OPTION_FIELDS, REQUEST_FIELDS, history_entry, values_from_settings
@@ -72,7 +73,9 @@ def create_demo(manager: ModelManager, model: str | None = None, scorer=None, ba
         demo.load(lambda: restore(load_settings(ctx.settings_path), f"Restored the last-used settings from "
                                   f"{ctx.settings_path or settings_path()}."),
                   outputs=restore.outputs, api_name="restore_last_settings", show_progress="hidden")
-    demo.queue(default_concurrency_limit=1, max_size=max_queue)
+    # api_open=False: a queued event can't be POSTed to /gradio_api/run/... around the queue's bound and GPU slot
+    # (Gradio opens those routes off Spaces); only the queue-less events (Cancel, presets, settings) answer there
+    demo.queue(default_concurrency_limit=1, max_size=max_queue, api_open=False)
     return demo
 
 
@@ -152,9 +155,7 @@ def _wire_generate(ctx: AppContext, gen, hist, history_state) -> None:
                            outputs=[*gen.out.pick(RUN_OUTPUTS).values(), history_state, hist.gallery, hist.table],
                            api_name="generate", concurrency_limit=ctx.manager.slots, concurrency_id="gpu")
 
-    # queued (for its toast) but unlimited, so it never waits behind the GPU job it cancels
-    gen.cancel_btn.click(cancel_handler(ctx), outputs=gen.cancel_note, api_name="cancel", concurrency_limit=None,
-                         show_progress="hidden")
+    _wire_cancel(ctx, gen.cancel_btn, gen.cancel_note, "cancel")
     gen.inputs["preset"].input(lambda name, w, h, f: apply_preset(name, ctx, w, h, f),
                                [gen.inputs[k] for k in ("preset", "width", "height", "num_frames")],
                                [*(option_widgets[f] for f in OPTION_FIELDS), gen.out["status"]],
@@ -165,6 +166,17 @@ def _wire_generate(ctx: AppContext, gen, hist, history_state) -> None:
     gen.timer.tick(lambda samples: live_gpu(ctx, samples), gen.vram_samples,
                    [gen.out["gpu_live"], gen.out["vram_plot"], gen.vram_samples], api_name="gpu_stats",
                    queue=False, show_progress="hidden")
+
+
+def _wire_cancel(ctx: AppContext, button: gr.Button, note: gr.Markdown, api_name: str) -> None:
+    """Cancel bypasses the queue: the page posts it straight to the server (`queue=False`), so it is neither
+    refused while the queue is full nor waits behind the GPU job it cancels (gradio_client still joins the queue
+    when unlimited; docs/RELIABILITY.md). A queue-less event shows no toast: a listener that runs only in the page
+    writes the note at once, and the server's answer replaces it."""
+    button.click(None, outputs=note, js=f"() => {json.dumps(CANCELLING_NOTE)}", queue=False,
+                 api_visibility="private", show_progress="hidden")
+    button.click(cancel_handler(ctx), outputs=note, api_name=api_name, queue=False, concurrency_limit=None,
+                 show_progress="hidden")
 
 
 def _wire_compare(ctx: AppContext, gen, cmp, compare_tab, hist, history_state) -> None:
@@ -180,8 +192,7 @@ def _wire_compare(ctx: AppContext, gen, cmp, compare_tab, hist, history_state) -
                       outputs=[*cmp.out.values(), history_state, hist.gallery, hist.table], api_name="compare",
                       concurrency_limit=ctx.manager.slots, concurrency_id="gpu")
 
-    cmp.cancel_btn.click(cancel_handler(ctx), outputs=cmp.cancel_note, api_name="cancel_compare",
-                         concurrency_limit=None, show_progress="hidden")
+    _wire_cancel(ctx, cmp.cancel_btn, cmp.cancel_note, "cancel_compare")
     compare_tab.select(lambda **values: request_summary(values), inputs_kwargs=run_inputs, outputs=cmp.summary,
                        queue=False, api_visibility="private", show_progress="hidden")
 

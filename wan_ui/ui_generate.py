@@ -27,6 +27,8 @@ RUN_OUTPUTS = ("video", "seed_used", "status", "hardware", "efficiency", "steps_
 VRAM_SAMPLES = 300  # live samples kept per page (10 min at the 2 s tick)
 TICK_S = 2.0
 CANCEL_WAIT_S = 120.0  # one step of the report workload takes ~6 s on an H100; a decode can take ~30 s
+# the Cancel click's note while the server answer is on its way (written in the page: see ui._wire_cancel)
+CANCELLING_NOTE = "Cancelling… the run stops at the end of its current step."
 
 
 @dataclass
@@ -165,14 +167,14 @@ def generate_gpu_seconds(request, opts, scored: bool, progress) -> int:
 
 
 def cancel_handler(ctx: AppContext):
-    """The Cancel buttons' handler: flags this session's running job, toasts at once, then waits for the job
-    to return and notes when it stopped. It writes its own note, never the status box: the run's "Cancelled: ..."
-    status and this reply travel separately, and neither may overwrite the other."""
+    """The Cancel buttons' handler: flags the running job of the caller's own session (`session_hash`: no other
+    session's job is reachable), then waits for the job to return and notes when it stopped. It writes its own
+    note, never the status box: the run's "Cancelled: ..." status and this reply travel separately, and neither
+    may overwrite the other. Wired outside the queue (`queue=False`), so it shows no toast."""
     def on_cancel(request: gr.Request) -> str:
         done = ctx.runs.cancel(request.session_hash)
         if done is None:
             return "Nothing is running in this session."
-        gr.Info("Cancelling… the run stops at the end of its current step.")
         if done.wait(CANCEL_WAIT_S):
             return f"Run cancelled at {time.strftime('%H:%M:%S')}."
         return f"Cancel requested at {time.strftime('%H:%M:%S')}; the current step or decode is still running."
