@@ -17,14 +17,7 @@ from wan_ui.train_data import discover_clips, read_clip
 from wan_ui.video import write_video
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny model's ops are microseconds long; with 2 OpenMP threads on a busy 2-core machine each one
-    waits milliseconds for the other thread. One thread is 20x faster here."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one OpenMP thread for the tiny model
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import os
 import time
 
 import pytest
-import torch
 from train_files import write_dataset
 
 from wan_ui.errors import UserError, ValidationError
@@ -17,13 +16,7 @@ from wan_ui.train_job import TrainJob, config_from_values, default_values, lever
 CPU = Hardware(False, "cpu", None, None, frozenset())
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny model's ops are microseconds long: one OpenMP thread is far faster here (see test_train)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one OpenMP thread for the tiny model
 
 
 @pytest.fixture(scope="module")
