@@ -80,7 +80,16 @@ def test_presets_fill_the_option_widgets(client):
     values = dict(zip(OPTION_FIELDS, client.predict("CPU quick", api_name="/apply_preset")))
     assert values == preset("CPU quick").to_dict()
     unchanged = client.predict("Custom", api_name="/apply_preset")
-    assert len(unchanged) == len(OPTION_FIELDS) + 1  # the option widgets, then the status note
+    assert len(unchanged) == len(OPTION_FIELDS) + 3  # the option widgets, steps, guidance, the status note
+
+
+def test_distilled_preset_sets_its_steps_and_guidance_and_says_so(client):
+    """A few-step distilled LoRA run at 50 steps with CFG would be wrong and slow: the preset sets both."""
+    out = client.predict("Self-Forcing DMD 4-step", 832, 480, 81, api_name="/apply_preset")
+    values, (steps, guidance, note) = dict(zip(OPTION_FIELDS, out)), out[len(OPTION_FIELDS):]
+    assert values["lora"].startswith("Kijai/WanVideo_comfy/") and values["flow_shift"] == 8.0
+    assert (steps, guidance) == (4, 1.0)
+    assert note.startswith("Self-Forcing DMD 4-step: 4 steps, guidance 1 (set for you)") and "Licence" in note
 
 
 def test_low_vram_preset_is_sized_and_says_why(client):

@@ -21,8 +21,8 @@ from .options import PRESETS, options_table
 from .settings_store import load_settings, settings_path
 from .ui_compare import build_compare_tab, compare_gpu_seconds, compare_task, request_summary, run_compare
 from .ui_context import AppContext
-from .ui_generate import (CANCELLING_NOTE, RUN_OUTPUTS, apply_preset, build_generate_tab, cancel_handler,
-                          generate_gpu_seconds, generate_task, live_gpu, matching_preset, run_generate)
+from .ui_generate import (CANCELLING_NOTE, PRESET_REQUEST_FIELDS, RUN_OUTPUTS, apply_preset, build_generate_tab,
+                          cancel_handler, generate_gpu_seconds, generate_task, live_gpu, matching_preset, run_generate)
 from .ui_history import build_history_tab, entry_settings, history_views, video_settings
 from .ui_train import build_train_tab, wire_train_tab
 from .ui_values import OPTION_FIELDS, REQUEST_FIELDS, history_entry, values_from_settings
@@ -158,7 +158,8 @@ def _wire_generate(ctx: AppContext, gen, hist, history_state) -> None:
     _wire_cancel(ctx, gen.cancel_btn, gen.cancel_note, "cancel")
     gen.inputs["preset"].input(lambda name, w, h, f: apply_preset(name, ctx, w, h, f),
                                [gen.inputs[k] for k in ("preset", "width", "height", "num_frames")],
-                               [*(option_widgets[f] for f in OPTION_FIELDS), gen.out["status"]],
+                               [*(option_widgets[f] for f in OPTION_FIELDS),
+                                *(gen.inputs[f] for f in PRESET_REQUEST_FIELDS), gen.out["status"]],
                                api_name="apply_preset", queue=False, show_progress="hidden")
     gr.on([w.input for w in option_widgets.values()], lambda **values: matching_preset(values),
           inputs_kwargs=option_widgets, outputs=gen.inputs["preset"], queue=False, api_visibility="private",

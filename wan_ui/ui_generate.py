@@ -9,6 +9,7 @@ import gradio as gr
 import pandas as pd
 
 from .compare import measure_quality
+from .distilled import PRESET_NOTES, PRESET_REQUEST_HINTS
 from .errors import GenerationCancelled, UserError
 from .generate import generate
 from .lowvram import plan_low_vram
@@ -197,15 +198,24 @@ def vram_frame(samples: list[tuple[float, float]]) -> pd.DataFrame:
                          "MiB used": [u for _, u in samples]})
 
 
+PRESET_REQUEST_FIELDS = ("num_inference_steps", "guidance_scale")  # what a distilled preset also sets
+
+
 def apply_preset(name: str, ctx: AppContext | None = None, width=None, height=None, num_frames=None) -> list:
-    """Preset name -> every option widget's value, in OPTION_FIELDS order (Custom keeps them as they are), then
-    a status note. "Low VRAM" is sized to the GPU's free memory and the video size (`wan_ui.lowvram`)."""
+    """Preset name -> every option widget's value, in OPTION_FIELDS order (Custom keeps them as they are), then the
+    steps and guidance a few-step distilled preset needs (its authors' settings; others leave them), then a status
+    note. "Low VRAM" is sized to the GPU's free memory and the video size (`wan_ui.lowvram`)."""
     values = {} if name == CUSTOM_PRESET else preset_values(name)
     note = gr.skip()
     if name == "Low VRAM" and ctx is not None:
         plan = plan_low_vram(_free_mb(ctx), _size_request(width, height, num_frames))
         values, note = plan.options.to_dict(), f"Low VRAM preset: {plan.reason}"
-    return [values.get(field, gr.skip()) for field in OPTION_FIELDS] + [note]
+    hints = PRESET_REQUEST_HINTS.get(name, {})
+    if hints:
+        note = (f"{name}: {hints['num_inference_steps']} steps, guidance {hints['guidance_scale']:g} (set for you). "
+                f"{PRESET_NOTES[name]}")
+    return ([values.get(field, gr.skip()) for field in OPTION_FIELDS]
+            + [hints.get(field, gr.skip()) for field in PRESET_REQUEST_FIELDS] + [note])
 
 
 def _free_mb(ctx: AppContext) -> float | None:
