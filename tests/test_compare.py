@@ -75,3 +75,18 @@ def test_cancel_stops_the_comparison(manager, smoke_request):
     with pytest.raises(GenerationCancelled, match="after step 1"):
         run_comparison(manager, "tiny", smoke_request, [named_set("Defaults"), named_set("CPU quick")],
                        cancel=cancel, out_dir=None)
+
+
+def test_a_distilled_set_runs_with_its_own_steps_and_guidance(manager, smoke_request, tmp_path, lora_root):
+    from lora_files import write_kijai_lora
+
+    name = "Self-Forcing DMD 4-step"
+    write_kijai_lora(lora_root / preset(name).lora.rsplit(":", 1)[0], rank=32)
+    cpu = "compile=none, attention_backend=native"
+    sets = [named_set("Defaults"), named_set(name, cpu)]
+    comp = run_comparison(manager, "tiny", smoke_request, sets, out_dir=tmp_path)
+    base, distilled = (r.result for r in comp.runs)
+    assert (base.request.num_inference_steps, base.request.guidance_scale) == (smoke_request.num_inference_steps,
+                                                                               smoke_request.guidance_scale)
+    assert (distilled.request.num_inference_steps, distilled.request.guidance_scale) == (4, 1.0)
+    assert len(distilled.metrics.step_latencies_s) == 4 and distilled.metrics.forwards_planned == 4

@@ -11,10 +11,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from .distilled import PRESET_REQUEST_HINTS
 from .errors import UserError, ValidationError
 from .generate import ProgressFn, Result, generate, update_video_metadata
 from .manager import ModelManager
@@ -33,6 +35,14 @@ def named_set(preset_name: str | None, overrides: str = "") -> tuple[str, Optimi
     opts = parse_set_args(pairs, base=base)
     name = preset_name or DEFAULTS_NAME
     return (f"{name} + {', '.join(pairs)}" if pairs else name), opts
+
+
+def request_for_set(request: GenerationRequest, name: str) -> GenerationRequest:
+    """The shared request, with the steps and guidance a few-step distilled preset needs when the set is one (its
+    name starts with the preset's, as `named_set` writes it): a 4-step LoRA run at 50 steps with CFG compares
+    nothing useful."""
+    hints = PRESET_REQUEST_HINTS.get(name.split(" + ")[0], {})
+    return validate_request(dataclasses.replace(request, **hints)) if hints else request
 
 
 @dataclass
@@ -110,7 +120,8 @@ def run_comparison(manager: ModelManager, model: str | None, request: Generation
                    named_sets: list[tuple[str, OptimizationSet]], scorer=None, baseline_cache=None,
                    on_progress: ProgressFn | None = None, cancel: threading.Event | None = None,
                    out_dir: str | Path | None = "outputs") -> Comparison:
-    """Run each (name, set) on one request. Quality is scored only when `scorer` is given."""
+    """Run each (name, set) on one request (a distilled preset's set with its own steps and guidance,
+    `request_for_set`). Quality is scored only when `scorer` is given."""
     request = validate_request(request)
     check_sets(named_sets, manager)
     runs = []
@@ -120,7 +131,8 @@ def run_comparison(manager: ModelManager, model: str | None, request: Generation
                 if on_progress:
                     on_progress(f"{_tag}: {phase}", done, total)
 
-            result = generate(manager, model, request, opts, out_dir=out_dir, on_progress=progress, cancel=cancel)
+            result = generate(manager, model, request_for_set(request, name), opts, out_dir=out_dir,
+                              on_progress=progress, cancel=cancel)
             runs.append(CompareRun(name, result))
     except BaseException:
         # a cancelled or failed comparison shows no table: its finished sets' videos would be orphans in outputs
