@@ -253,6 +253,17 @@ def test_sparse_sets_are_never_shortened():
     assert "full length" in base_row(cfg, sparse, 0)["steps_note"] and base_row(cfg, dense, 1)["steps_note"] is None
 
 
+def test_set_notes_reach_the_report(bench_out):
+    """A row's steps note and option notes are printed under its set in report.md (not only in the JSON)."""
+    from wan_ui.bench_report import render_report
+
+    rows = [dict(r, metrics=dict(r["metrics"] or {})) for r in bench_out[2]]
+    rows[1]["steps_note"] = "sparse attention: measured at full length"
+    rows[1]["metrics"]["option_notes"] = ["attention_slicing saves no memory here"]
+    text = render_report(rows)
+    assert "sparse attention: measured at full length" in text and "attention_slicing saves no memory here" in text
+
+
 def test_forwards_computed_under_compile_is_magcaches_replayed_schedule(smoke_request):
     """Hooks inside compiled blocks are not counted; MagCache's schedule is replayed instead (exact, see
     test_mag_replay_matches_a_real_run), other caches give no count."""

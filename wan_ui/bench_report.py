@@ -198,7 +198,8 @@ def _set_section(row: dict, base_cells: dict | None) -> list[str]:
     if lb:
         lines += ["Load breakdown: " + ", ".join(f"{k} {v:.2f} s" for k, v in lb.items() if v is not None)
                   + f". Warm-up method: {m.get('warmup_method')}.", ""]
-    notes = [n for n in (m.get("quality_note"), (row.get("quality") or {}).get("error"), m.get("vram_note")) if n]
+    notes = [n for n in (row.get("steps_note"), m.get("quality_note"), (row.get("quality") or {}).get("error"),
+                         m.get("vram_note"), *(m.get("option_notes") or [])) if n]
     if notes:
         lines += ["Notes: " + "; ".join(notes) + ".", ""]
     return lines
