@@ -207,3 +207,24 @@ def test_option_notes_say_when_slicing_saves_nothing():
     assert "saves no memory" in option_notes(OptimizationSet(attention_slicing=4096), gpu)[0]
     assert option_notes(OptimizationSet(attention_slicing=4096, attention_backend="math"), gpu) == []
     assert option_notes(OptimizationSet(attention_slicing=4096), cpu) == [] == option_notes(OptimizationSet(), gpu)
+
+
+def test_compile_keeps_its_cache_in_the_model_cache_unless_told(monkeypatch, tmp_path):
+    """Torch's compile cache defaults to /tmp (gone after a reboot): we point it into $WAN_UI_CACHE, never over a
+    folder the user chose."""
+    import os
+    from types import SimpleNamespace
+
+    from wan_ui.optim.compile import apply_compile
+
+    block = torch.nn.Linear(2, 2)
+    pipe = SimpleNamespace(transformer=SimpleNamespace(_repeated_blocks=["Linear"], modules=lambda: [block]))
+    monkeypatch.setenv("WAN_UI_CACHE", str(tmp_path))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    apply_compile(pipe, OptimizationSet(compile="none"), "cpu")
+    assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ
+    apply_compile(pipe, OptimizationSet(compile="regional"), "cpu")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "torch_compile")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    apply_compile(pipe, OptimizationSet(compile="regional"), "cpu")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
