@@ -90,6 +90,9 @@ def test_distilled_preset_sets_its_steps_and_guidance_and_says_so(client):
     assert values["lora"].startswith("Kijai/WanVideo_comfy/") and values["flow_shift"] == 8.0
     assert (steps, guidance) == (4, 1.0)
     assert note.startswith("Self-Forcing DMD 4-step: 4 steps, guidance 1 (set for you)") and "Licence" in note
+    fast_sparse = client.predict("Fast (sparse)", 832, 480, 81, api_name="/apply_preset")
+    assert fast_sparse[OPTION_FIELDS.index("sparse_attention")] == "sta"
+    assert fast_sparse[-1].startswith("Sparse attention trades fidelity for speed")  # never sold as lossless
 
 
 def test_low_vram_preset_is_sized_and_says_why(client):

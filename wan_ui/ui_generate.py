@@ -199,6 +199,8 @@ def vram_frame(samples: list[tuple[float, float]]) -> pd.DataFrame:
 
 
 PRESET_REQUEST_FIELDS = ("num_inference_steps", "guidance_scale")  # what a distilled preset also sets
+SPARSE_NOTE = ("Sparse attention trades fidelity for speed with a window of ours, not a published quality-preserving "
+               "setting: compare it with the dense run (Compare tab, LPIPS/PSNR vs the baseline).")
 
 
 def apply_preset(name: str, ctx: AppContext | None = None, width=None, height=None, num_frames=None) -> list:
@@ -214,6 +216,8 @@ def apply_preset(name: str, ctx: AppContext | None = None, width=None, height=No
     if hints:
         note = (f"{name}: {hints['num_inference_steps']} steps, guidance {hints['guidance_scale']:g} (set for you). "
                 f"{PRESET_NOTES[name]}")
+    if values.get("sparse_attention", "none") != "none":
+        note = ("" if note is gr.skip() or isinstance(note, dict) else f"{note} ") + SPARSE_NOTE
     return ([values.get(field, gr.skip()) for field in OPTION_FIELDS]
             + [hints.get(field, gr.skip()) for field in PRESET_REQUEST_FIELDS] + [note])
 
