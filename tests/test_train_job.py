@@ -132,6 +132,9 @@ def test_resume_needs_a_checkpoint_and_a_failed_run_is_reported(roots, tiny_fold
     ({"lr": "fast"}, "lr", "lr must be a number"),
     ({"grad_checkpointing": "some"}, "grad_checkpointing", "must be one of"),
     ({"adamw8bit": True}, "adamw8bit", "--adamw8bit needs a CUDA GPU"),
+    ({"validate_every": 5}, "validation_prompt", "validate_every > 0 needs a validation_prompt"),
+    ({"validate_every": -1}, "validate_every", r"validate_every must be a whole number in \[0, 1000000\]"),
+    ({"validation_prompt": "x" * 2001}, "validation_prompt", "at most 2000 characters"),
 ])
 def test_bad_values_name_the_field_and_the_allowed_range(roots, change, field, message):
     (roots[0] / "empty").mkdir(exist_ok=True)
@@ -140,6 +143,12 @@ def test_bad_values_name_the_field_and_the_allowed_range(roots, change, field, m
     with pytest.raises(UserError, match=message) as e:
         TrainJob().start(config(**change), CPU)
     assert e.value.field == field
+
+
+def test_validation_fields_reach_the_trainer(roots):
+    cfg = config(validate_every=3, validation_prompt="  a red square moving right  ")
+    assert (cfg.validate_every, cfg.validation_prompt) == (3, "a red square moving right")
+    assert config().validate_every == 0
 
 
 def test_levers_this_machine_cannot_run_say_why():

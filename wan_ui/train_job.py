@@ -38,11 +38,12 @@ from .train_levers import CHECKPOINT_MODES, check_levers
 # ---- widget values -> TrainConfig ----------------------------------------------------------------------------
 # Whole-number fields and their allowed ranges (the UI's bounds; TrainConfig adds multiple-of-16 and 4k+1).
 INT_LIMITS = {"rank": (1, 256), "steps": (1, 1_000_000), "width": (16, 2048), "height": (16, 2048),
-              "frames": (1, 257), "save_every": (0, 1_000_000)}
+              "frames": (1, 257), "save_every": (0, 1_000_000), "validate_every": (0, 1_000_000)}
+PROMPT_MAX = 2000  # characters of the validation prompt
 LR_RANGE = (0.0, 1.0)  # exclusive, as TrainConfig checks it
 LEVERS = ("bf16", "compile", "fp8_base", "float8_training", "adamw8bit")  # checkboxes; grad_checkpointing: a choice
 FIELDS = ("data", "lora_name", "rank", "lr", "steps", "width", "height", "frames", "save_every",
-          "grad_checkpointing", *LEVERS)
+          "validate_every", "validation_prompt", "grad_checkpointing", *LEVERS)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 METRICS_FILE = "metrics.jsonl"  # in NAME_checkpoints/: the step records a resumed run's curve starts with
 
@@ -119,7 +120,15 @@ def config_from_values(values: dict, *, model: str | None, device: str | None, r
         raise ValidationError(f"grad_checkpointing must be one of {CHECKPOINT_MODES}, got {mode!r}",
                               field="grad_checkpointing")
     ints = {name: _whole(values, name) for name in INT_LIMITS}
+    prompt = str(values.get("validation_prompt") or "").strip()
+    if len(prompt) > PROMPT_MAX:
+        raise ValidationError(f"validation_prompt must be at most {PROMPT_MAX} characters, got {len(prompt)}",
+                              field="validation_prompt")
+    if ints["validate_every"] and not prompt:
+        raise ValidationError("validate_every > 0 needs a validation_prompt (the video made every N steps)",
+                              field="validation_prompt")
     cfg = TrainConfig(data=str(data), out=str(out), model=model, device=device, lr=_learning_rate(values),
+                      validation_prompt=prompt,
                       grad_checkpointing=mode, resume="latest" if resume else None, progress=False,
                       **ints, **{name: bool(values.get(name)) for name in LEVERS})
     return dataclasses.replace(cfg, metrics_jsonl=str(default_checkpoint_dir(cfg) / METRICS_FILE))
@@ -130,7 +139,8 @@ def default_values(cuda: bool) -> dict:
     setting under 12 GB measured in docs/TRAINING.md); on CPU the tiny model's 64x64x9 size."""
     d = TrainConfig(data="")
     base = {"data": "", "lora_name": "my_lora", "rank": d.rank, "lr": d.lr, "steps": d.steps, "width": d.width,
-            "height": d.height, "frames": d.frames, "save_every": 100, "grad_checkpointing": "selective",
+            "height": d.height, "frames": d.frames, "save_every": 100, "validate_every": 0,
+            "validation_prompt": "", "grad_checkpointing": "selective",
             **{name: False for name in LEVERS}, "bf16": True}
     if cuda:
         return base

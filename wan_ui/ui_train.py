@@ -18,8 +18,8 @@ import pandas as pd
 
 from .errors import UnavailableError, UserError
 from .optim.lora import lora_dir
-from .train_job import (INT_LIMITS, LR_RANGE, TrainStatus, config_from_values, dataset_folders, default_values,
-                        lever_availability, train_data_dir)
+from .train_job import (INT_LIMITS, LR_RANGE, PROMPT_MAX, TrainStatus, config_from_values, dataset_folders,
+                        default_values, lever_availability, train_data_dir)
 from .train_levers import CHECKPOINT_MODES
 from .ui_context import AppContext
 from .ui_widgets import Widgets, user_errors_as_toasts
@@ -72,6 +72,12 @@ def build_train_tab(ctx: AppContext) -> TrainTab:
                 w["width"] = _int_box("width", d, "Width", info="multiple of 16")
                 w["height"] = _int_box("height", d, "Height", info="multiple of 16")
                 w["frames"] = _int_box("frames", d, "Frames", info="4k+1; clips are cut to it")
+            with gr.Row():
+                w["validate_every"] = _int_box("validate_every", d, "Validation video every",
+                                               info="steps; 0 = off; written next to the LoRA")
+                w["validation_prompt"] = gr.Textbox(d["validation_prompt"], label="Validation prompt", lines=1,
+                                                    max_length=PROMPT_MAX, elem_id="train-validation-prompt",
+                                                    info="the video made with the LoRA so far")
             with gr.Accordion("Speed levers", open=True, elem_id="train-levers"):
                 w["grad_checkpointing"] = gr.Radio(list(CHECKPOINT_MODES), value=d["grad_checkpointing"],
                                                    label="Gradient checkpointing", elem_id="train-grad-checkpointing",
