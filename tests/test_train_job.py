@@ -76,6 +76,15 @@ def test_a_run_reports_progress_and_writes_the_lora_the_generate_tab_names(roots
         job.start(config(), CPU)  # a new run under a used name would mix its checkpoints with this one's
 
 
+def test_a_batch_of_two_clips_per_step(roots, tiny_folder):
+    job = TrainJob()
+    job.start(config(lora_name="batch2", batch_size=2, steps=2), CPU)
+    done = job.wait(60)
+    assert done.phase == "done" and done.error is None, done
+    assert [r["batch_size"] for r in done.records] == [2, 2]
+    assert done.last["samples_per_s"] == pytest.approx(2 / done.last["step_time_s"], rel=1e-6)
+
+
 def test_stop_saves_a_checkpoint_and_resume_continues_from_it(roots, tiny_folder):
     job = TrainJob()
     job.start(config(steps=100_000), CPU)
@@ -132,6 +141,7 @@ def test_resume_needs_a_checkpoint_and_a_failed_run_is_reported(roots, tiny_fold
     ({"lr": "fast"}, "lr", "lr must be a number"),
     ({"grad_checkpointing": "some"}, "grad_checkpointing", "must be one of"),
     ({"adamw8bit": True}, "adamw8bit", "--adamw8bit needs a CUDA GPU"),
+    ({"batch_size": 0}, "batch_size", r"batch_size must be a whole number in \[1, 64\], got 0"),
     ({"validate_every": 5}, "validation_prompt", "validate_every > 0 needs a validation_prompt"),
     ({"validate_every": -1}, "validate_every", r"validate_every must be a whole number in \[0, 1000000\]"),
     ({"validation_prompt": "x" * 2001}, "validation_prompt", "at most 2000 characters"),
@@ -148,7 +158,7 @@ def test_bad_values_name_the_field_and_the_allowed_range(roots, change, field, m
 def test_validation_fields_reach_the_trainer(roots):
     cfg = config(validate_every=3, validation_prompt="  a red square moving right  ")
     assert (cfg.validate_every, cfg.validation_prompt) == (3, "a red square moving right")
-    assert config().validate_every == 0
+    assert config().validate_every == 0 and config().batch_size == 1 and config(batch_size=2).batch_size == 2
 
 
 def test_levers_this_machine_cannot_run_say_why():

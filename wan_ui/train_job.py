@@ -38,11 +38,12 @@ from .train_levers import CHECKPOINT_MODES, check_levers
 # ---- widget values -> TrainConfig ----------------------------------------------------------------------------
 # Whole-number fields and their allowed ranges (the UI's bounds; TrainConfig adds multiple-of-16 and 4k+1).
 INT_LIMITS = {"rank": (1, 256), "steps": (1, 1_000_000), "width": (16, 2048), "height": (16, 2048),
-              "frames": (1, 257), "save_every": (0, 1_000_000), "validate_every": (0, 1_000_000)}
+              "frames": (1, 257), "save_every": (0, 1_000_000), "validate_every": (0, 1_000_000),
+              "batch_size": (1, 64)}
 PROMPT_MAX = 2000  # characters of the validation prompt
 LR_RANGE = (0.0, 1.0)  # exclusive, as TrainConfig checks it
 LEVERS = ("bf16", "compile", "fp8_base", "float8_training", "adamw8bit")  # checkboxes; grad_checkpointing: a choice
-FIELDS = ("data", "lora_name", "rank", "lr", "steps", "width", "height", "frames", "save_every",
+FIELDS = ("data", "lora_name", "rank", "lr", "steps", "batch_size", "width", "height", "frames", "save_every",
           "validate_every", "validation_prompt", "grad_checkpointing", *LEVERS)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 METRICS_FILE = "metrics.jsonl"  # in NAME_checkpoints/: the step records a resumed run's curve starts with
@@ -138,7 +139,8 @@ def default_values(cuda: bool) -> dict:
     """The tab's starting values: TrainConfig's GPU defaults with bf16 + selective checkpointing (the fastest
     setting under 12 GB measured in docs/TRAINING.md); on CPU the tiny model's 64x64x9 size."""
     d = TrainConfig(data="")
-    base = {"data": "", "lora_name": "my_lora", "rank": d.rank, "lr": d.lr, "steps": d.steps, "width": d.width,
+    base = {"data": "", "lora_name": "my_lora", "rank": d.rank, "lr": d.lr, "steps": d.steps,
+            "batch_size": d.batch_size, "width": d.width,
             "height": d.height, "frames": d.frames, "save_every": 100, "validate_every": 0,
             "validation_prompt": "", "grad_checkpointing": "selective",
             **{name: False for name in LEVERS}, "bf16": True}

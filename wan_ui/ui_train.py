@@ -68,6 +68,7 @@ def build_train_tab(ctx: AppContext) -> TrainTab:
                                     info=f"in ({LR_RANGE[0]:g}, {LR_RANGE[1]:g}); 1e-4 is the usual LoRA value")
                 w["steps"] = _int_box("steps", d, "Steps", info="total; Resume continues up to it")
                 w["save_every"] = _int_box("save_every", d, "Checkpoint every", info="steps; 0 = at the end / Stop")
+                w["batch_size"] = _int_box("batch_size", d, "Batch", info="clips per step")
             with gr.Row():
                 w["width"] = _int_box("width", d, "Width", info="multiple of 16")
                 w["height"] = _int_box("height", d, "Height", info="multiple of 16")
