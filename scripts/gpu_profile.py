@@ -17,7 +17,6 @@ CPU dry run: OUT=/tmp/prof python scripts/gpu_profile.py --model tiny --workload
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import re
@@ -134,7 +133,7 @@ def main() -> int:
         name, _, spec = item.partition(":")
         name = re.sub(r"[^A-Za-z0-9_.-]+", "-", name.strip())
         try:
-            results["runs"].append(profile_one(manager, args.model, dataclasses.replace(request), name,
+            results["runs"].append(profile_one(manager, args.model, request, name,
                                                options_from(spec.strip()), args.repeats, args.warmup))
         except Exception as e:  # noqa: BLE001 — recorded; the next set still runs
             results["runs"].append({"name": name, "error": f"{type(e).__name__}: {e}"})

@@ -19,6 +19,7 @@ $WAN_UI_LORA_DIR (random weights: a speed figure, never a quality one) and their
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -39,6 +40,7 @@ from wan_ui.optim.lora import lora_dir, parse_lora_spec  # noqa: E402
 from wan_ui.options import OptimizationSet, preset  # noqa: E402
 from wan_ui.random_lora import write_random_lora  # noqa: E402
 from wan_ui.requests import WORKLOADS  # noqa: E402
+from gpu_checks import summary  # noqa: E402  (scripts/ is on sys.path when a script in it runs)
 
 OUT = Path(os.environ.get("OUT", "/tmp/out"))
 T0 = time.perf_counter()
@@ -120,23 +122,13 @@ def write_distilled_loras(full: bool) -> list[str]:
     dims = FULL_TRANSFORMER if full else TINY_TRANSFORMER
     inner, written = dims["num_attention_heads"] * dims["attention_head_dim"], []
     for d in DISTILLED:
-        src = parse_lora_spec(preset(d.name).lora.replace(f":{d.strength:g}", ""), lora_dir())[0]
-        path = lora_dir() / src.location / src.weight_name if src.is_hub else Path(src.location)
+        src = parse_lora_spec(d.lora, lora_dir())[0]  # a hub id: the offline copy lives at this path
+        path = lora_dir() / src.location / src.weight_name
         if not path.exists():
             write_random_lora(path, inner=inner, layers=dims["num_layers"], rank=32, layout="kijai",
                               ffn_dim=dims["ffn_dim"], dtype=torch.float16)
         written.append(str(path))
     return written
-
-
-def summary(r) -> dict:
-    m = r.metrics
-    steps = m.step_latencies_s
-    return {"clip_latency_s": m.clip_latency_s, "phases": m.phases, "load_time_s": m.load_time_s,
-            "warmup_time_s": m.warmup_time_s, "step_median_s": sorted(steps)[len(steps) // 2] if steps else None,
-            "steps": steps, "peak_vram_mb": m.peak_vram_mb, "peak_reserved_mb": m.peak_reserved_mb,
-            "phase_peak_vram_mb": m.phase_peak_vram_mb, "nvml_peak_used_mb": m.nvml_peak_used_mb,
-            "forwards": [m.forwards_planned, m.forwards_computed], "vram_note": m.vram_note}
 
 
 def request_for(spec, args):
@@ -155,16 +147,25 @@ def options_for(spec, args) -> OptimizationSet:
     return opts
 
 
-def run_gen(manager, spec, args, rec) -> None:
-    cap = spec.get("cap_gb") if torch.cuda.is_available() else None
-    if cap:  # the caching allocator may hold at most this much (reserved, not just allocated)
-        torch.cuda.set_per_process_memory_fraction(cap * 2**30 / torch.cuda.get_device_properties(0).total_memory)
-        rec["cap_gb"] = cap
+@contextlib.contextmanager
+def memory_cap(gb: float | None):
+    """The caching allocator may hold at most `gb` GiB (reserved, not just allocated) inside the block; no-op
+    without a cap or a GPU."""
+    if not gb or not torch.cuda.is_available():
+        yield
+        return
+    torch.cuda.set_per_process_memory_fraction(gb * 2**30 / torch.cuda.get_device_properties(0).total_memory)
     try:
-        _run_gen(manager, spec, args, rec)
+        yield
     finally:
-        if cap:
-            torch.cuda.set_per_process_memory_fraction(1.0)
+        torch.cuda.set_per_process_memory_fraction(1.0)
+
+
+def run_gen(manager, spec, args, rec) -> None:
+    if spec.get("cap_gb"):
+        rec["cap_gb"] = spec["cap_gb"]
+    with memory_cap(spec.get("cap_gb")):
+        _run_gen(manager, spec, args, rec)
 
 
 def _run_gen(manager, spec, args, rec) -> None:
@@ -194,17 +195,12 @@ def run_oom(manager, spec, args, rec) -> None:
     req, opts = request_for(spec, args), options_for(spec, args)
     rec.update(options=opts.diff_from_default(), request=req.to_dict(), cap_gb=spec["cap_gb"])
     cuda = torch.cuda.is_available()
-    if cuda:
-        total = torch.cuda.get_device_properties(0).total_memory
-        torch.cuda.set_per_process_memory_fraction(spec["cap_gb"] * 2**30 / total)
-    try:
-        generate(manager, args.model, req, opts, out_dir=None)
-        rec["outcome"] = "no OOM (ran within the cap)"
-    except Exception as e:  # noqa: BLE001 — the point: what the user sees
-        rec["outcome"] = f"{type(e).__name__}: {e}"
-    finally:
-        if cuda:
-            torch.cuda.set_per_process_memory_fraction(1.0)
+    with memory_cap(spec["cap_gb"]):
+        try:
+            generate(manager, args.model, req, opts, out_dir=None)
+            rec["outcome"] = "no OOM (ran within the cap)"
+        except Exception as e:  # noqa: BLE001 — the point: what the user sees
+            rec["outcome"] = f"{type(e).__name__}: {e}"
     rec["allocated_after_mb"] = torch.cuda.memory_allocated() / 2**20 if cuda else None
     rec["manager_models_after"] = len(manager.resident())
     print(f"  outcome: {rec['outcome'][:300]}; allocated after {rec['allocated_after_mb']} MB", flush=True)

@@ -217,7 +217,7 @@ def apply_preset(name: str, ctx: AppContext | None = None, width=None, height=No
         note = (f"{name}: {hints['num_inference_steps']} steps, guidance {hints['guidance_scale']:g} (set for you). "
                 f"{PRESET_NOTES[name]}")
     if values.get("sparse_attention", "none") != "none":
-        note = ("" if note is gr.skip() or isinstance(note, dict) else f"{note} ") + SPARSE_NOTE
+        note = f"{note} {SPARSE_NOTE}" if isinstance(note, str) else SPARSE_NOTE
     return ([values.get(field, gr.skip()) for field in OPTION_FIELDS]
             + [hints.get(field, gr.skip()) for field in PRESET_REQUEST_FIELDS] + [note])
 

@@ -7,7 +7,7 @@ It bites group offloading with CUDA streams: its lazy prefetcher registers layer
 load time and removes them after the first forward. A step cache registered in between (ours: a run-time option,
 applied before the first generation) was bypassed — measured on an H200, `report` workload, Low VRAM + MagCache:
 98 of 98 forwards computed instead of about 50 (docs/benchmarks/README.md). The fix re-links the right reference.
-Applied once when `wan_ui.optim` is imported; a no-op if diffusers' own code changes shape (checked by a test).
+Applied once when `wan_ui.optim` is imported; tests/test_hook_fix.py fails once diffusers fixes it (then remove).
 """
 
 from __future__ import annotations
@@ -20,17 +20,14 @@ _original_remove_hook = HookRegistry.remove_hook
 def _remove_hook(self, name: str, recurse: bool = True) -> None:
     if name in self.hooks:
         index = self._hook_order.index(name)
-        if index < len(self._hook_order) - 1:
+        if index < len(self._hook_order) - 1 and self._fn_refs[index + 1].original_forward is not None:
+            # the next hook calls down through original_forward: diffusers would overwrite its new_forward instead
             fn_ref, nxt = self._fn_refs[index], self._fn_refs[index + 1]
             below = fn_ref.original_forward if fn_ref.original_forward is not None else fn_ref.forward
-            if nxt.original_forward is not None:  # the next hook calls down through original_forward
-                self._module_ref = self.hooks[name].deinitalize_hook(self._module_ref)
-                nxt.original_forward = below
-                del self.hooks[name]
-                self._hook_order.pop(index)
-                self._fn_refs.pop(index)
-                return _original_remove_hook(self, name, recurse) if recurse else None
-    return _original_remove_hook(self, name, recurse)
+            kept = nxt.forward
+            _original_remove_hook(self, name, recurse=False)
+            nxt.forward, nxt.original_forward = kept, below
+    _original_remove_hook(self, name, recurse)  # the rest unchanged (here already gone: only the submodules)
 
 
 def install() -> None:
