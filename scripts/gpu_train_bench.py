@@ -54,6 +54,15 @@ VARIANTS: dict[str, dict] = {
     "selective+compile+fp8+cudnn": {"grad_checkpointing": "selective", "compile": True, "float8_training": True,
                                     "attention": "_native_cudnn"},
     "ckpt+compile+adamw8bit": {"grad_checkpointing": "full", "compile": True, "adamw8bit": True},
+    # the floor without recomputation, and the most blocks kept that fit 12 GiB (skip4 measured 12.2 GiB)
+    "no_ckpt+compile+fp8": {"compile": True, "float8_training": True},
+    "selective+skip3+compile+fp8": {"grad_checkpointing": "selective", "checkpoint_skip_blocks": 3,
+                                    "compile": True, "float8_training": True},
+    # compile's own rematerialization: the min-cut partitioner keeps activations up to this fraction of the
+    # no-recompute memory and recomputes the cheapest rest (torch._functorch.config.activation_memory_budget)
+    "budget0.2+compile+fp8": {"compile": True, "float8_training": True, "memory_budget": 0.2},
+    "selective+compile+fp8+flash": {"grad_checkpointing": "selective", "compile": True, "float8_training": True,
+                                    "attention": "_native_flash"},
 }
 # Most informative first: the issue's three measured rows, then the candidates for <= 0.7 s at <= 12 GB.
 DEFAULT = ["ckpt", "no_ckpt", "ckpt+compile", "selective+compile", "selective+compile+fp8",
@@ -93,6 +102,11 @@ def run_variant(name: str, args) -> dict:
 
     spec = dict(VARIANTS[name])
     attention = spec.pop("attention", None)
+    memory_budget = spec.pop("memory_budget", None)
+    if memory_budget is not None:
+        import torch._functorch.config as functorch_config
+
+        functorch_config.activation_memory_budget = memory_budget
     device = "cpu" if args.tiny else "cuda"
     cfg = TrainConfig(data="", bf16=True, rank=args.rank, width=args.width, height=args.height, frames=args.frames,
                       batch_size=args.batch_size, **spec)
@@ -138,7 +152,8 @@ def run_variant(name: str, args) -> dict:
     median = statistics.median(times)
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
     losses = [loss for _, loss in warm + measured]
-    return {
+    profile = profile_step(step, cuda) if args.profile else {}
+    return {**profile,
         "variant": name, "ok": True, "levers": VARIANTS[name], "median_step_s": median,
         "mean_step_s": statistics.fmean(times), "min_step_s": min(times), "max_step_s": max(times),
         "first_step_s": warm[0][0] if warm else None, "warmup_steps_s": [t for t, _ in warm],
@@ -150,6 +165,36 @@ def run_variant(name: str, args) -> dict:
         "device": torch.cuda.get_device_name(0) if cuda else "cpu", "torch": torch.__version__,
         "versions": _versions(),
     }
+
+
+def profile_step(step, cuda: bool) -> dict:
+    """CUDA kernel time of one more step, grouped as in scripts/gpu_profile.py, with attention's forward and
+    backward kernels apart (backward kernels carry "bwd"/"backward" in their names)."""
+    import re
+
+    import torch
+
+    from gpu_profile import group_of
+
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        step()
+    groups: dict[str, float] = {}
+    kernels = []
+    for e in prof.key_averages():
+        if cuda and getattr(e, "device_type", None) != torch.autograd.DeviceType.CUDA:
+            continue
+        if not cuda and (e.self_cpu_time_total <= 0 or not e.key.startswith("aten::")):
+            continue
+        s = (e.device_time_total if cuda else e.self_cpu_time_total) / 1e6
+        g = group_of(e.key)
+        if g == "attention":
+            g = "attention backward" if re.search(r"bwd|backward|dq|dkv", e.key, re.I) else "attention forward"
+        groups[g] = groups.get(g, 0.0) + s
+        kernels.append((e.key, s, g))
+    top = sorted(kernels, key=lambda k: -k[1])[:12]
+    return {"profile_groups_s": groups, "profile_kernel_s": sum(groups.values()),
+            "profile_top": [{"kernel": k[:120], "s": s, "group": g} for k, s, g in top]}
 
 
 def _versions() -> dict:
@@ -189,7 +234,8 @@ def run_all(args) -> list[dict]:
     deadline = time.monotonic() + args.budget_s
     common = ["--rank", str(args.rank), "--width", str(args.width), "--height", str(args.height),
               "--frames", str(args.frames), "--batch-size", str(args.batch_size), "--steps", str(args.steps),
-              "--warmup", str(args.warmup)] + (["--tiny"] if args.tiny else [])
+              "--warmup", str(args.warmup)] + (["--tiny"] if args.tiny else []) + (
+        ["--profile"] if args.profile else [])
     results: dict[str, dict] = {}
     queue = list(names)
     lock = threading.Lock()
@@ -267,6 +313,10 @@ def markdown(results: list[dict], args) -> str:
             note = "" if r["losses_finite"] else "non-finite loss"
             if r.get("float8_linears"):
                 note = (note + f" {r['float8_linears']} float8 linears").strip()
+            if r.get("profile_groups_s"):
+                g, tot = r["profile_groups_s"], r["profile_kernel_s"] or float("nan")
+                note = (note + "; kernels " + ", ".join(f"{k} {100 * v / tot:.0f} %" for k, v in
+                                                      sorted(g.items(), key=lambda kv: -kv[1]))).strip("; ")
             lines.append(f"| {r['variant']} | {r['median_step_s']:.3f} | {r['tokens_per_s']:.0f} | {_gib(r)} | "
                          f"{r['first_step_s']:.1f} | {before} | {'yes' if r['meets_target'] else 'no'} | {note} |")
         else:
@@ -301,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "timings stay comparable; compile competes for CPU, which only the first step sees)")
     p.add_argument("--out", default=None, help="output folder (default: $OUT, else .)")
     p.add_argument("--tiny", action="store_true", help="tiny model on CPU (checks the script, not the speed)")
+    p.add_argument("--profile", action="store_true",
+                   help="profile one more step per variant: CUDA kernel time by group (attention fwd/bwd, matmul...)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     return p
 

@@ -33,3 +33,11 @@ def test_too_little_or_unknown_memory_says_so():
     assert low.options.offload == "group_leaf" and "below the leanest plan" in low.reason
     unknown = plan_low_vram(None, R480)
     assert unknown.options.offload == "group_leaf" and "no GPU reading" in unknown.reason
+
+
+def test_smallest_cards_get_the_smaller_decode_tiles():
+    roomy = plan_low_vram(6_000, R480)  # a 6 GB card: 512 px tiles fit
+    assert roomy.options.offload == "group_leaf" and roomy.options.vae_tile == 512 and "512 px" in roomy.reason
+    tight = plan_low_vram(4_000, R480)  # a 4 GB card: only 256 px tiles fit
+    assert tight.options.offload == "group_leaf" and tight.options.vae_tile == 256 and "256 px" in tight.reason
+    assert tight.estimated_peak_mb < roomy.estimated_peak_mb
