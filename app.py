@@ -63,8 +63,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     auth = parse_auth(args.auth)
 
+    from wan_ui.hardware import configure_allocator
     from wan_ui.zerogpu import load_spaces
 
+    configure_allocator()  # before CUDA starts: expandable segments unless the user configured the allocator
     load_spaces()  # on a ZeroGPU Space `spaces` must be imported before CUDA starts; elsewhere a no-op
     from wan_ui.errors import UserError
     from wan_ui.model_download import ModelDownload

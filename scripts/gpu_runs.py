@@ -112,6 +112,22 @@ PLANS = {
         _run("Low VRAM, official480 (5.5 GB cap)", "official480", "Low VRAM", {}, {}, warmup=0, repeats=1,
              cap_gb=5.5),
     ],
+    # the same run after an OOM under the cap with 512 px tiles, with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+    # set by the caller (fragmentation: the cap bounds reserved memory); no warm-up run (device time)
+    "lowvram_expandable": [
+        _run("Low VRAM + sparse 3,1,1, 4 dense steps (7.5 GB cap, expandable segments)", "report", "Low VRAM",
+             {**STA, "sparse_window": "3,1,1", "sparse_dense_steps": 4}, {}, warmup=0, repeats=1, cap_gb=7.5),
+    ],
+    # prepared for the next session (not run yet): the frame conversion on the GPU (distilled official480), repeat
+    # runs of "Fast (sparse)" (59.9 s once: at the limit), and "Low VRAM (sparse)" with 2 dense steps against it
+    "next_session": [
+        _run(f"{SF} + sparse", "official480", SF, STA, {}, warmup=2, repeats=2),
+        _run(f"{SF} + sparse + channels-last VAE", "official480", SF, {**STA, "vae_channels_last": True}, {},
+             warmup=0, repeats=2),
+        _run("Fast (sparse)", "report", "Fast (sparse)", {}, {}, warmup=2, repeats=2),
+        _run("Low VRAM (sparse), 2 dense steps (7.5 GB cap)", "report", "Low VRAM (sparse)",
+             {"sparse_dense_steps": 2}, {}, warmup=2, repeats=1, cap_gb=7.5),
+    ],
     # issue 7: sparse attention at 480p, and fewer dense steps
     "next_fast": [
         _run("Fast (sparse), official480", "official480", "Fast (sparse)", {}, {}, warmup=2, repeats=1),

@@ -169,7 +169,7 @@ def run_variant(name: str, args) -> dict:
 
 def profile_step(step, cuda: bool) -> dict:
     """CUDA kernel time of one more step, grouped as in scripts/gpu_profile.py, with attention's forward and
-    backward kernels apart (backward kernels carry "bwd"/"backward" in their names)."""
+    backward kernels apart (backward kernels carry "bwd", "bprop" (cuDNN) or "backward" in their names)."""
     import re
 
     import torch
@@ -189,7 +189,7 @@ def profile_step(step, cuda: bool) -> dict:
         s = (e.device_time_total if cuda else e.self_cpu_time_total) / 1e6
         g = group_of(e.key)
         if g == "attention":
-            g = "attention backward" if re.search(r"bwd|backward|dq|dkv", e.key, re.I) else "attention forward"
+            g = "attention backward" if re.search(r"bwd|bprop|backward|dq|dkv", e.key, re.I) else "attention forward"
         groups[g] = groups.get(g, 0.0) + s
         kernels.append((e.key, s, g))
     top = sorted(kernels, key=lambda k: -k[1])[:12]

@@ -230,3 +230,20 @@ def test_compile_keeps_its_cache_in_the_model_cache_unless_told(monkeypatch, tmp
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
     apply_compile(pipe, OptimizationSet(compile="regional"), "cpu")
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
+
+
+def test_uint8_frames_match_diffusers_postprocess():
+    """Our on-device conversion against diffusers' own video postprocess: fp32 input, the same arithmetic, the same
+    bytes (with a bf16 VAE diffusers halves and shifts in bf16 and differs by up to one level)."""
+    import torch
+    from diffusers.video_processor import VideoProcessor
+
+    from wan_ui.generate import to_uint8_frames
+
+    video = torch.rand(1, 3, 21, 16, 24, generator=torch.Generator().manual_seed(0)) * 2.4 - 1.2  # beyond [-1, 1]
+    ref = VideoProcessor(vae_scale_factor=8).postprocess_video(video, output_type="np")[0]
+    ref = (np.clip(ref, 0.0, 1.0) * 255).round().astype(np.uint8)
+    ours = to_uint8_frames(video[0], chunk=4)  # several chunks, the last one short
+    assert ours.shape == ref.shape == (21, 16, 24, 3) and ours.dtype == np.uint8
+    np.testing.assert_array_equal(ours, ref)
+    assert ours.min() == 0 and ours.max() == 255  # clamped, not wrapped

@@ -29,3 +29,21 @@ def test_group_offload_keeps_the_vae_on_the_gpu():
 
     apply_placement(Pipe(), OptimizationSet().with_(offload="group_leaf"), "cuda")
     assert calls["exclude_modules"] == ["vae"] and calls["offload_type"] == "leaf_level" and calls["use_stream"]
+
+
+def test_channels_last_vae_weights_decode_the_same_video_and_come_back(manager, smoke_request):
+    import numpy as np
+    import torch
+
+    from wan_ui.generate import generate
+
+    base = OptimizationSet().with_(precision="fp32", text_encoder_precision="fp32")
+    before = generate(manager, "tiny", smoke_request, base, out_dir=None).frames
+    pipe, _, _ = manager.get("tiny", base, smoke_request)
+    convs = [m for m in pipe.vae.modules() if isinstance(m, torch.nn.Conv3d)]
+    fast = generate(manager, "tiny", smoke_request, base.with_(vae_channels_last=True), out_dir=None).frames
+    assert all(m.weight.is_contiguous(memory_format=torch.channels_last_3d) for m in convs)
+    assert np.abs(fast.astype(int) - before.astype(int)).max() <= 1  # the same values, other conv kernels
+    after = generate(manager, "tiny", smoke_request, base, out_dir=None).frames
+    assert all(m.weight.is_contiguous() for m in convs)
+    np.testing.assert_array_equal(after, before)

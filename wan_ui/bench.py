@@ -488,6 +488,9 @@ def run_benchmark(cfg: BenchConfig, sets: list[BenchSet]) -> list[dict]:
 
 
 def main(argv=None) -> int:
+    from .hardware import configure_allocator
+
+    configure_allocator()  # expandable segments unless the user configured the allocator (hardware.py)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     argv = sys.argv[1:] if argv is None else list(argv)

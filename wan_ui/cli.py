@@ -185,6 +185,9 @@ def cmd_presets(args) -> int:
 
 
 def main(argv=None) -> int:
+    from .hardware import configure_allocator
+
+    configure_allocator()  # expandable segments unless the user configured the allocator (hardware.py)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     args = build_parser().parse_args(argv)
     try:

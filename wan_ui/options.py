@@ -99,6 +99,8 @@ class OptimizationSet:
     vae_slicing: bool = _opt(False, "vae", False, "decode batch items one at a time", (False, True))
     vae_tile: int = _opt(256, "vae", False, "tiled decode: tile size in pixels (64 px overlap); 256 = diffusers' "
                          "default and least memory, 512 = 1.7-2x faster decode", (256, 384, 512))
+    vae_channels_last: bool = _opt(False, "vae", False, "channels-last (NDHWC) VAE conv weights: 10 % faster bf16 "
+                                   "decode on an H200", (False, True))
 
     # ---- introspection -------------------------------------------------------------------------
     @staticmethod
@@ -204,19 +206,28 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The same without FP8: 0.525 s per forward, but the first call compiles in ~12-80 s instead of ~150 s.
     "Fast (quick start)": {"precision": "bf16", "compile": "regional", "attention_backend": "cudnn", "cache": "mag",
                            "cfg_truncation": 0.5, "vae_precision": "bf16"},
-    # The fastest training-free preset measured on `report` (H200, 2026-11-26: 68.8 s vs 152.5 s for "Fast"): the
-    # quick-start kernels (bf16 compiled per forward is within 1 % of FP8 at 87,750 tokens, and compiles in seconds)
-    # + sliding-tile sparse attention, +-3 frames x +-1 tile (94 % block-sparse), dense for the first 4 steps only.
-    # The window and the dense-step count are ours, not a published quality-preserving setting (docs/benchmarks/
-    # SPARSE.md): check LPIPS vs the dense baseline with real weights (the Compare tab shows it).
+    # The fastest training-free preset measured on `report` (H200, 2026-11-26: 59.9 s vs 152.5 s for "Fast"; 68.8 s
+    # with 4 dense steps): the quick-start kernels (bf16 compiled per forward is within 1 % of FP8 at 87,750 tokens,
+    # and compiles in seconds) + sliding-tile sparse attention, +-3 frames x +-1 tile (94 % block-sparse), dense for
+    # the first 2 steps only. The window and the dense-step count are ours, not a published quality-preserving
+    # setting (docs/benchmarks/SPARSE.md): check LPIPS vs the dense baseline with real weights (the Compare tab shows
+    # it); sparse_dense_steps=4 or more is the more careful choice.
     "Fast (sparse)": {"precision": "bf16", "compile": "regional", "attention_backend": "cudnn", "cache": "mag",
                       "cfg_truncation": 0.5, "vae_precision": "bf16", "sparse_attention": "sta",
-                      "sparse_window": "3,1,1", "sparse_dense_steps": 4},
-    # Ours, small GPUs: weights streamed per leaf module with CUDA streams, tiled decode, and the step savings of
-    # "Fast" (MagCache's published setting, CFG on the first half). H200, `report`: 190.2 s (1.25x "Fast") at 5.4 GB
-    # torch peak; without MagCache/CFG truncation 446 s at 4.3 GB (docs/benchmarks/README.md).
-    "Low VRAM": {"precision": "bf16", "offload": "group_leaf", "vae_tiling": True, "vae_tile": 512, "vae_precision": "bf16",
-                 "cache": "mag", "cfg_truncation": 0.5},
+                      "sparse_window": "3,1,1", "sparse_dense_steps": 2},
+    # Ours, small GPUs: weights streamed per leaf module with CUDA streams (the VAE stays resident), 512 px decode
+    # tiles, and the step savings of "Fast" (MagCache's published setting, CFG on the first half). H200, `report`:
+    # 193.9 s at 5.4 GB torch peak inside a 7.5 GB allocator cap with the VAE streamed too and 256 px tiles (decode
+    # 26.1 s of it; 8.3 s with the VAE resident and 512 px tiles); without MagCache/CFG truncation 446 s at 4.3 GB
+    # (docs/benchmarks/README.md). The UI sizes it to the GPU's free memory (wan_ui/lowvram.py).
+    "Low VRAM": {"precision": "bf16", "offload": "group_leaf", "vae_tiling": True, "vae_tile": 512,
+                 "vae_precision": "bf16", "cache": "mag", "cfg_truncation": 0.5},
+    # The same + the sparse attention of "Fast (sparse)" with 4 dense steps. H200, `report`, 7.5 GB allocator cap
+    # with expandable segments: 93.9 s including 6.8 s of first-call compile of the sparse kernel (87.1 s steady,
+    # 1.45x "Fast (sparse)"), 5.6 GB torch peak. Lossy in the same way as "Fast (sparse)".
+    "Low VRAM (sparse)": {"precision": "bf16", "offload": "group_leaf", "vae_tiling": True, "vae_tile": 512,
+                          "vae_precision": "bf16", "cache": "mag", "cfg_truncation": 0.5, "sparse_attention": "sta",
+                          "sparse_window": "3,1,1", "sparse_dense_steps": 4},
     # Everything that runs on a CPU: bf16, a cache, no CUDA-only kernels.
     "CPU quick": {"precision": "bf16", "cache": "first_block"},
 }

@@ -753,6 +753,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .hardware import configure_allocator
+
+    configure_allocator()  # expandable segments unless the user configured the allocator (hardware.py)
     args = build_parser().parse_args(argv)
     try:
         cfg = config_from_args(args)

@@ -12,7 +12,7 @@ from .compare import measure_quality
 from .distilled import PRESET_NOTES, PRESET_REQUEST_HINTS
 from .errors import GenerationCancelled, UserError
 from .generate import generate
-from .lowvram import plan_low_vram
+from .lowvram import LOW_VRAM_PRESETS, plan_low_vram
 from .requests import GenerationRequest, validate_request
 from .settings_store import save_settings
 from .ui_context import AppContext
@@ -206,12 +206,12 @@ SPARSE_NOTE = ("Sparse attention trades fidelity for speed with a window of ours
 def apply_preset(name: str, ctx: AppContext | None = None, width=None, height=None, num_frames=None) -> list:
     """Preset name -> every option widget's value, in OPTION_FIELDS order (Custom keeps them as they are), then the
     steps and guidance a few-step distilled preset needs (its authors' settings; others leave them), then a status
-    note. "Low VRAM" is sized to the GPU's free memory and the video size (`wan_ui.lowvram`)."""
+    note. The Low VRAM presets are sized to the GPU's free memory and the video size (`wan_ui.lowvram`)."""
     values = {} if name == CUSTOM_PRESET else preset_values(name)
     note = gr.skip()
-    if name == "Low VRAM" and ctx is not None:
-        plan = plan_low_vram(_free_mb(ctx), _size_request(width, height, num_frames))
-        values, note = plan.options.to_dict(), f"Low VRAM preset: {plan.reason}"
+    if name in LOW_VRAM_PRESETS and ctx is not None:
+        plan = plan_low_vram(_free_mb(ctx), _size_request(width, height, num_frames), name)
+        values, note = plan.options.to_dict(), f"{name} preset: {plan.reason}"
     hints = PRESET_REQUEST_HINTS.get(name, {})
     if hints:
         note = (f"{name}: {hints['num_inference_steps']} steps, guidance {hints['guidance_scale']:g} (set for you). "

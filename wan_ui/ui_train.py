@@ -48,7 +48,8 @@ class TrainTab:
 
 # ---- layout -----------------------------------------------------------------------------------------------
 def build_train_tab(ctx: AppContext) -> TrainTab:
-    d, why = default_values(ctx.hw.cuda), lever_availability(ctx.hw)
+    why = lever_availability(ctx.hw)
+    d = default_values(ctx.hw.cuda, why)
     gr.Markdown(f"Fine-tune a LoRA on your clips. Dataset folders live in `{train_data_dir()}` "
                 f"(`$WAN_UI_TRAIN_DIR`): clips with a `.txt` caption beside each, or a `metadata.jsonl`. The LoRA is "
                 f"written to `{lora_dir()}` (`$WAN_UI_LORA_DIR`), where the Generate tab's LoRA field finds it. "

@@ -53,8 +53,10 @@ OFFLOAD_FACTOR = {"group_block": 1.08, "group_leaf": 1.08,  # "Low VRAM" (group_
                   "model": 1.1,  # not measured: whole-model moves between text encoder, transformer and VAE
                   "sequential": 3.0}  # not measured: every layer crosses PCIe each forward; a guess, kept high
 # VAE decode, seconds per output pixel x frame: fp32 10.0 s and bf16 1.8 s at official480 (832 x 480 x 81 =
-# 32.3 M), 26.9 s and 4.9 s at the report's 87.2 M (WORKLOADS.md); tiled bf16 10.3 s at official480 ("Low VRAM").
-DECODE_S_PER_PIXEL = {"fp32": 3.1e-7, "bf16": 5.6e-8, "tiled": 3.2e-7}
+# 32.3 M), 26.9 s and 4.9 s at the report's 87.2 M (WORKLOADS.md); tiled bf16 with the VAE resident (H200,
+# 2026-11-26, docs/benchmarks/README.md): 256 px tiles 4.3 s (official480) and 10.1 s (report), 512 px tiles 3.2 s
+# and 8.3 s inside the "Low VRAM" runs; 384 px interpolated.
+DECODE_S_PER_PIXEL = {"fp32": 3.1e-7, "bf16": 5.6e-8, "tiled256": 1.33e-7, "tiled384": 1.15e-7, "tiled512": 9.8e-8}
 # First-call compile time: regional bf16 12-80 s, regional FP8 168 s (report.md), full-model 248 s (WORKLOADS.md).
 COMPILE_S = {"none": 0.0, "regional": 80.0, "full": 250.0}
 COMPILE_FP8_S = 170.0
@@ -96,7 +98,7 @@ def forward_seconds(tokens: int, options: OptimizationSet) -> float:
 
 def decode_seconds(request: GenerationRequest, options: OptimizationSet) -> float:
     pixels = request.width * request.height * request.num_frames
-    kind = "tiled" if options.vae_tiling else options.vae_precision
+    kind = f"tiled{options.vae_tile}" if options.vae_tiling else options.vae_precision
     return pixels * DECODE_S_PER_PIXEL.get(kind, DECODE_S_PER_PIXEL["fp32"])
 
 
