@@ -32,6 +32,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from wan_ui.models import TINY_VAE  # noqa: E402
+from wan_ui.optim.vae import conv_weights_to  # noqa: E402
 from wan_ui.requests import WORKLOADS  # noqa: E402
 
 OUT = Path(os.environ.get("OUT", "/tmp/out"))
@@ -57,14 +58,6 @@ def build_vae(tiny: bool, device: str, dtype: torch.dtype):
     torch.manual_seed(0)
     vae = AutoencoderKLWan(**TINY_VAE) if tiny else AutoencoderKLWan()
     return vae.to(device, dtype).eval()
-
-
-def to_channels_last_3d(vae) -> int:
-    """NDHWC weights for every Conv3d (`Module.to(memory_format=...)` refuses the VAE's non-5D parameters)."""
-    convs = [m for m in vae.modules() if isinstance(m, torch.nn.Conv3d)]
-    for m in convs:
-        m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last_3d)
-    return len(convs)
 
 
 def latents_for(workload: str, tiny: bool, device: str) -> torch.Tensor:
@@ -152,7 +145,7 @@ def main() -> int:
                 vae = build_vae(args.tiny, device, torch.bfloat16)
                 zz = z
                 if channels_last:
-                    to_channels_last_3d(vae)
+                    conv_weights_to(vae, torch.channels_last_3d)  # the `vae_channels_last` option's step
                     zz = z.to(memory_format=torch.channels_last_3d)
                 if compiled:
                     vae.decoder.compile()

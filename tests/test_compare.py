@@ -10,6 +10,9 @@ import pytest
 from wan_ui.compare import Comparison, named_set, run_comparison
 from wan_ui.errors import GenerationCancelled, UnavailableError, ValidationError
 from wan_ui.options import OptimizationSet, preset
+from wan_ui.requests import GenerationRequest
+
+SMALL_REQUEST = GenerationRequest("a cat", width=64, height=64, num_frames=9, num_inference_steps=3)
 
 
 def test_named_set_from_preset_and_overrides():
@@ -90,3 +93,18 @@ def test_a_distilled_set_runs_with_its_own_steps_and_guidance(manager, smoke_req
                                                                                smoke_request.guidance_scale)
     assert (distilled.request.num_inference_steps, distilled.request.guidance_scale) == (4, 1.0)
     assert len(distilled.metrics.step_latencies_s) == 4 and distilled.metrics.forwards_planned == 4
+
+
+def test_distilled_hints_follow_the_lora_not_the_set_name():
+    from wan_ui.compare import request_for_set
+    from wan_ui.distilled import hints_for_lora
+
+    sf = preset("Self-Forcing DMD 4-step").lora  # hub id with its ":1" strength
+    custom = ("my renamed set", OptimizationSet().with_(lora=f"style.safetensors:0.5; {sf}"))
+    assert request_for_set(SMALL_REQUEST, custom[1]).num_inference_steps == 4
+    local_copy = "downloads/" + sf.rsplit(":", 1)[0].rsplit("/", 1)[-1]  # the same file elsewhere, no scale
+    assert hints_for_lora(local_copy) == {"num_inference_steps": 4, "guidance_scale": 1.0}
+    assert hints_for_lora(preset("CausVid 8-step").lora)["num_inference_steps"] == 8
+    assert hints_for_lora("") == {} and hints_for_lora("style.safetensors:0.8") == {}
+    plain = OptimizationSet().with_(lora="style.safetensors")
+    assert request_for_set(SMALL_REQUEST, plain) is SMALL_REQUEST

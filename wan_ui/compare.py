@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .distilled import PRESET_REQUEST_HINTS
+from .distilled import hints_for_lora
 from .errors import UserError, ValidationError
 from .generate import ProgressFn, Result, generate, update_video_metadata
 from .manager import ModelManager
@@ -37,11 +37,11 @@ def named_set(preset_name: str | None, overrides: str = "") -> tuple[str, Optimi
     return (f"{name} + {', '.join(pairs)}" if pairs else name), opts
 
 
-def request_for_set(request: GenerationRequest, name: str) -> GenerationRequest:
-    """The shared request, with the steps and guidance a few-step distilled preset needs when the set is one (its
-    name starts with the preset's, as `named_set` writes it): a 4-step LoRA run at 50 steps with CFG compares
-    nothing useful."""
-    hints = PRESET_REQUEST_HINTS.get(name.split(" + ")[0], {})
+def request_for_set(request: GenerationRequest, opts: OptimizationSet) -> GenerationRequest:
+    """The shared request, with the steps and guidance a few-step distilled LoRA needs when the set loads one
+    (found from its `lora` option, so a renamed or custom set gets them too): a 4-step LoRA run at 50 steps with CFG
+    compares nothing useful."""
+    hints = hints_for_lora(opts.lora)
     return validate_request(dataclasses.replace(request, **hints)) if hints else request
 
 
@@ -131,7 +131,7 @@ def run_comparison(manager: ModelManager, model: str | None, request: Generation
                 if on_progress:
                     on_progress(f"{_tag}: {phase}", done, total)
 
-            result = generate(manager, model, request_for_set(request, name), opts, out_dir=out_dir,
+            result = generate(manager, model, request_for_set(request, opts), opts, out_dir=out_dir,
                               on_progress=progress, cancel=cancel)
             runs.append(CompareRun(name, result))
     except BaseException:

@@ -81,3 +81,23 @@ def request_hints_for(preset_name: str | None, explicit: dict[str, Any]) -> dict
     """The preset's request hints, less those the user set (`explicit`: field -> value or None if unset)."""
     hints = PRESET_REQUEST_HINTS.get(preset_name or "", {})
     return {k: v for k, v in hints.items() if explicit.get(k) is None}
+
+
+def hints_for_lora(lora_spec: str) -> dict[str, Any]:
+    """The request hints of the distilled LoRA that a `lora` option value loads ({} if none): the same file name
+    as a DISTILLED entry's, by hub id or as a local copy, whatever the set or preset is called."""
+    for item in filter(None, (s.strip() for s in lora_spec.split(";"))):
+        head, sep, tail = item.rpartition(":")
+        src = head if sep and _is_number(tail) else item
+        for d in DISTILLED:
+            if src.replace("\\", "/").rsplit("/", 1)[-1] == d.lora.rsplit("/", 1)[-1]:
+                return d.request_hints()
+    return {}
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False

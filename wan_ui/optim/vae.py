@@ -22,16 +22,16 @@ def apply_vae(pipe, opts, request=None) -> None:
     if opts.vae_slicing:
         pipe.vae.enable_slicing()
     if opts.vae_channels_last:
-        _conv_weights_to(pipe.vae, torch.channels_last_3d)
+        conv_weights_to(pipe.vae, torch.channels_last_3d)
 
 
 def remove_vae(pipe) -> None:
     pipe.vae.disable_tiling()
     pipe.vae.disable_slicing()
-    _conv_weights_to(pipe.vae, torch.contiguous_format)
+    conv_weights_to(pipe.vae, torch.contiguous_format)
 
 
-def _conv_weights_to(vae, memory_format) -> int:
+def conv_weights_to(vae, memory_format) -> int:
     """Every Conv3d weight in `memory_format` (values unchanged; `Module.to(memory_format=...)` refuses the VAE's
     non-5D parameters). Returns how many were converted."""
     n = 0
