@@ -41,3 +41,11 @@ def test_smallest_cards_get_the_smaller_decode_tiles():
     tight = plan_low_vram(4_000, R480)  # a 4 GB card: only 256 px tiles fit
     assert tight.options.offload == "group_leaf" and tight.options.vae_tile == 256 and "256 px" in tight.reason
     assert tight.estimated_peak_mb < roomy.estimated_peak_mb
+
+
+def test_the_sparse_low_vram_preset_keeps_its_sparse_attention_whatever_the_plan():
+    for free in (80_000, 16_000, 6_000, None):
+        plan = plan_low_vram(free, REPORT, "Low VRAM (sparse)")
+        assert plan.options.sparse_attention == "sta" and plan.options.sparse_dense_steps == 4
+        check_compatible(plan.options)
+    assert plan_low_vram(6_000, REPORT).options.sparse_attention == "none"
