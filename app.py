@@ -58,15 +58,16 @@ def build_manager(args, argv: list[str]):
 
 
 def main(argv=None) -> int:
+    from wan_ui.hardware import configure_allocator
+
+    configure_allocator()  # before CUDA starts: expandable segments unless the user configured the allocator
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     auth = parse_auth(args.auth)
 
-    from wan_ui.hardware import configure_allocator
     from wan_ui.zerogpu import load_spaces
 
-    configure_allocator()  # before CUDA starts: expandable segments unless the user configured the allocator
     load_spaces()  # on a ZeroGPU Space `spaces` must be imported before CUDA starts; elsewhere a no-op
     from wan_ui.errors import UserError
     from wan_ui.model_download import ModelDownload

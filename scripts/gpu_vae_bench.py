@@ -5,7 +5,8 @@ The real Wan2.1 VAE architecture (`AutoencoderKLWan()` defaults) with random wei
 latents of a workload's size, each lever timed alone and in combination:
 - `cudnn.benchmark`: cuDNN autotunes its conv3d algorithm per shape (the decoder runs the same few shapes once
   per latent frame, so the search is paid once);
-- `channels_last_3d`: NDHWC memory format for the decoder's weights and input (tensor-core friendly convs);
+- `channels_last_3d`: NDHWC memory format for the conv weights, as the `vae_channels_last` option does (cuDNN
+  then picks channels-last kernels; the 2026-11-26 figures converted the input latents too);
 - `compile`: `torch.compile` of the decoder (the per-frame call, with its causal cache).
 Every variant's output is compared with the bf16 eager one (relative L2 error) and, at `official480`, bf16 eager
 with fp32 (what `vae_precision=bf16` costs). Speed does not depend on weight values; the errors are of random
@@ -135,18 +136,17 @@ def main() -> int:
             del vae32
         else:
             ref32 = None
-        names = args.report_variants if workload == "report" and args.report_variants else args.variants
-        for name in names.split(","):
+        names = (args.report_variants if workload == "report" and args.report_variants else args.variants).split(",")
+        names = ["bf16 eager"] + [n for n in names if n != "bf16 eager"]  # the reference of every error, first
+        for name in names:
             if time.perf_counter() - t_start > args.budget:
                 rec["variants"][name] = {"skipped": "time budget"}
                 continue
             bench, channels_last, compiled, tiles = VARIANTS[name]
             try:
                 vae = build_vae(args.tiny, device, torch.bfloat16)
-                zz = z
-                if channels_last:
-                    conv_weights_to(vae, torch.channels_last_3d)  # the `vae_channels_last` option's step
-                    zz = z.to(memory_format=torch.channels_last_3d)
+                if channels_last:  # the `vae_channels_last` option's own step: weights only (cuDNN follows them)
+                    conv_weights_to(vae, torch.channels_last_3d)
                 if compiled:
                     vae.decoder.compile()
                 if tiles:
@@ -156,7 +156,7 @@ def main() -> int:
                     torch.cuda.reset_peak_memory_stats()
                 with cudnn_benchmark(bench):
                     reps = args.report_repeats if workload == "report" else args.repeats
-                    first, med, out = time_decode(vae, zz, reps, sync)
+                    first, med, out = time_decode(vae, z, reps, sync)
                 out = out.cpu()
                 if ref is None:
                     ref = out

@@ -243,7 +243,14 @@ def test_uint8_frames_match_diffusers_postprocess():
     video = torch.rand(1, 3, 21, 16, 24, generator=torch.Generator().manual_seed(0)) * 2.4 - 1.2  # beyond [-1, 1]
     ref = VideoProcessor(vae_scale_factor=8).postprocess_video(video, output_type="np")[0]
     ref = (np.clip(ref, 0.0, 1.0) * 255).round().astype(np.uint8)
+    kept = video.clone()
     ours = to_uint8_frames(video[0], chunk=4)  # several chunks, the last one short
     assert ours.shape == ref.shape == (21, 16, 24, 3) and ours.dtype == np.uint8
     np.testing.assert_array_equal(ours, ref)
     assert ours.min() == 0 and ours.max() == 255  # clamped, not wrapped
+    assert torch.equal(video, kept)  # the caller's (fp32) video is not modified in place
+    # a bf16 VAE's output: diffusers halves and shifts in bf16, we in fp32 -> at most one level apart
+    half = video.to(torch.bfloat16)
+    ref16 = VideoProcessor(vae_scale_factor=8).postprocess_video(half, output_type="np")[0]
+    ref16 = (np.clip(ref16, 0.0, 1.0) * 255).round().astype(np.uint8)
+    assert np.abs(to_uint8_frames(half[0]).astype(int) - ref16.astype(int)).max() <= 1

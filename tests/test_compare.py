@@ -100,8 +100,8 @@ def test_distilled_hints_follow_the_lora_not_the_set_name():
     from wan_ui.distilled import hints_for_lora
 
     sf = preset("Self-Forcing DMD 4-step").lora  # hub id with its ":1" strength
-    custom = ("my renamed set", OptimizationSet().with_(lora=f"style.safetensors:0.5; {sf}"))
-    assert request_for_set(SMALL_REQUEST, custom[1]).num_inference_steps == 4
+    custom = OptimizationSet().with_(lora=f"style.safetensors:0.5; {sf}")  # typed in, with another LoRA first
+    assert request_for_set(SMALL_REQUEST, custom).num_inference_steps == 4
     local_copy = "downloads/" + sf.rsplit(":", 1)[0].rsplit("/", 1)[-1]  # the same file elsewhere, no scale
     assert hints_for_lora(local_copy) == {"num_inference_steps": 4, "guidance_scale": 1.0}
     assert hints_for_lora(preset("CausVid 8-step").lora)["num_inference_steps"] == 8

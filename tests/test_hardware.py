@@ -1,5 +1,7 @@
 """The allocator default: expandable segments unless the user configured PyTorch's allocator themselves."""
 
+import pytest
+
 from wan_ui.hardware import ALLOC_CONF_DEFAULT, configure_allocator
 
 
@@ -10,19 +12,23 @@ def test_allocator_defaults_to_expandable_segments():
 
 
 def test_users_allocator_settings_are_kept():
-    for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"):  # the old and the torch >= 2.9 name
+    for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF", "PYTORCH_HIP_ALLOC_CONF"):  # old, new, ROCm
         env = {name: "max_split_size_mb:128"}
         assert configure_allocator(env) is None
         assert env == {name: "max_split_size_mb:128"}
 
 
-def test_entry_points_configure_the_allocator_before_cuda(monkeypatch, tmp_path):
-    """The CLI sets the default in its process environment (its `options` command needs no model)."""
+@pytest.mark.parametrize("entry", ["app", "wan_ui.cli", "wan_ui.bench", "wan_ui.train"])
+def test_entry_points_configure_the_allocator_first(entry, monkeypatch):
+    """Each entry point sets the default before anything else (even `--help` gets it), so it is in place before
+    CUDA starts."""
+    import importlib
     import os
 
-    from wan_ui import cli
-
-    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
-    monkeypatch.delenv("PYTORCH_ALLOC_CONF", raising=False)
-    assert cli.main(["options"]) == 0
+    for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF", "PYTORCH_HIP_ALLOC_CONF"):
+        monkeypatch.setenv(name, "x")  # recorded, so the test's change is undone afterwards
+        monkeypatch.delenv(name)
+    module = importlib.import_module(entry)
+    with pytest.raises(SystemExit):
+        module.main(["--help"])
     assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == ALLOC_CONF_DEFAULT

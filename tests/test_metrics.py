@@ -60,7 +60,7 @@ def test_warmup_on_first_generation_then_zero(manager, smoke_request, tiny_resul
 
     first = tiny_result[0].metrics
     assert first.rebuilt is True
-    assert first.warmup_time_s == warmup_from_steps(first.step_latencies_s)
+    assert first.warmup_time_s == warmup_from_steps(first.step_latencies_s, [(2, True)] * 2)  # CFG, no cache
     again = generate(manager, "tiny", smoke_request, OptimizationSet(), out_dir=None).metrics
     assert again.rebuilt is False and again.warmup_time_s == 0.0
 
@@ -75,11 +75,38 @@ def test_frame_metrics_arithmetic():
 
 
 def test_warmup_from_steps():
-    assert warmup_from_steps([]) is None
-    assert warmup_from_steps([1.0]) is None  # one step: nothing to compare with
-    assert warmup_from_steps([5.0, 1.0, 2.0, 3.0]) == pytest.approx(3.0)  # 5 - median(1, 2, 3)
-    assert warmup_from_steps([9.0, 1.0, 2.0, 3.0, 100.0]) == pytest.approx(6.5)  # median resists one outlier
-    assert warmup_from_steps([1.0, 2.0, 3.0]) == 0.0  # a fast first step is no negative warm-up
+    same = lambda n: [(2, True)] * n  # noqa: E731 — every step did the same work
+    assert warmup_from_steps([], same(0)) is None
+    assert warmup_from_steps([1.0], same(1)) is None  # one step: nothing to compare with
+    assert warmup_from_steps([5.0, 1.0, 2.0, 3.0], same(4)) == pytest.approx(3.0)  # 5 - median(1, 2, 3)
+    assert warmup_from_steps([9.0, 1.0, 2.0, 3.0, 100.0], same(5)) == pytest.approx(6.5)  # resists one outlier
+    assert warmup_from_steps([1.0, 2.0, 3.0], same(3)) == 0.0  # a fast first step is no negative warm-up
+
+
+def test_warmup_compares_steps_that_did_the_same_work():
+    # the H200 "Low VRAM" run: MagCache skips most steps (0.02 s); the first step is a normal 6.6 s dense step
+    steps = [6.65, 6.55, 6.54, 0.02, 0.02, 0.02, 3.4, 0.02, 0.02]
+    kinds = [(2, True)] * 3 + [(0, True)] * 3 + [(1, True)] + [(0, True)] * 2
+    assert warmup_from_steps(steps, kinds) == pytest.approx(0.105)
+    # sparse after 1 dense step, as the distilled sparse preset: no later dense step, so no steady reference
+    assert warmup_from_steps([4.0, 1.1, 1.1, 1.1], [(1, True)] + [(1, False)] * 3) is None
+    # unknown kinds (a cache deciding from activations): the second step is the reference
+    assert warmup_from_steps([8.0, 3.0, 0.1, 0.1], None) == pytest.approx(5.0)
+
+
+def test_step_kinds_follow_cache_cfg_and_sparse_schedules():
+    from wan_ui.generate import step_kinds
+    from wan_ui.optim.cache import forwards_computed_mag
+    from wan_ui.options import OptimizationSet, preset
+    from wan_ui.requests import WORKLOADS
+
+    req = WORKLOADS["report"].request
+    kinds = step_kinds(req, preset("Fast (sparse)"))
+    assert len(kinds) == 65 and kinds[0] == (2, True) and kinds[1] == (2, True) and kinds[2] == (2, False)
+    assert sum(k[0] for k in kinds) == forwards_computed_mag(65, req.guidance_scale, 0.5, 0.0)
+    assert kinds[-1][0] in (0, 1)  # after CFG truncation: at most the conditional branch
+    assert step_kinds(req, OptimizationSet()) == [(2, True)] * 65
+    assert step_kinds(req, OptimizationSet().with_(cache="first_block")) is None
 
 
 def test_forwards_skipped():

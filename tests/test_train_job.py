@@ -165,17 +165,18 @@ def test_levers_this_machine_cannot_run_say_why():
     why = lever_availability(CPU)
     assert why["bf16"] is None and why["compile"] is None and why["fp8_base"] is None
     assert "needs a CUDA GPU" in why["adamw8bit"] and "needs a CUDA GPU" in why["float8_training"]
-    h100 = Hardware(True, "H100", (9, 0), 80000.0, frozenset({"torchao", "bitsandbytes"}))
+    h100 = Hardware(True, "H100", (9, 0), 80000.0, frozenset({"torchao", "bitsandbytes", "triton"}))
     assert all(reason is None for reason in lever_availability(h100).values())
 
 
 def test_gpu_defaults_turn_on_the_fast_levers_this_machine_can_run():
-    h100 = Hardware(True, "H100", (9, 0), 80000.0, frozenset({"torchao", "bitsandbytes"}))
+    h100 = Hardware(True, "H100", (9, 0), 80000.0, frozenset({"torchao", "bitsandbytes", "triton"}))
     d = default_values(cuda=True, unavailable=lever_availability(h100))
-    assert d["compile"] and d["float8_training"] and d["grad_checkpointing"] == "selective" and d["bf16"]
-    assert not d["fp8_base"] and not d["adamw8bit"]
-    a100 = Hardware(True, "A100", (8, 0), 80000.0, frozenset({"torchao", "bitsandbytes"}))
-    no_fp8 = default_values(cuda=True, unavailable=lever_availability(a100))  # no FP8 tensor cores
-    assert no_fp8["compile"] and not no_fp8["float8_training"]
+    assert d["compile"] and d["grad_checkpointing"] == "selective" and d["bf16"]
+    assert not d["float8_training"] and not d["fp8_base"] and not d["adamw8bit"]  # lossy or slower: opt-in
+    no_triton = Hardware(True, "H100", (9, 0), 80000.0, frozenset({"torchao"}))
+    why = lever_availability(no_triton)
+    assert "needs Triton" in why["compile"]
+    assert not default_values(cuda=True, unavailable=why)["compile"]
     unknown = default_values(cuda=True)  # nothing known to run: nothing extra turned on
-    assert not unknown["compile"] and not unknown["float8_training"]
+    assert not unknown["compile"]

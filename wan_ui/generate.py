@@ -25,8 +25,8 @@ from .errors import GenerationCancelled, OutOfMemoryError
 from .gpu_pool import device_index, device_scope, is_cuda
 from .manager import LOW_VRAM_HINT, BuildInfo, ModelManager
 from .metrics import Clock, Metrics, NvmlSampler, forward_counter, frame_metrics, warmup_from_steps
-from .optim.cache import forwards_computed_mag
-from .optim.cfg import make_cfg_step_hook, planned_forwards
+from .optim.cache import forwards_computed_mag, mag_schedule
+from .optim.cfg import cfg_steps, make_cfg_step_hook, planned_forwards
 from .optim.sparse import make_sparse_step_hook
 from .optim.cfg_batch import prepare_cfg_batch
 from .options import OptimizationSet, option_notes
@@ -106,7 +106,8 @@ def to_uint8_frames(video: torch.Tensor, chunk: int = 16) -> np.ndarray:
     channels, frames, height, width = video.shape
     out = np.empty((frames, height, width, channels), dtype=np.uint8)
     for i in range(0, frames, chunk):
-        part = video[:, i:i + chunk].float().mul_(0.5).add_(0.5).clamp_(0.0, 1.0).mul_(255.0).round_()
+        part = video[:, i:i + chunk].to(torch.float32, copy=True)  # a copy: the caller's video stays as it is
+        part = part.mul_(0.5).add_(0.5).clamp_(0.0, 1.0).mul_(255.0).round_()
         out[i:i + chunk] = part.to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
     return out
 
@@ -198,6 +199,21 @@ def _generate_on(manager: ModelManager, model, request: GenerationRequest, opts:
     return result
 
 
+def step_kinds(request: GenerationRequest, opts: OptimizationSet) -> list[tuple[int, bool]] | None:
+    """What each denoising step computes, as far as the options decide it: (forwards that run the blocks, dense
+    attention) per step. None for caches that decide per step from activations (first_block, taylorseer, pab)."""
+    n = request.num_inference_steps
+    if opts.cache == "mag":
+        computes = mag_schedule(n, opts.cache_threshold)  # the same decisions as a real run (exact replay)
+    elif opts.cache == "none":
+        computes = [True] * n
+    else:
+        return None
+    with_cfg = cfg_steps(request.guidance_scale, n, opts.cfg_truncation)
+    dense = opts.sparse_dense_steps if opts.sparse_attention != "none" else n
+    return [(int(c) * (1 + (i < with_cfg)), i < dense) for i, c in enumerate(computes)]
+
+
 def _forwards_computed(counted: int | None, request: GenerationRequest, opts: OptimizationSet) -> int | None:
     """The counter's figure; under torch.compile (module hooks inside compiled blocks are not run reliably) MagCache's
     replayed schedule, exact because its decision reads no activations; otherwise no count rather than a wrong one."""
@@ -217,7 +233,7 @@ def _assemble_metrics(build, fresh, clock, steps, computed, request, opts, n_fra
         note = sampler.error
     return Metrics(
         load_time_s=build.load_time_s, load_breakdown=dict(build.load_breakdown), rebuilt=build.rebuilt,
-        warmup_time_s=warmup_from_steps(steps) if fresh else 0.0,
+        warmup_time_s=warmup_from_steps(steps, step_kinds(request, opts)) if fresh else 0.0,
         clip_latency_s=clip,
         phases={f"{k}_s": v for k, v in clock.phases.items()},
         step_latencies_s=steps, frame_latency_s=frame_latency, throughput_fps=fps,

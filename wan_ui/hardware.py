@@ -27,7 +27,7 @@ class Hardware:
 
 
 OPTIONAL_PACKAGES = ("bitsandbytes", "torchao", "sageattention", "xformers", "flash_attn", "pynvml", "open_clip",
-                     "lpips", "spaces")
+                     "lpips", "spaces", "triton")
 
 
 def probe_hardware() -> Hardware:
@@ -43,14 +43,15 @@ ALLOC_CONF_DEFAULT = "expandable_segments:True"
 
 def configure_allocator(environ: MutableMapping[str, str] = os.environ) -> str | None:
     """Default PyTorch's CUDA caching allocator to expandable segments, unless the user set its configuration
-    (`PYTORCH_CUDA_ALLOC_CONF`, or `PYTORCH_ALLOC_CONF` as torch >= 2.9 calls it): their setting is kept.
+    (`PYTORCH_CUDA_ALLOC_CONF`, `PYTORCH_ALLOC_CONF` as torch >= 2.9 calls it, or ROCm's `PYTORCH_HIP_ALLOC_CONF`):
+    their setting is kept.
 
     Why: the Low VRAM presets run close to the card's size, where a fixed-size-block allocator can fail on
     fragmentation with memory free. Measured (H200, 2026-11-26, `report`, "Low VRAM" + sparse attention, allocator
-    capped at 7.5 GB): out of memory with the default allocator, 93.9 s at 5.6 GB peak with expandable segments.
+    capped at 7.5 GB): out of memory with the default allocator; with expandable segments it ran (5.6 GB peak).
     torch reads the setting when CUDA's allocator starts, so the entry points (app, CLI, benchmark, training) call
     this first. Returns the value set, or None when the user's own setting was kept."""
-    if "PYTORCH_CUDA_ALLOC_CONF" in environ or "PYTORCH_ALLOC_CONF" in environ:
+    if any(name in environ for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF", "PYTORCH_HIP_ALLOC_CONF")):
         return None
     environ["PYTORCH_CUDA_ALLOC_CONF"] = ALLOC_CONF_DEFAULT
     return ALLOC_CONF_DEFAULT

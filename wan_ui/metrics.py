@@ -22,8 +22,9 @@ class Metrics:
       storage, offload hooks, compile wrappers). Download time is `load_breakdown.download_s`, never included.
       A reused pipeline reports the load time of the build it reuses, with `rebuilt` false.
     - warmup_time_s: extra cost of the first generation after a (re)build or a run-time change, over steady
-      state: first denoising step minus the median of the other steps (compile, autotuning and kernel selection
-      land in the first step). 0 for a generation on an already-warm pipeline; null with one step. The
+      state: first denoising step minus the median of the later steps that did the same work (forwards computed,
+      dense or sparse attention: `generate.step_kinds`; compile, autotuning and kernel selection land in the first
+      step); null when no later step did the same work. 0 for a generation on an already-warm pipeline; null with one step. The
       benchmark measures it end to end instead (first run minus median of later runs) — `warmup_method` says which.
     - clip_latency_s: wall time of text encode + denoise + decode, synchronised; `phases` splits it.
     - step_latencies_s: time between consecutive step-end callbacks (the first from the start of denoising).
@@ -81,10 +82,22 @@ def frame_metrics(clip_latency_s: float, frames: int) -> tuple[float, float]:
     return clip_latency_s / frames, frames / clip_latency_s
 
 
-def warmup_from_steps(steps: list[float]) -> float | None:
+def warmup_from_steps(steps: list[float], kinds: list | None = None) -> float | None:
+    """First step minus the median of the later steps that did the same work (`kinds[i]`: what step i computed,
+    e.g. (forwards that ran the blocks, dense attention?)); None when no later step did (no steady reference).
+    Without `kinds` (a cache that decides per step from activations) the second step is the reference: caches
+    compute the early steps, so it is the nearest step of the same kind. Comparing with every later step would
+    count a step cache's skips as warm-up (MagCache's median step is ~0.02 s: a 6.6 s dense first step read as
+    6.6 s of warm-up)."""
     if len(steps) < 2:
         return None
-    return max(0.0, steps[0] - statistics.median(steps[1:]))
+    if kinds is None:
+        later = steps[1:2]
+    else:
+        later = [t for t, k in zip(steps[1:], kinds[1:]) if k == kinds[0]]
+    if not later:
+        return None
+    return max(0.0, steps[0] - statistics.median(later))
 
 
 class ForwardCounter:

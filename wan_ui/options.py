@@ -98,7 +98,7 @@ class OptimizationSet:
     vae_tiling: bool = _opt(False, "vae", False, "decode in spatial tiles (lower peak memory)", (False, True))
     vae_slicing: bool = _opt(False, "vae", False, "decode batch items one at a time", (False, True))
     vae_tile: int = _opt(256, "vae", False, "tiled decode: tile size in pixels (64 px overlap); 256 = diffusers' "
-                         "default and least memory, 512 = 1.7-2x faster decode", (256, 384, 512))
+                         "default and least memory, 512 = 1.7x faster decode at 480p", (256, 384, 512))
     vae_channels_last: bool = _opt(False, "vae", False, "channels-last (NDHWC) VAE conv weights: 10 % faster bf16 "
                                    "decode on an H200", (False, True))
 
@@ -223,8 +223,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "Low VRAM": {"precision": "bf16", "offload": "group_leaf", "vae_tiling": True, "vae_tile": 512,
                  "vae_precision": "bf16", "cache": "mag", "cfg_truncation": 0.5},
     # The same + the sparse attention of "Fast (sparse)" with 4 dense steps. H200, `report`, 7.5 GB allocator cap
-    # with expandable segments: 93.9 s including 6.8 s of first-call compile of the sparse kernel (87.1 s steady,
-    # 1.45x "Fast (sparse)"), 5.6 GB torch peak. Lossy in the same way as "Fast (sparse)".
+    # with expandable segments, first run in its process (the sparse kernel's compile included): 93.9 s at 5.6 GB
+    # torch peak = 1.57x "Fast (sparse)" (59.9 s), 1.36x the same sparse schedule at full memory (68.8 s). Lossy
+    # in the same way as "Fast (sparse)".
     "Low VRAM (sparse)": {"precision": "bf16", "offload": "group_leaf", "vae_tiling": True, "vae_tile": 512,
                           "vae_precision": "bf16", "cache": "mag", "cfg_truncation": 0.5, "sparse_attention": "sta",
                           "sparse_window": "3,1,1", "sparse_dense_steps": 4},

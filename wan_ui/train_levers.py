@@ -56,6 +56,9 @@ def check_levers(cfg, hw) -> None:
         if not hw.has("torchao"):
             raise UnavailableError("--float8-training needs the torchao package (pip install torchao)",
                                    field="float8_training")
+    if cfg.compile and hw.cuda and not hw.has("triton"):
+        raise UnavailableError("--compile on a GPU needs Triton (it ships with torch's CUDA wheels; pip install "
+                               "triton)", field="compile")
     if cfg.fp8_base and cfg.float8_training:
         raise IncompatibleOptionsError("--fp8-base and --float8-training both set how the base linears are "
                                        "stored and multiplied; use one (float8 training for speed on H100-class "

@@ -6,7 +6,8 @@
 - group_block / group_leaf: diffusers group offloading with CUDA streams: the next group is prefetched while
   the current one computes (block level: one transformer block per group; leaf level: each leaf module).
   The VAE stays on the GPU (254 MB in bf16): its decoder runs once per latent frame and tile, so streaming its
-  weights made the `report` decode 25 s instead of 10 s (H200, 256 px tiles, 2026-11-26).
+  weights made the `report` decode phase 26.1 s (H200, 256 px tiles, 2026-11-26), where the VAE alone decodes with
+  those tiles in 10.1 s; resident with 512 px tiles the phase took 8.3 s.
 """
 
 from __future__ import annotations
