@@ -100,6 +100,10 @@ def test_low_vram_preset_is_sized_and_says_why(client):
     values, note = dict(zip(OPTION_FIELDS, out)), out[-1]
     assert values["offload"] == "group_leaf" and values["vae_tiling"] is True  # no GPU reading on CPU: leanest
     assert note.startswith("Low VRAM preset: no GPU reading")
+    out = client.predict("Low VRAM (sparse)", 1248, 720, 97, api_name="/apply_preset")
+    values, note = dict(zip(OPTION_FIELDS, out)), out[-1]
+    assert values["offload"] == "group_leaf" and values["sparse_attention"] == "sta"  # sized, sparse kept
+    assert note.startswith("Low VRAM (sparse) preset: no GPU reading") and "Sparse attention trades" in note
 
 
 def test_compare_two_sets_gives_the_report_table_and_downloads(client):
