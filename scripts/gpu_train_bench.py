@@ -63,6 +63,10 @@ VARIANTS: dict[str, dict] = {
     "budget0.2+compile+fp8": {"compile": True, "float8_training": True, "memory_budget": 0.2},
     "selective+compile+fp8+flash": {"grad_checkpointing": "selective", "compile": True, "float8_training": True,
                                     "attention": "_native_flash"},
+    # sparse self-attention (the "(sparse)" presets' window): a LoRA for sparse inference, not the dense model
+    "selective+compile+sparse311": {"grad_checkpointing": "selective", "compile": True, "sparse_window": "3,1,1"},
+    "ckpt+compile+sparse311": {"grad_checkpointing": "full", "compile": True, "sparse_window": "3,1,1"},
+    "no_ckpt+compile+sparse311": {"compile": True, "sparse_window": "3,1,1"},
 }
 # Most informative first: the issue's three measured rows, then the candidates for <= 0.7 s at <= 12 GB.
 DEFAULT = ["ckpt", "no_ckpt", "ckpt+compile", "selective+compile", "selective+compile+fp8",

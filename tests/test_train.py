@@ -251,6 +251,39 @@ def test_bf16_and_fp8_base_run_on_cpu(tiny_folder):
         assert all(g.dtype == torch.float32 for g in grads)  # LoRA master weights stay fp32
 
 
+def _prediction(tiny_folder, **levers) -> torch.Tensor:
+    """The transformer's prediction for one fixed batch after the levers, forward only (FlexAttention has no
+    backward on CPU)."""
+    from wan_ui.train import load_transformer
+    from wan_ui.train_levers import prepare_transformer
+
+    cfg = TrainConfig(data="", model="tiny", rank=4, width=SIZE, height=SIZE, frames=FRAMES, **levers)
+    torch.manual_seed(0)
+    transformer = load_transformer(tiny_folder, cfg, "cpu")
+    prepare_transformer(transformer, cfg, "cpu")
+    g = torch.Generator().manual_seed(0)
+    latents, text = torch.randn(1, 16, 3, 8, 8, generator=g), torch.randn(1, 512, 32, generator=g)
+    with torch.no_grad():
+        return transformer(hidden_states=latents, timestep=torch.tensor([400.0]), encoder_hidden_states=text,
+                           return_dict=False)[0]
+
+
+def test_sparse_attention_training_routes_self_attention_through_the_window(tiny_folder, tmp_path):
+    """The tiny clip is 3 x 4 x 4 patches = 3 tiles of one frame each: a window of 9 tiles keeps every block (the
+    dense model), a window of 0 frames keeps each frame to itself. Training itself needs CUDA (FlexAttention's
+    backward), which the lever says on CPU."""
+    dense = _prediction(tiny_folder)
+    torch.testing.assert_close(_prediction(tiny_folder, sparse_window="9,9,9"), dense, rtol=1e-4, atol=1e-5)
+    narrow = _prediction(tiny_folder, sparse_window="0,0,0")
+    assert (narrow - dense).abs().max() > 1e-3 * dense.abs().max()  # the mask changes what the model computes
+    with pytest.raises(ValidationError) as e:
+        TrainConfig(data="x", sparse_window="3,1")
+    assert e.value.field == "sparse_window"
+    with pytest.raises(UnavailableError, match="--sparse-window needs a CUDA GPU") as e:
+        train(TrainConfig(data=str(tmp_path), device="cpu", sparse_window="3,1,1"), log=lambda m: None)
+    assert e.value.field == "sparse_window"
+
+
 @pytest.mark.parametrize("flag,field", [("adamw8bit", "adamw8bit"), ("float8_training", "float8_training")])
 def test_cuda_only_levers_say_why_on_cpu(tmp_path, flag, field):
     with pytest.raises(UnavailableError, match=f"--{flag.replace('_', '-')} needs a CUDA GPU") as e:

@@ -72,6 +72,9 @@ class TrainConfig:
     fp8_base: bool = False  # float8 storage of the frozen weights (layerwise casting)
     float8_training: bool = False  # torchao float8 matmuls for the base linears
     compile: bool = False  # regional torch.compile of the blocks
+    # "t,h,w": self-attention through the sliding tile window of the "(sparse)" inference presets (a LoRA for them,
+    # STA-style sparse fine-tuning); "" = dense, the model as it is
+    sparse_window: str = ""
     # files
     cache_dir: str | None = None  # latent/text cache (default: $WAN_UI_CACHE/train_cache)
     checkpoint_dir: str | None = None  # default: <out folder>/<out stem>_checkpoints
@@ -113,6 +116,10 @@ class TrainConfig:
                 "grad_checkpointing")
         if self.checkpoint_skip_blocks < 0:
             bad("checkpoint_skip_blocks must be >= 0", "checkpoint_skip_blocks")
+        if self.sparse_window:
+            from .optim.sparse import parse_window
+
+            parse_window(self.sparse_window)  # a ValidationError naming sparse_window
         if self.save_dtype not in ("bf16", "fp32"):
             bad(f"save dtype must be bf16 or fp32, got {self.save_dtype!r}", "save_dtype")
         if self.validate_every and not self.validation_prompt.strip():
@@ -729,6 +736,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--float8-training", action="store_true",
                    help="torchao float8 matmuls for the base linears (CUDA, compute capability >= 8.9)")
     g.add_argument("--compile", action="store_true", help="regional torch.compile of the transformer blocks")
+    g.add_argument("--sparse-window", default="", metavar="T,H,W",
+                   help="train with the sparse self-attention of the '(sparse)' presets, window in tiles (e.g. 3,1,1): "
+                        "a LoRA for sparse inference; default dense")
     f = p.add_argument_group("files, checkpoints, validation")
     f.add_argument("--cache-dir", default=None, help="latent/text-embedding cache (default $WAN_UI_CACHE/train_cache)")
     f.add_argument("--checkpoint-dir", default=None, help="default: <out stem>_checkpoints beside --out")

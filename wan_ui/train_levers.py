@@ -1,5 +1,6 @@
 """Training speed levers: each a verb on the transformer (or its parameters), applied in a fixed order by
-`prepare_transformer`: LoRA -> FP8 base storage -> float8 training -> activation checkpointing -> compile.
+`prepare_transformer`: LoRA -> FP8 base storage -> float8 training -> sparse attention -> activation checkpointing
+-> compile.
 
 Why the order: peft initialises the adapter in the base layer's dtype, so LoRA goes in while the base is still
 bf16/fp32; layerwise casting then hooks the base linears only (the adapters are skipped by name); torchao's
@@ -17,7 +18,9 @@ checkpointing and compile wrap the finished blocks.
 | float8_training       | torchao `convert_to_float8_training` on the blocks' base linears:     | CUDA cc>=8.9,    |
 |                       | FP8 tensor-core matmuls in forward and backward                       | torchao          |
 | adamw8bit             | bitsandbytes 8-bit AdamW states                                       | CUDA, bnb        |
-| compile               | `torch.compile` of the repeated block (one compile for all 30 blocks) | -                |
+| compile               | `torch.compile` of the repeated block (one compile for all 30 blocks) | Triton on CUDA   |
+| sparse_window         | self-attention through the "(sparse)" presets' sliding tile window    | CUDA (Flex-      |
+|                       | (FlexAttention): trains a LoRA for sparse inference                   | Attention bwd)   |
 """
 
 from __future__ import annotations
@@ -56,6 +59,9 @@ def check_levers(cfg, hw) -> None:
         if not hw.has("torchao"):
             raise UnavailableError("--float8-training needs the torchao package (pip install torchao)",
                                    field="float8_training")
+    if getattr(cfg, "sparse_window", "") and not hw.cuda:
+        raise UnavailableError("--sparse-window needs a CUDA GPU: FlexAttention has no backward on the CPU",
+                               field="sparse_window")
     if cfg.compile and hw.cuda and not hw.has("triton"):
         raise UnavailableError("--compile on a GPU needs Triton (it ships with torch's CUDA wheels; pip install "
                                "triton)", field="compile")
@@ -198,6 +204,27 @@ def apply_compile(transformer, runners: list[_BlockRunner], fullgraph: bool = Fa
         transformer.compile_repeated_blocks(fullgraph=fullgraph)
 
 
+# ---- 6. sparse self-attention ----------------------------------------------------------------------------------
+def latent_grid_for(transformer, cfg) -> tuple[int, int, int]:
+    """The patch grid (T, Hp, Wp) of a training clip: VAE strides (4, 8, 8), then the transformer's patch."""
+    pt, ph, pw = transformer.config.patch_size
+    return ((cfg.frames - 1) // 4 + 1) // pt, cfg.height // 8 // ph, cfg.width // 8 // pw
+
+
+def apply_sparse_training(transformer, window: str, grid: tuple[int, int, int], device: str) -> int:
+    """Route every block's self-attention through the sliding tile window the "(sparse)" inference presets use
+    (`wan_ui.optim.sparse`, the same processor and mask), for the training clips' fixed patch grid: the LoRA then
+    learns the model as sparse inference runs it (Sliding Tile Attention fine-tunes under its mask the same way).
+    FlexAttention computes the backward of the kept blocks only. Returns the number of blocks switched."""
+    from .optim.sparse import DEFAULT_TILE, SparseContext, SparseWanAttnProcessor, parse_window
+
+    ctx = SparseContext(parse_window(window), DEFAULT_TILE)
+    ctx.prepare(grid, device)
+    for block in transformer.blocks:
+        block.attn1.set_processor(SparseWanAttnProcessor(block.attn1.processor, ctx))
+    return len(transformer.blocks)
+
+
 # ---- optimizer -----------------------------------------------------------------------------------------------
 def build_optimizer(params, lr: float, weight_decay: float, adamw8bit: bool, device: str):
     if adamw8bit:
@@ -222,6 +249,9 @@ def prepare_transformer(transformer, cfg, device: str):
         apply_fp8_base(transformer, compute)
     if cfg.float8_training:
         info["float8_linears"] = apply_float8_training(transformer)
+    if getattr(cfg, "sparse_window", ""):
+        info["sparse_blocks"] = apply_sparse_training(transformer, cfg.sparse_window,
+                                                      latent_grid_for(transformer, cfg), device)
     runners = apply_grad_checkpointing(transformer, cfg.grad_checkpointing, cfg.checkpoint_skip_blocks)
     if cfg.compile:
         apply_compile(transformer, runners)
