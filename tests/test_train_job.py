@@ -180,3 +180,13 @@ def test_gpu_defaults_turn_on_the_fast_levers_this_machine_can_run():
     assert not default_values(cuda=True, unavailable=why)["compile"]
     unknown = default_values(cuda=True)  # nothing known to run: nothing extra turned on
     assert not unknown["compile"]
+
+
+def test_sparse_window_reaches_the_trainer_and_bad_ones_name_the_field(roots):
+    assert config(sparse_window=" 3,1,1 ").sparse_window == "3,1,1" and config().sparse_window == ""
+    with pytest.raises(ValidationError) as e:
+        config(sparse_window="3,1")
+    assert e.value.field == "sparse_window"
+    assert "needs a CUDA GPU" in lever_availability(CPU)["sparse_window"]
+    h100 = Hardware(True, "H100", (9, 0), 80000.0, frozenset({"torchao", "bitsandbytes", "triton"}))
+    assert lever_availability(h100)["sparse_window"] is None

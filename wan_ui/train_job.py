@@ -44,7 +44,7 @@ PROMPT_MAX = 2000  # characters of the validation prompt
 LR_RANGE = (0.0, 1.0)  # exclusive, as TrainConfig checks it
 LEVERS = ("bf16", "compile", "fp8_base", "float8_training", "adamw8bit")  # checkboxes; grad_checkpointing: a choice
 FIELDS = ("data", "lora_name", "rank", "lr", "steps", "batch_size", "width", "height", "frames", "save_every",
-          "validate_every", "validation_prompt", "grad_checkpointing", *LEVERS)
+          "validate_every", "validation_prompt", "grad_checkpointing", *LEVERS, "sparse_window")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 METRICS_FILE = "metrics.jsonl"  # in NAME_checkpoints/: the step records a resumed run's curve starts with
 
@@ -129,7 +129,7 @@ def config_from_values(values: dict, *, model: str | None, device: str | None, r
         raise ValidationError("validate_every > 0 needs a validation_prompt (the video made every N steps)",
                               field="validation_prompt")
     cfg = TrainConfig(data=str(data), out=str(out), model=model, device=device, lr=_learning_rate(values),
-                      validation_prompt=prompt,
+                      validation_prompt=prompt, sparse_window=str(values.get("sparse_window") or "").strip(),
                       grad_checkpointing=mode, resume="latest" if resume else None, progress=False,
                       **ints, **{name: bool(values.get(name)) for name in LEVERS})
     return dataclasses.replace(cfg, metrics_jsonl=str(default_checkpoint_dir(cfg) / METRICS_FILE))
@@ -150,7 +150,7 @@ def default_values(cuda: bool, unavailable: dict[str, str | None] | None = None)
             "batch_size": d.batch_size, "width": d.width,
             "height": d.height, "frames": d.frames, "save_every": 100, "validate_every": 0,
             "validation_prompt": "", "grad_checkpointing": "selective",
-            **{name: False for name in LEVERS}, "bf16": True}
+            **{name: False for name in LEVERS}, "bf16": True, "sparse_window": ""}
     if cuda:
         runnable = {name for name, why in (unavailable or {}).items() if why is None}
         return {**base, **{name: True for name in FAST_GPU_LEVERS if name in runnable}}
@@ -159,11 +159,12 @@ def default_values(cuda: bool, unavailable: dict[str, str | None] | None = None)
 
 
 def lever_availability(hw) -> dict[str, str | None]:
-    """Lever -> why this machine cannot run it (None: it can), from the CLI's own check."""
+    """Lever (the checkboxes and `sparse_window`) -> why this machine cannot run it (None: it can), from the CLI's
+    own check."""
     out = {}
-    for name in LEVERS:
+    for name, value in [*((n, True) for n in LEVERS), ("sparse_window", "3,1,1")]:
         try:
-            check_levers(TrainConfig(data="", **{name: True}), hw)
+            check_levers(TrainConfig(data="", **{name: value}), hw)
             out[name] = None
         except UserError as e:
             out[name] = str(e)

@@ -88,6 +88,12 @@ def build_train_tab(ctx: AppContext) -> TrainTab:
                 for name, (label, info) in LEVER_LABELS.items():
                     w[name] = gr.Checkbox(d[name] and why[name] is None, label=label, info=why[name] or info,
                                           interactive=why[name] is None, elem_id=f"train-{name.replace('_', '-')}")
+                w["sparse_window"] = gr.Textbox(
+                    d["sparse_window"], label="Sparse attention window (t,h,w tiles)", max_lines=1,
+                    placeholder="empty = dense", interactive=why["sparse_window"] is None,
+                    elem_id="train-sparse-window",
+                    info=why["sparse_window"] or "e.g. 3,1,1: trains a LoRA for the '(sparse)' presets, under their "
+                                                 "attention window (faster steps); empty trains the dense model")
         with gr.Column(scale=6, elem_id="train-results"):
             with gr.Row():
                 start_btn = gr.Button("Start", variant="primary", elem_id="train-start-btn", scale=2)
