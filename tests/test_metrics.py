@@ -92,6 +92,9 @@ def test_warmup_compares_steps_that_did_the_same_work():
     assert warmup_from_steps([4.0, 1.1, 1.1, 1.1], [(1, True)] + [(1, False)] * 3) is None
     # unknown kinds (a cache deciding from activations): the second step is the reference
     assert warmup_from_steps([8.0, 3.0, 0.1, 0.1], None) == pytest.approx(5.0)
+    # the first sparse step compiles the sparse kernel: counted with the first dense step's warm-up
+    kinds = [(2, True)] * 2 + [(2, False)] * 3
+    assert warmup_from_steps([3.5, 3.0, 1.8, 1.0, 1.0], kinds) == pytest.approx(0.5 + 0.8)
 
 
 def test_step_kinds_follow_cache_cfg_and_sparse_schedules():
@@ -106,6 +109,8 @@ def test_step_kinds_follow_cache_cfg_and_sparse_schedules():
     assert sum(k[0] for k in kinds) == forwards_computed_mag(65, req.guidance_scale, 0.5, 0.0)
     assert kinds[-1][0] in (0, 1)  # after CFG truncation: at most the conditional branch
     assert step_kinds(req, OptimizationSet()) == [(2, True)] * 65
+    sta = step_kinds(req, OptimizationSet().with_(sparse_attention="sta"))  # sparse_dense_steps -1: STA's 12/50
+    assert [k[1] for k in sta] == [True] * 16 + [False] * 49
     assert step_kinds(req, OptimizationSet().with_(cache="first_block")) is None
 
 

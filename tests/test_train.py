@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,6 +129,25 @@ def test_resume_continues_from_the_saved_step(tmp_path, one_clip, train_cache):
     train(config(one_clip, tmp_path / "c.safetensors", train_cache, steps=4, save_every=1, keep_checkpoints=2),
           log=lambda m: None)
     assert sorted(p.name for p in (tmp_path / "c_checkpoints").iterdir()) == ["step-000003", "step-000004"]
+
+
+
+def test_a_dense_checkpoint_does_not_resume_into_a_sparse_run(tmp_path, one_clip, train_cache, tiny_folder):
+    """Two different models (dense, sparse attention) must not train into one LoRA; the check reads the window the
+    checkpoint was trained with (training itself with a window needs CUDA, so the loader is called directly)."""
+    from wan_ui.train import BatchSampler, load_checkpoint, load_transformer
+    from wan_ui.train_levers import build_optimizer, prepare_transformer
+
+    cfg = config(one_clip, tmp_path / "d.safetensors", train_cache, steps=2, save_every=2)
+    ckpt = Path(train(cfg, log=lambda m: None).checkpoint)
+    transformer = load_transformer(tiny_folder, cfg, "cpu")
+    lora_config, params, _ = prepare_transformer(transformer, cfg, "cpu")
+    args = (ckpt, transformer, build_optimizer(params, 1e-3, 0.0, False, "cpu"), BatchSampler(1, 1, 0),
+            torch.Generator().manual_seed(0), lora_config)
+    with pytest.raises(UserError, match="trained with sparse window none \\(dense\\), this run asks for 3,1,1") as e:
+        load_checkpoint(*args, sparse_window="3,1,1")
+    assert e.value.field == "resume"
+    assert load_checkpoint(*args) == 2  # the same (dense) setting resumes
 
 
 def test_rng_states_round_trip_through_safetensors_and_json(tmp_path):
@@ -274,7 +294,7 @@ def test_sparse_attention_training_routes_self_attention_through_the_window(tiny
     backward), which the lever says on CPU."""
     dense = _prediction(tiny_folder)
     torch.testing.assert_close(_prediction(tiny_folder, sparse_window="9,9,9"), dense, rtol=1e-4, atol=1e-5)
-    narrow = _prediction(tiny_folder, sparse_window="0,0,0")
+    narrow = _prediction(tiny_folder, sparse_window="0,0,0")  # blocks 1.. sparse; block 0 dense as at inference
     assert (narrow - dense).abs().max() > 1e-3 * dense.abs().max()  # the mask changes what the model computes
     with pytest.raises(ValidationError) as e:
         TrainConfig(data="x", sparse_window="3,1")

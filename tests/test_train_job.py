@@ -190,3 +190,5 @@ def test_sparse_window_reaches_the_trainer_and_bad_ones_name_the_field(roots):
     assert "needs a CUDA GPU" in lever_availability(CPU)["sparse_window"]
     h100 = Hardware(True, "H100", (9, 0), 80000.0, frozenset({"torchao", "bitsandbytes", "triton"}))
     assert lever_availability(h100)["sparse_window"] is None
+    no_triton = Hardware(True, "H100", (9, 0), 80000.0, frozenset({"torchao"}))
+    assert "needs Triton" in lever_availability(no_triton)["sparse_window"]

@@ -27,7 +27,7 @@ from .manager import LOW_VRAM_HINT, BuildInfo, ModelManager
 from .metrics import Clock, Metrics, NvmlSampler, forward_counter, frame_metrics, warmup_from_steps
 from .optim.cache import forwards_computed_mag, mag_schedule
 from .optim.cfg import cfg_steps, make_cfg_step_hook, planned_forwards
-from .optim.sparse import make_sparse_step_hook
+from .optim.sparse import dense_steps_for, make_sparse_step_hook
 from .optim.cfg_batch import prepare_cfg_batch
 from .options import OptimizationSet, option_notes
 from .requests import GenerationRequest, validate_request
@@ -210,7 +210,7 @@ def step_kinds(request: GenerationRequest, opts: OptimizationSet) -> list[tuple[
     else:
         return None
     with_cfg = cfg_steps(request.guidance_scale, n, opts.cfg_truncation)
-    dense = opts.sparse_dense_steps if opts.sparse_attention != "none" else n
+    dense = dense_steps_for(opts.sparse_dense_steps, n) if opts.sparse_attention != "none" else n  # -1: STA's
     return [(int(c) * (1 + (i < with_cfg)), i < dense) for i, c in enumerate(computes)]
 
 

@@ -83,21 +83,23 @@ def frame_metrics(clip_latency_s: float, frames: int) -> tuple[float, float]:
 
 
 def warmup_from_steps(steps: list[float], kinds: list | None = None) -> float | None:
-    """First step minus the median of the later steps that did the same work (`kinds[i]`: what step i computed,
-    e.g. (forwards that ran the blocks, dense attention?)); None when no later step did (no steady reference).
-    Without `kinds` (a cache that decides per step from activations) the second step is the reference: caches
-    compute the early steps, so it is the nearest step of the same kind. Comparing with every later step would
-    count a step cache's skips as warm-up (MagCache's median step is ~0.02 s: a 6.6 s dense first step read as
-    6.6 s of warm-up)."""
+    """Extra time of the first step of each kind over the median of the later steps of that kind, summed
+    (`kinds[i]`: what step i computed, e.g. (forwards that ran the blocks, dense attention?)): compile and
+    autotuning land in the first step, and again in the first step of a new kind (the first sparse step compiles
+    the sparse kernel). Kinds seen once have no reference and add nothing; None when the first step's kind has
+    none. Without `kinds` (a cache that decides per step from activations): first step minus second step, the
+    nearest step of the same kind (caches compute the early steps). Comparing with every later step would count
+    a step cache's skips as warm-up (MagCache's median step is ~0.02 s: a 6.6 s dense first step read as 6.6 s)."""
     if len(steps) < 2:
         return None
     if kinds is None:
-        later = steps[1:2]
-    else:
-        later = [t for t, k in zip(steps[1:], kinds[1:]) if k == kinds[0]]
-    if not later:
+        return max(0.0, steps[0] - steps[1])
+    by_kind: dict = {}
+    for t, k in zip(steps, kinds):
+        by_kind.setdefault(k, []).append(t)
+    if len(by_kind[kinds[0]]) < 2:
         return None
-    return max(0.0, steps[0] - statistics.median(later))
+    return sum(max(0.0, ts[0] - statistics.median(ts[1:])) for ts in by_kind.values() if len(ts) > 1)
 
 
 class ForwardCounter:

@@ -319,7 +319,7 @@ def resolve_resume(cfg: TrainConfig) -> Path | None:
 
 
 def load_checkpoint(path: Path, transformer, optimizer, sampler: BatchSampler, noise_gen: torch.Generator,
-                    lora_config) -> int:
+                    lora_config, sparse_window: str = "") -> int:
     """Restore everything `save_checkpoint` wrote; return the step it was taken at."""
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -330,6 +330,11 @@ def load_checkpoint(path: Path, transformer, optimizer, sampler: BatchSampler, n
     if mine != theirs:
         raise UserError(f"checkpoint {path} has LoRA rank/alpha/targets {theirs}, this run asks for {mine}; "
                         f"resume with the same --rank/--ffn", field="resume")
+    trained_sparse = state.get("config", {}).get("sparse_window", "")
+    if trained_sparse != sparse_window:  # a dense and a sparse run would train two different models into one LoRA
+        raise UserError(f"checkpoint {path} was trained with sparse window {trained_sparse or 'none (dense)'}, this "
+                        f"run asks for {sparse_window or 'none (dense)'}; resume with the same --sparse-window",
+                        field="resume")
     result = set_peft_model_state_dict(transformer, load_file(str(path / "adapter.safetensors")))
     if getattr(result, "unexpected_keys", None):
         raise UserError(f"checkpoint {path} does not match the model: {result.unexpected_keys[:3]}", field="resume")
@@ -552,8 +557,8 @@ def train(cfg: TrainConfig, on_step: StepCallback | None = None, stop: threading
     # 3. resume
     sampler = BatchSampler(len(data.samples), cfg.batch_size, cfg.seed)
     noise_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    start = load_checkpoint(resume_from, transformer, optimizer, sampler, noise_gen, lora_config) \
-        if resume_from else 0
+    start = load_checkpoint(resume_from, transformer, optimizer, sampler, noise_gen, lora_config,
+                            cfg.sparse_window) if resume_from else 0
     if resume_from:
         log(f"resumed from {resume_from} at step {start}")
 

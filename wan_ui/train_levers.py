@@ -62,6 +62,9 @@ def check_levers(cfg, hw) -> None:
     if getattr(cfg, "sparse_window", "") and not hw.cuda:
         raise UnavailableError("--sparse-window needs a CUDA GPU: FlexAttention has no backward on the CPU",
                                field="sparse_window")
+    if getattr(cfg, "sparse_window", "") and not hw.has("triton"):
+        raise UnavailableError("--sparse-window needs Triton (FlexAttention's GPU kernels are generated with it; "
+                               "pip install triton)", field="sparse_window")
     if cfg.compile and hw.cuda and not hw.has("triton"):
         raise UnavailableError("--compile on a GPU needs Triton (it ships with torch's CUDA wheels; pip install "
                                "triton)", field="compile")
@@ -139,7 +142,8 @@ def apply_float8_training(transformer) -> int:
 _SDPA_OPS = tuple(getattr(torch.ops.aten, n).default for n in (
     "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
     "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu")
-    if hasattr(torch.ops.aten, n))
+    if hasattr(torch.ops.aten, n)) + tuple(  # the sparse window's FlexAttention (`sparse_window`)
+    getattr(torch.ops.higher_order, n) for n in ("flex_attention",) if hasattr(torch.ops.higher_order, n))
 
 
 def _save_self_attention(ctx, op, *args, **kwargs):
@@ -211,18 +215,25 @@ def latent_grid_for(transformer, cfg) -> tuple[int, int, int]:
     return ((cfg.frames - 1) // 4 + 1) // pt, cfg.height // 8 // ph, cfg.width // 8 // pw
 
 
-def apply_sparse_training(transformer, window: str, grid: tuple[int, int, int], device: str) -> int:
+def apply_sparse_training(transformer, window: str, grid: tuple[int, int, int], device: str,
+                          dense_layers: int | None = None) -> int:
     """Route every block's self-attention through the sliding tile window the "(sparse)" inference presets use
     (`wan_ui.optim.sparse`, the same processor and mask), for the training clips' fixed patch grid: the LoRA then
     learns the model as sparse inference runs it (Sliding Tile Attention fine-tunes under its mask the same way).
-    FlexAttention computes the backward of the kept blocks only. Returns the number of blocks switched."""
+    FlexAttention computes the backward of the kept blocks only. The first `dense_layers` blocks stay dense, as
+    at inference (the presets' `sparse_dense_layers`); inference also keeps its first steps dense, which a training
+    step (one random timestep) cannot mirror. Returns the number of blocks switched."""
     from .optim.sparse import DEFAULT_TILE, SparseContext, SparseWanAttnProcessor, parse_window
+    from .options import OptimizationSet
 
+    if dense_layers is None:
+        dense_layers = OptimizationSet().sparse_dense_layers
     ctx = SparseContext(parse_window(window), DEFAULT_TILE)
     ctx.prepare(grid, device)
-    for block in transformer.blocks:
+    switched = transformer.blocks[dense_layers:]
+    for block in switched:
         block.attn1.set_processor(SparseWanAttnProcessor(block.attn1.processor, ctx))
-    return len(transformer.blocks)
+    return len(switched)
 
 
 # ---- optimizer -----------------------------------------------------------------------------------------------
