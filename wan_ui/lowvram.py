@@ -17,7 +17,8 @@ linearly in tokens per forward (`official480` 32,760 tokens, `report` 87,750); a
 On top of the peak the plan keeps a 15 % margin and 1.5 GiB for what is outside torch's allocator (the CUDA
 context, cuBLAS/cuDNN; NVML minus torch's reserved memory was 1,514 MiB in every H200 run). The runs it is based
 on fitted allocator caps of 5.5 GB (`official480`) and 7.5 GB (`report`); a real 6 or 8 GB card leaves less once
-its context is counted, which this margin is for. It only chooses levers; the user sees which and why.
+its context is counted, which this margin is for. In an app that already holds a CUDA context the free figure
+excludes part of it, so the plan errs on the lean side. It only chooses levers; the user sees which and why.
 """
 
 from __future__ import annotations
