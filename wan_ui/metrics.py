@@ -22,10 +22,11 @@ class Metrics:
       storage, offload hooks, compile wrappers). Download time is `load_breakdown.download_s`, never included.
       A reused pipeline reports the load time of the build it reuses, with `rebuilt` false.
     - warmup_time_s: extra cost of the first generation after a (re)build or a run-time change, over steady
-      state: first denoising step minus the median of the later steps that did the same work (forwards computed,
-      dense or sparse attention: `generate.step_kinds`; compile, autotuning and kernel selection land in the first
-      step); null when no later step did the same work. 0 for a generation on an already-warm pipeline; null with one step. The
-      benchmark measures it end to end instead (first run minus median of later runs) — `warmup_method` says which.
+      state: for each kind of step (forwards computed, dense or sparse attention: `generate.step_kinds`), its
+      first step minus the median of its later ones, summed (compile, autotuning and kernel selection land in the
+      first step of a kind); see `warmup_from_steps`. 0 for a generation on an already-warm pipeline; null with one
+      step or when the first step's kind never comes again. The benchmark measures it end to end instead (first
+      run minus median of later runs) — `warmup_method` says which.
     - clip_latency_s: wall time of text encode + denoise + decode, synchronised; `phases` splits it.
     - step_latencies_s: time between consecutive step-end callbacks (the first from the start of denoising).
     - frame_latency_s = clip_latency_s / frames;  throughput_fps = frames / clip_latency_s.

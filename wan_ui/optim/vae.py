@@ -2,8 +2,9 @@
 
 Tiles overlap by 64 px (diffusers' default 256 px tile, 192 px stride). Measured on an H200 (2026-11-26, bf16,
 random weights, docs/benchmarks/README.md): at `official480` untiled 1.83 s / 5.2 GB, 256 px tiles 4.30 s /
-1.6 GB, 512 px tiles 2.47 s / 3.5 GB; channels-last conv weights 1.64 s instead of 1.83 s untiled (cuDNN picks
-NDHWC kernels when the weight is channels-last; relative difference of the output 1.6e-2, the size of bf16's own).
+1.6 GB, 512 px tiles 2.47 s / 3.5 GB; channels-last conv weights 1.64 s instead of 1.83 s untiled (measured with
+the input latents converted too; this option converts the weights, which PyTorch's memory-format rule follows for
+cuDNN convolutions; relative difference of the output 1.6e-2, the size of bf16's own).
 """
 
 from __future__ import annotations
