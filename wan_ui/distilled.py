@@ -86,18 +86,11 @@ def request_hints_for(preset_name: str | None, explicit: dict[str, Any]) -> dict
 def hints_for_lora(lora_spec: str) -> dict[str, Any]:
     """The request hints of the distilled LoRA that a `lora` option value loads ({} if none): the same file name
     as a DISTILLED entry's, by hub id or as a local copy, whatever the set or preset is called."""
-    for item in filter(None, (s.strip() for s in lora_spec.split(";"))):
-        head, sep, tail = item.rpartition(":")
-        src = head if sep and _is_number(tail) else item
+    from .optim.lora import split_lora_spec  # here, not at the top: the optim package imports diffusers, which
+    # `wan_ui.options` (importing this module) does not need
+
+    for src, _ in split_lora_spec(lora_spec):
         for d in DISTILLED:
             if src.replace("\\", "/").rsplit("/", 1)[-1] == d.lora.rsplit("/", 1)[-1]:
                 return d.request_hints()
     return {}
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False

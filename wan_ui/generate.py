@@ -25,8 +25,8 @@ from .errors import GenerationCancelled, OutOfMemoryError
 from .gpu_pool import device_index, device_scope, is_cuda
 from .manager import LOW_VRAM_HINT, BuildInfo, ModelManager
 from .metrics import Clock, Metrics, NvmlSampler, forward_counter, frame_metrics, warmup_from_steps
-from .optim.cache import forwards_computed_mag, mag_schedule
-from .optim.cfg import cfg_steps, make_cfg_step_hook, planned_forwards
+from .optim.cache import forwards_computed_mag, forwards_per_step, mag_schedule
+from .optim.cfg import make_cfg_step_hook, planned_forwards
 from .optim.sparse import dense_steps_for, make_sparse_step_hook
 from .optim.cfg_batch import prepare_cfg_batch
 from .options import OptimizationSet, option_notes
@@ -209,9 +209,9 @@ def step_kinds(request: GenerationRequest, opts: OptimizationSet) -> list[tuple[
         computes = [True] * n
     else:
         return None
-    with_cfg = cfg_steps(request.guidance_scale, n, opts.cfg_truncation)
+    forwards = forwards_per_step(computes, request.guidance_scale, opts.cfg_truncation)
     dense = dense_steps_for(opts.sparse_dense_steps, n) if opts.sparse_attention != "none" else n  # -1: STA's
-    return [(int(c) * (1 + (i < with_cfg)), i < dense) for i, c in enumerate(computes)]
+    return [(f, i < dense) for i, f in enumerate(forwards)]
 
 
 def _forwards_computed(counted: int | None, request: GenerationRequest, opts: OptimizationSet) -> int | None:

@@ -59,12 +59,13 @@ def check_levers(cfg, hw) -> None:
         if not hw.has("torchao"):
             raise UnavailableError("--float8-training needs the torchao package (pip install torchao)",
                                    field="float8_training")
-    if getattr(cfg, "sparse_window", "") and not hw.cuda:
-        raise UnavailableError("--sparse-window needs a CUDA GPU: FlexAttention has no backward on the CPU",
-                               field="sparse_window")
-    if getattr(cfg, "sparse_window", "") and not hw.has("triton"):
-        raise UnavailableError("--sparse-window needs Triton (FlexAttention's GPU kernels are generated with it; "
-                               "pip install triton)", field="sparse_window")
+    if cfg.sparse_window:
+        if not hw.cuda:
+            raise UnavailableError("--sparse-window needs a CUDA GPU: FlexAttention has no backward on the CPU",
+                                   field="sparse_window")
+        if not hw.has("triton"):
+            raise UnavailableError("--sparse-window needs Triton (FlexAttention's GPU kernels are generated with "
+                                   "it; pip install triton)", field="sparse_window")
     if cfg.compile and hw.cuda and not hw.has("triton"):
         raise UnavailableError("--compile on a GPU needs Triton (it ships with torch's CUDA wheels; pip install "
                                "triton)", field="compile")
@@ -209,12 +210,6 @@ def apply_compile(transformer, runners: list[_BlockRunner], fullgraph: bool = Fa
 
 
 # ---- 6. sparse self-attention ----------------------------------------------------------------------------------
-def latent_grid_for(transformer, cfg) -> tuple[int, int, int]:
-    """The patch grid (T, Hp, Wp) of a training clip: VAE strides (4, 8, 8), then the transformer's patch."""
-    pt, ph, pw = transformer.config.patch_size
-    return ((cfg.frames - 1) // 4 + 1) // pt, cfg.height // 8 // ph, cfg.width // 8 // pw
-
-
 def apply_sparse_training(transformer, window: str, grid: tuple[int, int, int], device: str,
                           dense_layers: int | None = None) -> int:
     """Route every block's self-attention through the sliding tile window the "(sparse)" inference presets use
@@ -260,9 +255,11 @@ def prepare_transformer(transformer, cfg, device: str):
         apply_fp8_base(transformer, compute)
     if cfg.float8_training:
         info["float8_linears"] = apply_float8_training(transformer)
-    if getattr(cfg, "sparse_window", ""):
-        info["sparse_blocks"] = apply_sparse_training(transformer, cfg.sparse_window,
-                                                      latent_grid_for(transformer, cfg), device)
+    if cfg.sparse_window:
+        from .optim.sparse import patch_grid
+
+        grid = patch_grid(transformer.config.patch_size, cfg.height, cfg.width, cfg.frames)
+        info["sparse_blocks"] = apply_sparse_training(transformer, cfg.sparse_window, grid, device)
     runners = apply_grad_checkpointing(transformer, cfg.grad_checkpointing, cfg.checkpoint_skip_blocks)
     if cfg.compile:
         apply_compile(transformer, runners)

@@ -94,10 +94,16 @@ def mag_schedule(steps: int, threshold: float = 0.0) -> list[bool]:
     return out
 
 
-def forwards_computed_mag(steps: int, guidance_scale: float, cfg_truncation: float, threshold: float) -> int:
-    """Transformer forwards MagCache computes: the cond branch every step, the uncond branch on CFG steps; each
-    branch keeps its own state (diffusers `cache_context`) and so follows the same schedule."""
+def forwards_per_step(computes: list[bool], guidance_scale: float, cfg_truncation: float) -> list[int]:
+    """Transformer forwards each step runs, given its compute (True) / skip decisions: the cond branch, plus the
+    uncond branch on CFG steps; under MagCache each branch keeps its own state (diffusers `cache_context`) and so
+    follows the same schedule."""
     from .cfg import cfg_steps
 
-    schedule = mag_schedule(steps, threshold)
-    return sum(schedule) + sum(schedule[:cfg_steps(guidance_scale, steps, cfg_truncation)])
+    with_cfg = cfg_steps(guidance_scale, len(computes), cfg_truncation)
+    return [int(c) * (1 + (i < with_cfg)) for i, c in enumerate(computes)]
+
+
+def forwards_computed_mag(steps: int, guidance_scale: float, cfg_truncation: float, threshold: float) -> int:
+    """Transformer forwards MagCache computes in a whole run (`forwards_per_step` of its replayed schedule)."""
+    return sum(forwards_per_step(mag_schedule(steps, threshold), guidance_scale, cfg_truncation))

@@ -34,14 +34,20 @@ def lora_dir() -> Path:
     return Path(os.environ.get("WAN_UI_LORA_DIR", "loras")).resolve()
 
 
+def split_lora_spec(spec: str) -> list[tuple[str, float]]:
+    """The `lora` option's text -> [(source, scale)]: items separated by ';', a trailing ':number' is the scale
+    (default 1). Sources are not resolved or checked here."""
+    out = []
+    for item in filter(None, (s.strip() for s in spec.split(";"))):
+        head, sep, tail = item.rpartition(":")
+        out.append((head, float(tail)) if sep and _is_number(tail) else (item, 1.0))
+    return out
+
+
 def parse_lora_spec(spec: str, root: Path | None = None) -> list[LoraSource]:
     root = (root or lora_dir()).resolve()
     out = []
-    for item in filter(None, (s.strip() for s in spec.split(";"))):
-        src, scale = item, 1.0
-        head, sep, tail = item.rpartition(":")
-        if sep and _is_number(tail):
-            src, scale = head, float(tail)
+    for src, scale in split_lora_spec(spec):
         if not (-10.0 <= scale <= 10.0):
             raise ValidationError(f"lora scale must be in [-10, 10], got {scale}", field="lora")
         try:

@@ -60,10 +60,15 @@ def dense_steps_for(setting: int, steps: int) -> int:
 
 def latent_grid(pipe, height: int, width: int, num_frames: int) -> tuple[int, int, int]:
     """The transformer's patch grid (T, Hp, Wp) for a video size, as Wan's pipeline shapes its latents."""
-    pt, ph, pw = pipe.transformer.config.patch_size
-    t = (num_frames - 1) // pipe.vae_scale_factor_temporal + 1
-    s = pipe.vae_scale_factor_spatial
-    return t // pt, height // s // ph, width // s // pw
+    return patch_grid(pipe.transformer.config.patch_size, height, width, num_frames,
+                      pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial)
+
+
+def patch_grid(patch_size, height: int, width: int, num_frames: int, temporal: int = 4,
+               spatial: int = 8) -> tuple[int, int, int]:
+    """(T, Hp, Wp) patches of a video: the VAE's strides (Wan's 4 in time, 8 in space), then the patch size."""
+    pt, ph, pw = patch_size
+    return ((num_frames - 1) // temporal + 1) // pt, height // spatial // ph, width // spatial // pw
 
 
 # ---- layout: frame-major <-> tile-major ------------------------------------------------------------------
