@@ -118,16 +118,24 @@ PLANS = {
         _run("Low VRAM + sparse 3,1,1, 4 dense steps (7.5 GB cap, expandable segments)", "report", "Low VRAM",
              {**STA, "sparse_window": "3,1,1", "sparse_dense_steps": 4}, {}, warmup=0, repeats=1, cap_gb=7.5),
     ],
-    # prepared for the next session (not run yet): the frame conversion on the GPU (distilled official480), repeat
-    # runs of "Fast (sparse)" (59.9 s once: at the limit), and "Low VRAM (sparse)" with 2 dense steps against it
+    # issue 7: the distilled official480 clip with the frame conversion on the GPU, the narrow window and channels-last
+    # VAE weights; two more runs of "Fast (sparse)" on report (59.9 s once: at the limit)
     "next_session": [
         _run(f"{SF} + sparse", "official480", SF, STA, {}, warmup=2, repeats=2),
-        _run(f"{SF} + sparse + channels-last VAE", "official480", SF, {**STA, "vae_channels_last": True}, {},
+        _run(f"{SF} + sparse 3,1,1 + channels-last VAE", "official480", SF,
+             {**STA, "sparse_window": "3,1,1", "vae_channels_last": True}, {}, warmup=2, repeats=2),
+        _run(f"{SF} + sparse 3,1,1, 0 dense steps + channels-last VAE", "official480", SF,
+             {**STA, "sparse_window": "3,1,1", "sparse_dense_steps": 0, "vae_channels_last": True}, {},
              warmup=0, repeats=2),
+        _run("Fast (sparse), official480 + channels-last VAE", "official480", "Fast (sparse)",
+             {"vae_channels_last": True}, {}, warmup=2, repeats=1),
         _run("Fast (sparse)", "report", "Fast (sparse)", {}, {}, warmup=2, repeats=2),
+    ],
+    # issue 8: Low VRAM inside what a real 8 / 6 GB card leaves to torch (~6.5 / ~4.5 GB once ~1.5 GB outside its
+    # allocator is counted), and "Low VRAM (sparse)" with 2 dense steps against "Fast (sparse)"
+    "next_lowvram2": [
         _run("Low VRAM (sparse), 2 dense steps (7.5 GB cap)", "report", "Low VRAM (sparse)",
              {"sparse_dense_steps": 2}, {}, warmup=2, repeats=1, cap_gb=7.5),
-        # a real 8 / 6 GB card leaves ~6.5 / ~4.5 GB to torch once ~1.5 GB outside its allocator is counted
         _run("Low VRAM (sparse) (6.5 GB cap)", "report", "Low VRAM (sparse)", {}, {}, warmup=0, repeats=1,
              cap_gb=6.5),
         _run("Low VRAM, official480 (4.5 GB cap)", "official480", "Low VRAM", {}, {}, warmup=0, repeats=1,
