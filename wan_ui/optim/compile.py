@@ -13,6 +13,12 @@ latency. Measured on an H200: bf16 regional at 480p 7.7 s cold, 2.7 s after a re
 warm; an FP8 (torchao) graph ~3 min at the `report` size. Torch keeps those caches in TORCHINDUCTOR_CACHE_DIR,
 by default under /tmp (gone after a reboot); unless the user set it, we point it into the model cache
 (`$WAN_UI_CACHE/torch_compile`) so warm restarts stay warm.
+
+One compiled graph per input shape and attention variant (dense, each sparse window) accumulates in the blocks'
+shared compile cache; torch's default limit of 8 entries per code object, with fullgraph=True, turns the ninth into
+a hard `FailOnRecompileLimitHit` (seen on an H200: Self-Forcing and "Fast (sparse)" at 480p in one process, then
+the `report` size). An app serves many sizes and windows from one cached pipeline, so the limit is raised to
+`RECOMPILE_LIMIT` (a larger value the user set is kept); each new variant costs a recompile, never an error.
 """
 
 from __future__ import annotations
@@ -23,11 +29,16 @@ import torch
 
 from ..models import cache_root
 
+RECOMPILE_LIMIT = 64  # compiled variants kept per block forward: sizes x {dense, sparse windows} x {CFG on, off}
+
 
 def apply_compile(pipe, opts, device: str) -> None:
     if opts.compile == "none":
         return
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "torch_compile"))
+    dynamo = torch._dynamo.config
+    dynamo.recompile_limit = max(dynamo.recompile_limit, RECOMPILE_LIMIT)
+    dynamo.accumulated_recompile_limit = max(dynamo.accumulated_recompile_limit, 4 * RECOMPILE_LIMIT)
     kwargs = {"fullgraph": True}
     if opts.compile_mode != "default":
         kwargs["mode"] = opts.compile_mode
