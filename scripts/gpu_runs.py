@@ -131,6 +131,17 @@ PLANS = {
              {"vae_channels_last": True}, {}, warmup=2, repeats=1),
         _run("Fast (sparse)", "report", "Fast (sparse)", {}, {}, warmup=2, repeats=2),
     ],
+    # issue 7, after next_session: "Fast (sparse)" on report twice more (one 59.9 s run so far), then with
+    # channels-last VAE weights, then with MagCache K=4 (the authors' T2V-1.3B command); official480 with both
+    "next_fast2": [
+        _run("Fast (sparse)", "report", "Fast (sparse)", {}, {}, warmup=2, repeats=2),
+        _run("Fast (sparse) + channels-last VAE", "report", "Fast (sparse)", {"vae_channels_last": True}, {},
+             warmup=0, repeats=1),
+        _run("Fast (sparse) + channels-last VAE + MagCache K=4", "report", "Fast (sparse)",
+             {"vae_channels_last": True, "cache_max_skips": 4}, {}, warmup=0, repeats=1),
+        _run("Fast (sparse), official480 + channels-last VAE + MagCache K=4", "official480", "Fast (sparse)",
+             {"vae_channels_last": True, "cache_max_skips": 4}, {}, warmup=2, repeats=1),
+    ],
     # issue 8: Low VRAM inside what a real 8 / 6 GB card leaves to torch (~6.5 / ~4.5 GB once ~1.5 GB outside its
     # allocator is counted), and "Low VRAM (sparse)" with 2 dense steps against "Fast (sparse)"
     "next_lowvram2": [

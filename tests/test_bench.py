@@ -130,6 +130,7 @@ def test_extrapolation_with_magcache_replays_the_schedule():
     # MagCache (threshold 0.12, K=2, retention 0.2) on the calibrated Wan 1.3B ratios: 25 of 50 steps compute
     assert sum(mag_schedule(50)) == 25 and mag_schedule(50)[:10] == [True] * 10
     assert forwards_computed_mag(50, 5.0, 1.0, 0.0) == 50
+    assert sum(mag_schedule(50, 0.0, 4)) == 21  # K=4: up to 4 skipped steps in a row
     ex = extrapolate(_metrics([1.0, 0.1, 0.1, 1.0, 1.0], 6), 5, 50, 81, 5.0, cache="mag")
     assert ex["forwards_computed_run_replayed"] == 6 and ex["forwards_computed_full"] == 50
     assert ex["per_forward_s"] == pytest.approx(3.2 / 6)
@@ -153,12 +154,15 @@ def test_extrapolation_with_other_caches_assumes_the_measured_skip_fraction():
 def test_mag_replay_matches_a_real_run(manager, smoke_request):
     from wan_ui.generate import generate
 
-    for steps, truncation in ((8, 1.0), (10, 0.5)):
+    computed = {}
+    for steps, truncation, skips in ((8, 1.0, 0), (10, 0.5, 0), (12, 1.0, 0), (12, 1.0, 2), (12, 1.0, 4)):
         request = dataclasses.replace(smoke_request, num_inference_steps=steps)
-        opts = OptimizationSet.from_dict({"cache": "mag", "cfg_truncation": truncation})
+        opts = OptimizationSet.from_dict({"cache": "mag", "cfg_truncation": truncation, "cache_max_skips": skips})
         m = generate(manager, "tiny", request, opts, out_dir=None).metrics
-        assert m.forwards_computed == forwards_computed_mag(steps, request.guidance_scale, truncation, 0.0)
+        assert m.forwards_computed == forwards_computed_mag(steps, request.guidance_scale, truncation, 0.0, skips)
         assert m.forwards_computed < m.forwards_planned
+        computed[steps, skips] = m.forwards_computed
+    assert computed[12, 4] < computed[12, 2] == computed[12, 0]  # K=4 (the authors' 1.3B command) skips more; 0 means K=2
 
 
 # ---- the set syntax and its errors --------------------------------------------------------------------------

@@ -213,7 +213,7 @@ def fill_row(row: dict, runs: list, bset: BenchSet) -> None:
     req = row["request"]
     row["extrapolation"] = extrapolate(metrics, row["steps_run"], row["steps_full"], req["num_frames"],
                                        req["guidance_scale"], bset.options.cfg_truncation, bset.options.cache,
-                                       bset.options.cache_threshold)
+                                       bset.options.cache_threshold, bset.options.cache_max_skips)
 
 
 def _reset_device(device: str) -> None:

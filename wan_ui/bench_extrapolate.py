@@ -30,7 +30,8 @@ def step_median(step_latencies: list[float]) -> float | None:
 
 
 def extrapolate(metrics: dict, steps_run: int, steps_full: int, frames: int, guidance_scale: float,
-                cfg_truncation: float = 1.0, cache: str = "none", cache_threshold: float = 0.0) -> dict | None:
+                cfg_truncation: float = 1.0, cache: str = "none", cache_threshold: float = 0.0,
+                cache_max_skips: int = 0) -> dict | None:
     """Estimate the full-length clip from a run of `steps_run` steps; None when nothing was shortened."""
     if steps_run >= steps_full or metrics.get("clip_latency_s") is None:
         return None
@@ -42,7 +43,8 @@ def extrapolate(metrics: dict, steps_run: int, steps_full: int, frames: int, gui
     computed_run = metrics.get("forwards_computed")  # None under torch.compile (hooks are not counted there)
     note = None
     if cache == "mag":
-        replayed = forwards_computed_mag(steps_run, guidance_scale, cfg_truncation, cache_threshold)
+        replayed = forwards_computed_mag(steps_run, guidance_scale, cfg_truncation, cache_threshold,
+                                         cache_max_skips)
         if computed_run is None:
             computed_run, note = replayed, "forwards computed not counted (compiled); MagCache's replayed count used"
     out = {"label": f"extrapolated to {steps_full} steps from {steps_run} measured",
@@ -66,7 +68,8 @@ def extrapolate(metrics: dict, steps_run: int, steps_full: int, frames: int, gui
         per_forward = (denoise_s - first_excess) / computed_run
         out["first_step_excess_s"] = first_excess
         if cache == "mag":
-            computed_full = forwards_computed_mag(steps_full, guidance_scale, cfg_truncation, cache_threshold)
+            computed_full = forwards_computed_mag(steps_full, guidance_scale, cfg_truncation, cache_threshold,
+                                                  cache_max_skips)
             out["forwards_computed_run_replayed"] = replayed
             out["note"] = "; ".join(n for n in (note, "MagCache schedule replayed at the full step count (exact: "
                                                       "it reads no activations)") if n)

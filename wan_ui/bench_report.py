@@ -64,7 +64,7 @@ def _per_forward(row: dict, m: dict) -> float | None:
 
             req, opts = row["request"], row["set"]["options"]
             done = forwards_computed_mag(row["steps_run"], req["guidance_scale"], opts["cfg_truncation"],
-                                         opts["cache_threshold"])
+                                         opts["cache_threshold"], opts.get("cache_max_skips", 0))
         return m["denoise_s"] / done if done and m.get("denoise_s") is not None else None
     planned = m.get("forwards_planned")
     return m["step_median_s"] * row["steps_run"] / planned if planned and m.get("step_median_s") else None

@@ -204,7 +204,7 @@ def step_kinds(request: GenerationRequest, opts: OptimizationSet) -> list[tuple[
     attention) per step. None for caches that decide per step from activations (first_block, taylorseer, pab)."""
     n = request.num_inference_steps
     if opts.cache == "mag":
-        computes = mag_schedule(n, opts.cache_threshold)  # the same decisions as a real run (exact replay)
+        computes = mag_schedule(n, opts.cache_threshold, opts.cache_max_skips)  # a real run's decisions (replay)
     elif opts.cache == "none":
         computes = [True] * n
     else:
@@ -221,7 +221,7 @@ def _forwards_computed(counted: int | None, request: GenerationRequest, opts: Op
         return counted
     if opts.cache == "mag":
         return forwards_computed_mag(request.num_inference_steps, request.guidance_scale, opts.cfg_truncation,
-                                     opts.cache_threshold)
+                                     opts.cache_threshold, opts.cache_max_skips)
     return None
 
 

@@ -88,6 +88,9 @@ class OptimizationSet:
     cache: str = _opt("none", "cache", False, "step cache", ("none", "first_block", "mag", "taylorseer", "pab"))
     cache_threshold: float = _opt(0.0, "cache", False, "cache threshold (0 = the published default)",
                                   bounds=(0.0, 1.0))
+    cache_max_skips: int = _opt(0, "cache", False,
+                                "MagCache: most consecutive skipped steps K (0 = the published default 2; "
+                                "the authors run 1.3B with 4 too)", bounds=(0, 8))
     # classifier-free guidance
     cfg_truncation: float = _opt(1.0, "cfg", False,
                                  "fraction of steps that run the unconditional pass (1 = all; CFG-trunc.)",

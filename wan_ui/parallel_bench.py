@@ -84,7 +84,7 @@ def run_mode(args) -> dict | None:
               "steps_full": base.num_inference_steps, "options": opts.diff_from_default(), "metrics": m,
               "extrapolation": extrapolate(m, request.num_inference_steps, base.num_inference_steps,
                                            request.num_frames, request.guidance_scale, opts.cfg_truncation,
-                                           opts.cache, opts.cache_threshold),
+                                           opts.cache, opts.cache_threshold, opts.cache_max_skips),
               "forward_s": forward_s, "wall_s": time.perf_counter() - t0, "hardware": hardware_record(),
               "versions": package_versions()}
     out = Path(args.out)

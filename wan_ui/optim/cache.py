@@ -6,7 +6,10 @@ Published defaults (used when cache_threshold = 0):
 - mag: MagCache (Ma et al., arXiv 2506.09045; Zehong-Ma/MagCache `MagCache4Wan2.1/magcache_generate.py`):
   the calibrated Wan2.1-T2V-1.3B magnitude ratios below, "slow" setting K=2, threshold 0.12, retention 0.2
   (paper: 2.14x, LPIPS 0.121 vs dense at 832x480, 81 f, 50 steps). Its skip decision uses only these ratios,
-  so the skip count on random weights equals the one with real weights.
+  so the skip count on random weights equals the one with real weights. `cache_max_skips` sets K (most
+  consecutive skipped steps): the authors' README runs T2V-1.3B with K=4 ("E012K4R02": 68 s vs 87 s for K=2 and
+  189 s dense on an A800, "2.8x without much visual quality degradation"; PSNR 18.93 vs 20.51 for K=2 in their
+  comparison), so K=4 is a published setting too, faster and a little further from dense.
 - taylorseer: TaylorSeer (arXiv 2503.06923), refresh every 5 steps, first 3 dense (diffusers' defaults). diffusers'
   default module patterns (`^blocks.*attn`, full match) match none of Wan's `blocks.N.attn1` names — a silent
   no-op — so the patterns are given explicitly: self-attention, cross-attention and FFN of every block.
@@ -29,16 +32,18 @@ MAG_RATIOS_WAN21_T2V_1_3B = [1.0] * 2 + [
     0.81838, 0.81939]
 MAG_RATIOS_PER_BRANCH = MAG_RATIOS_WAN21_T2V_1_3B[0::2]  # 50 values, cond branch
 DEFAULT_THRESHOLDS = {"first_block": 0.05, "mag": 0.12}
+DEFAULT_MAG_SKIPS = 2  # K of the paper's "slow" setting (E012K2R02)
 
 
-def make_cache_config(kind: str, threshold: float, num_inference_steps: int, current_timestep=lambda: 1000):
+def make_cache_config(kind: str, threshold: float, num_inference_steps: int, current_timestep=lambda: 1000,
+                      max_skips: int = 0):
     from diffusers import FirstBlockCacheConfig, MagCacheConfig, PyramidAttentionBroadcastConfig, TaylorSeerCacheConfig
 
     thr = threshold or DEFAULT_THRESHOLDS.get(kind, 0.0)
     if kind == "first_block":
         return FirstBlockCacheConfig(threshold=thr)
     if kind == "mag":
-        return MagCacheConfig(threshold=thr, max_skip_steps=2, retention_ratio=0.2,
+        return MagCacheConfig(threshold=thr, max_skip_steps=max_skips or DEFAULT_MAG_SKIPS, retention_ratio=0.2,
                               num_inference_steps=num_inference_steps, mag_ratios=list(MAG_RATIOS_PER_BRANCH))
     if kind == "taylorseer":
         return TaylorSeerCacheConfig(cache_interval=5, disable_cache_before_step=3, max_order=1,
@@ -56,7 +61,8 @@ def apply_cache(pipe, opts, request=None) -> None:
     steps = request.num_inference_steps if request is not None else 50
     # PAB reads the pipeline's current timestep (set inside its denoising loop).
     current = lambda: pipe.current_timestep if pipe.current_timestep is not None else 1000  # noqa: E731
-    pipe.transformer.enable_cache(make_cache_config(opts.cache, opts.cache_threshold, steps, current))
+    pipe.transformer.enable_cache(make_cache_config(opts.cache, opts.cache_threshold, steps, current,
+                                                    max_skips=opts.cache_max_skips))
 
 
 def remove_cache(pipe) -> None:
@@ -66,14 +72,15 @@ def remove_cache(pipe) -> None:
 
 def signature(opts, request) -> tuple:
     """Caches depend on the step count (MagCache interpolates its ratios to it)."""
-    return (opts.cache, opts.cache_threshold, request.num_inference_steps if opts.cache == "mag" and request else None)
+    return (opts.cache, opts.cache_threshold, opts.cache_max_skips,
+            request.num_inference_steps if opts.cache == "mag" and request else None)
 
 
-def mag_schedule(steps: int, threshold: float = 0.0) -> list[bool]:
+def mag_schedule(steps: int, threshold: float = 0.0, max_skips: int = 0) -> list[bool]:
     """Per-branch compute (True) / skip (False) decisions of diffusers' MagCache head hook for `steps` steps,
     with our Wan2.1-1.3B config (optim/cache.py). Replays `MagCacheHeadHook.new_forward` step by step with the
     same tensor arithmetic (float32 ratios), so the counts match a real run."""
-    cfg = make_cache_config("mag", threshold, steps)
+    cfg = make_cache_config("mag", threshold, steps, max_skips=max_skips)
     ratios = cfg.mag_ratios  # (steps,) float32 tensor, nearest-interpolated from the 50 calibrated values
     retention_step = int(cfg.retention_ratio * cfg.num_inference_steps + 0.5)
     acc_ratio, acc_err, acc_steps = 1.0, 0.0, 0
@@ -104,6 +111,7 @@ def forwards_per_step(computes: list[bool], guidance_scale: float, cfg_truncatio
     return [int(c) * (1 + (i < with_cfg)) for i, c in enumerate(computes)]
 
 
-def forwards_computed_mag(steps: int, guidance_scale: float, cfg_truncation: float, threshold: float) -> int:
+def forwards_computed_mag(steps: int, guidance_scale: float, cfg_truncation: float, threshold: float,
+                          max_skips: int = 0) -> int:
     """Transformer forwards MagCache computes in a whole run (`forwards_per_step` of its replayed schedule)."""
-    return sum(forwards_per_step(mag_schedule(steps, threshold), guidance_scale, cfg_truncation))
+    return sum(forwards_per_step(mag_schedule(steps, threshold, max_skips), guidance_scale, cfg_truncation))
