@@ -55,6 +55,7 @@ def test_bigger_tiles_never_look_leaner_at_any_size():
 def test_the_sparse_low_vram_preset_keeps_its_sparse_attention_whatever_the_plan():
     for free in (80_000, 16_000, 6_000, None):
         plan = plan_low_vram(free, REPORT, "Low VRAM (sparse)")
-        assert plan.options.sparse_attention == "sta" and plan.options.sparse_dense_steps == 4
+        assert plan.options.sparse_attention == "sta" and plan.options.sparse_dense_steps == 2
+        assert plan.options.cache_max_skips == 4  # the schedule of "Fast (sparse)", its 1.5x reference
         check_compatible(plan.options)
     assert plan_low_vram(6_000, REPORT).options.sparse_attention == "none"

@@ -106,7 +106,7 @@ def test_step_kinds_follow_cache_cfg_and_sparse_schedules():
     req = WORKLOADS["report"].request
     kinds = step_kinds(req, preset("Fast (sparse)"))
     assert len(kinds) == 65 and kinds[0] == (2, True) and kinds[1] == (2, True) and kinds[2] == (2, False)
-    assert sum(k[0] for k in kinds) == forwards_computed_mag(65, req.guidance_scale, 0.5, 0.0)
+    assert sum(k[0] for k in kinds) == forwards_computed_mag(65, req.guidance_scale, 0.5, 0.0, 4) == 45
     assert kinds[-1][0] in (0, 1)  # after CFG truncation: at most the conditional branch
     assert step_kinds(req, OptimizationSet()) == [(2, True)] * 65
     sta = step_kinds(req, OptimizationSet().with_(sparse_attention="sta"))  # sparse_dense_steps -1: STA's 12/50

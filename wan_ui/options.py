@@ -202,41 +202,44 @@ PRESETS: dict[str, dict[str, Any]] = {
     "Report best": {"precision": "fp16", "text_encoder_precision": "fp16", "quantization": "bnb_nf4",
                     "text_encoder_quantization": "bnb_nf4", "scheduler": "dpmpp", "attention_slicing": 8192},
     # Ours, full memory: FP8 rowwise + regional compile + cuDNN attention + MagCache (authors' "slow" setting) +
-    # CFG on the first half of the steps (musubi-tuner's late skip, apply ratio 0.5) + bf16 decode.
+    # CFG on the first half of the steps (musubi-tuner's late skip, apply ratio 0.5) + bf16 decode with
+    # channels-last conv weights (-10 % decode, a kernel layout: rel. error 1.6e-2 vs bf16, as bf16 vs fp32).
     # H200, official480, random weights: 0.49 s per forward compiled, first call compiles for ~150 s.
     "Fast": {"precision": "bf16", "quantization": "torchao_fp8", "compile": "regional", "attention_backend": "cudnn",
-             "cache": "mag", "cfg_truncation": 0.5, "vae_precision": "bf16"},
+             "cache": "mag", "cfg_truncation": 0.5, "vae_precision": "bf16", "vae_channels_last": True},
     # The same without FP8: 0.525 s per forward, but the first call compiles in ~12-80 s instead of ~150 s.
     "Fast (quick start)": {"precision": "bf16", "compile": "regional", "attention_backend": "cudnn", "cache": "mag",
-                           "cfg_truncation": 0.5, "vae_precision": "bf16"},
-    # The fastest training-free preset measured on `report` (H200, 2026-11-26: 59.9 s vs 152.5 s for "Fast"; 68.8 s
-    # with 4 dense steps): the quick-start kernels (bf16 compiled per forward is within 1 % of FP8 at 87,750 tokens,
-    # and compiles in seconds) + sliding-tile sparse attention, +-3 frames x +-1 tile (94 % block-sparse), dense for
-    # the first 2 steps only. The window and the dense-step count are ours, not a published quality-preserving
-    # setting (docs/benchmarks/SPARSE.md): check LPIPS vs the dense baseline with real weights (the Compare tab shows
-    # it); sparse_dense_steps=4 or more is the more careful choice.
+                           "cfg_truncation": 0.5, "vae_precision": "bf16", "vae_channels_last": True},
+    # The fastest training-free preset measured on `report` (H200, 2026-11-26): 53.4 s (59.5-59.9 s with MagCache
+    # K=2 and the plain VAE layout, 3 runs; 152.5 s for "Fast"): the quick-start kernels (bf16 compiled per forward
+    # is within 1 % of FP8 at 87,750 tokens, and compiles in seconds) + sliding-tile sparse attention, +-3 frames x
+    # +-1 tile (94 % block-sparse), dense for the first 2 steps only + MagCache with K=4, the MagCache authors' own
+    # command for T2V-1.3B (45 of 98 forwards instead of 51). The window and the dense-step count are ours, not a
+    # published quality-preserving setting (docs/benchmarks/SPARSE.md): check LPIPS vs the dense baseline with real
+    # weights (the Compare tab shows it); sparse_dense_steps=4 or more is the more careful choice.
     "Fast (sparse)": {"precision": "bf16", "compile": "regional", "attention_backend": "cudnn", "cache": "mag",
-                      "cfg_truncation": 0.5, "vae_precision": "bf16", "sparse_attention": "sta",
-                      "sparse_window": "3,1,1", "sparse_dense_steps": 2},
+                      "cache_max_skips": 4, "cfg_truncation": 0.5, "vae_precision": "bf16", "vae_channels_last": True,
+                      "sparse_attention": "sta", "sparse_window": "3,1,1", "sparse_dense_steps": 2},
     # Ours, small GPUs: weights streamed per leaf module with CUDA streams (the VAE stays resident), 512 px decode
     # tiles, and the step savings of "Fast" (MagCache's published setting, CFG on the first half). H200, `report`:
     # 193.9 s at 5.4 GB torch peak inside a 7.5 GB allocator cap with the VAE streamed too and 256 px tiles (decode
     # 26.1 s of it; 8.3 s with the VAE resident and 512 px tiles); without MagCache/CFG truncation 446 s at 4.3 GB
     # (docs/benchmarks/README.md). The UI sizes it to the GPU's free memory (wan_ui/lowvram.py).
     "Low VRAM": {"precision": "bf16", "offload": "group_leaf", "vae_tiling": True, "vae_tile": 512,
-                 "vae_precision": "bf16", "cache": "mag", "cfg_truncation": 0.5},
-    # The same + the sparse attention of "Fast (sparse)" with 4 dense steps. H200, `report`, 7.5 GB allocator cap
-    # with expandable segments, first run in its process (the sparse kernel's compile included): 93.9 s at 5.6 GB
-    # torch peak = 1.57x "Fast (sparse)" (59.9 s), 1.36x the same sparse schedule at full memory (68.8 s). Lossy
-    # in the same way as "Fast (sparse)".
+                 "vae_precision": "bf16", "vae_channels_last": True, "cache": "mag", "cfg_truncation": 0.5},
+    # "Low VRAM" + the schedule and sparse attention of "Fast (sparse)" (2 dense steps, MagCache K=4), for issue 8's
+    # "within 1.5x of the fastest full-memory preset". H200, `report`, 7.5 GB allocator cap with expandable segments:
+    # 93.9 s at 5.6 GB torch peak with 4 dense steps and K=2 (1.36x the same schedule at full memory, 68.8 s); this
+    # schedule: docs/benchmarks/README.md "Memory". Lossy in the same way as "Fast (sparse)".
     "Low VRAM (sparse)": {"precision": "bf16", "offload": "group_leaf", "vae_tiling": True, "vae_tile": 512,
-                          "vae_precision": "bf16", "cache": "mag", "cfg_truncation": 0.5, "sparse_attention": "sta",
-                          "sparse_window": "3,1,1", "sparse_dense_steps": 4},
+                          "vae_precision": "bf16", "vae_channels_last": True, "cache": "mag", "cache_max_skips": 4,
+                          "cfg_truncation": 0.5, "sparse_attention": "sta", "sparse_window": "3,1,1",
+                          "sparse_dense_steps": 2},
     # The leanest measured set, for 6 GB cards at 480p (issue 8's "6 GB" preset): "Low VRAM" with diffusers' 256 px
     # decode tiles. H200, `official480`, inside a 5.5 GB allocator cap: 2.05 GB torch peak, 41.5 s, with the VAE
     # streamed too (decode 11.2 s; the VAE now stays resident, +254 MB, and decodes 256 px tiles in ~4.3 s).
     "Low VRAM (6 GB)": {"precision": "bf16", "offload": "group_leaf", "vae_tiling": True, "vae_tile": 256,
-                        "vae_precision": "bf16", "cache": "mag", "cfg_truncation": 0.5},
+                        "vae_precision": "bf16", "vae_channels_last": True, "cache": "mag", "cfg_truncation": 0.5},
     # Everything that runs on a CPU: bf16, a cache, no CUDA-only kernels.
     "CPU quick": {"precision": "bf16", "cache": "first_block"},
 }
