@@ -146,6 +146,34 @@ def test_offload_really_moves_weights(mode, smoke_request, tiny_folder):
     assert r.frames.shape[0] == 9
 
 
+def test_block_level_offload_groups_the_transformer_only(monkeypatch):
+    """group_block: the transformer in block groups; the text encoder (no top-level block list: one 11 GB group at
+    block level, an OOM under a 4.5 GB cap on an H200) leaf by leaf; the VAE resident; non-modules untouched."""
+    import diffusers.hooks
+
+    from types import SimpleNamespace
+
+    from wan_ui.optim.offload import apply_placement
+
+    calls, moved = [], []
+
+    class Vae(torch.nn.Linear):
+        def to(self, *args, **kwargs):
+            moved.append(args)
+            return self
+
+    monkeypatch.setattr(diffusers.hooks, "apply_group_offloading",
+                        lambda module, **kw: calls.append((module, kw["offload_type"], kw.get("num_blocks_per_group"))))
+    transformer, text_encoder, vae = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1), Vae(1, 1)
+    components = {"transformer": transformer, "text_encoder": text_encoder, "vae": vae, "tokenizer": object()}
+    pipe = SimpleNamespace(components=components)
+    apply_placement(pipe, OptimizationSet(offload="group_block"), "cuda")
+    assert calls == [(transformer, "block_level", 1), (text_encoder, "leaf_level", None)] and moved == [("cuda",)]
+    calls.clear()
+    apply_placement(pipe, OptimizationSet(offload="group_leaf"), "cuda")
+    assert calls == [(transformer, "leaf_level", None), (text_encoder, "leaf_level", None)]
+
+
 def test_cfg_batch_matches_separate_branches_with_half_the_calls(manager, smoke_request):
     opts = OptimizationSet().with_(precision="fp32", text_encoder_precision="fp32")
     req = smoke_request.__class__(**{**smoke_request.to_dict(), "num_inference_steps": 4, "notes": ()})
