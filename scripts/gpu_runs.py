@@ -165,6 +165,17 @@ PLANS = {
         _run("Low VRAM (6 GB), block-level offload, official480 (4.5 GB cap)", "official480", "Low VRAM (6 GB)",
              {"offload": "group_block"}, {}, warmup=0, repeats=1, cap_gb=4.5),
     ],
+    # issue 8, after lowvram_block: block-level offload alone gained 2 % (81.4 vs 83.3 s): the Low VRAM presets ran
+    # eager (0.44 s per sparse forward is the compiled figure); regional compile inside block-level offload groups,
+    # and whether it works with leaf-level groups
+    "lowvram_compile": [
+        _run("Low VRAM (sparse), block-level offload + regional compile (6.5 GB cap)", "report", "Low VRAM (sparse)",
+             {"offload": "group_block", "compile": "regional"}, {}, warmup=2, repeats=1, cap_gb=6.5),
+        _run("Low VRAM, block-level offload + regional compile, official480 (4.5 GB cap)", "official480",
+             "Low VRAM", {"offload": "group_block", "compile": "regional"}, {}, warmup=2, repeats=1, cap_gb=4.5),
+        _run("Low VRAM (sparse), leaf-level offload + regional compile (6.5 GB cap)", "report", "Low VRAM (sparse)",
+             {"compile": "regional"}, {}, warmup=2, repeats=1, cap_gb=6.5),
+    ],
     # issue 7: sparse attention at 480p, and fewer dense steps
     "next_fast": [
         _run("Fast (sparse), official480", "official480", "Fast (sparse)", {}, {}, warmup=2, repeats=1),

@@ -260,7 +260,7 @@ def test_compile_keeps_its_cache_in_the_model_cache_unless_told(monkeypatch, tmp
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
 
 
-def test_compile_serves_more_variants_than_torchs_recompile_limit(monkeypatch):
+def test_compile_serves_more_variants_than_torchs_recompile_limit():
     """With fullgraph=True, torch's default of 8 compiled variants per code object made the ninth size/window a hard
     FailOnRecompileLimitHit (seen on an H200 after four 480p presets, then the report size): apply_compile raises the
     limit, keeping a larger one the user set. Here the limit starts at 1 and a block serves three input ranks."""
@@ -271,18 +271,18 @@ def test_compile_serves_more_variants_than_torchs_recompile_limit(monkeypatch):
     from wan_ui.optim.compile import RECOMPILE_LIMIT, apply_compile
 
     torch._dynamo.reset()
-    monkeypatch.setattr(dynamo, "recompile_limit", 1)
-    monkeypatch.setattr(dynamo, "accumulated_recompile_limit", dynamo.accumulated_recompile_limit)
     block = torch.nn.Linear(2, 2)
     pipe = SimpleNamespace(transformer=SimpleNamespace(_repeated_blocks=["Linear"], modules=lambda: [block]))
-    apply_compile(pipe, OptimizationSet(compile="regional"), "cpu")
-    assert dynamo.recompile_limit == RECOMPILE_LIMIT
-    for shape in [(2,), (3, 2), (4, 3, 2)]:  # a new rank is a new graph, whatever dynamic shapes do
-        x = torch.randn(shape)
-        torch.testing.assert_close(block.forward(x), torch.nn.functional.linear(x, block.weight, block.bias))
-    monkeypatch.setattr(dynamo, "recompile_limit", 1000)
-    apply_compile(pipe, OptimizationSet(compile="regional"), "cpu")
-    assert dynamo.recompile_limit == 1000
+    # config.patch restores torch's values afterwards (monkeypatch's undo would delete, and so hide, them)
+    with dynamo.patch(recompile_limit=1, accumulated_recompile_limit=dynamo.accumulated_recompile_limit):
+        apply_compile(pipe, OptimizationSet(compile="regional"), "cpu")
+        assert dynamo.recompile_limit == RECOMPILE_LIMIT
+        for shape in [(2,), (3, 2), (4, 3, 2)]:  # a new rank is a new graph, whatever dynamic shapes do
+            x = torch.randn(shape)
+            torch.testing.assert_close(block.forward(x), torch.nn.functional.linear(x, block.weight, block.bias))
+    with dynamo.patch(recompile_limit=1000):
+        apply_compile(pipe, OptimizationSet(compile="regional"), "cpu")
+        assert dynamo.recompile_limit == 1000
     torch._dynamo.reset()
 
 

@@ -2,7 +2,10 @@
 
 Load-time (the model manager builds a new pipeline when these fields change):
   LOAD_KWARGS — contribute `WanPipeline.from_pretrained` arguments;
-  BUILD_STEPS — applied once after loading, in order weights -> FP8 storage -> placement/offload -> compile.
+  BUILD_STEPS — applied once after loading, in order weights -> FP8 storage -> compile -> placement/offload.
+  Compile comes before offload: regional compile swaps each block's forward for a compiled one (lazily: nothing
+  compiles until the first call), and block-level group offload then wraps that compiled forward with its
+  onload/prefetch hook, so streaming stays outside the graph.
 Run-time (applied to a built pipeline; removed and re-applied when their fields change):
   RUNTIME — (family, apply, remove, signature) in the fixed order LoRA -> scheduler -> attention -> sparse attention -> cache -> CFG batch -> VAE.
   A change in one family re-applies it and every family after it, so hooks always stack in the same order.
@@ -14,7 +17,7 @@ from . import attention, cache, cfg_batch, compile, lora, offload, precision, qu
 from .state import state_of
 
 LOAD_KWARGS = [precision.load_kwargs, quantization.load_kwargs]
-BUILD_STEPS = [quantization.apply_fp8_storage, offload.apply_placement, compile.apply_compile]
+BUILD_STEPS = [quantization.apply_fp8_storage, compile.apply_compile, offload.apply_placement]
 
 
 def _fields(family):
