@@ -176,6 +176,14 @@ PLANS = {
         _run("Low VRAM (sparse), leaf-level offload + regional compile (6.5 GB cap)", "report", "Low VRAM (sparse)",
              {"compile": "regional"}, {}, warmup=2, repeats=1, cap_gb=6.5),
     ],
+    # the presets after lowvram_compile (block-level offload + regional compile): the 6 GB preset, plain "Low VRAM"
+    # on report inside what an 8 GB card leaves, and a second run of "Fast (sparse)" (53.4 s once)
+    "presets_final": [
+        _run("Low VRAM (6 GB), official480 (4.5 GB cap)", "official480", "Low VRAM (6 GB)", {}, {}, warmup=2,
+             repeats=1, cap_gb=4.5),
+        _run("Low VRAM (6.5 GB cap)", "report", "Low VRAM", {}, {}, warmup=2, repeats=1, cap_gb=6.5),
+        _run("Fast (sparse)", "report", "Fast (sparse)", {}, {}, warmup=2, repeats=1),
+    ],
     # issue 7: sparse attention at 480p, and fewer dense steps
     "next_fast": [
         _run("Fast (sparse), official480", "official480", "Fast (sparse)", {}, {}, warmup=2, repeats=1),

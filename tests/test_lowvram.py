@@ -14,7 +14,7 @@ def test_plan_follows_free_memory():
     mid = plan_low_vram(16_000, R480)
     assert mid.options.offload == "model" and mid.options.vae_tiling
     small = plan_low_vram(6_000, R480)
-    assert small.options.offload == "group_leaf" and "group offload" in small.reason
+    assert small.options.offload == "group_block" and "group offload" in small.reason
     for p in (big, mid, small):
         check_compatible(p.options)
         assert p.options.precision == "bf16"
@@ -22,7 +22,7 @@ def test_plan_follows_free_memory():
 
 def test_larger_videos_need_leaner_plans():
     assert plan_low_vram(16_000, R480).options.offload == "model"
-    assert plan_low_vram(16_000, REPORT).options.offload == "group_leaf"
+    assert plan_low_vram(16_000, REPORT).options.offload == "group_block"
     assert plan_low_vram(4_000, REPORT).estimated_peak_mb > plan_low_vram(4_000, R480).estimated_peak_mb
     tiny = dataclasses.replace(R480, width=64, height=64, num_frames=9)
     assert plan_low_vram(16_000, tiny).estimated_peak_mb > 0
@@ -30,17 +30,17 @@ def test_larger_videos_need_leaner_plans():
 
 def test_too_little_or_unknown_memory_says_so():
     low = plan_low_vram(1_000, REPORT)
-    assert low.options.offload == "group_leaf" and "below the leanest plan" in low.reason
+    assert low.options.offload == "group_block" and "below the leanest plan" in low.reason
     unknown = plan_low_vram(None, R480)
-    assert unknown.options.offload == "group_leaf" and "no GPU reading" in unknown.reason
+    assert unknown.options.offload == "group_block" and "no GPU reading" in unknown.reason
 
 
 def test_smallest_cards_get_the_smaller_decode_tiles():
-    roomy = plan_low_vram(6_000, R480)  # 512 px tiles fit (decode phase 3.09 GB x 1.15 + 1.5 GiB)
-    assert roomy.options.offload == "group_leaf" and roomy.options.vae_tile == 512 and "512 px" in roomy.reason
+    roomy = plan_low_vram(6_000, R480)  # 512 px tiles fit (decode phase 2.8 GB x 1.15 + 1.5 GiB)
+    assert roomy.options.offload == "group_block" and roomy.options.vae_tile == 512 and "512 px" in roomy.reason
     assert "fits" in roomy.reason
-    tight = plan_low_vram(4_500, R480)  # only 256 px tiles fit (denoise phase 2.3 GB x 1.15 + 1.5 GiB)
-    assert tight.options.offload == "group_leaf" and tight.options.vae_tile == 256 and "256 px" in tight.reason
+    tight = plan_low_vram(4_500, R480)  # only 256 px tiles fit (text encode phase 2.31 GB x 1.15 + 1.5 GiB)
+    assert tight.options.offload == "group_block" and tight.options.vae_tile == 256 and "256 px" in tight.reason
     assert "fits" in tight.reason and tight.estimated_peak_mb < roomy.estimated_peak_mb
 
 

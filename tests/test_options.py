@@ -81,6 +81,7 @@ def test_cuda_only_values_are_unavailable_on_cpu_with_reason():
 @pytest.mark.parametrize("values,fragment", [
     ({"offload": "sequential", "compile": "regional"}, "sequential offload + torch.compile"),
     ({"offload": "group_leaf", "compile": "full"}, "use compile=regional"),
+    ({"offload": "group_leaf", "compile": "regional"}, "use offload=group_block with compile=regional"),
     ({"quantization": "bnb_nf4", "compile": "regional"}, "bitsandbytes quantization + torch.compile"),
     ({"quantization": "bnb_int8", "lora_fuse": True}, "fused LoRA"),
     ({"attention_slicing": 1024, "attention_backend": "cudnn"}, "attention_backend=native (or math)"),
@@ -96,6 +97,7 @@ def test_every_documented_conflict_is_reachable():
     # each row of the table must trigger for some set (no dead rules)
     samples = [OptimizationSet.from_dict(v) for v in (
         {"offload": "sequential", "compile": "regional"}, {"offload": "group_leaf", "compile": "full"},
+        {"offload": "group_leaf", "compile": "regional"},
         {"quantization": "bnb_nf4", "compile": "regional"}, {"quantization": "bnb_int8", "lora_fuse": True},
         {"quantization": "fp8_storage", "compile": "full"}, {"attention_slicing": 8, "attention_backend": "flex"},
         {"quantization": "torchao_int8wo", "offload": "group_leaf"}, {"cfg_batch": True, "cache": "mag"})]

@@ -98,11 +98,12 @@ def test_distilled_preset_sets_its_steps_and_guidance_and_says_so(client):
 def test_low_vram_preset_is_sized_and_says_why(client):
     out = client.predict("Low VRAM", 832, 480, 81, api_name="/apply_preset")
     values, note = dict(zip(OPTION_FIELDS, out)), out[-1]
-    assert values["offload"] == "group_leaf" and values["vae_tiling"] is True  # no GPU reading on CPU: leanest
+    assert values["offload"] == "group_block" and values["vae_tiling"] is True  # no GPU reading on CPU: leanest
+    assert values["compile"] == "regional"  # block-level groups stream around the compiled blocks
     assert note.startswith("Low VRAM preset: no GPU reading")
     out = client.predict("Low VRAM (sparse)", 1248, 720, 97, api_name="/apply_preset")
     values, note = dict(zip(OPTION_FIELDS, out)), out[-1]
-    assert values["offload"] == "group_leaf" and values["sparse_attention"] == "sta"  # sized, sparse kept
+    assert values["offload"] == "group_block" and values["sparse_attention"] == "sta"  # sized, sparse kept
     assert note.startswith("Low VRAM (sparse) preset: no GPU reading") and "Sparse attention trades" in note
 
 

@@ -1,6 +1,5 @@
-"""The VAE decode options wire diffusers' tiling with our tile size, and group offloading keeps the VAE resident."""
+"""The VAE decode options wire diffusers' tiling with our tile size, and channels-last weights come and go."""
 
-from wan_ui.optim.offload import apply_placement
 from wan_ui.optim.vae import OVERLAP_PX, apply_vae, remove_vae
 from wan_ui.options import OptimizationSet
 
@@ -18,17 +17,6 @@ def test_tile_size_reaches_the_vae_and_is_not_sticky(manager, smoke_request):
         assert vae.tile_sample_min_height == 256 and vae.tile_sample_stride_height == 192
     finally:
         remove_vae(pipe)
-
-
-def test_group_offload_keeps_the_vae_on_the_gpu():
-    calls = {}
-
-    class Pipe:
-        def enable_group_offload(self, **kwargs):
-            calls.update(kwargs)
-
-    apply_placement(Pipe(), OptimizationSet().with_(offload="group_leaf"), "cuda")
-    assert calls["exclude_modules"] == ["vae"] and calls["offload_type"] == "leaf_level" and calls["use_stream"]
 
 
 def test_channels_last_vae_weights_decode_the_same_video_and_come_back(manager, smoke_request):

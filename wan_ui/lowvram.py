@@ -4,21 +4,26 @@ Peaks are torch's peak allocated memory per phase, measured on an H200 (2026-11-
 and text encoder, MagCache + CFG 0.5, docs/benchmarks/README.md "Memory") at two token counts and interpolated
 linearly in tokens per forward (`official480` 32,760 tokens, `report` 87,750); a plan's peak is its largest phase:
 
-  plan             levers                                   phase       official480    report
-  none             everything resident, bf16 VAE            all         ~20 GB         ~30 GB (est.)
-  model offload    whole components move in when used,      all         11.1 GB        ~15 GB (est.)
+  plan             levers                                   phase         official480    report
+  none             everything resident, bf16 VAE            all           ~20 GB         ~30 GB (est.)
+  model offload    whole components move in when used,      all           11.1 GB        ~15 GB (est.)
                    tiled VAE
-  group offload    leaf-level group offload with CUDA       denoise     2.30 GB        5.63 GB
-                   streams, the VAE resident                decode      3.09 GB (512 px tiles), 3.51 GB
-                                                                        1.30 GB (256 px tiles)*, 2.74 GB*
+  group offload    the transformer streamed block by block  text encode   2.31 GB        2.36 GB
+                   on a CUDA stream around its compiled      denoise       1.84 GB        4.07 GB
+                   blocks, the text encoder leaf by leaf,    decode        2.80 GB (512 px tiles), 3.21 GB
+                   the VAE resident                                        1.21 GB (256 px tiles), 2.74 GB*
 
-(*) measured with the VAE streamed too (1.04 / 2.48 GB) + the 254 MB bf16 VAE now kept on the GPU.
+(*) measured with the VAE streamed too (2.48 GB) + the 254 MB bf16 VAE now kept on the GPU.
 
+The group-offload rows are the presets' own set (block-level offload + regional compile): `report` with "Low VRAM
+(sparse)" in 57.3 s inside a 6.5 GB allocator cap, NVML peak 6.96 GB (1.07x "Fast (sparse)" at full memory);
+`official480` with "Low VRAM" in 26.8 s inside 4.5 GB, NVML 5.58 GB. Leaf-level offload (the previous preset) ran
+eager, as torch.compile cannot trace its per-leaf onload hooks: 83.3 s for the same `report` clip.
 On top of the peak the plan keeps a 15 % margin and 1.5 GiB for what is outside torch's allocator (the CUDA
-context, cuBLAS/cuDNN; NVML minus torch's reserved memory was 1,514 MiB in every H200 run). The runs it is based
-on fitted allocator caps of 5.5 GB (`official480`) and 7.5 GB (`report`); a real 6 or 8 GB card leaves less once
-its context is counted, which this margin is for. In an app that already holds a CUDA context the free figure
-excludes part of it, so the plan errs on the lean side. It only chooses levers; the user sees which and why.
+context, cuBLAS/cuDNN; NVML minus torch's reserved memory was ~1.5 GiB in every H200 run). A real 6 or 8 GB card
+leaves less once its context is counted, which this margin is for. In an app that already holds a CUDA context the
+free figure excludes part of it, so the plan errs on the lean side. It only chooses levers; the user sees which
+and why.
 """
 
 from __future__ import annotations
@@ -28,15 +33,15 @@ from dataclasses import dataclass
 from .options import OptimizationSet, preset
 from .requests import GenerationRequest
 
-_DENOISE_GROUP = (2_300.0, 5_630.0)
+_GROUP = ((2_310.0, 2_360.0), (1_840.0, 4_070.0))  # text encode, denoise
 # (name, overrides on the base preset, per-phase (peak MiB at 32,760 tokens, at 87,750 tokens))
 PLANS: list[tuple[str, dict, tuple[tuple[float, float], ...]]] = [
     ("no offload", {"offload": "none", "vae_tiling": False}, ((20_000.0, 30_000.0),)),
     ("model CPU offload", {"offload": "model", "vae_tiling": True}, ((11_140.0, 15_000.0),)),
-    ("group offload (leaf level, CUDA streams), 512 px decode tiles",
-     {"offload": "group_leaf", "vae_tiling": True, "vae_tile": 512}, (_DENOISE_GROUP, (3_090.0, 3_510.0))),
-    ("group offload (leaf level, CUDA streams), 256 px decode tiles",
-     {"offload": "group_leaf", "vae_tiling": True, "vae_tile": 256}, (_DENOISE_GROUP, (1_300.0, 2_740.0))),
+    ("group offload (block level, CUDA streams), 512 px decode tiles",
+     {"offload": "group_block", "vae_tiling": True, "vae_tile": 512}, (*_GROUP, (2_800.0, 3_210.0))),
+    ("group offload (block level, CUDA streams), 256 px decode tiles",
+     {"offload": "group_block", "vae_tiling": True, "vae_tile": 256}, (*_GROUP, (1_210.0, 2_740.0))),
 ]
 TOKENS = (32_760, 87_750)
 MARGIN = 1.15

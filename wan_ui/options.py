@@ -220,26 +220,30 @@ PRESETS: dict[str, dict[str, Any]] = {
     "Fast (sparse)": {"precision": "bf16", "compile": "regional", "attention_backend": "cudnn", "cache": "mag",
                       "cache_max_skips": 4, "cfg_truncation": 0.5, "vae_precision": "bf16", "vae_channels_last": True,
                       "sparse_attention": "sta", "sparse_window": "3,1,1", "sparse_dense_steps": 2},
-    # Ours, small GPUs: weights streamed per leaf module with CUDA streams (the VAE stays resident), 512 px decode
-    # tiles, and the step savings of "Fast" (MagCache's published setting, CFG on the first half). H200, `report`:
-    # 193.9 s at 5.4 GB torch peak inside a 7.5 GB allocator cap with the VAE streamed too and 256 px tiles (decode
-    # 26.1 s of it; 8.3 s with the VAE resident and 512 px tiles); without MagCache/CFG truncation 446 s at 4.3 GB
-    # (docs/benchmarks/README.md). The UI sizes it to the GPU's free memory (wan_ui/lowvram.py).
-    "Low VRAM": {"precision": "bf16", "offload": "group_leaf", "vae_tiling": True, "vae_tile": 512,
-                 "vae_precision": "bf16", "vae_channels_last": True, "cache": "mag", "cfg_truncation": 0.5},
+    # Ours, small GPUs: the transformer streamed block by block on a CUDA stream (the next block prefetched while
+    # one computes) around its regionally compiled blocks, the text encoder leaf by leaf, the VAE resident with
+    # 512 px decode tiles, and the step savings of "Fast" (MagCache's published setting, CFG on the first half).
+    # H200, `official480` inside a 4.5 GB allocator cap: 26.8 s, 2.80 GB torch peak, 5.58 GB NVML peak. Leaf-level
+    # offload, eager (compile cannot trace its per-leaf onload hooks), was 29.5 s; on `report` 193.9 s at 5.4 GB
+    # with the VAE streamed too (docs/benchmarks/README.md "Memory"). The UI sizes it to the GPU's free memory
+    # (wan_ui/lowvram.py).
+    "Low VRAM": {"precision": "bf16", "offload": "group_block", "compile": "regional", "vae_tiling": True,
+                 "vae_tile": 512, "vae_precision": "bf16", "vae_channels_last": True, "cache": "mag",
+                 "cfg_truncation": 0.5},
     # "Low VRAM" + the schedule and sparse attention of "Fast (sparse)" (2 dense steps, MagCache K=4), for issue 8's
-    # "within 1.5x of the fastest full-memory preset". H200, `report`, 7.5 GB allocator cap with expandable segments:
-    # 93.9 s at 5.6 GB torch peak with 4 dense steps and K=2 (1.36x the same schedule at full memory, 68.8 s); this
-    # schedule: docs/benchmarks/README.md "Memory". Lossy in the same way as "Fast (sparse)".
-    "Low VRAM (sparse)": {"precision": "bf16", "offload": "group_leaf", "vae_tiling": True, "vae_tile": 512,
-                          "vae_precision": "bf16", "vae_channels_last": True, "cache": "mag", "cache_max_skips": 4,
-                          "cfg_truncation": 0.5, "sparse_attention": "sta", "sparse_window": "3,1,1",
-                          "sparse_dense_steps": 2},
+    # "report in <= 8 GB within 1.5x of the fastest full-memory preset". H200, `report`, inside a 6.5 GB allocator
+    # cap (what an 8 GB card leaves to torch): 57.3 s = 1.07x "Fast (sparse)" (53.4 s), 4.07 GB torch peak, 6.96 GB
+    # NVML peak; with leaf-level offload, eager: 83.3 s. Lossy in the same way as "Fast (sparse)".
+    "Low VRAM (sparse)": {"precision": "bf16", "offload": "group_block", "compile": "regional", "vae_tiling": True,
+                          "vae_tile": 512, "vae_precision": "bf16", "vae_channels_last": True, "cache": "mag",
+                          "cache_max_skips": 4, "cfg_truncation": 0.5, "sparse_attention": "sta",
+                          "sparse_window": "3,1,1", "sparse_dense_steps": 2},
     # The leanest measured set, for 6 GB cards at 480p (issue 8's "6 GB" preset): "Low VRAM" with diffusers' 256 px
-    # decode tiles. H200, `official480`, inside a 5.5 GB allocator cap: 2.05 GB torch peak, 41.5 s, with the VAE
-    # streamed too (decode 11.2 s; the VAE now stays resident, +254 MB, and decodes 256 px tiles in ~4.3 s).
-    "Low VRAM (6 GB)": {"precision": "bf16", "offload": "group_leaf", "vae_tiling": True, "vae_tile": 256,
-                        "vae_precision": "bf16", "vae_channels_last": True, "cache": "mag", "cfg_truncation": 0.5},
+    # decode tiles. H200, `official480`, inside a 4.5 GB allocator cap, block-level offload eager: 30.9 s, 2.50 GB
+    # torch peak, 4.57 GB NVML peak (docs/benchmarks/README.md "Memory" for the compiled figure).
+    "Low VRAM (6 GB)": {"precision": "bf16", "offload": "group_block", "compile": "regional", "vae_tiling": True,
+                        "vae_tile": 256, "vae_precision": "bf16", "vae_channels_last": True, "cache": "mag",
+                        "cfg_truncation": 0.5},
     # Everything that runs on a CPU: bf16, a cache, no CUDA-only kernels.
     "CPU quick": {"precision": "bf16", "cache": "first_block"},
 }
@@ -292,7 +296,12 @@ def check_available(opts: OptimizationSet, hw: Hardware) -> None:
 INCOMPATIBLE: list[tuple[str, Any, str]] = [
     ("sequential offload + torch.compile",
      lambda o: o.offload == "sequential" and o.compile != "none",
-     "use offload=group_leaf (streams) with compile, or compile=none"),
+     "use offload=group_block (streams) with compile=regional, or compile=none"),
+    # H200: "Skip inlining `torch.compiler.disable()`d function ModuleGroup.onload_" (the hooks sit on every linear
+    # inside the compiled block); block-level hooks wrap the compiled block from outside and work.
+    ("leaf-level group offload + torch.compile",
+     lambda o: o.offload == "group_leaf" and o.compile == "regional",
+     "use offload=group_block with compile=regional (its hooks wrap the compiled blocks), or compile=none"),
     ("group offload + full-model compile",
      lambda o: o.offload.startswith("group") and o.compile == "full",
      "use compile=regional with group offload"),
