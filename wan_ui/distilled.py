@@ -67,8 +67,8 @@ DISTILLED = [
 ]
 
 # Self-Forcing + sliding-tile sparse attention, the window of "Fast (sparse)" (+-3 frames x +-1 tile), first step
-# dense. H200: `official480` in 3.25 s (4.6 s dense; 3.07 s with no dense step), `report` 12.6 s with the wider
-# default window (18.1 s dense; docs/benchmarks/SPARSE.md). The window is ours, not the LoRA authors' setting.
+# dense. H200: `official480` in 3.25 s (4.6 s dense; 3.07 s with no dense step), `report` 10.2 s (18.1 s dense;
+# docs/benchmarks/SPARSE.md). The window is ours, not the LoRA authors' setting.
 DISTILLED.append(replace(DISTILLED[1], name="Self-Forcing DMD 4-step (sparse)",
                          options={**_KERNELS, "sparse_attention": "sta", "sparse_window": "3,1,1"},
                          source=DISTILLED[1].source + "; sparse self-attention (sliding tile window, ours) on steps 2-4"))

@@ -19,8 +19,9 @@ The group-offload rows are the presets' own set (block-level offload + regional 
 (sparse)" in 57.3 s inside a 6.5 GB allocator cap, NVML peak 6.96 GB (1.07x "Fast (sparse)" at full memory);
 `official480` with "Low VRAM" in 26.8 s inside 4.5 GB, NVML 5.58 GB. Leaf-level offload (the previous preset) ran
 eager, as torch.compile cannot trace its per-leaf onload hooks: 83.3 s for the same `report` clip.
-On top of the peak the plan keeps a 15 % margin and 1.5 GiB for what is outside torch's allocator (the CUDA
-context, cuBLAS/cuDNN; NVML minus torch's reserved memory was ~1.5 GiB in every H200 run). A real 6 or 8 GB card
+On top of the peak the plan keeps a 15 % margin and 2 GiB for what is outside torch's allocator (the CUDA
+context, cuBLAS/cuDNN, compiled kernels; NVML minus torch's reserved memory was 1.5-1.9 GiB in the H200 runs,
+3.1 GiB once, in a process that had just compiled). A real 6 or 8 GB card
 leaves less once its context is counted, which this margin is for. In an app that already holds a CUDA context the
 free figure excludes part of it, so the plan errs on the lean side. It only chooses levers; the user sees which
 and why.
@@ -45,7 +46,7 @@ PLANS: list[tuple[str, dict, tuple[tuple[float, float], ...]]] = [
 ]
 TOKENS = (32_760, 87_750)
 MARGIN = 1.15
-CONTEXT_MB = 1536.0
+CONTEXT_MB = 2048.0
 
 
 @dataclass(frozen=True)
