@@ -257,6 +257,24 @@ def test_sparse_sets_are_never_shortened():
     assert "full length" in base_row(cfg, sparse, 0)["steps_note"] and base_row(cfg, dense, 1)["steps_note"] is None
 
 
+def test_distilled_sets_run_with_their_published_steps_and_guidance():
+    """A 4-step distilled LoRA benchmarked at the workload's 50 steps with CFG 5 would be wrong and ~25x slower: the
+    benchmark gives such a set its LoRA's steps and guidance, as the Compare tab does; other sets keep the workload's."""
+    from pathlib import Path
+
+    from wan_ui.bench import BenchConfig, request_for
+
+    cfg = BenchConfig("official480", "tiny", Path("."))
+    local_copy = "lora=Wan2_1_self_forcing_dmd_1_3B_lora_rank_32_fp16.safetensors"  # found by its file name
+    sf, sf_sparse, custom, fast = parse_sets(["self-forcing-dmd-4-step", "self-forcing-dmd-4-step-sparse",
+                                              f"mine: fast-quick-start+{local_copy}", "fast"])
+    for bset in (sf, sf_sparse, custom):
+        request, steps_full = request_for(cfg, bset)
+        assert (request.num_inference_steps, request.guidance_scale, steps_full) == (4, 1.0, 4)
+    request, steps_full = request_for(cfg, fast)
+    assert (request.num_inference_steps, request.guidance_scale, steps_full) == (50, 5.0, 50)
+
+
 def test_set_notes_reach_the_report(bench_out):
     """A row's steps note and option notes are printed under its set in report.md (not only in the JSON)."""
     from wan_ui.bench_report import render_report

@@ -143,8 +143,11 @@ def expand_out(template: str, workload: str) -> Path:
 # ---- 2. one set, measured in this process ------------------------------------------------------------------
 def request_for(cfg: BenchConfig, bset: BenchSet):
     """The workload's request with this set's step count; returns (request, steps_full). Sets with sparse attention
-    always run every step: their dense steps scale with the step count, so a shortened run would not extrapolate."""
-    base = WORKLOADS[cfg.workload].request
+    always run every step: their dense steps scale with the step count, so a shortened run would not extrapolate.
+    A set that loads a few-step distilled LoRA runs with its published steps and guidance (its full count)."""
+    from .distilled import request_for_set
+
+    base = request_for_set(WORKLOADS[cfg.workload].request, bset.options)
     steps = bset.steps or cfg.steps or base.num_inference_steps
     if bset.options.sparse_attention != "none":
         steps = base.num_inference_steps

@@ -11,12 +11,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .distilled import hints_for_lora
+from .distilled import request_for_set
 from .errors import UserError, ValidationError
 from .generate import ProgressFn, Result, generate, update_video_metadata
 from .manager import ModelManager
@@ -35,14 +34,6 @@ def named_set(preset_name: str | None, overrides: str = "") -> tuple[str, Optimi
     opts = parse_set_args(pairs, base=base)
     name = preset_name or DEFAULTS_NAME
     return (f"{name} + {', '.join(pairs)}" if pairs else name), opts
-
-
-def request_for_set(request: GenerationRequest, opts: OptimizationSet) -> GenerationRequest:
-    """The shared request, with the steps and guidance a few-step distilled LoRA needs when the set loads one
-    (found from its `lora` option, so a renamed or custom set gets them too): a 4-step LoRA run at 50 steps with CFG
-    compares nothing useful."""
-    hints = hints_for_lora(opts.lora)
-    return validate_request(dataclasses.replace(request, **hints)) if hints else request
 
 
 @dataclass
