@@ -16,8 +16,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 # The kernels of "Fast (quick start)" that hold with a fused LoRA: bf16 + regional compile + cuDNN attention +
-# bf16 decode with channels-last VAE weights. Not FP8 (a fused LoRA cannot be merged into torchao FP8 weights), not MagCache (its ratios are
-# calibrated on the 50-step base model), no CFG truncation (guidance is 1: no unconditional pass at all).
+# bf16 decode with channels-last VAE weights. Not FP8 (a fused LoRA cannot be merged into torchao FP8 weights),
+# not MagCache (its ratios are calibrated on the 50-step base model), no CFG truncation (guidance is 1: no
+# unconditional pass at all).
 _KERNELS = {"precision": "bf16", "compile": "regional", "attention_backend": "cudnn", "vae_precision": "bf16",
             "vae_channels_last": True}
 

@@ -210,7 +210,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The same without FP8: 0.525 s per forward, but the first call compiles in ~12-80 s instead of ~150 s.
     "Fast (quick start)": {"precision": "bf16", "compile": "regional", "attention_backend": "cudnn", "cache": "mag",
                            "cfg_truncation": 0.5, "vae_precision": "bf16", "vae_channels_last": True},
-    # The fastest training-free preset measured on `report` (H200, 2026-11-26): 53.4 s (59.5-59.9 s with MagCache
+    # The fastest training-free preset measured on `report` (H200, 2026-11-26): 53.0-53.4 s (59.5-59.9 s with MagCache
     # K=2 and the plain VAE layout, 3 runs; 152.5 s for "Fast"): the quick-start kernels (bf16 compiled per forward
     # is within 1 % of FP8 at 87,750 tokens, and compiles in seconds) + sliding-tile sparse attention, +-3 frames x
     # +-1 tile (94 % block-sparse), dense for the first 2 steps only + MagCache with K=4, the MagCache authors' own
@@ -239,8 +239,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                           "cache_max_skips": 4, "cfg_truncation": 0.5, "sparse_attention": "sta",
                           "sparse_window": "3,1,1", "sparse_dense_steps": 2},
     # The leanest measured set, for 6 GB cards at 480p (issue 8's "6 GB" preset): "Low VRAM" with diffusers' 256 px
-    # decode tiles. H200, `official480`, inside a 4.5 GB allocator cap, block-level offload eager: 30.9 s, 2.50 GB
-    # torch peak, 4.57 GB NVML peak (docs/benchmarks/README.md "Memory" for the compiled figure).
+    # decode tiles. H200, `official480`, inside a 4.5 GB allocator cap: 27.0 s, 2.31 GB torch peak, 5.52 GB NVML
+    # peak (docs/benchmarks/README.md "Memory").
     "Low VRAM (6 GB)": {"precision": "bf16", "offload": "group_block", "compile": "regional", "vae_tiling": True,
                         "vae_tile": 256, "vae_precision": "bf16", "vae_channels_last": True, "cache": "mag",
                         "cfg_truncation": 0.5},

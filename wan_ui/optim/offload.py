@@ -7,8 +7,10 @@
   the current one computes (block level: one transformer block per group; leaf level: each leaf module).
   Block level applies to the transformer only: the text encoder (UMT5) has no top-level block list, so at block
   level it would move in as one 11 GB group (an OOM under a 4.5 GB cap, H200); it stays leaf level (it runs once
-  per clip). Leaf level costs ~0.87 s of streaming per `report` forward (1.3 s vs 0.44 s resident, H200): ~300
-  small copies, each waited for; block level moves the same bytes in 30 copies of ~80 MB.
+  per clip). Both levels stream the same bytes at about the same speed (eager `report` clip in a 6.5 GB cap: 83.3 s
+  leaf, 81.4 s block, H200); the difference is compile: leaf-level hooks sit on every linear inside a block, so the
+  block cannot be compiled, while a block-level hook wraps the compiled block from outside (57.3 s; compile is
+  applied before placement, optim/registry.py).
   The VAE stays on the GPU (254 MB in bf16): its decoder runs once per latent frame and tile, so streaming its
   weights made the `report` decode phase 26.1 s (H200, 256 px tiles, 2026-11-26), where the VAE alone decodes with
   those tiles in 10.1 s; resident with 512 px tiles the phase took 8.3 s.
