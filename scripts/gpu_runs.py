@@ -154,9 +154,9 @@ PLANS = {
         _run("Low VRAM, official480 (4.5 GB cap)", "official480", "Low VRAM", {}, {}, warmup=0, repeats=1,
              cap_gb=4.5),
     ],
-    # issue 8, after next_lowvram2: the leaf-level group offload streamed ~0.87 s of every forward (1.3 s vs 0.44 s
-    # for a sparse `report` forward at full memory); block-level groups (one block per group, prefetched on a
-    # CUDA stream) move the same bytes in 30 large copies instead of ~300 small ones
+    # issue 8, after next_lowvram2: a sparse `report` forward took ~1.3-1.5 s under leaf-level group offload vs 0.88 s
+    # at full memory; block-level groups (one block per group, prefetched on a CUDA stream) move the same bytes in
+    # 30 large copies instead of ~300 small ones (it turned out to gain 2 %: the rest was eager vs compiled)
     "lowvram_block": [
         _run("Low VRAM (sparse), block-level offload (6.5 GB cap)", "report", "Low VRAM (sparse)",
              {"offload": "group_block"}, {}, warmup=2, repeats=1, cap_gb=6.5),
@@ -166,8 +166,8 @@ PLANS = {
              {"offload": "group_block"}, {}, warmup=0, repeats=1, cap_gb=4.5),
     ],
     # issue 8, after lowvram_block: block-level offload alone gained 2 % (81.4 vs 83.3 s): the Low VRAM presets ran
-    # eager (0.44 s per sparse forward is the compiled figure); regional compile inside block-level offload groups,
-    # and whether it works with leaf-level groups
+    # eager (0.88 s per sparse forward is the compiled, full-memory figure); regional compile inside block-level
+    # offload groups, and whether it works with leaf-level groups
     "lowvram_compile": [
         _run("Low VRAM (sparse), block-level offload + regional compile (6.5 GB cap)", "report", "Low VRAM (sparse)",
              {"offload": "group_block", "compile": "regional"}, {}, warmup=2, repeats=1, cap_gb=6.5),

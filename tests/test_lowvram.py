@@ -59,3 +59,19 @@ def test_the_sparse_low_vram_preset_keeps_its_sparse_attention_whatever_the_plan
         assert plan.options.cache_max_skips == 4  # the schedule of "Fast (sparse)", its 1.5x reference
         check_compatible(plan.options)
     assert plan_low_vram(6_000, REPORT).options.sparse_attention == "none"
+
+
+def test_a_gpu_that_cannot_compile_gets_the_plan_eager_and_is_told():
+    """The Low VRAM presets compile their blocks (57.3 s vs 81.4 s eager, `report`, H200); a GPU without Triton or
+    older than compute capability 7.0 (GTX 10-series) would fail on first use, so the plan drops compile and says why."""
+    from wan_ui.hardware import Hardware
+
+    h100 = Hardware(True, "H100", (9, 0), 80_000.0, frozenset({"triton"}))
+    pascal = Hardware(True, "GTX 1080", (6, 1), 8_000.0, frozenset({"triton"}))
+    no_triton = Hardware(True, "RTX 3060", (8, 6), 12_000.0, frozenset())
+    assert plan_low_vram(7_500, REPORT, "Low VRAM (sparse)", h100).options.compile == "regional"
+    for hw, words in ((pascal, "compute capability >= 7.0"), (no_triton, "'triton'")):
+        plan = plan_low_vram(7_500, REPORT, "Low VRAM (sparse)", hw)
+        assert plan.options.compile == "none" and plan.options.offload == "group_block"
+        assert "compile off" in plan.reason and words in plan.reason
+        check_compatible(plan.options)

@@ -8,8 +8,8 @@ from wan_ui.options import (INCOMPATIBLE, PRESETS, OptimizationSet, check_availa
                             options_table, parse_set_args, preset)
 
 CPU = Hardware(False, "cpu", None, None, frozenset())
-ADA = Hardware(True, "NVIDIA L4", (8, 9), 24000.0, frozenset({"torchao", "bitsandbytes"}))
-AMPERE = Hardware(True, "NVIDIA A100", (8, 0), 80000.0, frozenset({"torchao", "bitsandbytes"}))
+ADA = Hardware(True, "NVIDIA L4", (8, 9), 24000.0, frozenset({"torchao", "bitsandbytes", "triton"}))
+AMPERE = Hardware(True, "NVIDIA A100", (8, 0), 80000.0, frozenset({"torchao", "bitsandbytes", "triton"}))
 
 
 def test_set_is_frozen_hashable_and_round_trips():
@@ -62,6 +62,17 @@ def test_fp8_needs_cc_89_and_says_so():
     with pytest.raises(UnavailableError, match=r"compute capability >= 8.9.*A100 has 8.0"):
         check_available(fp8, AMPERE)
     check_available(fp8, ADA)
+
+
+def test_compile_on_a_gpu_needs_triton_and_a_card_triton_supports():
+    compiled = OptimizationSet(compile="regional")
+    check_available(compiled, ADA)
+    check_available(compiled, CPU)  # inductor's CPU backend needs no Triton
+    with pytest.raises(UnavailableError, match="'triton', which is not installed"):
+        check_available(compiled, Hardware(True, "NVIDIA L4", (8, 9), 24000.0, frozenset()))
+    with pytest.raises(UnavailableError, match=r"compute capability >= 7.0 for Triton; GTX 1080 has 6.1"):
+        check_available(compiled, Hardware(True, "GTX 1080", (6, 1), 8000.0, frozenset({"triton"})))
+    check_available(OptimizationSet(), Hardware(True, "GTX 1080", (6, 1), 8000.0, frozenset()))
 
 
 def test_cuda_only_values_are_unavailable_on_cpu_with_reason():

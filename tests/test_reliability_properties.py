@@ -28,7 +28,7 @@ from wan_ui.ui_values import (NO_SET, OPTION_FIELDS, REQUEST_FIELDS, named_sets_
                               request_from_values, values_from_settings)
 
 CPU = Hardware(False, "cpu", None, None, frozenset())
-H100 = Hardware(True, "NVIDIA H100", (9, 0), 80000.0, frozenset({"torchao", "bitsandbytes"}))
+H100 = Hardware(True, "NVIDIA H100", (9, 0), 80000.0, frozenset({"torchao", "bitsandbytes", "triton"}))
 A10 = Hardware(True, "NVIDIA A10", (8, 6), 23000.0, frozenset())
 SPECS = OptimizationSet.specs()
 

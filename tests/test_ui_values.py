@@ -21,7 +21,7 @@ from wan_ui.ui_context import RunRegistry
 from wan_ui.ui_generate import live_gpu, matching_preset, progress_reporter
 
 CPU = Hardware(False, "cpu", None, None, frozenset())
-GPU = Hardware(True, "NVIDIA H100", (9, 0), 80000.0, frozenset({"torchao", "bitsandbytes"}))
+GPU = Hardware(True, "NVIDIA H100", (9, 0), 80000.0, frozenset({"torchao", "bitsandbytes", "triton"}))
 
 
 def widget_values(**overrides) -> dict:

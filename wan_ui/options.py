@@ -282,6 +282,12 @@ def value_availability(name: str, value: Any, hw: Hardware) -> str | None:
                    f"{hw.capability[0]}.{hw.capability[1]}"
     if name == "quantization" and value == "torchao_fp8" and not hw.cuda:
         return f"{name}={value} needs a CUDA GPU with compute capability >= 8.9; this machine has none"
+    if name == "compile" and value != "none" and hw.cuda:  # inductor's GPU kernels are Triton kernels
+        if not hw.has("triton"):
+            return f"{name}={value} on a GPU needs the Python package 'triton', which is not installed"
+        if hw.capability is not None and hw.capability < (7, 0):
+            return (f"{name}={value} needs compute capability >= 7.0 for Triton; {hw.device_name} has "
+                    f"{hw.capability[0]}.{hw.capability[1]}")
     return None
 
 

@@ -210,7 +210,7 @@ def apply_preset(name: str, ctx: AppContext | None = None, width=None, height=No
     values = {} if name == CUSTOM_PRESET else preset_values(name)
     note = gr.skip()
     if name in LOW_VRAM_PRESETS and ctx is not None:
-        plan = plan_low_vram(_free_mb(ctx), _size_request(width, height, num_frames), name)
+        plan = plan_low_vram(_free_mb(ctx), _size_request(width, height, num_frames), name, ctx.hw)
         values, note = plan.options.to_dict(), f"{name} preset: {plan.reason}"
     hints = PRESET_REQUEST_HINTS.get(name, {})
     if hints:

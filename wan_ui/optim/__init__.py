@@ -1,7 +1,8 @@
 """The optimization catalogue: one module per family, one registry, one entry point.
 
 Load-time families contribute `from_pretrained` kwargs (precision, quantization) or build steps (FP8 storage,
-placement/offload, compile), applied in this order: weights -> offload -> compile. Run-time families (LoRA,
+compile, placement/offload), applied in this order: weights -> FP8 storage -> compile -> offload (registry.py says
+why). Run-time families (LoRA,
 scheduler, attention, cache, VAE) have `apply_*`/`remove_*` and are re-applied by the model manager when
 their fields change, in the order LoRA -> scheduler -> attention -> cache -> VAE. CFG tricks act inside the
 step callback (see `cfg.py`). Nothing outside this package branches on a technique.

@@ -6,7 +6,7 @@
 - group_block / group_leaf: diffusers group offloading with CUDA streams: the next group is prefetched while
   the current one computes (block level: one transformer block per group; leaf level: each leaf module).
   Block level applies to the transformer only: the text encoder (UMT5) has no top-level block list, so at block
-  level it would move in as one 11 GB group (an OOM under a 4.5 GB cap, H200); it stays leaf level (it runs once
+  level it would move in as one 11 GB group (OOMs in 4.5 and 6.5 GB caps, H200); it stays leaf level (it runs once
   per clip). Both levels stream the same bytes at about the same speed (eager `report` clip in a 6.5 GB cap: 83.3 s
   leaf, 81.4 s block, H200); the difference is compile: leaf-level hooks sit on every linear inside a block, so the
   block cannot be compiled, while a block-level hook wraps the compiled block from outside (57.3 s; compile is
