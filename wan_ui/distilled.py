@@ -103,9 +103,7 @@ def request_for_set(request, opts):
     """`request` with the steps and guidance a few-step distilled LoRA needs when the set `opts` loads one (found
     from its `lora` option, so a renamed or custom set gets them too): a 4-step LoRA run at 50 steps with CFG
     measures nothing useful. Used by Compare and the benchmark."""
-    import dataclasses
-
     from .requests import validate_request
 
     hints = hints_for_lora(opts.lora)
-    return validate_request(dataclasses.replace(request, **hints)) if hints else request
+    return validate_request(replace(request, **hints)) if hints else request

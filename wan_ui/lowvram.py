@@ -84,19 +84,16 @@ def plan_low_vram(free_mb: float | None, request: GenerationRequest, base_preset
 
 def _plan(free_mb: float | None, request: GenerationRequest, base: OptimizationSet) -> LowVramPlan:
     tokens = request.tokens_per_forward()
-    if free_mb is None:
-        name, over, phases = PLANS[-1]
-        peak = estimate_peak_mb(phases, tokens)
-        return LowVramPlan(base.with_(**over), name, peak,
-                           f"no GPU reading: using {name} (estimated peak {peak / 1024:.1f} GiB)")
-    for name, over, phases in PLANS:
-        peak = estimate_peak_mb(phases, tokens)
-        if peak * MARGIN + CONTEXT_MB <= free_mb:
-            return LowVramPlan(base.with_(**over), name, peak,
-                               f"{free_mb / 1024:.1f} GiB free: {name} fits (estimated peak {peak / 1024:.1f} GiB "
-                               f"at {tokens:,} tokens per forward)")
-    name, over, phases = PLANS[-1]
+    if free_mb is not None:
+        for name, over, phases in PLANS:
+            peak = estimate_peak_mb(phases, tokens)
+            if peak * MARGIN + CONTEXT_MB <= free_mb:
+                return LowVramPlan(base.with_(**over), name, peak,
+                                   f"{free_mb / 1024:.1f} GiB free: {name} fits (estimated peak "
+                                   f"{peak / 1024:.1f} GiB at {tokens:,} tokens per forward)")
+    name, over, phases = PLANS[-1]  # the leanest: free memory unknown, or no plan fits
     peak = estimate_peak_mb(phases, tokens)
-    return LowVramPlan(base.with_(**over), name, peak,
-                       f"{free_mb / 1024:.1f} GiB free is below the leanest plan's estimated "
-                       f"{peak / 1024:.1f} GiB: using {name}; reduce size or frames if it runs out of memory")
+    reason = (f"no GPU reading: using {name} (estimated peak {peak / 1024:.1f} GiB)" if free_mb is None else
+              f"{free_mb / 1024:.1f} GiB free is below the leanest plan's estimated {peak / 1024:.1f} GiB: using "
+              f"{name}; reduce size or frames if it runs out of memory")
+    return LowVramPlan(base.with_(**over), name, peak, reason)
