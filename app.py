@@ -47,7 +47,7 @@ def parse_auth(text: str | None) -> tuple[str, str] | None:
 def build_manager(args, argv: list[str]):
     """One manager, a pool of one per GPU, or this rank's share of a parallel app (None on ranks > 0, which ran
     the UI's jobs until it stopped). `--gpu-mode parallel` outside torchrun restarts itself as N processes."""
-    from wan_ui.gpu_pool import build_app_manager, parse_gpus, relaunch_command
+    from wan_ui.parallel.pool import build_app_manager, parse_gpus, relaunch_command
 
     gpus = parse_gpus(args.gpus)
     if gpus and args.gpu_mode == "parallel" and "WORLD_SIZE" not in os.environ:
@@ -58,7 +58,7 @@ def build_manager(args, argv: list[str]):
 
 
 def main(argv=None) -> int:
-    from wan_ui.hardware import configure_allocator
+    from wan_ui.core.hardware import configure_allocator
 
     configure_allocator()  # before CUDA starts: expandable segments unless the user configured the allocator
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -66,14 +66,14 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     auth = parse_auth(args.auth)
 
-    from wan_ui.zerogpu import load_spaces
+    from wan_ui.ui.zerogpu import load_spaces
 
     load_spaces()  # on a ZeroGPU Space `spaces` must be imported before CUDA starts; elsewhere a no-op
-    from wan_ui.errors import UserError
-    from wan_ui.model_download import ModelDownload
-    from wan_ui.models import resolve_model
-    from wan_ui.quality import BaselineCache, QualityScorer
-    from wan_ui.ui import create_demo, launch_kwargs
+    from wan_ui.core.errors import UserError
+    from wan_ui.core.model_download import ModelDownload
+    from wan_ui.core.models import resolve_model
+    from wan_ui.core.quality import BaselineCache, QualityScorer
+    from wan_ui.ui.app import create_demo, launch_kwargs
 
     try:
         manager = build_manager(args, argv)

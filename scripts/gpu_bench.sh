@@ -39,7 +39,7 @@ PY
 
 # 2. the random-full model, once (on the GPU: ~14 GB written to /tmp/wan_cache)
 python -c "
-from wan_ui.models import materialize, resolve_model
+from wan_ui.core.models import materialize, resolve_model
 folder, s = materialize(resolve_model('$MODEL'))
 print(f'$MODEL model at {folder} (built in {s:.0f} s)' if s else f'$MODEL model at {folder} (cached)')
 " || { echo "could not build the $MODEL model"; exit 1; }

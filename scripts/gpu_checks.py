@@ -19,11 +19,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from wan_ui.generate import generate  # noqa: E402
-from wan_ui.manager import ModelManager  # noqa: E402
-from wan_ui.models import materialize, resolve_model  # noqa: E402
-from wan_ui.options import OptimizationSet, preset  # noqa: E402
-from wan_ui.requests import WORKLOADS  # noqa: E402
+from wan_ui.core.generate import generate  # noqa: E402
+from wan_ui.core.manager import ModelManager  # noqa: E402
+from wan_ui.core.models import materialize, resolve_model  # noqa: E402
+from wan_ui.core.options import OptimizationSet, preset  # noqa: E402
+from wan_ui.core.requests import WORKLOADS  # noqa: E402
 
 OUT = os.environ.get("OUT", "/tmp/out")
 

@@ -18,9 +18,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from wan_ui.models import materialize, resolve_model  # noqa: E402
+from wan_ui.core.models import materialize, resolve_model  # noqa: E402
 from wan_ui.optim.quantization import NOT_QUANTIZED  # noqa: E402
-from wan_ui.requests import WORKLOADS  # noqa: E402
+from wan_ui.core.requests import WORKLOADS  # noqa: E402
 
 
 def load(folder, dtype, quant=None):

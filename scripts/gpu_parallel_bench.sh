@@ -3,10 +3,10 @@
 # network). One video of a workload (default: report, 1248x720, 97 frames) on one GPU vs across both:
 #   1. install the carried wheels (scripts/fetch_gpu_wheels.sh -> .whl/) into /tmp/site (scripts/gpu_call.sh);
 #   2. build the random-full model (real 1.3B architecture, random weights) once into /tmp/wan_cache;
-#   3. run each mode with `python -m wan_ui.parallel_bench run` — one GPU in a plain process, the parallel modes
+#   3. run each mode with `python -m wan_ui.bench.parallel run` — one GPU in a plain process, the parallel modes
 #      under torchrun (one process per GPU; rank 0 writes) — STEPS denoising steps, extrapolated to the
 #      workload's 65 like the benchmark, then one timed transformer forward on seeded inputs;
-#   4. `python -m wan_ui.parallel_bench report`: report.md (copied with the JSON records and the log to
+#   4. `python -m wan_ui.bench.parallel report`: report.md (copied with the JSON records and the log to
 #      $OUT/multi_gpu/) — clip / per-step / forward speed-ups
 #      over the single-GPU run, and whether frames (PSNR >= 30 dB) and the forward (rel. err <= 0.02, bf16
 #      tolerance) match it. Target: >= 1.8x.
@@ -42,7 +42,7 @@ diffusers.__version__, '| GPUs', torch.cuda.device_count())"
 
 # 2. the random-full model, once (on GPU 0: ~14 GB written to /tmp/wan_cache)
 python -c "
-from wan_ui.models import materialize, resolve_model
+from wan_ui.core.models import materialize, resolve_model
 folder, s = materialize(resolve_model('$MODEL'))
 print(f'$MODEL model at {folder} (built in {s:.0f} s)' if s else f'$MODEL model at {folder} (cached)')
 " || { echo "could not build the $MODEL model"; exit 1; }
@@ -60,17 +60,17 @@ run_mode() {  # $1 = entry of MODES
   local limit=$(( left < MODE_TIMEOUT ? left : MODE_TIMEOUT ))
   echo "=== $name (limit ${limit} s)"
   if [[ "$spec" == single ]]; then
-    CUDA_VISIBLE_DEVICES=0 timeout "$limit" python -m wan_ui.parallel_bench "${common[@]}"
+    CUDA_VISIBLE_DEVICES=0 timeout "$limit" python -m wan_ui.bench.parallel "${common[@]}"
   else
     timeout "$limit" python -m torch.distributed.run --standalone --nproc-per-node "$NPROC" \
-      -m wan_ui.parallel_bench "${common[@]}" --parallel "$spec"
+      -m wan_ui.bench.parallel "${common[@]}" --parallel "$spec"
   fi 2>&1 | grep -v "^Attention backends\|experimental feature\|all_gather_tensor\|return funcol" \
     | tee -a "$RUN_DIR/log.txt"
 }
 for m in $MODES; do run_mode "$m"; done
 
 # 4. the table
-python -m wan_ui.parallel_bench report "$RUN_DIR" --baseline "$(echo "${MODES%% *}" | tr '=,:+' '----')" \
+python -m wan_ui.bench.parallel report "$RUN_DIR" --baseline "$(echo "${MODES%% *}" | tr '=,:+' '----')" \
   || echo "no report (see $RUN_DIR/log.txt)"
 cp "$RUN_DIR"/*.json "$RUN_DIR"/log.txt "$RUN_DIR"/report.md "$OUT/multi_gpu/" 2>/dev/null
 echo "total $(( $(date +%s) - T0 )) s; outputs:"

@@ -7,7 +7,7 @@
      fields over (t, h, w) with Wan's RoPE applied to q and k, at two logit temperatures (x1, x4 on q) —
      random weights say nothing about real attention maps, smooth fields with RoPE are the stand-in;
   3. end to end: the `report` workload on random-full with a preset (default Fast) + sparse_attention=sta,
-     through `wan_ui.generate` (a 2-step warm-up compiles the dense and the sparse graphs, then the timed run);
+     through `wan_ui.core.generate` (a 2-step warm-up compiles the dense and the sparse graphs, then the timed run);
      optionally the same preset dense (--with-dense) when time is left.
 Each part is isolated (an error is recorded, the rest goes on). Writes $OUT/sparse_bench.json and .md.
 
@@ -136,10 +136,10 @@ def attention_error(windows, res) -> None:
 
 
 def end_to_end(args, res) -> None:
-    from wan_ui.generate import generate
-    from wan_ui.manager import ModelManager
-    from wan_ui.options import preset
-    from wan_ui.requests import WORKLOADS
+    from wan_ui.core.generate import generate
+    from wan_ui.core.manager import ModelManager
+    from wan_ui.core.options import preset
+    from wan_ui.core.requests import WORKLOADS
 
     manager = ModelManager(device=DEVICE, log=lambda m: print(f"[wan_ui] {m}", flush=True))
     req = WORKLOADS[args.e2e_workload].request

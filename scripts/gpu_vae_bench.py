@@ -32,9 +32,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from wan_ui.models import TINY_VAE  # noqa: E402
+from wan_ui.core.models import TINY_VAE  # noqa: E402
 from wan_ui.optim.vae import conv_weights_to  # noqa: E402
-from wan_ui.requests import WORKLOADS  # noqa: E402
+from wan_ui.core.requests import WORKLOADS  # noqa: E402
 
 OUT = Path(os.environ.get("OUT", "/tmp/out"))
 # name -> (cudnn.benchmark, channels_last_3d, compile, tiling: None or (tile px, stride px))

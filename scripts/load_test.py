@@ -92,7 +92,7 @@ def _run_call(url: str, call: Call, barrier: threading.Barrier, steps: int, time
 
 
 def list_index(name: str) -> int:
-    from wan_ui.ui_generate import RUN_OUTPUTS
+    from wan_ui.ui.generate_tab import RUN_OUTPUTS
 
     return RUN_OUTPUTS.index(name)
 
@@ -120,7 +120,7 @@ def check_invariants(url: str, calls: list[Call], outputs, auth=None) -> list[st
     """What must hold after any load: see the module docstring."""
     from gradio_client import Client
 
-    from wan_ui.video import read_video
+    from wan_ui.core.video import read_video
 
     problems = [f"call {c.index}: {c.outcome} {c.message}" for c in calls if c.outcome not in ("completed", "queue full")]
     problems += [f"call {c.index}: refused without the queue-full message: {c.message}" for c in calls
@@ -234,7 +234,7 @@ def main(argv=None) -> int:
     p.add_argument("--write", default=None, metavar="MARKDOWN", help="replace the figures section of this file")
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from wan_ui.ui import MAX_QUEUE
+    from wan_ui.ui.app import MAX_QUEUE
 
     where = machine()
     reports = []

@@ -31,7 +31,7 @@ def wan_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_folder(wan_cache):
-    from wan_ui.models import materialize, resolve_model
+    from wan_ui.core.models import materialize, resolve_model
 
     folder, _ = materialize(resolve_model("tiny"), log=lambda m: None)
     return folder
@@ -39,14 +39,14 @@ def tiny_folder(wan_cache):
 
 @pytest.fixture
 def manager(tiny_folder):
-    from wan_ui.manager import ModelManager
+    from wan_ui.core.manager import ModelManager
 
     return ModelManager(device="cpu", log=lambda m: None)
 
 
 @pytest.fixture
 def smoke_request():
-    from wan_ui.requests import WORKLOADS
+    from wan_ui.core.requests import WORKLOADS
 
     return WORKLOADS["smoke"].request
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wan_ui.models import TINY_TRANSFORMER
-from wan_ui.random_lora import write_random_lora
+from wan_ui.core.models import TINY_TRANSFORMER
+from wan_ui.bench.random_lora import write_random_lora
 
 
 def _dims():

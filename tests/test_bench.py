@@ -10,13 +10,13 @@ import sys
 
 import pytest
 
-from wan_ui.bench import main
-from wan_ui.bench_extrapolate import extrapolate, forwards_computed_mag, mag_schedule
-from wan_ui.bench_sets import parse_sets, split_sets
-from wan_ui.errors import ValidationError
-from wan_ui.metrics import Metrics
-from wan_ui.options import PRESETS, OptimizationSet, preset
-from wan_ui.report import REPORT_ROWS
+from wan_ui.bench.runner import main
+from wan_ui.bench.extrapolate import extrapolate, forwards_computed_mag, mag_schedule
+from wan_ui.bench.sets import parse_sets, split_sets
+from wan_ui.core.errors import ValidationError
+from wan_ui.core.metrics import Metrics
+from wan_ui.core.options import PRESETS, OptimizationSet, preset
+from wan_ui.core.report import REPORT_ROWS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SETS = "baseline, cpu-quick, report-best, bad lora: lora=/nonexistent/x.safetensors"
@@ -152,7 +152,7 @@ def test_extrapolation_with_other_caches_assumes_the_measured_skip_fraction():
 
 
 def test_mag_replay_matches_a_real_run(manager, smoke_request):
-    from wan_ui.generate import generate
+    from wan_ui.core.generate import generate
 
     computed = {}
     for steps, truncation, skips in ((8, 1.0, 0), (10, 0.5, 0), (12, 1.0, 0), (12, 1.0, 2), (12, 1.0, 4)):
@@ -200,7 +200,7 @@ def test_bad_sets_exit_2_with_one_line(sets, needle, capsys, tmp_path):
 
 
 def test_bench_import_keeps_gradio_and_quality_models_out():
-    code = ("import sys, wan_ui.bench, wan_ui.bench_report, wan_ui.bench_extrapolate; "
+    code = ("import sys, wan_ui.bench.runner, wan_ui.bench.report, wan_ui.bench.extrapolate; "
             "bad = [m for m in ('gradio', 'lpips', 'open_clip', 'matplotlib') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -248,7 +248,7 @@ def test_sparse_sets_are_never_shortened():
     and extrapolate to a wrong clip, so such sets run every step and the row says why."""
     from pathlib import Path
 
-    from wan_ui.bench import BenchConfig, base_row, request_for
+    from wan_ui.bench.runner import BenchConfig, base_row, request_for
 
     cfg = BenchConfig("official480", "tiny", Path("."), steps=2)
     sparse, dense = parse_sets(["fast-sparse", "fast"])
@@ -262,7 +262,7 @@ def test_distilled_sets_run_with_their_published_steps_and_guidance():
     benchmark gives such a set its LoRA's steps and guidance, as the Compare tab does; other sets keep the workload's."""
     from pathlib import Path
 
-    from wan_ui.bench import BenchConfig, request_for
+    from wan_ui.bench.runner import BenchConfig, request_for
 
     cfg = BenchConfig("official480", "tiny", Path("."))
     local_copy = "lora=Wan2_1_self_forcing_dmd_1_3B_lora_rank_32_fp16.safetensors"  # found by its file name
@@ -277,7 +277,7 @@ def test_distilled_sets_run_with_their_published_steps_and_guidance():
 
 def test_set_notes_reach_the_report(bench_out):
     """A row's steps note and option notes are printed under its set in report.md (not only in the JSON)."""
-    from wan_ui.bench_report import render_report
+    from wan_ui.bench.report import render_report
 
     rows = [dict(r, metrics=dict(r["metrics"] or {})) for r in bench_out[2]]
     rows[1]["steps_note"] = "sparse attention: measured at full length"
@@ -289,7 +289,7 @@ def test_set_notes_reach_the_report(bench_out):
 def test_forwards_computed_under_compile_is_magcaches_replayed_schedule(smoke_request):
     """Hooks inside compiled blocks are not counted; MagCache's schedule is replayed instead (exact, see
     test_mag_replay_matches_a_real_run), other caches give no count."""
-    from wan_ui.generate import _forwards_computed
+    from wan_ui.core.generate import _forwards_computed
 
     req = dataclasses.replace(smoke_request, num_inference_steps=20)
     compiled = OptimizationSet(compile="regional", cache="mag", cfg_truncation=0.5)

@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from lora_files import write_diffusers_lora, write_kijai_lora
-from wan_ui.errors import ValidationError
-from wan_ui.generate import generate
+from wan_ui.core.errors import ValidationError
+from wan_ui.core.generate import generate
 from wan_ui.optim.attention import ChunkedWanAttnProcessor
 from wan_ui.optim.lora import parse_lora_spec
-from wan_ui.options import OptimizationSet
+from wan_ui.core.options import OptimizationSet
 
 CPU_SETS = [
     {"precision": "fp32", "text_encoder_precision": "fp32"}, {"precision": "fp16"}, {"vae_precision": "bf16"},
@@ -132,7 +132,7 @@ def test_regional_compile_counts_as_warmup(manager, smoke_request):
 @pytest.mark.gpu
 @pytest.mark.parametrize("mode", ["model", "sequential", "group_block", "group_leaf"])
 def test_offload_really_moves_weights(mode, smoke_request, tiny_folder):
-    from wan_ui.manager import ModelManager
+    from wan_ui.core.manager import ModelManager
 
     m = ModelManager(device="cuda", log=lambda _: None)
     pipe, _, _ = m.get("tiny", OptimizationSet().with_(offload=mode), smoke_request)
@@ -229,8 +229,8 @@ def test_chunked_attention_on_the_math_kernel_is_exact_and_runs_in_chunks(monkey
 def test_option_notes_say_when_slicing_saves_nothing():
     import dataclasses
 
-    from wan_ui.hardware import probe_hardware
-    from wan_ui.options import option_notes
+    from wan_ui.core.hardware import probe_hardware
+    from wan_ui.core.options import option_notes
 
     cpu = probe_hardware()
     gpu = dataclasses.replace(cpu, cuda=True)
@@ -292,7 +292,7 @@ def test_uint8_frames_match_diffusers_postprocess():
     import torch
     from diffusers.video_processor import VideoProcessor
 
-    from wan_ui.generate import to_uint8_frames
+    from wan_ui.core.generate import to_uint8_frames
 
     video = torch.rand(1, 3, 21, 16, 24, generator=torch.Generator().manual_seed(0)) * 2.4 - 1.2  # beyond [-1, 1]
     ref = VideoProcessor(vae_scale_factor=8).postprocess_video(video, output_type="np")[0]

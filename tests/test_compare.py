@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from wan_ui.compare import Comparison, named_set, run_comparison
-from wan_ui.errors import GenerationCancelled, UnavailableError, ValidationError
-from wan_ui.options import OptimizationSet, preset
-from wan_ui.requests import GenerationRequest
+from wan_ui.core.compare import Comparison, named_set, run_comparison
+from wan_ui.core.errors import GenerationCancelled, UnavailableError, ValidationError
+from wan_ui.core.options import OptimizationSet, preset
+from wan_ui.core.requests import GenerationRequest
 
 SMALL_REQUEST = GenerationRequest("a cat", width=64, height=64, num_frames=9, num_inference_steps=3)
 
@@ -59,7 +59,7 @@ def test_sets_are_checked_before_anything_runs(manager, smoke_request):
 
 
 def test_quality_uses_the_cached_no_optimization_baseline(manager, smoke_request):
-    from wan_ui.quality import BaselineCache, QualityConfig, QualityScorer
+    from wan_ui.core.quality import BaselineCache, QualityConfig, QualityScorer
 
     cache = BaselineCache()
     comp = run_comparison(manager, "tiny", smoke_request, [named_set("Defaults"), named_set("CPU quick")],
@@ -96,8 +96,8 @@ def test_a_distilled_set_runs_with_its_own_steps_and_guidance(manager, smoke_req
 
 
 def test_distilled_hints_follow_the_lora_not_the_set_name():
-    from wan_ui.compare import request_for_set
-    from wan_ui.distilled import hints_for_lora
+    from wan_ui.core.compare import request_for_set
+    from wan_ui.core.distilled import hints_for_lora
 
     sf = preset("Self-Forcing DMD 4-step").lora  # hub id with its ":1" strength
     custom = OptimizationSet().with_(lora=f"style.safetensors:0.5; {sf}")  # typed in, with another LoRA first

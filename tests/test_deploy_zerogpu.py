@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from ui_server import launches  # noqa: F401  (records create_demo's and launch's arguments; no server)
 
-from wan_ui.options import OptimizationSet, preset
-from wan_ui.requests import WORKLOADS, GenerationRequest
-from wan_ui.zerogpu import (FORWARD_A, FORWARD_B, MIN_S, ZEROGPU_SPEED, FileFlag, estimate_comparison_seconds,
+from wan_ui.core.options import OptimizationSet, preset
+from wan_ui.core.requests import WORKLOADS, GenerationRequest
+from wan_ui.ui.zerogpu import (FORWARD_A, FORWARD_B, MIN_S, ZEROGPU_SPEED, FileFlag, estimate_comparison_seconds,
                             estimate_gpu_seconds, estimate_gpu_time, gpu_function, mirrored_flag)
 
 OFFICIAL = WORKLOADS["official480"].request
@@ -140,9 +140,9 @@ def test_mirrored_flag_of_none_is_none():
 
 @pytest.fixture
 def zerogpu_ctx(fake_spaces, manager, tmp_path):
-    from wan_ui.ui_compare import compare_gpu_seconds, compare_task
-    from wan_ui.ui_context import AppContext
-    from wan_ui.ui_generate import generate_gpu_seconds, generate_task
+    from wan_ui.ui.compare_tab import compare_gpu_seconds, compare_task
+    from wan_ui.ui.context import AppContext
+    from wan_ui.ui.generate_tab import generate_gpu_seconds, generate_task
 
     ctx = AppContext(manager, model="tiny", outputs=tmp_path / "outputs", save_settings=False)
     ctx.gpu_generate = gpu_function(generate_task(ctx), generate_gpu_seconds)
@@ -155,8 +155,8 @@ def no_progress(*args, **kwargs):
 
 
 def test_generate_and_compare_run_under_spaces_gpu_with_estimated_durations(zerogpu_ctx, fake_spaces):
-    from wan_ui.ui_compare import run_compare
-    from wan_ui.ui_generate import run_generate
+    from wan_ui.ui.compare_tab import run_compare
+    from wan_ui.ui.generate_tab import run_generate
 
     shown, info = run_generate(zerogpu_ctx, {**TINY, "cache": "first_block"}, "s1", no_progress)
     assert shown["status"].startswith("Done") and Path(info["video"]).exists()
@@ -175,7 +175,7 @@ def test_generate_and_compare_run_under_spaces_gpu_with_estimated_durations(zero
 def test_zerogpu_refuses_compile_before_asking_for_a_gpu(zerogpu_ctx, fake_spaces):
     import gradio as gr
 
-    from wan_ui.ui_generate import run_generate
+    from wan_ui.ui.generate_tab import run_generate
 
     with pytest.raises(gr.Error, match="does not run on ZeroGPU"):
         run_generate(zerogpu_ctx, {**TINY, "compile": "regional"}, "s1", no_progress)
@@ -183,7 +183,7 @@ def test_zerogpu_refuses_compile_before_asking_for_a_gpu(zerogpu_ctx, fake_space
 
 
 def test_a_cancelled_run_comes_back_as_a_status_not_a_worker_error(zerogpu_ctx, fake_spaces):
-    from wan_ui.ui_generate import run_generate
+    from wan_ui.ui.generate_tab import run_generate
 
     timer = threading.Timer(1.0, lambda: zerogpu_ctx.runs.cancel("s2"))
     timer.start()
@@ -211,8 +211,8 @@ def fake_hub_fetch(checks):
 
 
 def test_model_download_records_progress_for_the_page_and_the_log():
-    from wan_ui.model_download import ModelDownload
-    from wan_ui.models import resolve_model
+    from wan_ui.core.model_download import ModelDownload
+    from wan_ui.core.models import resolve_model
 
     logs, checks = [], []
     dl = ModelDownload(resolve_model("Wan-AI/Wan2.1-T2V-1.3B-Diffusers"), log=logs.append)
@@ -233,8 +233,8 @@ def test_model_download_records_progress_for_the_page_and_the_log():
 
 
 def test_model_download_offline_fails_with_the_reason_and_the_app_stays_up():
-    from wan_ui.model_download import ModelDownload
-    from wan_ui.models import resolve_model
+    from wan_ui.core.model_download import ModelDownload
+    from wan_ui.core.models import resolve_model
 
     dl = ModelDownload(resolve_model("nobody/no-such-model"), log=lambda m: None).start()
     assert dl.finished.wait(60)
@@ -243,9 +243,9 @@ def test_model_download_offline_fails_with_the_reason_and_the_app_stays_up():
 
 
 def test_the_page_shows_the_download_and_a_run_waits_for_it(manager, tmp_path):
-    from wan_ui.model_download import ModelDownload
-    from wan_ui.models import resolve_model
-    from wan_ui.ui import create_demo
+    from wan_ui.core.model_download import ModelDownload
+    from wan_ui.core.models import resolve_model
+    from wan_ui.ui.app import create_demo
 
     release = threading.Event()
     dl = ModelDownload(resolve_model("Wan-AI/Wan2.1-T2V-1.3B-Diffusers"), log=lambda m: None,
@@ -269,7 +269,7 @@ def test_app_binds_gradio_server_name_as_spaces_set_it(launches, monkeypatch, tm
 
 def test_app_starts_the_hub_download_before_serving(launches, monkeypatch, tmp_path):
     import app
-    from wan_ui.model_download import ModelDownload
+    from wan_ui.core.model_download import ModelDownload
 
     started = []
     monkeypatch.setattr(ModelDownload, "start", lambda self: started.append(self.source.name) or self)
@@ -280,18 +280,18 @@ def test_app_starts_the_hub_download_before_serving(launches, monkeypatch, tmp_p
 
 # ---- metadata: quality metrics join the sidecar and the mp4 ---------------------------------------------------
 def test_quality_metrics_are_written_into_the_sidecar_and_the_mp4(manager, tmp_path, monkeypatch):
-    from wan_ui.compare import measure_quality
-    from wan_ui.generate import generate
-    from wan_ui.quality import BaselineCache
-    from wan_ui.settings_store import _embedded_metadata, settings_from_video
-    from wan_ui.video import read_video
+    from wan_ui.core.compare import measure_quality
+    from wan_ui.core.generate import generate
+    from wan_ui.core.quality import BaselineCache
+    from wan_ui.core.settings_store import _embedded_metadata, settings_from_video
+    from wan_ui.core.video import read_video
 
     def fake_score(result, scorer, reference):  # the scorer's models are tested in test_quality.py
         assert reference is not None  # a default-options run is its own baseline
         result.metrics.clip_score, result.metrics.lpips_temporal = 0.31, 0.02
         return result.metrics
 
-    monkeypatch.setattr("wan_ui.quality.score_result", fake_score)
+    monkeypatch.setattr("wan_ui.core.quality.score_result", fake_score)
     result = generate(manager, "tiny", GenerationRequest(**TINY), OptimizationSet(), out_dir=tmp_path)
     video = Path(result.video_path)
     before = json.loads(video.with_suffix(".json").read_text())

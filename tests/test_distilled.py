@@ -9,11 +9,11 @@ from huggingface_hub import hf_hub_url
 
 from lora_files import write_kijai_lora
 from wan_ui.cli import main
-from wan_ui.distilled import DISTILLED, PRESET_REQUEST_HINTS, request_hints_for
-from wan_ui.errors import ModelLoadError
-from wan_ui.generate import generate
+from wan_ui.core.distilled import DISTILLED, PRESET_REQUEST_HINTS, request_hints_for
+from wan_ui.core.errors import ModelLoadError
+from wan_ui.core.generate import generate
 from wan_ui.optim.lora import parse_lora_spec
-from wan_ui.options import OptimizationSet, check_compatible, preset
+from wan_ui.core.options import OptimizationSet, check_compatible, preset
 
 CAUSVID, SELF_FORCING = "CausVid 8-step", "Self-Forcing DMD 4-step"
 CAUSVID_ID = "Kijai/WanVideo_comfy/Wan21_CausVid_bidirect2_T2V_1_3B_lora_rank32.safetensors"
@@ -92,8 +92,8 @@ def test_cli_preset_fills_unset_request_flags_and_says_so(tmp_path, tiny_folder,
 def test_random_lora_with_ffn_keys_loads_in_both_layouts(tmp_path, tiny_folder, layout):
     """The benchmark's random LoRA of a distilled preset (attention + FFN, as Kijai's files) loads onto every
     projection it names: diffusers' converter maps ffn.0/ffn.2 (kijai) and ffn.net.* (diffusers)."""
-    from wan_ui.models import TINY_TRANSFORMER
-    from wan_ui.random_lora import write_random_lora
+    from wan_ui.core.models import TINY_TRANSFORMER
+    from wan_ui.bench.random_lora import write_random_lora
 
     inner = TINY_TRANSFORMER["num_attention_heads"] * TINY_TRANSFORMER["attention_head_dim"]
     path = write_random_lora(tmp_path / "r.safetensors", inner=inner, layers=TINY_TRANSFORMER["num_layers"],

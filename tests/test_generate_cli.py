@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wan_ui.errors import GenerationCancelled
-from wan_ui.generate import generate
-from wan_ui.options import OptimizationSet
-from wan_ui.video import read_metadata, read_video
+from wan_ui.core.errors import GenerationCancelled
+from wan_ui.core.generate import generate
+from wan_ui.core.options import OptimizationSet
+from wan_ui.core.video import read_metadata, read_video
 
 
 def test_generate_writes_playable_mp4_and_sidecar(manager, smoke_request, tmp_path):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from wan_ui.hardware import ALLOC_CONF_DEFAULT, configure_allocator
+from wan_ui.core.hardware import ALLOC_CONF_DEFAULT, configure_allocator
 
 
 def test_allocator_defaults_to_expandable_segments():
@@ -18,7 +18,7 @@ def test_users_allocator_settings_are_kept():
         assert env == {name: "max_split_size_mb:128"}
 
 
-@pytest.mark.parametrize("entry", ["app", "wan_ui.cli", "wan_ui.bench", "wan_ui.train"])
+@pytest.mark.parametrize("entry", ["app", "wan_ui.cli", "wan_ui.bench.runner", "wan_ui.train.trainer"])
 def test_entry_points_configure_the_allocator_first(entry, monkeypatch):
     """Each entry point sets the default before anything else (even `--help` gets it), so it is in place before
     CUDA starts."""

@@ -1,8 +1,8 @@
 import dataclasses
 
-from wan_ui.lowvram import plan_low_vram
-from wan_ui.options import check_compatible
-from wan_ui.requests import WORKLOADS
+from wan_ui.core.lowvram import plan_low_vram
+from wan_ui.core.options import check_compatible
+from wan_ui.core.requests import WORKLOADS
 
 R480 = WORKLOADS["official480"].request
 REPORT = WORKLOADS["report"].request
@@ -45,7 +45,7 @@ def test_smallest_cards_get_the_smaller_decode_tiles():
 
 
 def test_bigger_tiles_never_look_leaner_at_any_size():
-    from wan_ui.lowvram import PLANS, estimate_peak_mb
+    from wan_ui.core.lowvram import PLANS, estimate_peak_mb
 
     (_, _, tiles512), (_, _, tiles256) = PLANS[-2], PLANS[-1]
     for tokens in (8_000, 32_760, 87_750, 200_000):
@@ -64,7 +64,7 @@ def test_the_sparse_low_vram_preset_keeps_its_sparse_attention_whatever_the_plan
 def test_a_gpu_that_cannot_compile_gets_the_plan_eager_and_is_told():
     """The Low VRAM presets compile their blocks (57.3 s vs 81.4 s eager, `report`, H200); a GPU without Triton or
     older than compute capability 7.0 (GTX 10-series) would fail on first use, so the plan drops compile and says why."""
-    from wan_ui.hardware import Hardware
+    from wan_ui.core.hardware import Hardware
 
     h100 = Hardware(True, "H100", (9, 0), 80_000.0, frozenset({"triton"}))
     pascal = Hardware(True, "GTX 1080", (6, 1), 8_000.0, frozenset({"triton"}))

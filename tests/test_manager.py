@@ -3,11 +3,11 @@ import shutil
 import numpy as np
 import pytest
 
-from wan_ui.errors import ModelLoadError
-from wan_ui.generate import generate
-from wan_ui.manager import ModelManager
-from wan_ui.models import MARKER, resolve_model
-from wan_ui.options import OptimizationSet
+from wan_ui.core.errors import ModelLoadError
+from wan_ui.core.generate import generate
+from wan_ui.core.manager import ModelManager
+from wan_ui.core.models import MARKER, resolve_model
+from wan_ui.core.options import OptimizationSet
 
 
 def test_tiny_model_loads_through_from_pretrained_folder(tiny_folder):

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from wan_ui.metrics import Metrics, NvmlSampler, frame_metrics, warmup_from_steps
+from wan_ui.core.metrics import Metrics, NvmlSampler, frame_metrics, warmup_from_steps
 
 MIB = 2**20
 
@@ -19,8 +19,8 @@ MIB = 2**20
 
 @pytest.fixture
 def tiny_result(manager, smoke_request):
-    from wan_ui.generate import generate
-    from wan_ui.options import OptimizationSet
+    from wan_ui.core.generate import generate
+    from wan_ui.core.options import OptimizationSet
 
     t0 = time.perf_counter()
     result = generate(manager, "tiny", smoke_request, OptimizationSet(), out_dir=None)
@@ -55,8 +55,8 @@ def test_cpu_memory_is_null_with_a_reason_never_zero(tiny_result):
 
 
 def test_warmup_on_first_generation_then_zero(manager, smoke_request, tiny_result):
-    from wan_ui.generate import generate
-    from wan_ui.options import OptimizationSet
+    from wan_ui.core.generate import generate
+    from wan_ui.core.options import OptimizationSet
 
     first = tiny_result[0].metrics
     assert first.rebuilt is True
@@ -98,10 +98,10 @@ def test_warmup_compares_steps_that_did_the_same_work():
 
 
 def test_step_kinds_follow_cache_cfg_and_sparse_schedules():
-    from wan_ui.generate import step_kinds
+    from wan_ui.core.generate import step_kinds
     from wan_ui.optim.cache import forwards_computed_mag
-    from wan_ui.options import OptimizationSet, preset
-    from wan_ui.requests import WORKLOADS
+    from wan_ui.core.options import OptimizationSet, preset
+    from wan_ui.core.requests import WORKLOADS
 
     req = WORKLOADS["report"].request
     kinds = step_kinds(req, preset("Fast (sparse)"))

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from wan_ui.errors import IncompatibleOptionsError, UnavailableError, ValidationError
-from wan_ui.hardware import Hardware
-from wan_ui.options import (INCOMPATIBLE, PRESETS, OptimizationSet, check_available, check_compatible,
+from wan_ui.core.errors import IncompatibleOptionsError, UnavailableError, ValidationError
+from wan_ui.core.hardware import Hardware
+from wan_ui.core.options import (INCOMPATIBLE, PRESETS, OptimizationSet, check_available, check_compatible,
                             options_table, parse_set_args, preset)
 
 CPU = Hardware(False, "cpu", None, None, frozenset())

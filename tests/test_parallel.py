@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from wan_ui.errors import IncompatibleOptionsError, UnavailableError, UserError, ValidationError
-from wan_ui.gpu_pool import (ManagerPool, PoolBusyError, build_app_manager, describe_placement, device_index,
+from wan_ui.core.errors import IncompatibleOptionsError, UnavailableError, UserError, ValidationError
+from wan_ui.parallel.pool import (ManagerPool, PoolBusyError, build_app_manager, describe_placement, device_index,
                              device_scope, is_cuda, parse_gpus, relaunch_command)
-from wan_ui.options import OptimizationSet
-from wan_ui.parallel import (CP_BACKENDS, RING_BACKENDS, ParallelConfig, ParallelPlan, apply_parallel,
+from wan_ui.core.options import OptimizationSet
+from wan_ui.parallel.runtime import (CP_BACKENDS, RING_BACKENDS, ParallelConfig, ParallelPlan, apply_parallel,
                              check_parallel, resolve_plan)
 
 REPORT_TOKENS = 87_750  # 1248x720, 97 frames: 25 x 45 x 78
@@ -119,7 +119,7 @@ def test_context_parallel_needs_an_accelerator(monkeypatch):
 
 
 def test_describe_placement_for_the_others_panel():
-    from wan_ui.ui_values import others_markdown
+    from wan_ui.ui.values import others_markdown
 
     assert describe_placement(None, "cpu") == "one device (cpu)"
     pool = {"mode": "pool", "gpus": 2, "devices": ["cuda:0", "cuda:1"]}
@@ -224,8 +224,8 @@ def test_pool_waits_for_a_free_gpu_and_can_give_up():
 
 
 def test_generate_through_a_pool_of_cpu_managers(tiny_folder, smoke_request):
-    from wan_ui.generate import generate
-    from wan_ui.manager import ModelManager
+    from wan_ui.core.generate import generate
+    from wan_ui.core.manager import ModelManager
 
     pool = ManagerPool.for_devices(["cpu", "cpu"], log=lambda m: None)
     results = []
@@ -288,7 +288,7 @@ def _fake_demo(monkeypatch):
         calls.append(manager)
         return FakeDemo()
 
-    monkeypatch.setattr("wan_ui.ui.create_demo", fake_create_demo)
+    monkeypatch.setattr("wan_ui.ui.app.create_demo", fake_create_demo)
     return calls
 
 
@@ -356,7 +356,7 @@ def _record(folder, name, world, step_s, clip_s, forward_s, frames, forward):
 def test_parallel_bench_report_speedups_and_match(tmp_path):
     import numpy as np
 
-    from wan_ui.parallel_bench import frame_diff, rel_err, write_report
+    from wan_ui.bench.parallel import frame_diff, rel_err, write_report
 
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)

@@ -63,12 +63,12 @@ def _worker(rank: int, port: int, cache: str, queue) -> None:
 
 
 def _scenarios(rank: int) -> dict:
-    from wan_ui.errors import GenerationCancelled
-    from wan_ui.generate import generate
-    from wan_ui.manager import ModelManager
-    from wan_ui.options import OptimizationSet
-    from wan_ui.parallel import ParallelConfig, ParallelRuntime, follow_jobs, init_distributed, remove_parallel
-    from wan_ui.requests import WORKLOADS
+    from wan_ui.core.errors import GenerationCancelled
+    from wan_ui.core.generate import generate
+    from wan_ui.core.manager import ModelManager
+    from wan_ui.core.options import OptimizationSet
+    from wan_ui.parallel.runtime import ParallelConfig, ParallelRuntime, follow_jobs, init_distributed, remove_parallel
+    from wan_ui.core.requests import WORKLOADS
 
     dist = init_distributed(serving=True)
     request, out = WORKLOADS["smoke"].request, {}
@@ -144,10 +144,10 @@ def gloo_runs(tiny_folder, wan_cache):
 @pytest.fixture(scope="module")
 def reference(tiny_folder):
     """The single-process run of the same requests and forwards."""
-    from wan_ui.generate import generate
-    from wan_ui.manager import ModelManager
-    from wan_ui.options import OptimizationSet
-    from wan_ui.requests import WORKLOADS
+    from wan_ui.core.generate import generate
+    from wan_ui.core.manager import ModelManager
+    from wan_ui.core.options import OptimizationSet
+    from wan_ui.core.requests import WORKLOADS
 
     m = ModelManager(device="cpu", log=lambda m: None)
     request = WORKLOADS["smoke"].request

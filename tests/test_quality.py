@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from wan_ui.quality import (PSNR_CAP_DB, BaselineCache, MetricUnavailable, QualityConfig, QualityScorer,
+from wan_ui.core.quality import (PSNR_CAP_DB, BaselineCache, MetricUnavailable, QualityConfig, QualityScorer,
                             baseline_frames, psnr_vs_baseline, sample_indices, score_result, ssim_vs_baseline)
 
 PROMPT = "a red ball on a green lawn"
@@ -205,8 +205,8 @@ def test_offline_pretrained_weights_are_unavailable_not_fetched(tmp_path, monkey
 # ---- score_result on a real generation, baseline cache ---------------------------------------------
 
 def test_score_result_on_tiny_generation(manager, smoke_request, scorer):
-    from wan_ui.generate import generate
-    from wan_ui.options import OptimizationSet
+    from wan_ui.core.generate import generate
+    from wan_ui.core.options import OptimizationSet
 
     result = generate(manager, "tiny", smoke_request, OptimizationSet(), out_dir=None)
     latency = result.metrics.clip_latency_s

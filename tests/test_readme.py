@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from wan_ui.options import INCOMPATIBLE, PRESETS
+from wan_ui.core.options import INCOMPATIBLE, PRESETS
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 

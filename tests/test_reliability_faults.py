@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from wan_ui.compare import run_comparison
-from wan_ui.errors import GenerationCancelled, ModelLoadError, OutOfMemoryError, UserError
-from wan_ui.generate import generate
-from wan_ui.manager import ModelManager
-from wan_ui.options import OptimizationSet
-from wan_ui.requests import GenerationRequest
+from wan_ui.core.compare import run_comparison
+from wan_ui.core.errors import GenerationCancelled, ModelLoadError, OutOfMemoryError, UserError
+from wan_ui.core.generate import generate
+from wan_ui.core.manager import ModelManager
+from wan_ui.core.options import OptimizationSet
+from wan_ui.core.requests import GenerationRequest
 
 SMALL = GenerationRequest("a lighthouse in a storm", width=16, height=16, num_frames=5, num_inference_steps=2)
 FP32 = OptimizationSet(precision="fp32")
@@ -65,7 +65,7 @@ def test_oom_while_applying_load_time_optimizations_frees_the_half_built_pipelin
         built.append(weakref.ref(pipe))
         raise_oom()
 
-    monkeypatch.setattr("wan_ui.manager.build_steps", oom_after_loading)
+    monkeypatch.setattr("wan_ui.core.manager.build_steps", oom_after_loading)
     with pytest.raises(OutOfMemoryError) as e:
         generate(manager, "tiny", SMALL, OptimizationSet(), out_dir=tmp_path)
     assert_low_vram_error(e.value)
@@ -186,7 +186,7 @@ def test_a_failing_video_write_leaves_no_partial_file(manager, tmp_path, monkeyp
 
 
 def test_a_failed_tiny_model_build_leaves_no_temporary_folder(tmp_path, monkeypatch):
-    from wan_ui.models import materialize, resolve_model
+    from wan_ui.core.models import materialize, resolve_model
 
     monkeypatch.setenv("WAN_UI_CACHE", str(tmp_path))
 
@@ -201,7 +201,7 @@ def test_a_failed_tiny_model_build_leaves_no_temporary_folder(tmp_path, monkeypa
 
 
 def test_a_failed_settings_write_keeps_the_old_file_and_leaves_no_temporary_one(tmp_path, monkeypatch):
-    from wan_ui.settings_store import load_settings, save_settings
+    from wan_ui.core.settings_store import load_settings, save_settings
 
     path = tmp_path / "last.json"
     save_settings({"request": {"prompt": "first"}}, path)

@@ -19,7 +19,7 @@ import pytest
 
 from ui_server import browser_page, free_port, launches, set_number  # noqa: F401  (launches: a fixture)
 
-from wan_ui.options import OptimizationSet
+from wan_ui.core.options import OptimizationSet
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_QUEUE = 4  # small, so that 20 simultaneous calls take both paths: run, and refused at once
@@ -35,8 +35,8 @@ def load_script():
 
 @pytest.fixture(scope="module")
 def small_queue_app(tiny_folder, tmp_path_factory):
-    from wan_ui.manager import ModelManager
-    from wan_ui.ui import create_demo, launch_kwargs
+    from wan_ui.core.manager import ModelManager
+    from wan_ui.ui.app import create_demo, launch_kwargs
 
     outputs = tmp_path_factory.mktemp("load") / "outputs"
     manager = ModelManager(device="cpu", log=lambda m: None)
@@ -62,7 +62,7 @@ def test_twenty_concurrent_generations_complete_or_get_a_queue_full_error(small_
 
 def test_the_queue_bound_has_a_default_and_a_flag(small_queue_app, launches):  # noqa: F811
     import app
-    from wan_ui.ui import MAX_QUEUE as DEFAULT
+    from wan_ui.ui.app import MAX_QUEUE as DEFAULT
 
     url, _, _ = small_queue_app
     assert 8 <= DEFAULT <= 64  # a GPU job takes minutes: a bound, but one a small team does not meet
@@ -118,7 +118,7 @@ def fill_the_queue(url: str, clients: list) -> list:
 def assert_only_their_videos_were_written(jobs: list, outputs: Path, before: set[Path]) -> None:
     """The queued jobs ran once the cancelled run had stopped; it wrote nothing (no video, sidecar or half-written
     file)."""
-    from wan_ui.ui_generate import RUN_OUTPUTS
+    from wan_ui.ui.generate_tab import RUN_OUTPUTS
 
     videos = [Path(dict(zip(RUN_OUTPUTS, job.result(timeout=240)))["result_json"]["video"]) for job in jobs]
     assert output_files(outputs) - before == {f for v in videos for f in (v, v.with_suffix(".json"))}
@@ -133,7 +133,7 @@ def test_cancel_reaches_the_callers_running_job_while_the_queue_is_full(small_qu
     from gradio_client import Client
     from gradio_client.utils import QueueError
 
-    from wan_ui.ui_generate import RUN_OUTPUTS
+    from wan_ui.ui.generate_tab import RUN_OUTPUTS
 
     url, outputs, _ = small_queue_app
     before = output_files(outputs)

@@ -18,13 +18,13 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from wan_ui.bench_sets import BENCH_KEYS, parse_sets, preset_aliases
-from wan_ui.errors import IncompatibleOptionsError, UnavailableError, UserError, ValidationError
-from wan_ui.hardware import Hardware
+from wan_ui.bench.sets import BENCH_KEYS, parse_sets, preset_aliases
+from wan_ui.core.errors import IncompatibleOptionsError, UnavailableError, UserError, ValidationError
+from wan_ui.core.hardware import Hardware
 from wan_ui.optim.lora import parse_lora_spec
-from wan_ui.options import PRESETS, OptimizationSet, check_available, check_compatible, parse_set_args
-from wan_ui.requests import LIMITS, MAX_PROMPT_CHARS, SIZE_MULTIPLE, GenerationRequest, validate_request
-from wan_ui.ui_values import (NO_SET, OPTION_FIELDS, REQUEST_FIELDS, named_sets_from_values, options_from_values,
+from wan_ui.core.options import PRESETS, OptimizationSet, check_available, check_compatible, parse_set_args
+from wan_ui.core.requests import LIMITS, MAX_PROMPT_CHARS, SIZE_MULTIPLE, GenerationRequest, validate_request
+from wan_ui.ui.values import (NO_SET, OPTION_FIELDS, REQUEST_FIELDS, named_sets_from_values, options_from_values,
                               request_from_values, values_from_settings)
 
 CPU = Hardware(False, "cpu", None, None, frozenset())
@@ -369,8 +369,8 @@ small_request = st.builds(
 
 def runnable_values(name: str) -> st.SearchStrategy:
     """Values of a run-time field this machine can run: its choices, or its bounds and their middle."""
-    from wan_ui.hardware import probe_hardware
-    from wan_ui.options import value_availability
+    from wan_ui.core.hardware import probe_hardware
+    from wan_ui.core.options import value_availability
 
     spec = SPECS[name]
     if spec.choices:
@@ -397,7 +397,7 @@ NORMAL = GenerationRequest("a normal request", width=16, height=16, num_frames=1
 @pytest.fixture(scope="module")
 def shared_manager(tiny_folder):
     """One manager across every generated example: consistency must hold across any sequence of them."""
-    from wan_ui.manager import ModelManager
+    from wan_ui.core.manager import ModelManager
 
     return ModelManager(device="cpu", log=lambda m: None)
 
@@ -411,8 +411,8 @@ def out_dir(tmp_path_factory):
           suppress_health_check=[HealthCheck.too_slow])
 @given(small_request, cpu_options)
 def test_generation_runs_or_refuses_and_the_manager_stays_consistent(shared_manager, out_dir, request, opts):
-    from wan_ui.generate import generate
-    from wan_ui.video import read_video
+    from wan_ui.core.generate import generate
+    from wan_ui.core.video import read_video
 
     mgr = shared_manager
     before = mgr.resident()

@@ -10,7 +10,7 @@ import pytest
 import torch
 from ui_server import free_port
 
-from wan_ui.ui_generate import RUN_OUTPUTS
+from wan_ui.ui.generate_tab import RUN_OUTPUTS
 
 SMALL = dict(prompt="a lighthouse in a storm", width=16, height=16, num_frames=1, num_inference_steps=1)
 COMPARE_OUTPUTS = ("status", *(f"video_{i}" for i in range(1, 7)), "table", "chart", "csv", "markdown", "gallery",
@@ -26,8 +26,8 @@ def app_on_a_copy(tiny_folder, tmp_path_factory):
     """The app serving a local copy of the tiny model (a folder the tests can damage and repair)."""
     from gradio_client import Client
 
-    from wan_ui.manager import ModelManager
-    from wan_ui.ui import create_demo, launch_kwargs
+    from wan_ui.core.manager import ModelManager
+    from wan_ui.ui.app import create_demo, launch_kwargs
 
     root = tmp_path_factory.mktemp("faults_app")
     model = root / "model"

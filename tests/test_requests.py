@@ -1,7 +1,7 @@
 import pytest
 
-from wan_ui.errors import ValidationError
-from wan_ui.requests import WORKLOADS, GenerationRequest, snap_frames, validate_request
+from wan_ui.core.errors import ValidationError
+from wan_ui.core.requests import WORKLOADS, GenerationRequest, snap_frames, validate_request
 
 
 def test_workloads_match_the_documented_token_counts():

@@ -114,7 +114,7 @@ def test_auth_guards_the_page_api_queue_and_files(secured_app):
 def test_a_logged_in_client_generates_and_files_come_only_from_outputs(secured_app, tiny_folder):
     from gradio_client import Client
 
-    from wan_ui.ui_generate import RUN_OUTPUTS
+    from wan_ui.ui.generate_tab import RUN_OUTPUTS
 
     url, outputs, work, *_ = secured_app
     client = Client(url, auth=(USER, PASSWORD), verbose=False, download_files=False)

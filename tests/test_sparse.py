@@ -9,14 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wan_ui.errors import ValidationError
+from wan_ui.core.errors import ValidationError
 from wan_ui.optim.attention import ChunkedWanAttnProcessor
-from wan_ui.generate import generate
+from wan_ui.core.generate import generate
 from wan_ui.optim import sparse
 from wan_ui.optim.sparse import (SparseContext, SparseWanAttnProcessor, TileLayout, build_block_mask,
                                  dense_steps_for, parse_window, sparse_attention, sparsity_report, window_density)
-from wan_ui.options import OptimizationSet, check_compatible, parse_set_args
-from wan_ui.requests import WORKLOADS
+from wan_ui.core.options import OptimizationSet, check_compatible, parse_set_args
+from wan_ui.core.requests import WORKLOADS
 
 GRID, TILE = (3, 5, 6), (1, 2, 4)  # 90 tokens; tiles (3, 3, 2) of 8 tokens = 144 padded: padding in h and w
 
@@ -212,7 +212,7 @@ def test_generate_completes_with_default_sparse_settings(manager, smoke_request)
 @pytest.mark.slow
 def test_regional_compile_traces_the_sparse_processor(smoke_request, tiny_folder, monkeypatch):
     """fullgraph regional compile traces the processor and FlexAttention inside the blocks (~25 s on CPU)."""
-    from wan_ui.manager import ModelManager
+    from wan_ui.core.manager import ModelManager
 
     _small_tiles(monkeypatch)
     opts = OptimizationSet().with_(precision="fp32", sparse_attention="sta", sparse_window="0,0,0",

@@ -1,4 +1,4 @@
-"""The Train tab's core (`wan_ui.train_job`) on the tiny model, CPU: a background run with progress, Stop with a
+"""The Train tab's core (`wan_ui.train.job`) on the tiny model, CPU: a background run with progress, Stop with a
 saved checkpoint, Resume from it, one run at a time, and widget values checked like the CLI's (confined paths)."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import time
 import pytest
 from train_files import write_dataset
 
-from wan_ui.errors import UserError, ValidationError
-from wan_ui.hardware import Hardware
-from wan_ui.train_job import TrainJob, config_from_values, default_values, lever_availability
+from wan_ui.core.errors import UserError, ValidationError
+from wan_ui.core.hardware import Hardware
+from wan_ui.train.job import TrainJob, config_from_values, default_values, lever_availability
 
 CPU = Hardware(False, "cpu", None, None, frozenset())
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from ui_server import ui_app  # noqa: F401  (module-scoped fixture: one app for this module)
 
-from wan_ui.options import preset
-from wan_ui.ui_generate import RUN_OUTPUTS
-from wan_ui.ui_values import HISTORY_COLUMNS, OPTION_FIELDS
+from wan_ui.core.options import preset
+from wan_ui.ui.generate_tab import RUN_OUTPUTS
+from wan_ui.ui.values import HISTORY_COLUMNS, OPTION_FIELDS
 
 SMALL = dict(prompt="a lighthouse in a storm", width=64, height=64, num_frames=9, num_inference_steps=2, seed=11)
 GENERATE_OUTPUTS = (*RUN_OUTPUTS, "gallery", "table")

@@ -107,8 +107,8 @@ def test_bad_input_is_an_error_naming_the_field_and_the_app_stays_up(client, roo
 
 
 def test_status_and_metrics_lines():
-    from wan_ui.train_job import TrainStatus
-    from wan_ui.ui_train import format_eta, metrics_markdown, status_markdown
+    from wan_ui.train.job import TrainStatus
+    from wan_ui.ui.train_tab import format_eta, metrics_markdown, status_markdown
 
     assert (format_eta(5.4), format_eta(125), format_eta(3 * 3600 + 120)) == ("5 s", "2 min 05 s", "3 h 02 min")
     assert status_markdown(TrainStatus()).startswith("No run yet.") and metrics_markdown(TrainStatus()) == ""

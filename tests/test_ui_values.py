@@ -9,16 +9,16 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from wan_ui import ui_values as uv
-from wan_ui.errors import UserError, ValidationError
-from wan_ui.gpu_monitor import GpuMonitor
-from wan_ui.hardware import Hardware
-from wan_ui.metrics import Metrics
-from wan_ui.options import PRESETS, OptimizationSet, preset
-from wan_ui.requests import LIMITS, WAN_DEFAULT_NEGATIVE_PROMPT, GenerationRequest
-from wan_ui.settings_store import load_settings, save_settings, settings_from_video, settings_path
-from wan_ui.ui_context import RunRegistry
-from wan_ui.ui_generate import live_gpu, matching_preset, progress_reporter
+import wan_ui.ui.values as uv
+from wan_ui.core.errors import UserError, ValidationError
+from wan_ui.core.gpu_monitor import GpuMonitor
+from wan_ui.core.hardware import Hardware
+from wan_ui.core.metrics import Metrics
+from wan_ui.core.options import PRESETS, OptimizationSet, preset
+from wan_ui.core.requests import LIMITS, WAN_DEFAULT_NEGATIVE_PROMPT, GenerationRequest
+from wan_ui.core.settings_store import load_settings, save_settings, settings_from_video, settings_path
+from wan_ui.ui.context import RunRegistry
+from wan_ui.ui.generate_tab import live_gpu, matching_preset, progress_reporter
 
 CPU = Hardware(False, "cpu", None, None, frozenset())
 GPU = Hardware(True, "NVIDIA H100", (9, 0), 80000.0, frozenset({"torchao", "bitsandbytes", "triton"}))
@@ -210,7 +210,7 @@ def test_last_settings_file_round_trip_and_env_override(tmp_path, monkeypatch):
 
 
 def test_settings_from_a_video_sidecar_or_its_embedded_comment(tmp_path):
-    from wan_ui.video import write_video
+    from wan_ui.core.video import write_video
 
     meta = {"tool": "wan_ui", "request": GenerationRequest("a cat", seed=5).to_dict(),
             "optimizations": {"cache": "mag"}}

@@ -1,7 +1,7 @@
 """The VAE decode options wire diffusers' tiling with our tile size, and channels-last weights come and go."""
 
 from wan_ui.optim.vae import OVERLAP_PX, apply_vae, remove_vae
-from wan_ui.options import OptimizationSet
+from wan_ui.core.options import OptimizationSet
 
 
 def test_tile_size_reaches_the_vae_and_is_not_sticky(manager, smoke_request):
@@ -23,7 +23,7 @@ def test_channels_last_vae_weights_decode_the_same_video_and_come_back(manager, 
     import numpy as np
     import torch
 
-    from wan_ui.generate import generate
+    from wan_ui.core.generate import generate
 
     base = OptimizationSet().with_(precision="fp32", text_encoder_precision="fp32")
     before = generate(manager, "tiny", smoke_request, base, out_dir=None).frames

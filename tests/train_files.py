@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wan_ui.video import write_video
+from wan_ui.core.video import write_video
 
 SIZE, FRAMES = 64, 9  # the smoke workload's size: latents (16, 3, 8, 8), 48 tokens
 

@@ -38,9 +38,9 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def ui_app(tiny_folder, tmp_path_factory):
-    from wan_ui.manager import ModelManager
-    from wan_ui.quality import BaselineCache, QualityConfig, QualityScorer
-    from wan_ui.ui import create_demo, launch_kwargs
+    from wan_ui.core.manager import ModelManager
+    from wan_ui.core.quality import BaselineCache, QualityConfig, QualityScorer
+    from wan_ui.ui.app import create_demo, launch_kwargs
 
     root = tmp_path_factory.mktemp("ui_app")
     manager = ModelManager(device="cpu", log=lambda m: None)
@@ -67,7 +67,7 @@ def launches(monkeypatch):
         calls.append({"manager": manager, "create": kwargs})
         return FakeDemo()
 
-    monkeypatch.setattr("wan_ui.ui.create_demo", fake_create_demo)
+    monkeypatch.setattr("wan_ui.ui.app.create_demo", fake_create_demo)
     return calls
 
 

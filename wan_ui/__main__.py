@@ -1,3 +1,3 @@
-from .cli import main
+from wan_ui.cli import main
 
 raise SystemExit(main())

@@ -10,7 +10,7 @@ import json
 import os
 import sys
 
-from .errors import UserError
+from wan_ui.core.errors import UserError
 
 
 def _progress_printer(enabled: bool):
@@ -35,7 +35,7 @@ def _progress_printer(enabled: bool):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .requests import GenerationRequest
+    from wan_ui.core.requests import GenerationRequest
 
     d = GenerationRequest("x")
     p = argparse.ArgumentParser(prog="python -m wan_ui", description="Wan2.1-T2V-1.3B generation and options")
@@ -69,10 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_generate(args) -> int:
-    from .generate import generate
-    from .manager import ModelManager
-    from .options import OptimizationSet, check_available, check_compatible, parse_set_args, preset
-    from .requests import GenerationRequest, validate_request
+    from wan_ui.core.generate import generate
+    from wan_ui.core.manager import ModelManager
+    from wan_ui.core.options import OptimizationSet, check_available, check_compatible, parse_set_args, preset
+    from wan_ui.core.requests import GenerationRequest, validate_request
 
     base = preset(args.preset) if args.preset else OptimizationSet()
     opts = parse_set_args(args.set, base=base)
@@ -96,8 +96,8 @@ def cmd_generate(args) -> int:
     result = generate(manager, args.model, req, opts, out_path=args.out,
                       on_progress=_progress_printer(not args.json or sys.stderr.isatty()))
     if args.quality:
-        from .generate import update_video_metadata
-        from .quality import score_result
+        from wan_ui.core.generate import update_video_metadata
+        from wan_ui.core.quality import score_result
 
         score_result(result)
         update_video_metadata(result)  # the scores join the sidecar and the mp4's comment tag
@@ -116,8 +116,8 @@ def cmd_generate(args) -> int:
 
 def _request_settings(args) -> dict:
     """Steps and guidance: the user's flags, else the preset's request hints (said on stderr), else the defaults."""
-    from .distilled import PRESET_NOTES, request_hints_for
-    from .requests import GenerationRequest
+    from wan_ui.core.distilled import PRESET_NOTES, request_hints_for
+    from wan_ui.core.requests import GenerationRequest
 
     given = {"num_inference_steps": args.steps, "guidance_scale": args.guidance}
     hints = request_hints_for(args.preset, given)
@@ -134,7 +134,7 @@ def _parallel_runtime(text: str | None):
     """--parallel under torchrun -> this rank's ParallelRuntime (process group joined); None for one process."""
     import atexit
 
-    from .parallel import ParallelConfig, ParallelRuntime, finish_distributed, init_distributed, torchrun_world_size
+    from wan_ui.parallel.runtime import ParallelConfig, ParallelRuntime, finish_distributed, init_distributed, torchrun_world_size
 
     world = torchrun_world_size()
     config = ParallelConfig.parse(text or ("auto" if world > 1 else "none"))
@@ -162,8 +162,8 @@ def _quiet_follower() -> None:
 
 
 def cmd_options(args) -> int:
-    from .hardware import probe_hardware
-    from .options import options_table
+    from wan_ui.core.hardware import probe_hardware
+    from wan_ui.core.options import options_table
 
     rows = options_table(probe_hardware())
     if args.json:
@@ -178,14 +178,14 @@ def cmd_options(args) -> int:
 
 
 def cmd_presets(args) -> int:
-    from .options import PRESETS
+    from wan_ui.core.options import PRESETS
 
     print(json.dumps(PRESETS, indent=1))
     return 0
 
 
 def main(argv=None) -> int:
-    from .hardware import configure_allocator
+    from wan_ui.core.hardware import configure_allocator
 
     configure_allocator()  # expandable segments unless the user configured the allocator (hardware.py)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")

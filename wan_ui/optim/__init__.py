@@ -8,8 +8,8 @@ their fields change, in the order LoRA -> scheduler -> attention -> cache -> VAE
 step callback (see `cfg.py`). Nothing outside this package branches on a technique.
 """
 
-from . import hook_fix
+from wan_ui.optim import hook_fix
 
 hook_fix.install()  # before any hook is registered: see hook_fix.py (step caches under group offloading)
 
-from .registry import apply_optimizations, apply_runtime, build_steps, load_kwargs, remove_runtime  # noqa: E402,F401
+from wan_ui.optim.registry import apply_optimizations, apply_runtime, build_steps, load_kwargs, remove_runtime  # noqa: E402,F401

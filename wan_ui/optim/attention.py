@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .state import state_of
+from wan_ui.optim.state import state_of
 
 BACKENDS = {"cudnn": "_native_cudnn", "flash": "_native_flash", "efficient": "_native_efficient",
             "math": "_native_math", "flex": "flex", "sage": "sage", "xformers": "xformers", "flash_attn": "flash"}

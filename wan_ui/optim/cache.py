@@ -105,7 +105,7 @@ def forwards_per_step(computes: list[bool], guidance_scale: float, cfg_truncatio
     """Transformer forwards each step runs, given its compute (True) / skip decisions: the cond branch, plus the
     uncond branch on CFG steps; under MagCache each branch keeps its own state (diffusers `cache_context`) and so
     follows the same schedule."""
-    from .cfg import cfg_steps
+    from wan_ui.optim.cfg import cfg_steps
 
     with_cfg = cfg_steps(guidance_scale, len(computes), cfg_truncation)
     return [int(c) * (1 + (i < with_cfg)) for i, c in enumerate(computes)]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
-from .state import state_of
+from wan_ui.optim.state import state_of
 
 _HOOK = "wan_ui_cfg_batch"
 

@@ -27,7 +27,7 @@ import os
 
 import torch
 
-from ..models import cache_root
+from wan_ui.core.models import cache_root
 
 RECOMPILE_LIMIT = 64  # compiled variants kept per block forward: sizes x {dense, sparse windows} x {CFG on, off}
 

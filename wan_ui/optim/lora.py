@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ModelLoadError, ValidationError
-from ..paths import confine
-from .state import state_of
+from wan_ui.core.errors import ModelLoadError, ValidationError
+from wan_ui.core.paths import confine
+from wan_ui.optim.state import state_of
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .precision import DTYPES
+from wan_ui.optim.precision import DTYPES
 
 
 NOT_QUANTIZED = ["patch_embedding", "condition_embedder", "proj_out", "norm_out", "scale_shift_table"]

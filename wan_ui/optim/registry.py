@@ -13,8 +13,8 @@ Run-time (applied to a built pipeline; removed and re-applied when their fields 
 
 from __future__ import annotations
 
-from . import attention, cache, cfg_batch, compile, lora, offload, precision, quantization, scheduler, sparse, vae
-from .state import state_of
+from wan_ui.optim import attention, cache, cfg_batch, compile, lora, offload, precision, quantization, scheduler, sparse, vae
+from wan_ui.optim.state import state_of
 
 LOAD_KWARGS = [precision.load_kwargs, quantization.load_kwargs]
 BUILD_STEPS = [quantization.apply_fp8_storage, compile.apply_compile, offload.apply_placement]

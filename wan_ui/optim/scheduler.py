@@ -7,7 +7,7 @@ unipc: UniPC multistep (Wan's default). dpmpp: DPM-Solver++ 2M (the report's "DP
 
 from __future__ import annotations
 
-from .state import state_of
+from wan_ui.optim.state import state_of
 
 
 def make_scheduler(name: str, config, flow_shift: float):

@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import ValidationError
-from .attention import _rope
-from .state import state_of
+from wan_ui.core.errors import ValidationError
+from wan_ui.optim.attention import _rope
+from wan_ui.optim.state import state_of
 
 DEFAULT_TILE = (1, 8, 16)  # (frames, rows, cols) in patches: 128 tokens, one FlexAttention block on GPU
 # Sliding Tile Attention's Wan mask search keeps the first 12 of 50 steps dense (arXiv 2502.04507, sec. 4);

@@ -1,0 +1,3 @@
+from wan_ui.bench.runner import main
+
+raise SystemExit(main())

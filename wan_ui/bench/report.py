@@ -1,0 +1,326 @@
+"""The benchmark's outputs: results.jsonl, report.md (the report's table layout, `report.py`), summary.csv and
+PNG charts (latency and VRAM per set; matplotlib with the Agg backend, imported only here and only if present).
+
+Every value that is not a measurement says so in its cell: "(extrapolated)" for latencies estimated from a
+shortened run, "n/a (random weights)" for quality on a random-weight model, "n/a (CPU)" for GPU memory on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from wan_ui.core.report import EXTRA_ROWS, REPORT_ROWS, Row, format_value, metric_row, pair_table, ratio, summary_csv
+
+LATENCY_KEYS = ("clip_latency_s", "frame_latency_s", "throughput_fps")  # replaced by extrapolated values
+# what the benchmark adds per set, in report.REPORT_ROWS' layout ("{}": text the row builds, e.g. "2 / 65")
+BENCH_ROWS: list[Row] = [
+    metric_row("Steps run / full", "steps_text", fmt="{}"),
+    metric_row("Per-step latency (median, measured)", "step_median_s", "s"),
+    metric_row("Seconds per transformer forward (measured)", "forward_s", "s"),
+    metric_row("Measured clip latency (steps run)", "measured_clip_latency_s", "s"),
+    metric_row("Text encode", "text_encode_s", "s"),
+    metric_row("Denoise (steps run)", "denoise_s", "s"),
+    metric_row("Decode", "decode_s", "s"),
+    metric_row("Peak reserved VRAM", "peak_reserved_mb", "MB"),
+    metric_row("MAX VRAM over all runs (incl. warm-up)", "peak_vram_max_mb", "MB"),
+    metric_row("Forwards computed / planned", "forwards_text", fmt="{}"),
+]
+ALL_ROWS = REPORT_ROWS + EXTRA_ROWS + BENCH_ROWS
+GPU_KEYS = ("peak_vram_mb", "peak_reserved_mb", "peak_vram_max_mb", "nvml_peak_used_mb")
+
+
+# ---- 1. values -------------------------------------------------------------------------------------------
+def numbers(row: dict) -> dict:
+    """Numeric values of one row: the steady-state Metrics, latencies extrapolated when the run was shortened,
+    plus the benchmark's own values (per-step median, phases, forwards)."""
+    from wan_ui.bench.extrapolate import step_median
+
+    m = dict(row.get("metrics") or {})
+    if not m:
+        return {}
+    ex = row.get("extrapolation")
+    phases = m.get("phases") or {}
+    m.update(text_encode_s=phases.get("text_encode_s"), denoise_s=phases.get("denoise_s"),
+             decode_s=phases.get("decode_s"), measured_clip_latency_s=m.get("clip_latency_s"),
+             step_median_s=step_median(m.get("step_latencies_s") or []),
+             peak_vram_max_mb=(row.get("bench") or {}).get("peak_vram_max_mb"),
+             steps_text=f"{row['steps_run']} / {row['steps_full']}",
+             forwards_text=f"{m.get('forwards_computed')} / {m.get('forwards_planned')}")
+    m["forward_s"] = _per_forward(row, m)
+    if ex:
+        m.update({k: ex[k] for k in LATENCY_KEYS})
+    return m
+
+
+def _per_forward(row: dict, m: dict) -> float | None:
+    """One transformer forward (one CFG branch), comparable with ../shared/WORKLOADS.md's floors: the per-step
+    median over forwards per step; with a step cache, denoise time over forwards computed."""
+    cache = row["set"]["options"].get("cache") or "none"
+    if cache != "none":
+        done = m.get("forwards_computed")
+        if done is None and cache == "mag":  # not counted under compile; MagCache's schedule is known exactly
+            from wan_ui.bench.extrapolate import forwards_computed_mag
+
+            req, opts = row["request"], row["set"]["options"]
+            done = forwards_computed_mag(row["steps_run"], req["guidance_scale"], opts["cfg_truncation"],
+                                         opts["cache_threshold"], opts.get("cache_max_skips", 0))
+        return m["denoise_s"] / done if done and m.get("denoise_s") is not None else None
+    planned = m.get("forwards_planned")
+    return m["step_median_s"] * row["steps_run"] / planned if planned and m.get("step_median_s") else None
+
+
+def na_reason(row: dict, key: str) -> str:
+    if row.get("status") != "ok" and not row.get("metrics"):
+        return f"n/a ({row.get('status')})"
+    reason = (row.get("quality") or {}).get("na", {}).get(key)
+    if reason:
+        return reason
+    if key in GPU_KEYS and (row.get("hardware") or {}).get("device") != "cuda":
+        return "n/a (CPU)"
+    return "n/a"
+
+
+def cells(row: dict) -> dict:
+    """key -> display text for every row of ALL_ROWS."""
+    num, out = numbers(row), {}
+    extrapolated = bool(row.get("extrapolation"))
+    for _, key, _, fmt, _ in ALL_ROWS:
+        v = num.get(key)
+        if v is None:
+            out[key] = na_reason(row, key)
+            continue
+        text = format_value(num, key, fmt)
+        out[key] = f"{text} (extrapolated)" if extrapolated and key in LATENCY_KEYS else text
+    return out
+
+
+# ---- 2. report.md ----------------------------------------------------------------------------------------
+def _baseline(rows: list[dict]) -> dict | None:
+    return rows[0] if rows and rows[0].get("status") == "ok" else None
+
+
+def summary_table(rows: list[dict]) -> str:
+    """All sets, the report's rows, each with its ratio to the baseline (the first set); '*' = extrapolated."""
+    base = _baseline(rows)
+    bnum = numbers(base) if base else {}
+    head = ["#", "Set", "Status", "Steps"] + [label for label, *_ in REPORT_ROWS] + ["Clip speed-up"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        num, txt = numbers(row), cells(row)
+        out = [str(row["index"] + 1), row["set"]["name"], _status_text(row), f"{row['steps_run']}/{row['steps_full']}"]
+        for _, key, _, fmt, _ in REPORT_ROWS:
+            v = num.get(key)
+            if v is None or isinstance(v, str):
+                out.append(txt[key])
+                continue
+            cell = format_value(num, key, fmt)
+            if row.get("extrapolation") and key in LATENCY_KEYS:
+                cell += "*"
+            r = ratio(bnum.get(key), v)
+            out.append(f"{cell} ({r:.2f}x)" if r is not None else cell)
+        speed = ratio(num.get("clip_latency_s"), bnum.get("clip_latency_s"))
+        out.append(f"{speed:.2f}x" if speed is not None else "n/a")
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in out) + " |")
+    return "\n".join(lines)
+
+
+def _status_text(row: dict) -> str:
+    if row.get("status") == "ok":
+        return "ok"
+    err = (row.get("error") or "").replace("\n", " ")
+    return f"**{row.get('status')}**: {err[:140]}" if err else f"**{row.get('status')}**"
+
+
+def _header(rows: list[dict], charts_note: str | None, chart_files: list[str]) -> list[str]:
+    r0 = rows[0]
+    hw, v, req = r0["hardware"], r0["versions"], r0["request"]
+    card = (f"{hw['gpu_name']} (driver {hw.get('driver')}, CUDA {hw.get('cuda')}, cc {hw.get('capability')}, "
+            f"{hw.get('total_memory_mb')} MiB)" if hw.get("gpu_name") else f"CPU only ({hw.get('cpu')}, "
+            f"{hw.get('cpu_count')} cores)")
+    vers = ", ".join(f"{k} {v[k]}" for k in ("torch", "diffusers", "transformers", "torchao", "bitsandbytes",
+                                               "python") if v.get(k))
+    m = r0["method"]
+    lines = [f"# Benchmark: `{r0['workload']}` on {hw.get('gpu_name') or 'CPU'}", "",
+             "| | |", "|---|---|", f"| Card | {card} |", f"| Date | {r0['date']} |",
+             f"| Workload | `{r0['workload']}`: {r0.get('workload_description', '')} |",
+             f"| Request | {req['width']}x{req['height']}, {req['num_frames']} frames, {r0['steps_full']} steps, "
+             f"CFG {req['guidance_scale']}, seed {req['seed']} |",
+             f"| Model | `{r0['model']}`: {r0['model_label']} |", f"| Versions | {vers} |",
+             f"| Method | per set: build (load time), 1 warm-up run, then R timed repeats (R = {m['repeats']} unless "
+             f"the set says otherwise); steady state = the repeat with the median clip latency; warm-up = first "
+             f"run - median; peak memory stats reset before every run; process per set: "
+             f"{'yes' if m['process_per_set'] else 'no'} |",
+             f"| Baseline of every ratio | the first set, **{r0['set']['name']}** |",
+             f"| Command | `{r0.get('command', '')}` |", ""]
+    if any(r.get("random_weights") for r in rows):
+        lines += ["> **Random weights.** This model has the real architecture with random weights: speed and memory "
+                  "are real, the video is noise. **Quality columns n/a (random weights)**; nothing here is a "
+                  "quality result.", ""]
+    if any(r.get("extrapolation") for r in rows):
+        lines += ["> **Extrapolated.** Sets that ran fewer steps than the workload's show latencies marked "
+                  "*(extrapolated)* (`*` in the summary): text encode + per-step median x full steps (x forwards "
+                  "ratio) + decode; for step caches, time per computed forward x forwards computed at the full "
+                  "step count (MagCache's schedule replayed exactly; other caches assume the measured skip "
+                  "fraction). Measured values are in each set's table.", ""]
+    lines += ["Metric definitions: [docs/METRICS.md](../../METRICS.md) (path as committed under docs/benchmarks/<run>/) and `wan_ui/core/metrics.py`. Ratios are set / "
+              "baseline (lower is better for times and memory); clip speed-up is baseline / set.", ""]
+    if chart_files:
+        lines += [" ".join(f"![{Path(f).stem}]({Path(f).name})" for f in chart_files), ""]
+    elif charts_note:
+        lines += [f"Charts: {charts_note}", ""]
+    return lines
+
+
+def _set_section(row: dict, base_cells: dict | None) -> list[str]:
+    s = row["set"]
+    changed = ", ".join(f"{k}={v}" for k, v in s["changed"].items()) or "defaults"
+    runs = row["method"].get("runs_done", 0)
+    done = f"{runs} (1 warm-up + {runs - 1} timed)" if runs else "none"
+    lines = [f"## {row['index'] + 1}. {s['name']}", "",
+             f"`{s['spec']}` · options: {changed} · status **{row['status']}** · runs: {done} "
+             f"· wall {row.get('wall_s') or 0:.1f} s", ""]
+    if row.get("error"):
+        lines += [f"> {row['status']}: {row['error']}", ""]
+    if not row.get("metrics"):
+        return lines
+    mine = cells(row)
+    base = base_cells or {k: "n/a (baseline did not run)" for k in mine}
+    lines += [pair_table(base, mine, s["name"], rows=ALL_ROWS), ""]
+    ex = row.get("extrapolation")
+    if ex:
+        lines += [f"Extrapolation ({ex['label']}): {ex['method']}; per-step median {ex['step_median_s']:.3f} s, "
+                  f"forwards computed {ex['forwards_computed_run']} at {ex['steps_run']} steps -> "
+                  f"{ex['forwards_computed_full']} at {ex['steps_full']}."
+                  + (f" {ex['note']}." if ex.get("note") else ""), ""]
+    m = row["metrics"]
+    lb = m.get("load_breakdown") or {}
+    if lb:
+        lines += ["Load breakdown: " + ", ".join(f"{k} {v:.2f} s" for k, v in lb.items() if v is not None)
+                  + f". Warm-up method: {m.get('warmup_method')}.", ""]
+    notes = [n for n in (row.get("steps_note"), m.get("quality_note"), (row.get("quality") or {}).get("error"),
+                         m.get("vram_note"), *(m.get("option_notes") or [])) if n]
+    if notes:
+        lines += ["Notes: " + "; ".join(notes) + ".", ""]
+    return lines
+
+
+def render_report(rows: list[dict], charts_note: str | None = None, chart_files: list[str] = ()) -> str:
+    base = _baseline(rows)
+    base_cells = cells(base) if base else None
+    lines = _header(rows, charts_note, list(chart_files))
+    lines += ["## Summary", "", summary_table(rows), ""]
+    if any(r.get("extrapolation") for r in rows):
+        lines += ["`*` extrapolated to the workload's full step count.", ""]
+    for row in rows:
+        lines += _set_section(row, base_cells)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# ---- 3. charts -------------------------------------------------------------------------------------------
+def draw_charts(out: Path, rows: list[dict]) -> tuple[list[str], str | None]:
+    """latency.png (stacked phases per set, extrapolated hatched) and vram.png; ([], reason) without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return [], ("not drawn: matplotlib is not installed here; run `python -m wan_ui.bench --render DIR` "
+                    "where it is")
+    names = [f"{r['index'] + 1}. {r['set']['name']}" for r in rows]
+    nums = [numbers(r) for r in rows]
+    files = [_latency_chart(plt, out, rows, names, nums), _vram_chart(plt, out, rows, names, nums)]
+    return files, None
+
+
+def _title(rows: list[dict], what: str) -> str:
+    r0 = rows[0]
+    return f"{what}: {r0['workload']} on {r0['hardware'].get('gpu_name') or 'CPU'} ({r0['model']})"
+
+
+def _latency_chart(plt, out, rows, names, nums) -> str:
+    fig, ax = plt.subplots(figsize=(9, 0.55 * len(rows) + 1.6))
+    y = list(range(len(rows)))[::-1]
+    colors = {"text_encode_s": "#8da0cb", "denoise_s": "#fc8d62", "decode_s": "#66c2a5"}
+    for yi, row, num in zip(y, rows, nums):
+        if not num:
+            ax.text(0, yi, f"  {row['status']}", va="center", fontsize=8, color="#a00")
+            continue
+        ex = row.get("extrapolation")
+        parts = {"text_encode_s": num["text_encode_s"] or 0.0,
+                 "denoise_s": (ex["denoise_s"] if ex else num["denoise_s"]) or 0.0, "decode_s": num["decode_s"] or 0.0}
+        left = 0.0
+        for key, width in parts.items():
+            ax.barh(yi, width, left=left, color=colors[key], hatch="//" if ex and key == "denoise_s" else None,
+                    edgecolor="white")
+            left += width
+        ax.text(left, yi, f" {left:.1f} s" + (" (extrapolated)" if ex else ""), va="center", fontsize=8)
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(color=c, label=k.replace("_s", "").replace("_", " ")) for k, c in colors.items()]
+              + [Patch(facecolor="white", edgecolor="grey", hatch="//", label="extrapolated")],
+              fontsize=7, loc="lower right")
+    _axes(ax, y, names, "clip latency, s (stacked phases; hatched = extrapolated to the full step count)")
+    ax.set_title(_title(rows, "Clip latency"), fontsize=10)
+    return _save(fig, plt, out / "latency.png")
+
+
+def _axes(ax, y, names, xlabel) -> None:
+    ax.set_yticks(y, names, fontsize=8)
+    ax.set_ylim(-0.7, len(y) - 0.3)
+    ax.set_xlabel(xlabel)
+    ax.margins(x=0.3)
+    ax.set_xlim(left=0)
+
+
+def _vram_chart(plt, out, rows, names, nums) -> str:
+    fig, ax = plt.subplots(figsize=(9, 0.55 * len(rows) + 1.6))
+    y = list(range(len(rows)))[::-1]
+    measured = False
+    for yi, row, num in zip(y, rows, nums):
+        peak = num.get("peak_vram_mb") if num else None
+        if peak is None:
+            ax.text(0, yi, f"  {na_reason(row, 'peak_vram_mb') if num else row['status']}", va="center", fontsize=8)
+            continue
+        measured = True
+        ax.barh(yi, peak / 1024, color="#8da0cb")
+        if num.get("nvml_peak_used_mb"):
+            ax.plot(num["nvml_peak_used_mb"] / 1024, yi, "k|", markersize=14)
+        ax.text(peak / 1024, yi, f" {peak / 1024:.1f} GiB", va="center", fontsize=8)
+    _axes(ax, y, names, "peak allocated GiB (torch.cuda.max_memory_allocated); | = NVML peak used (all processes)")
+    if not measured:
+        ax.set_xlim(0, 1)
+    ax.set_title(_title(rows, "Peak VRAM") + ("" if measured else " - not measured on CPU"), fontsize=10)
+    return _save(fig, plt, out / "vram.png")
+
+
+def _save(fig, plt, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+# ---- 4. files --------------------------------------------------------------------------------------------
+def read_results(out: Path) -> list[dict]:
+    path = Path(out) / "results.jsonl"
+    if not path.is_file():
+        from wan_ui.core.errors import ValidationError
+
+        raise ValidationError(f"{path} does not exist", field="render")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_outputs(out: Path, rows: list[dict], charts: bool = True) -> dict:
+    """results.jsonl, summary.csv, report.md and (when `charts`) the PNGs. Rewritten after every set, so a run
+    cut short still leaves a report of the sets that finished."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    base = _baseline(rows)
+    named = [(r["set"]["name"], numbers(r)) for r in rows]
+    (out / "summary.csv").write_text(summary_csv(named, numbers(base) if base else None))
+    files, note = draw_charts(out, rows) if charts else ([], "drawn when the last set has run")
+    (out / "report.md").write_text(render_report(rows, note, files))
+    return {"results": str(out / "results.jsonl"), "report": str(out / "report.md"), "charts": files}

@@ -1,0 +1,1 @@
+"""Several GPUs: one video across GPUs (plan, hooks, runtime), serving with followers, a pool of managers."""

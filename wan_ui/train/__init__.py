@@ -1,0 +1,1 @@
+"""The LoRA trainer: `python -m wan_ui.train`."""

@@ -1,0 +1,3 @@
+from wan_ui.train.trainer import main
+
+raise SystemExit(main())

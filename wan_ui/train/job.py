@@ -1,0 +1,337 @@
+"""One LoRA training run in the background, for the app's Train tab: `TrainJob` (one per app, one run at a time).
+
+The run is `train.train(config, on_step, stop)` in a thread of its own:
+  - `on_step` appends each step record (loss, step time, samples/s, peak VRAM, ETA) to the job's state, which
+    `status()` copies for the UI's timer to draw;
+  - Stop sets the `stop` event: the loop ends after its current step and saves a checkpoint and the LoRA, the
+    path Ctrl-C takes in the CLI;
+  - Resume starts a run with `resume="latest"`: the newest checkpoint of the chosen LoRA name, up to the new
+    step count; its loss curve starts with the earlier run's steps (read back from the metrics JSONL).
+
+Where things go (`config_from_values`): the dataset folder is confined to the training data folder
+(`WAN_UI_TRAIN_DIR`, default ./train_data) as LoRA paths are to theirs; the LoRA is written into the LoRA folder
+(`WAN_UI_LORA_DIR`, default ./loras) as NAME.safetensors, the value the Generate tab's LoRA field takes, with
+NAME_checkpoints/ (checkpoints + metrics.jsonl) beside it. Widget values are checked with the CLI's own
+validation (`TrainConfig`, `check_levers`) before the thread starts, so a bad value is an error at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+import threading
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wan_ui.core.errors import UserError, ValidationError
+from wan_ui.optim.lora import lora_dir
+from wan_ui.core.paths import confine
+from wan_ui.train.trainer import TrainConfig, default_checkpoint_dir, resolve_resume, train
+from wan_ui.train.data import discover_clips, format_skipped
+from wan_ui.train.levers import CHECKPOINT_MODES, check_levers
+
+# ---- widget values -> TrainConfig ----------------------------------------------------------------------------
+# Whole-number fields and their allowed ranges (the UI's bounds; TrainConfig adds multiple-of-16 and 4k+1).
+INT_LIMITS = {"rank": (1, 256), "steps": (1, 1_000_000), "width": (16, 2048), "height": (16, 2048),
+              "frames": (1, 257), "save_every": (0, 1_000_000), "validate_every": (0, 1_000_000),
+              "batch_size": (1, 64)}
+PROMPT_MAX = 2000  # characters of the validation prompt
+LR_RANGE = (0.0, 1.0)  # exclusive, as TrainConfig checks it
+LEVERS = ("bf16", "compile", "fp8_base", "float8_training", "adamw8bit")  # checkboxes; grad_checkpointing: a choice
+FIELDS = ("data", "lora_name", "rank", "lr", "steps", "batch_size", "width", "height", "frames", "save_every",
+          "validate_every", "validation_prompt", "grad_checkpointing", *LEVERS, "sparse_window")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+METRICS_FILE = "metrics.jsonl"  # in NAME_checkpoints/: the step records a resumed run's curve starts with
+
+
+def train_data_dir() -> Path:
+    """The training data folder: every dataset the app may read is inside it."""
+    return Path(os.environ.get("WAN_UI_TRAIN_DIR", "train_data")).resolve()
+
+
+def dataset_folders(root: Path | None = None) -> list[str]:
+    """The folders directly inside the training data folder (the dataset dropdown's choices)."""
+    root = root or train_data_dir()
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+        if root.is_dir() else []
+
+
+def resolve_data_folder(value, root: Path | None = None) -> Path:
+    root = (root or train_data_dir()).resolve()
+    text = str(value or "").strip()
+    if not text:
+        raise ValidationError(f"data: choose a dataset folder inside the training data folder {root}", field="data")
+    path = confine(text, root, "data", "dataset folder", "the training data folder")
+    if not path.is_dir():
+        there = ", ".join(dataset_folders(root)[:20]) or "none yet"
+        raise ValidationError(f"dataset folder {text!r} is not a folder in the training data folder {root} "
+                              f"(folders there: {there})", field="data")
+    return path
+
+
+def lora_output(name, root: Path | None = None) -> Path:
+    """NAME -> <LoRA folder>/NAME.safetensors (a plain file name: no folders, so nothing can point elsewhere)."""
+    root = (root or lora_dir()).resolve()
+    stem = str(name or "").strip().removesuffix(".safetensors")
+    if not _NAME.fullmatch(stem):
+        raise ValidationError(f"lora_name must be 1-100 letters, digits, '_', '-' or '.', starting with a letter "
+                              f"or digit (the LoRA is written as NAME.safetensors in {root}), got {name!r}",
+                              field="lora_name")
+    for suffix in (".safetensors", "_checkpoints"):  # an existing symlink of that name must not lead out
+        confine(stem + suffix, root, "lora_name", "LoRA output", "the LoRA folder")
+    return root / f"{stem}.safetensors"
+
+
+def _whole(values: dict, name: str) -> int:
+    lo, hi = INT_LIMITS[name]
+    v = values.get(name)
+    try:
+        ok = v is not None and not isinstance(v, bool) and float(v) == int(float(v)) and lo <= int(float(v)) <= hi
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise ValidationError(f"{name} must be a whole number in [{lo}, {hi}], got {v!r}", field=name)
+    return int(float(v))
+
+
+def _learning_rate(values: dict) -> float:
+    v = values.get("lr")
+    try:
+        lr = float(v)
+    except (TypeError, ValueError):
+        lr = math.nan
+    if not (LR_RANGE[0] < lr < LR_RANGE[1]):
+        raise ValidationError(f"lr must be a number in ({LR_RANGE[0]:g}, {LR_RANGE[1]:g}), e.g. 1e-4, got {v!r}",
+                              field="lr")
+    return lr
+
+
+def config_from_values(values: dict, *, model: str | None, device: str | None, resume: bool = False,
+                       data_root: Path | None = None, lora_root: Path | None = None) -> TrainConfig:
+    """Train-tab widget values ({name: value}, names in FIELDS) -> a validated TrainConfig."""
+    data = resolve_data_folder(values.get("data"), data_root)
+    out = lora_output(values.get("lora_name"), lora_root)
+    mode = values.get("grad_checkpointing") or "off"
+    if mode not in CHECKPOINT_MODES:
+        raise ValidationError(f"grad_checkpointing must be one of {CHECKPOINT_MODES}, got {mode!r}",
+                              field="grad_checkpointing")
+    ints = {name: _whole(values, name) for name in INT_LIMITS}
+    prompt = str(values.get("validation_prompt") or "").strip()
+    if len(prompt) > PROMPT_MAX:
+        raise ValidationError(f"validation_prompt must be at most {PROMPT_MAX} characters, got {len(prompt)}",
+                              field="validation_prompt")
+    if ints["validate_every"] and not prompt:
+        raise ValidationError("validate_every > 0 needs a validation_prompt (the video made every N steps)",
+                              field="validation_prompt")
+    cfg = TrainConfig(data=str(data), out=str(out), model=model, device=device, lr=_learning_rate(values),
+                      validation_prompt=prompt, sparse_window=str(values.get("sparse_window") or "").strip(),
+                      grad_checkpointing=mode, resume="latest" if resume else None, progress=False,
+                      **ints, **{name: bool(values.get(name)) for name in LEVERS})
+    return dataclasses.replace(cfg, metrics_jsonl=str(default_checkpoint_dir(cfg) / METRICS_FILE))
+
+
+# On by default where the machine can run them: selective checkpointing + regional compile, 0.862 s/step at 7.8 GiB
+# vs 1.25 s for full checkpointing (H200, 832x480x49, rank 32; docs/TRAINING.md). Float8 training stays opt-in:
+# 0.842 s (2 % more) and lossy, with its effect on the trained LoRA not measured here.
+FAST_GPU_LEVERS = ("compile",)
+
+
+def default_values(cuda: bool, unavailable: dict[str, str | None] | None = None) -> dict:
+    """The tab's starting values: TrainConfig's GPU defaults with bf16 + selective checkpointing, plus
+    FAST_GPU_LEVERS where `unavailable` (lever_availability's answer) says this machine can run them; on CPU the
+    tiny model's 64x64x9 size."""
+    d = TrainConfig(data="")
+    base = {"data": "", "lora_name": "my_lora", "rank": d.rank, "lr": d.lr, "steps": d.steps,
+            "batch_size": d.batch_size, "width": d.width,
+            "height": d.height, "frames": d.frames, "save_every": 100, "validate_every": 0,
+            "validation_prompt": "", "grad_checkpointing": "selective",
+            **{name: False for name in LEVERS}, "bf16": True, "sparse_window": ""}
+    if cuda:
+        runnable = {name for name, why in (unavailable or {}).items() if why is None}
+        return {**base, **{name: True for name in FAST_GPU_LEVERS if name in runnable}}
+    return {**base, "rank": 8, "lr": 1e-2, "steps": 30, "width": 64, "height": 64, "frames": 9, "save_every": 10,
+            "grad_checkpointing": "off", "bf16": False}
+
+
+def lever_availability(hw) -> dict[str, str | None]:
+    """Lever (the checkboxes and `sparse_window`) -> why this machine cannot run it (None: it can), from the CLI's
+    own check."""
+    out = {}
+    for name, value in [*((n, True) for n in LEVERS), ("sparse_window", "3,1,1")]:
+        try:
+            check_levers(TrainConfig(data="", **{name: value}), hw)
+            out[name] = None
+        except UserError as e:
+            out[name] = str(e)
+    return out
+
+
+# ---- the job -------------------------------------------------------------------------------------------------
+RUNNING = ("preparing", "training", "stopping")
+
+
+@dataclass
+class TrainStatus:
+    """A copy of the job's state. phase: idle | preparing (caches, model load) | training | stopping | done |
+    stopped | failed."""
+    phase: str = "idle"
+    lora_name: str | None = None  # what to type in the Generate tab's LoRA field
+    lora_path: str | None = None  # the LoRA file, once written
+    checkpoint: str | None = None  # the last checkpoint written by this run
+    steps: int = 0  # the run's target step count
+    start_step: int = 0  # steps done before this run (resume)
+    records: list[dict] = field(default_factory=list)  # step records: the earlier run's (resume), then this run's
+    log: list[str] = field(default_factory=list)  # the trainer's messages (skipped clips, resume, stop)
+    error: str | None = None
+    summary: dict | None = None  # train.summarize() of this run, when it has ended
+
+    @property
+    def running(self) -> bool:
+        return self.phase in RUNNING
+
+    @property
+    def last(self) -> dict | None:
+        return self.records[-1] if self.records else None
+
+
+class TrainJob:
+    """At most one training run per app, in a background thread; `status()` is safe to call from any thread.
+
+    load_lock: the model manager's lock, held while the run loads models (concurrent from_pretrained calls
+    clash); generation keeps running meanwhile, it only waits for the lock when it must (re)build a pipeline."""
+
+    LOG_LINES = 200
+
+    def __init__(self, load_lock=None):
+        self._lock = threading.Lock()
+        self._load_lock = load_lock
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._status = TrainStatus()
+
+    def start(self, cfg: TrainConfig, hw) -> TrainStatus:
+        """Check `cfg` (levers here, fresh name or existing checkpoint, captioned clips), then start the run."""
+        with self._lock:
+            if self._status.running:  # the thread's last act is to end the phase
+                s = self._status
+                raise UserError(f"a training run is already going (LoRA {s.lora_name}, step "
+                                f"{s.last['step'] if s.last else s.start_step} of {s.steps}); one run at a time per "
+                                f"app: stop it first", field="train")
+            start_step = check_start(cfg, hw)
+            earlier = []
+            if cfg.metrics_jsonl and cfg.resume:
+                earlier = earlier_records(Path(cfg.metrics_jsonl), start_step)
+            elif cfg.metrics_jsonl:  # a new run under a name whose last run failed before its first checkpoint
+                Path(cfg.metrics_jsonl).unlink(missing_ok=True)
+            self._stop = threading.Event()
+            self._status = TrainStatus("preparing", Path(cfg.out).name, steps=cfg.steps, start_step=start_step,
+                                       records=earlier)
+            started = self._copy()  # as it starts ("preparing"), whatever the thread has done by the time we return
+            self._thread = threading.Thread(target=self._run, args=(cfg, self._stop), name="wan_ui-train",
+                                            daemon=True)
+            self._thread.start()
+        return started
+
+    def stop(self) -> bool:
+        """Ask the running run to stop after its current step (it saves a checkpoint and the LoRA); False when
+        nothing runs."""
+        with self._lock:
+            if not self._status.running:
+                return False
+            self._stop.set()
+            self._status.phase = "stopping"
+            return True
+
+    def status(self) -> TrainStatus:
+        with self._lock:
+            return self._copy()
+
+    def _copy(self) -> TrainStatus:  # with the lock held
+        s = self._status
+        return dataclasses.replace(s, records=list(s.records), log=list(s.log))
+
+    def wait(self, timeout: float | None = None) -> TrainStatus:
+        """Block until the run has ended (or `timeout` seconds); return the status."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        return self.status()
+
+    # ---- the thread ---------------------------------------------------------------------------------------
+    def _run(self, cfg: TrainConfig, stop: threading.Event) -> None:
+        try:
+            result = train(cfg, on_step=self._on_step, stop=stop, log=self._log, load_lock=self._load_lock)
+        except UserError as e:
+            self._end("failed", error=str(e))
+        except Exception as e:  # the run is gone, the app is not: say what happened
+            traceback.print_exc(file=sys.stderr)
+            hint = " (out of GPU memory: lower width/height/frames, or turn on gradient checkpointing)" \
+                if "out of memory" in str(e).lower() else ""
+            self._end("failed", error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}{hint}")
+        else:
+            self._end("stopped" if result.stopped else "done", lora_path=result.lora_path,
+                      checkpoint=result.checkpoint, summary=result.summary)
+
+    def _on_step(self, record: dict) -> None:
+        with self._lock:
+            if self._status.phase == "preparing":
+                self._status.phase = "training"
+            self._status.records.append(record)
+
+    def _log(self, message: str) -> None:
+        with self._lock:
+            self._status.log = (self._status.log + str(message).splitlines())[-self.LOG_LINES:]
+
+    def _end(self, phase: str, **values) -> None:
+        with self._lock:
+            self._status = dataclasses.replace(self._status, phase=phase, **values)
+
+
+def check_start(cfg: TrainConfig, hw) -> int:
+    """What can be known before the thread starts; returns the step the run starts at (0, or the checkpoint's).
+
+    A new run needs a new name (its checkpoints would mix with an older run's); Resume needs a checkpoint and a
+    step count beyond it; the levers must run here; the dataset must hold captioned clips."""
+    check_levers(cfg, hw if str(cfg.device or hw.device).startswith("cuda") else dataclasses.replace(hw, cuda=False))
+    out, ckpts = Path(cfg.out), default_checkpoint_dir(cfg)
+    if cfg.resume:
+        if not any(ckpts.glob("step-*")):
+            raise UserError(f"{out.name} has no checkpoint to resume from (no checkpoint in {ckpts}): click Start "
+                            f"to begin its run", field="resume")
+        found = resolve_resume(cfg)
+        step = int(json.loads((found / "state.json").read_text())["step"])
+        if cfg.steps <= step:
+            raise ValidationError(f"steps must be more than the checkpoint's step {step} to continue "
+                                  f"{out.name}, got {cfg.steps}", field="steps")
+    else:
+        step = 0
+        if any(ckpts.glob("step-*")) or out.exists():
+            what = "has checkpoints" if any(ckpts.glob("step-*")) else "already exists"
+            raise UserError(f"LoRA {out.name} {what} in the LoRA folder {out.parent}: click Resume to continue "
+                            f"its run, or choose another lora_name", field="lora_name")
+    clips, skipped = discover_clips(cfg.data)
+    if not clips:
+        raise ValidationError(f"dataset folder {cfg.data} has no captioned clips (.mp4 with a .txt beside it, or "
+                              f"metadata.jsonl); {format_skipped(skipped)}", field="data")
+    return step
+
+
+def earlier_records(jsonl: Path, upto_step: int) -> list[dict]:
+    """The step records of earlier runs of this LoRA up to `upto_step` (the last record of each step wins: a run
+    that crashed after its last checkpoint left steps that the resumed run repeats)."""
+    if not upto_step or not jsonl.is_file():
+        return []
+    by_step = {}
+    for line in jsonl.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a crash
+            continue
+        if isinstance(record, dict) and record.get("event") == "step" and 0 < record.get("step", 0) <= upto_step:
+            by_step[record["step"]] = record
+    return [by_step[s] for s in sorted(by_step)]

@@ -1,0 +1,223 @@
+"""The Gradio app: `create_demo(manager, ...)` lays out the tabs (ui_generate, ui_compare, ui_history, ui_train)
+and wires each action to a named endpoint. Handlers turn widget values into the core's dataclasses, call the core and
+format the result (the conversions are in ui_values and unit-tested).
+
+Endpoints (gradio_client `api_name`): /generate, /cancel, /compare, /cancel_compare, /apply_preset,
+/reuse_settings, /load_settings, /restore_last_settings, /gpu_stats, /options, /model_download (while
+the first start downloads the checkpoint), /train_start, /train_resume, /train_stop, /train_status.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gradio as gr
+
+from wan_ui.core.errors import UserError
+from wan_ui.core.gpu_monitor import GpuMonitor
+from wan_ui.core.manager import ModelManager
+from wan_ui.core.options import PRESETS, options_table
+from wan_ui.core.settings_store import load_settings, settings_path
+from wan_ui.ui.compare_tab import build_compare_tab, compare_gpu_seconds, compare_task, request_summary, run_compare
+from wan_ui.ui.context import AppContext
+from wan_ui.ui.generate_tab import (CANCELLING_NOTE, PRESET_REQUEST_FIELDS, RUN_OUTPUTS, apply_preset, build_generate_tab,
+                          cancel_handler, generate_gpu_seconds, generate_task, live_gpu, matching_preset, run_generate)
+from wan_ui.ui.history_tab import build_history_tab, entry_settings, history_views, video_settings
+from wan_ui.ui.train_tab import build_train_tab, wire_train_tab
+from wan_ui.ui.values import OPTION_FIELDS, REQUEST_FIELDS, history_entry, values_from_settings
+from wan_ui.ui.widgets import user_errors_as_toasts
+from wan_ui.ui.zerogpu import gpu_function
+
+CSS = """
+#random-banner {background: #fff4e5; border: 1px solid #f0a020; border-radius: 8px; padding: 6px 12px;}
+#random-banner p {margin: 0; color: #7a4a00; font-weight: 600;}
+#compare-table table, #metrics-efficiency table, #metrics-others table {font-size: 0.9em;}
+"""
+# Jobs that may wait in the queue (all events together; None = no bound). Beyond it a click gets Gradio's
+# "Queue is full" error at once instead of waiting behind hours of GPU work (docs/RELIABILITY.md).
+MAX_QUEUE = 32
+RUN_INPUTS = (*REQUEST_FIELDS, "randomize_seed")  # what a generation or comparison reads from the Generate tab
+
+
+def create_demo(manager: ModelManager, model: str | None = None, scorer=None, baseline_cache=None,
+                outputs: str | Path = "outputs", settings_file: str | Path | None = None,
+                save_settings: bool = True, monitor: GpuMonitor | None = None, downloads=None,
+                max_queue: int | None = MAX_QUEUE) -> gr.Blocks:
+    """The app around one model manager (built by the caller, e.g. app.py). Queue: one GPU job at a time.
+    downloads: a started model_download.ModelDownload (hub checkpoint), shown in the header until done."""
+    ctx = AppContext(manager, model, scorer, baseline_cache, Path(outputs),
+                     Path(settings_file) if settings_file else None, save_settings, monitor or GpuMonitor(),
+                     downloads=downloads)
+    ctx.gpu_generate = gpu_function(generate_task(ctx), generate_gpu_seconds)
+    ctx.gpu_compare = gpu_function(compare_task(ctx), compare_gpu_seconds)
+    with gr.Blocks(title="Wan2.1 T2V 1.3B workbench") as demo:
+        _header(ctx)
+        history = gr.State([])
+        with gr.Tabs(elem_id="tabs") as tabs:
+            with gr.Tab("Generate", id="generate"):
+                gen = build_generate_tab(ctx)
+            with gr.Tab("Compare", id="compare") as compare_tab:
+                cmp = build_compare_tab(ctx)
+            with gr.Tab("History", id="history"):
+                hist = build_history_tab()
+            with gr.Tab("Train", id="train") as train_tab:
+                train = build_train_tab(ctx)
+            with gr.Tab("Options", id="options"):
+                _build_options_tab(ctx)
+        restore = _Restorer(gen, tabs)
+        _wire_generate(ctx, gen, hist, history)
+        _wire_compare(ctx, gen, cmp, compare_tab, hist, history)
+        _wire_history(gen, hist, history, restore)
+        wire_train_tab(ctx, train, train_tab)
+        demo.load(lambda: restore(load_settings(ctx.settings_path), f"Restored the last-used settings from "
+                                  f"{ctx.settings_path or settings_path()}."),
+                  outputs=restore.outputs, api_name="restore_last_settings", show_progress="hidden")
+    # api_open=False: a queued event can't be POSTed to /gradio_api/run/... around the queue's bound and GPU slot
+    # (Gradio opens those routes off Spaces); only the queue-less events (Cancel, presets, settings) answer there
+    demo.queue(default_concurrency_limit=1, max_size=max_queue, api_open=False)
+    return demo
+
+
+def launch_kwargs(outputs: str | Path = "outputs") -> dict:
+    """Theme and CSS go to `launch()` in Gradio 6; videos may be served from the outputs folder."""
+    system_fonts = ["ui-sans-serif", "system-ui", "sans-serif"]  # no web fonts: the app also runs offline
+    theme = gr.themes.Soft(font=system_fonts, font_mono=["ui-monospace", "monospace"])
+    return {"theme": theme, "css": CSS, "allowed_paths": [str(Path(outputs).resolve())]}
+
+
+# ---- layout pieces ------------------------------------------------------------------------------------------
+def _header(ctx: AppContext) -> None:
+    source = ctx.source
+    device = f"CUDA: {ctx.hw.device_name}" if ctx.hw.cuda else "CPU (no GPU)"
+    gr.Markdown(f"## Wan2.1-T2V-1.3B workbench\nModel: **{source.name}** · device: **{device}** · "
+                f"outputs: `{ctx.outputs}`", elem_id="model-info")
+    if source.random_weights:
+        gr.Markdown(f"⚠ {source.label}", elem_id="random-banner")
+    if ctx.downloads is not None:
+        _download_status(ctx.downloads)
+
+
+def _download_status(downloads) -> None:
+    """The first start's checkpoint download: a line refreshed every second until it has finished."""
+    status = gr.Markdown(downloads.markdown(), elem_id="model-download")
+    timer = gr.Timer(1.0, active=not downloads.finished.is_set())
+    timer.tick(lambda: (downloads.markdown(), gr.Timer(active=not downloads.finished.is_set())),
+               outputs=[status, timer], api_name="model_download", queue=False, show_progress="hidden")
+
+
+def _build_options_tab(ctx: AppContext) -> None:
+    gr.Markdown("Every optimization option, its family, whether changing it rebuilds the pipeline, and what this "
+                "machine can run (`python -m wan_ui options --json` prints the same).")
+    refresh = gr.Button("Refresh", elem_id="options-btn")
+    table = gr.JSON(_options_json(ctx), label="Options and presets", elem_id="options-json")
+    refresh.click(lambda: _options_json(ctx), outputs=table, api_name="options", queue=False)
+
+
+def _options_json(ctx: AppContext) -> dict:
+    return {"options": options_table(ctx.hw), "presets": PRESETS}
+
+
+# ---- wiring -------------------------------------------------------------------------------------------------
+class _Restorer:
+    """Settings -> updates of every Generate-tab input, the status line and a switch to the Generate tab."""
+
+    def __init__(self, gen, tabs):
+        self.gen, self.tabs = gen, tabs
+        self.outputs = [*gen.inputs.values(), gen.out["status"], tabs]
+
+    def __call__(self, settings: dict | None, message: str) -> dict:
+        status = self.gen.out["status"]
+        if settings is None:  # nothing saved yet
+            return {status: "Ready."}
+        try:
+            values = values_from_settings(settings)
+        except UserError as e:
+            return {status: f"Could not restore settings: {e}"}
+        return {**self.gen.inputs.updates(values), status: message, self.tabs: gr.Tabs(selected="generate")}
+
+
+def _history_updates(hist, history_state, history: list) -> dict:
+    gallery, table = history_views(history)
+    return {history_state: history, hist.gallery: gallery, hist.table: table}
+
+
+def _wire_generate(ctx: AppContext, gen, hist, history_state) -> None:
+    run_inputs = gen.inputs.pick((*RUN_INPUTS, *OPTION_FIELDS, "quality"))
+    option_widgets = gen.inputs.pick(OPTION_FIELDS)
+
+    def on_generate(history, request: gr.Request, progress=gr.Progress(), **values):
+        shown, info = run_generate(ctx, values, request.session_hash, progress)
+        history = history + [history_entry(info)] if info else history
+        return {**gen.out.updates(shown), **_history_updates(hist, history_state, history)}
+
+    gen.generate_btn.click(on_generate, inputs=[history_state], inputs_kwargs=run_inputs,
+                           outputs=[*gen.out.pick(RUN_OUTPUTS).values(), history_state, hist.gallery, hist.table],
+                           api_name="generate", concurrency_limit=ctx.manager.slots, concurrency_id="gpu")
+
+    _wire_cancel(ctx, gen.cancel_btn, gen.cancel_note, "cancel")
+    gen.inputs["preset"].input(lambda name, w, h, f: apply_preset(name, ctx, w, h, f),
+                               [gen.inputs[k] for k in ("preset", "width", "height", "num_frames")],
+                               [*(option_widgets[f] for f in OPTION_FIELDS),
+                                *(gen.inputs[f] for f in PRESET_REQUEST_FIELDS), gen.out["status"]],
+                               api_name="apply_preset", queue=False, show_progress="hidden")
+    gr.on([w.input for w in option_widgets.values()], lambda **values: matching_preset(values),
+          inputs_kwargs=option_widgets, outputs=gen.inputs["preset"], queue=False, api_visibility="private",
+          show_progress="hidden")
+    gen.timer.tick(lambda samples: live_gpu(ctx, samples), gen.vram_samples,
+                   [gen.out["gpu_live"], gen.out["vram_plot"], gen.vram_samples], api_name="gpu_stats",
+                   queue=False, show_progress="hidden")
+
+
+def _wire_cancel(ctx: AppContext, button: gr.Button, note: gr.Markdown, api_name: str) -> None:
+    """Cancel bypasses the queue: the page posts it straight to the server (`queue=False`), so it is neither
+    refused while the queue is full nor waits behind the GPU job it cancels (gradio_client still joins the queue
+    when unlimited; docs/RELIABILITY.md). A queue-less event shows no toast: a listener that runs only in the page
+    writes the note at once, and the server's answer replaces it."""
+    button.click(None, outputs=note, js=f"() => {json.dumps(CANCELLING_NOTE)}", queue=False,
+                 api_visibility="private", show_progress="hidden")
+    button.click(cancel_handler(ctx), outputs=note, api_name=api_name, queue=False, concurrency_limit=None,
+                 show_progress="hidden")
+
+
+def _wire_compare(ctx: AppContext, gen, cmp, compare_tab, hist, history_state) -> None:
+    run_inputs = gen.inputs.pick(RUN_INPUTS)
+
+    def on_compare(history, request: gr.Request, progress=gr.Progress(), **values):
+        shown, comp = run_compare(ctx, values, request.session_hash, progress)
+        if comp is not None:
+            history = history + [history_entry(r.result.to_json(), f"compare: {r.name}") for r in comp.runs]
+        return {**cmp.out.updates(shown), **_history_updates(hist, history_state, history)}
+
+    cmp.run_btn.click(on_compare, inputs=[history_state], inputs_kwargs={**run_inputs, **cmp.inputs},
+                      outputs=[*cmp.out.values(), history_state, hist.gallery, hist.table], api_name="compare",
+                      concurrency_limit=ctx.manager.slots, concurrency_id="gpu")
+
+    _wire_cancel(ctx, cmp.cancel_btn, cmp.cancel_note, "cancel_compare")
+    compare_tab.select(lambda **values: request_summary(values), inputs_kwargs=run_inputs, outputs=cmp.summary,
+                       queue=False, api_visibility="private", show_progress="hidden")
+
+
+def _wire_history(gen, hist, history_state, restore) -> None:
+    def on_select(history, evt: gr.SelectData):
+        return evt.index + 1, history[evt.index]["info"] if evt.index < len(history) else None
+
+    hist.gallery.select(on_select, history_state, [hist.run_number, hist.details], api_visibility="private",
+                        queue=False)
+
+    def on_reuse(history, run_number):
+        with user_errors_as_toasts():
+            settings = entry_settings(history, run_number)
+        return restore(settings, f"Re-using the settings of run #{int(run_number)}.")
+
+    hist.reuse_btn.click(on_reuse, [history_state, hist.run_number], restore.outputs, api_name="reuse_settings",
+                         queue=False)
+
+    def on_upload(path):
+        with user_errors_as_toasts():
+            settings = video_settings(path)
+        message = f"Loaded the settings of {Path(path).name}."
+        return {**restore(settings, message), hist.status: message}
+
+    hist.upload.upload(on_upload, hist.upload, [*restore.outputs, hist.status], api_name="load_settings",
+                       queue=False)

@@ -1,0 +1,149 @@
+"""The Compare tab: 2-6 optimization sets on the Generate tab's prompt and parameters, side by side."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import gradio as gr
+
+from wan_ui.core.compare import MAX_SETS, Comparison, run_comparison
+from wan_ui.core.errors import GenerationCancelled, UserError
+from wan_ui.ui.context import AppContext
+from wan_ui.ui.generate_tab import progress_reporter
+from wan_ui.ui.values import NO_SET, named_sets_from_values, preset_choices, request_from_values
+from wan_ui.ui.widgets import Widgets, user_errors_as_toasts
+from wan_ui.ui.zerogpu import ZEROGPU_SPEED, check_zerogpu, estimate_comparison_seconds, on_zerogpu
+
+INITIAL_SETS = 2
+SETS_PER_ROW = 3
+
+
+@dataclass
+class CompareTab:
+    inputs: Widgets  # set_i_preset, set_i_options, compare_quality
+    out: Widgets  # status, video_i, table, chart, csv, markdown
+    summary: gr.Markdown  # what the sets run on (the Generate tab's parameters)
+    run_btn: gr.Button
+    cancel_btn: gr.Button
+    cancel_note: gr.Markdown
+
+
+def build_compare_tab(ctx: AppContext) -> CompareTab:
+    inputs, out = Widgets(), Widgets()
+    summary = gr.Markdown("The sets run on the prompt and parameters of the **Generate** tab.",
+                          elem_id="compare-summary")
+    choices = [(NO_SET, NO_SET), *preset_choices(ctx.hw)[:-1]]  # every preset but "Custom"
+    defaults = ["Baseline (report)", "Fast" if ctx.hw.cuda else "CPU quick"]
+    gr.Markdown("The first set is the baseline of every ratio. Add options to a preset as `key=value, key=value` "
+                "(names as in the Generate tab, e.g. `cache=mag, scheduler=dpmpp`).")
+    for first in range(1, MAX_SETS + 1, SETS_PER_ROW):
+        with gr.Row(equal_height=True):
+            for i in range(first, first + SETS_PER_ROW):
+                with gr.Column(min_width=220):
+                    inputs[f"set_{i}_preset"] = gr.Dropdown(
+                        choices, value=defaults[i - 1] if i <= INITIAL_SETS else NO_SET,
+                        label=f"Set {i}" + (" (baseline)" if i == 1 else ""), elem_id=f"set-{i}-preset")
+                    inputs[f"set_{i}_options"] = gr.Textbox(
+                        "", show_label=False, placeholder="extra options: key=value, …", elem_id=f"set-{i}-options",
+                        container=False)
+    with gr.Row():
+        inputs["compare_quality"] = gr.Checkbox(False, label="Compute quality metrics",
+                                                interactive=ctx.scorer is not None, elem_id="compare-quality")
+        run_btn = gr.Button("Run comparison", variant="primary", elem_id="compare-btn", scale=2)
+        cancel_btn = gr.Button("Cancel", variant="stop", elem_id="compare-cancel-btn", scale=1)
+    cancel_note = gr.Markdown(elem_id="compare-cancel-note")
+    out["status"] = gr.Textbox(label="Status", interactive=False, lines=2, elem_id="compare-status")
+    with gr.Row(elem_id="compare-videos"):
+        for i in range(1, MAX_SETS + 1):
+            out[f"video_{i}"] = gr.Video(label=f"Set {i}", visible=False, interactive=False, autoplay=True,
+                                         loop=True, elem_id=f"compare-video-{i}", min_width=120, height=260)
+    out["table"] = gr.Markdown(elem_id="compare-table")
+    out["chart"] = gr.Plot(show_label=False, elem_id="compare-chart")
+    with gr.Row():
+        out["csv"] = gr.File(label="Table (CSV)", interactive=False, elem_id="compare-csv")
+        out["markdown"] = gr.File(label="Table (Markdown)", interactive=False, elem_id="compare-md")
+    return CompareTab(inputs, out, summary, run_btn, cancel_btn, cancel_note)
+
+
+def request_summary(values: dict) -> str:
+    """The Generate tab's parameters, as the Compare tab will use them."""
+    try:
+        r = request_from_values({**values, "randomize_seed": False})
+    except UserError as e:
+        return f"The sets run on the Generate tab's parameters, which are not valid yet: {e}"
+    seed = "a random seed" if values.get("randomize_seed") else f"seed {r.seed}"
+    return (f"The sets run on the **Generate** tab's parameters: “{r.prompt}” — {r.width}x{r.height}, "
+            f"{r.num_frames} frames, {r.num_inference_steps} steps, CFG {r.guidance_scale}, {seed}.")
+
+
+def run_compare(ctx: AppContext, values: dict, session: str, progress) -> tuple[dict, Comparison | None]:
+    """Widget values -> comparison -> {output name: value}; (status only, None) when cancelled."""
+    with user_errors_as_toasts(), ctx.runs.running(session) as cancel:
+        request, sets = request_from_values(values), named_sets_from_values(values)
+        if on_zerogpu(ctx.gpu_compare):
+            for _, opts in sets:
+                check_zerogpu(opts)
+        if ctx.downloads is not None:  # first start: the checkpoint may still be on its way (outside GPU time)
+            ctx.downloads.wait(progress)
+        comp = ctx.gpu_compare(cancel, request, sets, bool(values.get("compare_quality")), progress)
+    if isinstance(comp, str):
+        return {"status": f"Cancelled: {comp}. The app is ready for the next run."}, None
+    return comparison_display(ctx, comp), comp
+
+
+def compare_task(ctx: AppContext):
+    """The GPU part of a comparison as one call `task(cancel, request, sets, quality, progress)` (see
+    `ui_generate.generate_task`): the Comparison, or the cancel message as a str."""
+    def task(cancel, request, sets, quality: bool, progress):
+        with user_errors_as_toasts():
+            try:
+                return run_comparison(ctx.manager, ctx.model, request, sets, scorer=ctx.scorer if quality else None,
+                                      baseline_cache=ctx.baseline_cache, on_progress=progress_reporter(progress),
+                                      cancel=cancel, out_dir=ctx.outputs)
+            except GenerationCancelled as e:
+                return str(e)
+
+    return task
+
+
+def compare_gpu_seconds(request, sets, quality: bool, progress) -> int:
+    """ZeroGPU's `duration` for `compare_task`."""
+    return estimate_comparison_seconds(request, [opts for _, opts in sets], speed=ZEROGPU_SPEED, quality=quality)
+
+
+def comparison_display(ctx: AppContext, comp: Comparison) -> dict:
+    csv_path, md_path = comp.write_tables(ctx.outputs / f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
+    shown = {f"video_{i + 1}": gr.Video(run.result.video_path, label=run.name, visible=True)
+             for i, run in enumerate(comp.runs)}
+    hidden = {f"video_{i}": gr.Video(None, visible=False) for i in range(len(comp.runs) + 1, MAX_SETS + 1)}
+    r = comp.request
+    return {**shown, **hidden, "table": comp.markdown(), "csv": str(csv_path), "markdown": str(md_path),
+            "chart": comparison_figure(comp),
+            "status": f"Compared {len(comp.runs)} sets at {r.width}x{r.height}, {r.num_frames} frames, "
+                      f"{r.num_inference_steps} steps, seed {r.seed}. Tables: {csv_path.parent}"}
+
+
+def comparison_figure(comp: Comparison):
+    """Bar charts: clip-wise latency per set, and each report metric's ratio to the baseline, grouped by set.
+    Drawn with matplotlib's object API (no pyplot state: handlers run in threads)."""
+    from matplotlib.figure import Figure
+
+    names = [name for name, _ in comp.named_metrics]
+    fig = Figure(figsize=(11, 3.6), layout="constrained")
+    latency, ratios = fig.subplots(1, 2, width_ratios=[1, 2])
+    latency.bar(names, [m["clip_latency_s"] for _, m in comp.named_metrics], color=[f"C{i}" for i in range(len(names))])
+    latency.set(title="Clip-wise latency", ylabel="seconds")
+    latency.tick_params(axis="x", labelrotation=20)
+    rows = comp.ratio_rows()
+    metrics = list(dict.fromkeys(r["metric"] for r in rows))
+    width = 0.8 / max(1, len(names))
+    for i, name in enumerate(names):
+        values = {r["metric"]: r["ratio"] for r in rows if r["set"] == name}
+        xs = [m + (i - (len(names) - 1) / 2) * width for m in range(len(metrics))]
+        ratios.bar(xs, [values.get(metric, 0.0) for metric in metrics], width, label=name, color=f"C{i}")
+    ratios.axhline(1.0, color="black", linewidth=0.8)
+    ratios.set(title=f"Ratio to the baseline ({names[0]}; 1 = same)", xticks=range(len(metrics)))
+    ratios.set_xticklabels(metrics, rotation=20, ha="right")
+    ratios.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig

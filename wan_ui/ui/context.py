@@ -1,0 +1,91 @@
+"""What the UI's handlers share: the app-level objects `app.py` builds once and passes to `create_demo`.
+
+Nothing here is module-level: one `AppContext` per demo. Per-user values (history, live VRAM samples) live
+in `gr.State`; the cross-request objects are `RunRegistry`, the cancel flag of each session's running job,
+because the Cancel click arrives as a separate request while the generation is still running, and the app's
+one `TrainJob` (a training run outlives the request that started it).
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from wan_ui.core.gpu_monitor import GpuMonitor
+from wan_ui.core.manager import ModelManager
+from wan_ui.core.models import resolve_model
+from wan_ui.train.job import TrainJob
+from wan_ui.ui.values import versions
+
+
+@dataclass(frozen=True)
+class _Run:
+    cancel: threading.Event = field(default_factory=threading.Event)  # set by the Cancel click
+    done: threading.Event = field(default_factory=threading.Event)  # set when the job has returned
+
+
+class RunRegistry:
+    """session id -> the cancel flag and done signal of its running job (a session runs one job at a time)."""
+
+    def __init__(self):
+        self._runs: dict[str, _Run] = {}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def running(self, session: str):
+        """`with runs.running(session) as cancel:` — the job's flag, registered while the block runs."""
+        run = _Run()
+        with self._lock:
+            self._runs[session] = run
+        try:
+            yield run.cancel
+        finally:
+            with self._lock:
+                if self._runs.get(session) is run:
+                    del self._runs[session]
+            run.done.set()
+
+    def cancel(self, session: str) -> threading.Event | None:
+        """Set the running job's flag (the pipeline stops at the end of its current step) and return the event
+        that is set once the job has returned; None when nothing runs in this session."""
+        with self._lock:
+            run = self._runs.get(session)
+        if run is None:
+            return None
+        run.cancel.set()
+        return run.done
+
+
+@dataclass
+class AppContext:
+    manager: ModelManager
+    model: str | None = None  # as given to --model; None = the default for this hardware
+    scorer: object | None = None  # quality.QualityScorer; None: quality metrics are not offered
+    baseline_cache: object | None = None  # quality.BaselineCache
+    outputs: Path = Path("outputs")
+    settings_path: Path | None = None  # None: settings_store's default (~/.config/wan_ui/last.json)
+    save_settings: bool = True
+    monitor: GpuMonitor = field(default_factory=GpuMonitor)
+    runs: RunRegistry = field(default_factory=RunRegistry)
+    versions: dict = field(default_factory=versions)
+    # the GPU part of a generation / comparison: ui_generate.generate_task / ui_compare.compare_task, wrapped by
+    # zerogpu.gpu_function (under spaces.GPU on ZeroGPU); set by create_demo
+    gpu_generate: Callable | None = None
+    gpu_compare: Callable | None = None
+    downloads: object | None = None  # model_download.ModelDownload of a hub checkpoint fetched at start, or None
+    trainer: TrainJob | None = None  # the app's one LoRA training job (Train tab); None: one is made here
+
+    def __post_init__(self):
+        if self.trainer is None:  # its model loads take the manager's lock: concurrent from_pretrained calls clash
+            self.trainer = TrainJob(load_lock=getattr(self.manager, "load_lock", None))
+
+    @property
+    def hw(self):
+        return self.manager.hw
+
+    @property
+    def source(self):
+        return resolve_model(self.model, self.hw.cuda)

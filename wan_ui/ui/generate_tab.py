@@ -1,0 +1,245 @@
+"""The Generate tab: parameters and optimizations on the left, the video and its metrics panel on the right."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import gradio as gr
+import pandas as pd
+
+from wan_ui.core.compare import measure_quality
+from wan_ui.core.distilled import PRESET_NOTES, PRESET_REQUEST_HINTS
+from wan_ui.core.errors import GenerationCancelled, UserError
+from wan_ui.core.generate import generate
+from wan_ui.core.lowvram import LOW_VRAM_PRESETS, plan_low_vram
+from wan_ui.core.requests import GenerationRequest, validate_request
+from wan_ui.core.settings_store import save_settings
+from wan_ui.ui.context import AppContext
+from wan_ui.ui.values import (CUSTOM_PRESET, OPTION_FIELDS, accuracy_markdown, efficiency_markdown, hardware_markdown,
+                        options_from_values, others_markdown, preset_of, preset_values, request_from_values,
+                        settings_of, status_line, step_rows)
+from wan_ui.ui.widgets import Widgets, build_option_widgets, build_request_widgets, user_errors_as_toasts
+from wan_ui.ui.zerogpu import ZEROGPU_SPEED, check_zerogpu, estimate_gpu_seconds, on_zerogpu
+
+# what a run fills (the live GPU widgets are the timer's)
+RUN_OUTPUTS = ("video", "seed_used", "status", "hardware", "efficiency", "steps_plot", "accuracy", "others",
+               "result_json")
+VRAM_SAMPLES = 300  # live samples kept per page (10 min at the 2 s tick)
+TICK_S = 2.0
+CANCEL_WAIT_S = 120.0  # one step of the report workload takes ~6 s on an H100; a decode can take ~30 s
+# the Cancel click's note while the server answer is on its way (written in the page: see ui._wire_cancel)
+CANCELLING_NOTE = "Cancelling… the run stops at the end of its current step."
+
+
+@dataclass
+class GenerateTab:
+    inputs: Widgets  # request + option widgets + preset/resolution/randomize_seed/quality
+    out: Widgets  # video, status, seed_used, metric panels
+    generate_btn: gr.Button
+    cancel_btn: gr.Button
+    cancel_note: gr.Markdown  # the Cancel click's acknowledgement (the run's own status says how it ended)
+    timer: gr.Timer
+    vram_samples: gr.State
+
+
+# ---- layout -----------------------------------------------------------------------------------------------
+def build_generate_tab(ctx: AppContext) -> GenerateTab:
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5, elem_id="parameters"):
+            gr.Markdown("### Parameters")
+            inputs = build_request_widgets()
+            gr.Markdown("### Optimizations")
+            inputs.update(build_option_widgets(ctx.hw))
+        with gr.Column(scale=6, elem_id="results"):
+            out = Widgets()
+            out["video"] = gr.Video(label="Video", elem_id="video", autoplay=True, loop=True, height=360,
+                                    interactive=False)
+            with gr.Row():
+                generate_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn", scale=3)
+                cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn", scale=1)
+            cancel_note = gr.Markdown(elem_id="cancel-note")
+            with gr.Row():
+                inputs["quality"] = gr.Checkbox(False, label="Compute quality metrics", elem_id="quality",
+                                                info="CLIP, LPIPS/PSNR/SSIM vs the no-optimization video of this "
+                                                     "request (run once, cached), temporal LPIPS",
+                                                interactive=ctx.scorer is not None)
+                out["seed_used"] = gr.Number(label="Seed used", interactive=False, precision=0,
+                                             elem_id="seed-used")
+            out["status"] = gr.Textbox(label="Status", lines=2, max_lines=6, interactive=False, elem_id="status")
+            out.update(_build_metrics_panel(ctx))
+            vram_samples = gr.State([])
+            timer = gr.Timer(TICK_S, active=ctx.monitor.available)
+    return GenerateTab(inputs, out, generate_btn, cancel_btn, cancel_note, timer, vram_samples)
+
+
+def _build_metrics_panel(ctx: AppContext) -> Widgets:
+    """The report's four accordions: Hardware, Efficiency, Accuracy, Others."""
+    w = Widgets()
+    with gr.Accordion("Hardware", open=True, elem_id="acc-hardware"):
+        w["gpu_live"] = gr.Markdown(ctx.monitor.markdown(), elem_id="gpu-live")
+        w["vram_plot"] = gr.LinePlot(vram_frame([]), x="time", y="MiB used",
+                                     title="GPU memory used (live)", height=180, elem_id="vram-plot",
+                                     visible=ctx.monitor.available)
+        w["hardware"] = gr.Markdown("No run yet.", elem_id="metrics-hardware")
+    with gr.Accordion("Efficiency", open=True, elem_id="acc-efficiency"):
+        w["efficiency"] = gr.Markdown("No run yet.", elem_id="metrics-efficiency")
+        w["steps_plot"] = gr.LinePlot(pd.DataFrame({"step": [], "seconds": []}), x="step", y="seconds",
+                                      title="Per-step latency", height=180, elem_id="steps-plot")
+    with gr.Accordion("Accuracy", open=False, elem_id="acc-accuracy"):
+        w["accuracy"] = gr.Markdown("No run yet.", elem_id="metrics-accuracy")
+    with gr.Accordion("Others", open=False, elem_id="acc-others"):
+        w["others"] = gr.Markdown("No run yet.", elem_id="metrics-others")
+        with gr.Accordion("Result (JSON)", open=False):
+            w["result_json"] = gr.JSON(show_label=False, elem_id="result-json")
+    return w
+
+
+# ---- handlers (wired in ui.py once every tab exists) --------------------------------------------------------
+def progress_reporter(progress):
+    """generate()'s on_progress(phase, done, total) -> gr.Progress (compare prefixes the phase with the set)."""
+    names = {"loading": "loading the model (build or reuse)", "encoding": "encoding the prompt",
+             "decoding": "decoding (VAE)", "writing": "writing the mp4"}
+
+    def on_progress(phase: str, done: int, total: int) -> None:
+        tag, _, step = phase.rpartition(": ")
+        prefix = f"{tag}: " if tag else ""
+        if step == "denoising":
+            progress((done, total), desc=f"{prefix}step {done} of {total}", unit="steps")
+        else:
+            progress(None, desc=prefix + names.get(step, step))
+
+    return on_progress
+
+
+def display_values(ctx: AppContext, info: dict, scored: bool) -> dict:
+    """Result JSON -> {output name: value} for the video and the metrics panel."""
+    m = info["metrics"]
+    return {"video": info["video"], "seed_used": info["seed"], "status": status_line(info),
+            "hardware": hardware_markdown(m), "efficiency": efficiency_markdown(m),
+            "steps_plot": pd.DataFrame(step_rows(m), columns=["step", "seconds"]),
+            "accuracy": accuracy_markdown(m, scored), "others": others_markdown(info, ctx.versions),
+            "result_json": info}
+
+
+def run_generate(ctx: AppContext, values: dict, session: str, progress) -> tuple[dict, dict | None]:
+    """One generation from widget values: ({output name: value}, result JSON or None when cancelled)."""
+    scored = bool(values.get("quality")) and ctx.scorer is not None
+    with user_errors_as_toasts(), ctx.runs.running(session) as cancel:
+        request, opts = request_from_values(values), options_from_values(values)
+        if on_zerogpu(ctx.gpu_generate):
+            check_zerogpu(opts)
+        if ctx.downloads is not None:  # first start: the checkpoint may still be on its way (outside GPU time)
+            ctx.downloads.wait(progress)
+        result = ctx.gpu_generate(cancel, request, opts, scored, progress)
+    if isinstance(result, str):
+        return {"status": f"Cancelled: {result}. Nothing was written; the app is ready for the next run."}, None
+    info = result.to_json()
+    if ctx.save_settings:
+        ui = {"randomize_seed": bool(values.get("randomize_seed")), "quality": bool(values.get("quality"))}
+        save_settings({**settings_of(info), "ui": ui}, ctx.settings_path)
+    return display_values(ctx, info, scored), info
+
+
+def generate_task(ctx: AppContext):
+    """The GPU part of a generation as one call `task(cancel, request, opts, scored, progress)`, so that ZeroGPU
+    can run it in its worker process (`zerogpu.gpu_function`): plain, picklable arguments; the manager, scorer
+    and baseline cache come through the closure. Returns the Result, or the cancel message as a str (an
+    exception would reach the app as a bare "ZeroGPU worker error")."""
+    def task(cancel, request, opts, scored: bool, progress):
+        on_progress = progress_reporter(progress)
+        with user_errors_as_toasts():  # a gr.Error crosses the worker boundary with its message
+            try:
+                result = generate(ctx.manager, ctx.model, request, opts, out_dir=ctx.outputs,
+                                  on_progress=on_progress, cancel=cancel)
+            except GenerationCancelled as e:
+                return str(e)
+            if scored:
+                on_progress("quality metrics", 0, 1)
+                measure_quality(ctx.manager, ctx.model, result, ctx.scorer, ctx.baseline_cache)
+        return result
+
+    return task
+
+
+def generate_gpu_seconds(request, opts, scored: bool, progress) -> int:
+    """ZeroGPU's `duration` for `generate_task` (same arguments but the cancel flag)."""
+    return estimate_gpu_seconds(request, opts, speed=ZEROGPU_SPEED, quality=scored)
+
+
+def cancel_handler(ctx: AppContext):
+    """The Cancel buttons' handler: flags the running job of the caller's own session (`session_hash`: no other
+    session's job is reachable), then waits for the job to return and notes when it stopped. It writes its own
+    note, never the status box: the run's "Cancelled: ..." status and this reply travel separately, and neither
+    may overwrite the other. Wired outside the queue (`queue=False`), so it shows no toast."""
+    def on_cancel(request: gr.Request) -> str:
+        done = ctx.runs.cancel(request.session_hash)
+        if done is None:
+            return "Nothing is running in this session."
+        if done.wait(CANCEL_WAIT_S):
+            return f"Run cancelled at {time.strftime('%H:%M:%S')}."
+        return f"Cancel requested at {time.strftime('%H:%M:%S')}; the current step or decode is still running."
+
+    return on_cancel
+
+
+def live_gpu(ctx: AppContext, samples: list) -> tuple[str, pd.DataFrame, list]:
+    """Timer tick: NVML reading -> markdown, appended to this page's VRAM-over-time samples."""
+    stats = ctx.monitor.read()
+    if stats is None:
+        return ctx.monitor.reason or "no GPU", vram_frame([]), samples
+    samples = (samples + [(stats.time_s, stats.used_mb)])[-VRAM_SAMPLES:]
+    return stats.markdown(), vram_frame(samples), samples
+
+
+def vram_frame(samples: list[tuple[float, float]]) -> pd.DataFrame:
+    """(time.time(), MiB used) samples -> the VRAM-over-time plot's frame."""
+    return pd.DataFrame({"time": pd.to_datetime([t for t, _ in samples], unit="s"),
+                         "MiB used": [u for _, u in samples]})
+
+
+PRESET_REQUEST_FIELDS = ("num_inference_steps", "guidance_scale")  # what a distilled preset also sets
+SPARSE_NOTE = ("Sparse attention trades fidelity for speed with a window of ours, not a published quality-preserving "
+               "setting: compare it with the dense run (Compare tab, LPIPS/PSNR vs the baseline).")
+
+
+def apply_preset(name: str, ctx: AppContext | None = None, width=None, height=None, num_frames=None) -> list:
+    """Preset name -> every option widget's value, in OPTION_FIELDS order (Custom keeps them as they are), then the
+    steps and guidance a few-step distilled preset needs (its authors' settings; others leave them), then a status
+    note. The Low VRAM presets are sized to the GPU's free memory and the video size (`wan_ui.core.lowvram`)."""
+    values = {} if name == CUSTOM_PRESET else preset_values(name)
+    note = gr.skip()
+    if name in LOW_VRAM_PRESETS and ctx is not None:
+        plan = plan_low_vram(_free_mb(ctx), _size_request(width, height, num_frames), name, ctx.hw)
+        values, note = plan.options.to_dict(), f"{name} preset: {plan.reason}"
+    hints = PRESET_REQUEST_HINTS.get(name, {})
+    if hints:
+        note = (f"{name}: {hints['num_inference_steps']} steps, guidance {hints['guidance_scale']:g} (set for you). "
+                f"{PRESET_NOTES[name]}")
+    if values.get("sparse_attention", "none") != "none":
+        note = f"{note} {SPARSE_NOTE}" if isinstance(note, str) else SPARSE_NOTE
+    return ([values.get(field, gr.skip()) for field in OPTION_FIELDS]
+            + [hints.get(field, gr.skip()) for field in PRESET_REQUEST_FIELDS] + [note])
+
+
+def _free_mb(ctx: AppContext) -> float | None:
+    stats = ctx.monitor.read()
+    return stats.free_mb if stats else None
+
+
+def _size_request(width, height, num_frames) -> GenerationRequest:
+    """The widgets' size as a request, or the defaults where a box is empty or out of range."""
+    try:
+        return validate_request(GenerationRequest("size", width=int(width), height=int(height),
+                                                  num_frames=int(num_frames)))
+    except (TypeError, ValueError):
+        return GenerationRequest("size")
+
+
+def matching_preset(values: dict) -> str:
+    """After a manual option change: the preset the widgets now equal, or Custom."""
+    try:
+        return preset_of(options_from_values(values))
+    except UserError:
+        return CUSTOM_PRESET
+

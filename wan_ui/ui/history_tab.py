@@ -1,0 +1,64 @@
+"""The History tab: this page's runs (gallery + table), re-using a run's settings, loading settings from a video."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+import pandas as pd
+
+from wan_ui.core.errors import UserError
+from wan_ui.core.settings_store import settings_from_video
+from wan_ui.ui.values import HISTORY_COLUMNS, history_caption, history_row, settings_of
+
+
+@dataclass
+class HistoryTab:
+    gallery: gr.Gallery
+    table: gr.Dataframe
+    run_number: gr.Number  # the selected run (1-based), filled by a gallery click
+    details: gr.JSON
+    reuse_btn: gr.Button
+    upload: gr.File
+    status: gr.Markdown
+
+
+def build_history_tab() -> HistoryTab:
+    gr.Markdown("Runs since this page opened. Click one, then **Re-use settings** to load it into the Generate "
+                "tab; or load the settings stored in any video this app wrote.")
+    with gr.Row():
+        with gr.Column(scale=3):
+            gallery = gr.Gallery(label="Runs", columns=4, height=300, allow_preview=False, elem_id="history-gallery")
+        with gr.Column(scale=2):
+            run_number = gr.Number(1, label="Run # (click a run)", precision=0, minimum=1, elem_id="history-run")
+            reuse_btn = gr.Button("Re-use settings", variant="primary", elem_id="reuse-btn")
+            upload = gr.File(label="Load settings from a video (.mp4 from outputs, or its .json sidecar)",
+                             file_types=[".mp4", ".json"], elem_id="settings-upload")
+            status = gr.Markdown(elem_id="history-status")
+    table = gr.Dataframe(pd.DataFrame(columns=HISTORY_COLUMNS), label="Settings and metrics", interactive=False,
+                         elem_id="history-table", wrap=True)
+    details = gr.JSON(label="Selected run", elem_id="history-details")
+    return HistoryTab(gallery, table, run_number, details, reuse_btn, upload, status)
+
+
+def history_views(history: list[dict]) -> tuple[list, pd.DataFrame]:
+    """(gallery items, table) for the history entries."""
+    gallery = [(e["info"]["video"], history_caption(n, e)) for n, e in enumerate(history, 1) if e["info"]["video"]]
+    table = pd.DataFrame([history_row(n, e) for n, e in enumerate(history, 1)], columns=HISTORY_COLUMNS)
+    return gallery, table
+
+
+def entry_settings(history: list[dict], run_number) -> dict:
+    """Settings of run #n (1-based) of this page."""
+    if not history:
+        raise UserError("no runs yet in this session; generate first or load a video's settings", field="run_number")
+    if run_number is None or not 1 <= int(run_number) <= len(history):
+        raise UserError(f"run_number must be in [1, {len(history)}], got {run_number!r}", field="run_number")
+    return settings_of(history[int(run_number) - 1]["info"])
+
+
+def video_settings(path) -> dict:
+    """The settings stored in a video this app wrote (or in its .json sidecar)."""
+    if not path:
+        raise UserError("choose an .mp4 written by this app, or its .json sidecar", field="settings_file")
+    return settings_from_video(path)

@@ -1,0 +1,121 @@
+"""Gradio widgets built from the core's dataclasses, and the small pieces every tab shares.
+
+`Widgets` maps a field name to its component, so handlers receive `{name: value}` through `inputs_kwargs`
+(and gradio_client calls endpoints with the same keyword names) and restores return `{component: value}`.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterable
+
+import gradio as gr
+
+from wan_ui.core.errors import UserError
+from wan_ui.core.requests import LIMITS, WAN_DEFAULT_NEGATIVE_PROMPT, GenerationRequest
+from wan_ui.ui.values import (CUSTOM, DEFAULTS_PRESET, RESOLUTIONS, OptionWidget, option_widgets, preset_choices,
+                        resolution_label)
+
+
+class Widgets(dict):
+    """name -> component."""
+
+    def pick(self, names: Iterable[str]) -> "Widgets":
+        return Widgets({n: self[n] for n in names if n in self})
+
+    def updates(self, values: dict) -> dict:
+        """{name: value} -> {component: value} for the names this set holds."""
+        return {self[n]: v for n, v in values.items() if n in self}
+
+
+@contextmanager
+def user_errors_as_toasts():
+    """A UserError becomes a gr.Error toast naming the field (its message already says the allowed range);
+    the app stays up and the outputs keep their values."""
+    try:
+        yield
+    except UserError as e:
+        title = f"Invalid {e.field.replace('_', ' ')}" if e.field else "Cannot run"
+        raise gr.Error(str(e), title=title) from None
+
+
+# ---- parameters -----------------------------------------------------------------------------------------
+def build_request_widgets() -> Widgets:
+    """Prompt, negative prompt, size, frames, fps, seed, guidance, steps (defaults: GenerationRequest's)."""
+    d = GenerationRequest("")
+    w = Widgets()
+    w["prompt"] = gr.Textbox(label="Prompt", lines=3, placeholder="Describe the video…", elem_id="prompt")
+    w["negative_prompt"] = gr.Textbox(value=WAN_DEFAULT_NEGATIVE_PROMPT, label="Negative prompt (Wan's default)",
+                                      lines=2, max_lines=4, elem_id="negative-prompt")
+    with gr.Row():
+        w["resolution"] = gr.Dropdown([*RESOLUTIONS, CUSTOM], value=resolution_label(d.width, d.height),
+                                      label="Resolution", elem_id="resolution", scale=2)
+        w["width"] = _int_box("width", d.width, "Width", 16)
+        w["height"] = _int_box("height", d.height, "Height", 16)
+    with gr.Row():
+        w["num_frames"] = _int_box("num_frames", d.num_frames, "Frames", 1,
+                                   info="4k+1 (VAE time stride 4); other counts are snapped")
+        w["fps"] = _int_box("fps", d.fps, "FPS of the mp4", 1)
+    with gr.Row():
+        w["seed"] = _int_box("seed", d.seed, "Seed", 1)
+        w["randomize_seed"] = gr.Checkbox(False, label="Randomize seed", elem_id="randomize-seed")
+    with gr.Row():
+        lo, hi = LIMITS["guidance_scale"]
+        w["guidance_scale"] = gr.Slider(lo, hi, d.guidance_scale, step=0.5, label="Guidance (CFG)",
+                                        info="≤ 1 turns CFG off", elem_id="guidance-scale")
+        lo, hi = LIMITS["num_inference_steps"]
+        w["num_inference_steps"] = gr.Slider(lo, hi, d.num_inference_steps, step=1, label="Steps",
+                                             elem_id="steps")
+    for name in ("width", "height"):
+        w[name].input(lambda width, height: resolution_label(width, height), [w["width"], w["height"]],
+                      w["resolution"], queue=False, api_visibility="private", show_progress="hidden")
+    w["resolution"].input(_resolution_size, w["resolution"], [w["width"], w["height"]], queue=False,
+                          api_visibility="private", show_progress="hidden")
+    return w
+
+
+def _int_box(name: str, value: int, label: str, step: int, info: str | None = None) -> gr.Number:
+    lo, hi = LIMITS[name]
+    return gr.Number(value, label=label, precision=0, minimum=lo, maximum=hi, step=step, info=info,
+                     elem_id=name.replace("_", "-"), min_width=90)
+
+
+def _resolution_size(label: str):
+    if label in RESOLUTIONS:
+        return RESOLUTIONS[label]
+    return gr.skip(), gr.skip()
+
+
+# ---- optimizations ----------------------------------------------------------------------------------------
+FAMILY_LABELS = {"lora": "LoRA", "cfg": "CFG (classifier-free guidance)", "vae": "VAE decode",
+                 "cache": "Step cache", "offload": "Offloading", "compile": "Compile (operator fusion)"}
+
+
+def build_option_widgets(hw) -> Widgets:
+    """One widget per OptimizationSet field, grouped by family, from `options.options_table` + a presets dropdown."""
+    w = Widgets()
+    w["preset"] = gr.Dropdown(preset_choices(hw), value=DEFAULTS_PRESET, label="Preset",
+                              info="fills the options below; change any afterwards", elem_id="preset")
+    groups = option_widgets(hw)
+    for family, specs in groups.items():
+        with gr.Accordion(FAMILY_LABELS.get(family, family.capitalize()), open=family in ("precision", "cache", "vae"),
+                          elem_id=f"family-{family}"):
+            for spec in specs:
+                w[spec.name] = _option_component(spec)
+    return w
+
+
+def _option_component(spec: OptionWidget):
+    common = dict(label=spec.label, info=spec.info, interactive=spec.interactive,
+                  elem_id=f"opt-{spec.name.replace('_', '-')}")
+    if spec.kind == "checkbox":
+        return gr.Checkbox(spec.default, **common)
+    if spec.kind == "radio":
+        return gr.Radio(list(spec.choices), value=spec.default, **common)
+    if spec.kind == "dropdown":
+        return gr.Dropdown(list(spec.choices), value=spec.default, **common)
+    if spec.kind == "number":
+        lo, hi = spec.bounds
+        return gr.Number(spec.default, minimum=lo, maximum=hi, precision=spec.precision,
+                         step=1 if spec.precision == 0 else 0.05, **common)
+    return gr.Textbox(spec.default, placeholder="e.g. path/to/lora.safetensors:0.8", **common)
