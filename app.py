@@ -47,7 +47,7 @@ def parse_auth(text: str | None) -> tuple[str, str] | None:
 def build_manager(args, argv: list[str]):
     """One manager, a pool of one per GPU, or this rank's share of a parallel app (None on ranks > 0, which ran
     the UI's jobs until it stopped). `--gpu-mode parallel` outside torchrun restarts itself as N processes."""
-    from wan_ui.parallel.pool import build_app_manager, parse_gpus, relaunch_command
+    from wan_ui.parallel.serving import build_app_manager, parse_gpus, relaunch_command
 
     gpus = parse_gpus(args.gpus)
     if gpus and args.gpu_mode == "parallel" and "WORLD_SIZE" not in os.environ:

@@ -4,7 +4,7 @@ import pytest
 
 from wan_ui.core.errors import IncompatibleOptionsError, UnavailableError, ValidationError
 from wan_ui.core.hardware import Hardware
-from wan_ui.core.options import (INCOMPATIBLE, PRESETS, OptimizationSet, check_available, check_compatible,
+from wan_ui.core.options import (OPTION_CONFLICTS, PRESETS, OptimizationSet, check_available, check_compatible,
                             options_table, parse_set_args, preset)
 
 CPU = Hardware(False, "cpu", None, None, frozenset())
@@ -112,5 +112,5 @@ def test_every_documented_conflict_is_reachable():
         {"quantization": "bnb_nf4", "compile": "regional"}, {"quantization": "bnb_int8", "lora_fuse": True},
         {"quantization": "fp8_storage", "compile": "full"}, {"attention_slicing": 8, "attention_backend": "flex"},
         {"quantization": "torchao_int8wo", "offload": "group_leaf"}, {"cfg_batch": True, "cache": "mag"})]
-    for what, bad, _ in INCOMPATIBLE:
+    for what, bad, _ in OPTION_CONFLICTS:
         assert any(bad(s) for s in samples), what

@@ -8,11 +8,12 @@ import time
 import pytest
 
 from wan_ui.core.errors import IncompatibleOptionsError, UnavailableError, UserError, ValidationError
-from wan_ui.parallel.pool import (ManagerPool, PoolBusyError, build_app_manager, describe_placement, device_index,
-                             device_scope, is_cuda, parse_gpus, relaunch_command)
+from wan_ui.core.devices import describe_placement, device_index, device_scope, is_cuda
 from wan_ui.core.options import OptimizationSet
-from wan_ui.parallel.runtime import (CP_BACKENDS, RING_BACKENDS, ParallelConfig, ParallelPlan, apply_parallel,
-                             check_parallel, resolve_plan)
+from wan_ui.parallel.hooks import apply_parallel
+from wan_ui.parallel.plan import CP_BACKENDS, RING_BACKENDS, ParallelConfig, ParallelPlan, check_parallel, resolve_plan
+from wan_ui.parallel.pool import ManagerPool, PoolBusyError
+from wan_ui.parallel.serving import build_app_manager, parse_gpus, relaunch_command
 
 REPORT_TOKENS = 87_750  # 1248x720, 97 frames: 25 x 45 x 78
 

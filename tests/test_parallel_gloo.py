@@ -67,7 +67,11 @@ def _scenarios(rank: int) -> dict:
     from wan_ui.core.generate import generate
     from wan_ui.core.manager import ModelManager
     from wan_ui.core.options import OptimizationSet
-    from wan_ui.parallel.runtime import ParallelConfig, ParallelRuntime, follow_jobs, init_distributed, remove_parallel
+    from wan_ui.parallel.dist import init_distributed
+    from wan_ui.parallel.hooks import remove_parallel
+    from wan_ui.parallel.plan import ParallelConfig
+    from wan_ui.parallel.runtime import ParallelRuntime
+    from wan_ui.parallel.serving import follow_jobs
     from wan_ui.core.requests import WORKLOADS
 
     dist = init_distributed(serving=True)

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from wan_ui.core.options import INCOMPATIBLE, PRESETS
+from wan_ui.core.options import OPTION_CONFLICTS, PRESETS
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
@@ -14,7 +14,7 @@ def test_readme_starts_with_the_two_commands():
 
 
 def test_compatibility_table_matches_check_compatible():
-    for what, _, instead in INCOMPATIBLE:
+    for what, _, instead in OPTION_CONFLICTS:
         assert f"| {what} | {instead} |" in README
 
 

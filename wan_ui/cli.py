@@ -134,7 +134,9 @@ def _parallel_runtime(text: str | None):
     """--parallel under torchrun -> this rank's ParallelRuntime (process group joined); None for one process."""
     import atexit
 
-    from wan_ui.parallel.runtime import ParallelConfig, ParallelRuntime, finish_distributed, init_distributed, torchrun_world_size
+    from wan_ui.parallel.dist import finish_distributed, init_distributed, torchrun_world_size
+    from wan_ui.parallel.plan import ParallelConfig
+    from wan_ui.parallel.runtime import ParallelRuntime
 
     world = torchrun_world_size()
     config = ParallelConfig.parse(text or ("auto" if world > 1 else "none"))

@@ -97,7 +97,9 @@ def run_mode(args) -> dict | None:
 
 
 def _runtime(text: str | None):
-    from wan_ui.parallel.runtime import ParallelConfig, ParallelRuntime, init_distributed, torchrun_world_size
+    from wan_ui.parallel.dist import init_distributed, torchrun_world_size
+    from wan_ui.parallel.plan import ParallelConfig
+    from wan_ui.parallel.runtime import ParallelRuntime
 
     if not text or text == "none":
         return None

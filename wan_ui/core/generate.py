@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from wan_ui.core.errors import GenerationCancelled, OutOfMemoryError
-from wan_ui.parallel.pool import device_index, device_scope, is_cuda
+from wan_ui.core.devices import device_index, device_scope, is_cuda
 from wan_ui.core.manager import LOW_VRAM_HINT, BuildInfo, ModelManager
 from wan_ui.core.metrics import Clock, Metrics, NvmlSampler, forward_counter, frame_metrics, warmup_from_steps
 from wan_ui.optim.cache import forwards_computed_mag, forwards_per_step, mag_schedule

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from wan_ui.core.errors import ModelLoadError, OutOfMemoryError
-from wan_ui.parallel.pool import is_cuda
+from wan_ui.core.devices import is_cuda
 from wan_ui.core.hardware import Hardware, probe_hardware
 from wan_ui.core.metrics import install_forward_counter
 from wan_ui.core.models import ModelSource, materialize, resolve_model

@@ -299,7 +299,7 @@ def check_available(opts: OptimizationSet, hw: Hardware) -> None:
 
 
 # (condition, message): each says what to do instead. Kept as data so the README table is generated from it.
-INCOMPATIBLE: list[tuple[str, Any, str]] = [
+OPTION_CONFLICTS: list[tuple[str, Any, str]] = [
     ("sequential offload + torch.compile",
      lambda o: o.offload == "sequential" and o.compile != "none",
      "use offload=group_block (streams) with compile=regional, or compile=none"),
@@ -343,7 +343,7 @@ def option_notes(opts: OptimizationSet, hw: Hardware) -> list[str]:
 
 def check_compatible(opts: OptimizationSet) -> None:
     """Raise IncompatibleOptionsError for the first combination that cannot work, saying what to do instead."""
-    for what, bad, instead in INCOMPATIBLE:
+    for what, bad, instead in OPTION_CONFLICTS:
         if bad(opts):
             raise IncompatibleOptionsError(f"incompatible options: {what}; {instead}", field=_culprit(opts, bad))
 

@@ -6,8 +6,6 @@ the whole run (`with manager.lease(model, opts) as m:`; a plain ModelManager lea
 GPU that already holds the requested pipeline, then one that holds none, then the one released longest ago;
 with every GPU busy it waits. The app's queue admits `slots` jobs at once (one per GPU).
 
-Also here: the per-device helpers the core needs when several GPUs share one process (`device_scope`: CUDA's
-current device is per thread, and synchronize / peak-memory calls read it).
 """
 
 from __future__ import annotations
@@ -16,49 +14,12 @@ import contextlib
 import threading
 import time
 
-import torch
-
 from wan_ui.core.errors import UserError
+from wan_ui.core.manager import ModelManager
 
 
 class PoolBusyError(UserError):
     """Every GPU stayed busy for the whole wait."""
-
-
-def device_index(device: str) -> int | None:
-    """'cuda:1' -> 1; 'cuda' -> None (the current device); 'cpu' -> None."""
-    kind, _, index = str(device).partition(":")
-    return int(index) if kind == "cuda" and index else None
-
-
-def is_cuda(device: str) -> bool:
-    return str(device).split(":")[0] == "cuda"
-
-
-def device_scope(device: str):
-    """Make `device` CUDA's current device for this thread (a no-op for 'cuda' and 'cpu')."""
-    index = device_index(device)
-    if index is None or not torch.cuda.is_available():
-        return contextlib.nullcontext()
-    return torch.cuda.device(index)
-
-
-def describe_placement(placement: dict | None, device: str | None = None) -> str:
-    """One line for the UI's Others panel: how a run used the GPUs. `placement` is BuildInfo.parallel: a pool's
-    dict, a parallel.ParallelPlan dict, or None."""
-    if not placement:
-        return f"one device ({device})" if device else "one device"
-    mode = placement.get("mode")
-    if mode == "pool":
-        devices = ", ".join(placement.get("devices") or [])
-        return f"pool of {placement['gpus']} GPUs ({devices}): one pipeline per GPU, each job on a free one" + \
-            (f"; this run on {device}" if device else "")
-    n = placement.get("world_size")
-    if mode == "cfg":
-        return f"one video on {n} GPUs: CFG-parallel (cond branch on rank 0, uncond on rank 1)"
-    kinds = [f"Ulysses {placement['ulysses_degree']}" if placement.get("ulysses_degree", 1) > 1 else "",
-             f"ring {placement['ring_degree']}" if placement.get("ring_degree", 1) > 1 else ""]
-    return f"one video on {n} GPUs: {' x '.join(k for k in kinds if k)} ({placement.get('reason', '')})"
 
 
 class ManagerPool:
@@ -79,8 +40,7 @@ class ManagerPool:
     @classmethod
     def for_devices(cls, devices: list[str], factory=None, **kwargs) -> "ManagerPool":
         """One manager per device ('cuda:0', 'cuda:1', ...); `factory(device=...)` defaults to ModelManager."""
-        if factory is None:
-            from wan_ui.core.manager import ModelManager as factory
+        factory = factory or ModelManager
         return cls([factory(device=d, **kwargs) for d in devices])
 
     # ---- what the core reads from "a manager" ---------------------------------------------------------
@@ -148,60 +108,3 @@ class ManagerPool:
             if not m.resident():
                 return m
         return self._free[0]  # 3. the one released longest ago
-
-
-# ---- the app's GPU setup (python app.py --gpus 0,1 [--gpu-mode pool|parallel]) ------------------------------
-GPU_MODES = ("pool", "parallel")
-
-
-def parse_gpus(text: str | None) -> list[int] | None:
-    """'0,1,3' -> [0, 1, 3]; None/'' -> None (one default device)."""
-    if not text:
-        return None
-    try:
-        gpus = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise UserError(f"--gpus expects GPU indices like 0,1; got {text!r}", field="gpus") from None
-    if not gpus or len(set(gpus)) != len(gpus) or min(gpus) < 0:
-        raise UserError(f"--gpus expects distinct GPU indices like 0,1; got {text!r}", field="gpus")
-    return gpus
-
-
-def relaunch_command(argv: list[str], gpus: list[int]) -> tuple[list[str], dict]:
-    """`python app.py ... --gpu-mode parallel` outside torchrun -> (command, env) that starts one process per GPU
-    (rank 0 serves the UI) with only those GPUs visible and NVLink multicast off."""
-    import os
-    import sys
-
-    from wan_ui.parallel.runtime import NVLS_OFF
-
-    env = {**os.environ, **NVLS_OFF, "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))}
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(len(gpus)),
-            *argv], env
-
-
-def build_app_manager(gpus: list[int] | None, mode: str = "pool", parallel: str | None = None, log=print):
-    """The app's manager: one ModelManager (no --gpus), a ManagerPool over the GPUs (pool), or this rank's manager
-    of one video across them (parallel, under torchrun; followers run the leader's jobs here and get None)."""
-    from wan_ui.core.manager import ModelManager
-
-    if mode not in GPU_MODES:
-        raise UserError(f"--gpu-mode must be one of {list(GPU_MODES)}, got {mode!r}", field="gpu_mode")
-    if gpus is None:
-        return ModelManager(log=log)
-    visible = torch.cuda.device_count()
-    if mode == "pool":
-        if max(gpus) >= visible:
-            raise UserError(f"--gpus {','.join(map(str, gpus))}: this machine shows {visible} CUDA device(s)",
-                            field="gpus")
-        return ManagerPool.for_devices([f"cuda:{i}" for i in gpus], log=log)
-    from wan_ui.parallel.runtime import ParallelConfig, ParallelRuntime, follow_jobs, init_distributed
-
-    runtime = ParallelRuntime(ParallelConfig.parse(parallel or "auto"), init_distributed(serving=True), serving=True)
-    if not runtime.dist.leader:
-        follow_jobs(ModelManager(device=runtime.dist.device, log=lambda m: None, parallel=runtime), log=log)
-        return None
-    import atexit
-
-    atexit.register(runtime.stop_followers)  # the followers return when the app stops
-    return ModelManager(device=runtime.dist.device, log=log, parallel=runtime)

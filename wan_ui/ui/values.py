@@ -17,7 +17,7 @@ from typing import Any
 
 from wan_ui.core.compare import DEFAULTS_NAME, MAX_SETS, named_set
 from wan_ui.core.errors import UserError
-from wan_ui.parallel.pool import describe_placement
+from wan_ui.core.devices import describe_placement
 from wan_ui.core.options import PRESETS, OptimizationSet, check_available, options_table, preset
 from wan_ui.core.requests import LIMITS, GenerationRequest, validate_request
 
