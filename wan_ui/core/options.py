@@ -9,27 +9,29 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from wan_ui.core.distilled import DISTILLED_PRESETS
 from wan_ui.core.errors import IncompatibleOptionsError, UnavailableError, ValidationError
+from wan_ui.core.fields import FieldSpec, spec_field, specs_of
 from wan_ui.core.hardware import Hardware
 
 
-@dataclass(frozen=True)
-class Spec:
+@dataclass(frozen=True, kw_only=True)
+class Spec(FieldSpec):
+    """An option's FieldSpec (allowed values, checked by `FieldSpec.check`) plus its family and when it applies."""
     family: str
     load_time: bool  # True: changing it rebuilds the pipeline
-    help: str
-    choices: tuple | None = None  # allowed values for enum-like fields
-    bounds: tuple[float, float] | None = None  # inclusive range for numbers
-    pattern: str | None = None  # regular expression a text value must match in full
+
+    @property
+    def label(self) -> str:
+        return f"option {self.name}"
 
 
 def _opt(default, family, load_time, help, choices=None, bounds=None, pattern=None):
-    return field(default=default, metadata={"spec": Spec(family, load_time, help, choices, bounds, pattern)})
+    return spec_field(default, Spec(family=family, load_time=load_time, help=help, choices=choices, bounds=bounds,
+                                    pattern=pattern))
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -108,7 +110,7 @@ class OptimizationSet:
     # ---- introspection -------------------------------------------------------------------------
     @staticmethod
     def specs() -> dict[str, Spec]:
-        return {f.name: f.metadata["spec"] for f in dataclasses.fields(OptimizationSet)}
+        return specs_of(OptimizationSet)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -141,45 +143,11 @@ class OptimizationSet:
         if unknown:
             raise ValidationError(f"unknown option(s) {unknown}; valid options: {', '.join(specs)}", field=unknown[0])
         base = base or cls()
-        coerced = {k: _coerce(k, v, specs[k], type(getattr(base, k))) for k, v in values.items()}
+        coerced = {k: specs[k].check(v) for k, v in values.items()}
         return dataclasses.replace(base, **coerced)
 
     def with_(self, **values) -> "OptimizationSet":
         return OptimizationSet.from_dict(values, base=self)
-
-
-def _coerce(name: str, value: Any, spec: Spec, kind: type) -> Any:
-    """Turn text from the CLI/UI into the field's type and check it against the spec."""
-    try:
-        if kind is bool:
-            if isinstance(value, str):
-                low = value.strip().lower()
-                if low not in ("true", "false", "1", "0", "on", "off", "yes", "no"):
-                    raise ValueError
-                value = low in ("true", "1", "on", "yes")
-            elif not isinstance(value, bool):
-                raise ValueError
-        elif kind is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            value = int(value)
-        elif kind is float:
-            if isinstance(value, bool):
-                raise ValueError
-            value = float(value)
-        else:
-            value = str(value)
-    except (TypeError, ValueError):
-        allowed = spec.choices if spec.choices else spec.bounds
-        raise ValidationError(f"option {name} must be {kind.__name__} ({allowed}), got {value!r}", field=name) from None
-    if spec.choices is not None and value not in spec.choices:
-        raise ValidationError(f"option {name} must be one of {list(spec.choices)}, got {value!r}", field=name)
-    if spec.pattern is not None and not re.fullmatch(spec.pattern, value):
-        raise ValidationError(f"option {name} has the wrong form ({spec.help}), got {value!r}", field=name)
-    if spec.bounds is not None and not (value == value and spec.bounds[0] <= value <= spec.bounds[1]):
-        raise ValidationError(f"option {name} must be in [{spec.bounds[0]}, {spec.bounds[1]}], got {value!r}",
-                              field=name)
-    return value
 
 
 def parse_set_args(pairs: list[str], base: OptimizationSet | None = None) -> OptimizationSet:

@@ -7,9 +7,10 @@ allowed range; a frame count that is not 4k+1 is snapped and the snap is reporte
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 
 from wan_ui.core.errors import ValidationError
+from wan_ui.core.fields import FieldSpec, spec_field, specs_of
 
 # Wan's own default negative prompt (Wan2.1 `shared_config.sample_neg_prompt`), as the report used it.
 WAN_DEFAULT_NEGATIVE_PROMPT = (
@@ -24,31 +25,25 @@ REPORT_PROMPT = (
     "from a low angle."
 )
 
-# Allowed ranges: (min, max). Width/height must also be multiples of SIZE_MULTIPLE (VAE stride 8 x patch 2).
-SIZE_MULTIPLE = 16
-LIMITS = {
-    "width": (16, 2048),
-    "height": (16, 2048),
-    "num_frames": (1, 257),
-    "fps": (1, 60),
-    "seed": (0, 2**32 - 1),
-    "guidance_scale": (0.0, 20.0),
-    "num_inference_steps": (1, 200),
-}
+SIZE_MULTIPLE = 16  # width/height: VAE stride 8 x patch 2
 MAX_PROMPT_CHARS = 4000
 
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    prompt: str
-    negative_prompt: str = WAN_DEFAULT_NEGATIVE_PROMPT
-    width: int = 832  # pixels, multiple of 16
-    height: int = 480  # pixels, multiple of 16
-    num_frames: int = 81  # 4k+1 (VAE time stride 4)
-    fps: int = 16  # of the written mp4 only
-    seed: int = 0
-    guidance_scale: float = 5.0  # CFG scale; <= 1 turns CFG off (one forward per step)
-    num_inference_steps: int = 50
+    # Each field's range is declared once, here (wan_ui/core/fields.py): validate_request, the CLI's flags and the
+    # UI's widgets all read it.
+    prompt: str = spec_field(MISSING, kind="str", max_length=MAX_PROMPT_CHARS, help="what the video shows")
+    negative_prompt: str = spec_field(WAN_DEFAULT_NEGATIVE_PROMPT, max_length=MAX_PROMPT_CHARS,
+                                      help="what to steer away from (default: Wan's own negative prompt)")
+    width: int = spec_field(832, bounds=(16, 2048), multiple_of=SIZE_MULTIPLE, unit="pixels", help="frame width")
+    height: int = spec_field(480, bounds=(16, 2048), multiple_of=SIZE_MULTIPLE, unit="pixels", help="frame height")
+    num_frames: int = spec_field(81, bounds=(1, 257), help="frames; snapped to 4k+1 (VAE time stride 4), reported")
+    fps: int = spec_field(16, bounds=(1, 60), help="frames per second of the written mp4 (not of the model)")
+    seed: int = spec_field(0, bounds=(0, 2**32 - 1), help="random seed of the initial noise")
+    guidance_scale: float = spec_field(5.0, bounds=(0.0, 20.0), help="classifier-free guidance scale; <= 1 turns "
+                                                                     "CFG off (one transformer forward per step)")
+    num_inference_steps: int = spec_field(50, bounds=(1, 200), help="denoising steps")
     notes: tuple[str, ...] = field(default=(), compare=False)  # what validation changed (e.g. frame snap)
 
     def to_dict(self) -> dict:
@@ -84,44 +79,17 @@ def snap_frames(n: int) -> int:
     return max(1, 4 * k + 1)
 
 
-def _check_range(name: str, value, kind=int):
-    lo, hi = LIMITS[name]
-    try:
-        v = kind(value)
-    except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
-        raise ValidationError(f"{name} must be a number in [{lo}, {hi}], got {value!r}", field=name) from None
-    if kind is int and isinstance(value, float) and not float(value).is_integer():
-        raise ValidationError(f"{name} must be a whole number in [{lo}, {hi}], got {value!r}", field=name)
-    if v != v or not (lo <= v <= hi):  # v != v catches NaN
-        raise ValidationError(f"{name} must be in [{lo}, {hi}], got {value!r}", field=name)
-    return v
+REQUEST_SPECS: dict[str, FieldSpec] = specs_of(GenerationRequest)
+# (min, max) of each number field: a view of the specs for code that only needs the range
+LIMITS: dict[str, tuple] = {name: spec.bounds for name, spec in REQUEST_SPECS.items() if spec.bounds}
 
 
 def validate_request(req: GenerationRequest) -> GenerationRequest:
     """Check every field; return a request with frames snapped to 4k+1 and the snap noted in `notes`."""
-    if not isinstance(req.prompt, str) or not req.prompt.strip():
+    if not REQUEST_SPECS["prompt"].check(req.prompt).strip():
         raise ValidationError("prompt must not be empty", field="prompt")
-    for name in ("prompt", "negative_prompt"):
-        text = getattr(req, name)
-        if not isinstance(text, str):
-            raise ValidationError(f"{name} must be text", field=name)
-        if len(text) > MAX_PROMPT_CHARS:
-            raise ValidationError(f"{name} is {len(text)} characters; at most {MAX_PROMPT_CHARS}", field=name)
-    values = {}
-    for name in ("width", "height"):
-        v = _check_range(name, getattr(req, name))
-        if v % SIZE_MULTIPLE:
-            lo, hi = LIMITS[name]
-            raise ValidationError(
-                f"{name} must be a multiple of {SIZE_MULTIPLE} in [{lo}, {hi}], got {v} "
-                f"(nearest: {max(lo, round(v / SIZE_MULTIPLE) * SIZE_MULTIPLE)})",
-                field=name,
-            )
-        values[name] = v
-    for name in ("fps", "seed", "num_inference_steps"):
-        values[name] = _check_range(name, getattr(req, name))
-    values["guidance_scale"] = _check_range("guidance_scale", getattr(req, "guidance_scale"), float)
-    frames = _check_range("num_frames", req.num_frames)
+    values = {name: spec.check(getattr(req, name)) for name, spec in REQUEST_SPECS.items()}
+    frames = values["num_frames"]
     notes = list(req.notes)
     snapped = snap_frames(frames)
     if snapped > LIMITS["num_frames"][1]:
