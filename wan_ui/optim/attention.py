@@ -9,17 +9,21 @@ N x L instead of L x L. That lowers peak memory only where SDPA materialises the
 memory: measured on an H200 at 480p, slicing 4096 on the native backend gave the same peak and speed (15.7 GB
 denoise peak), while the math kernel alone peaked at 125.9 GB (docs/benchmarks/README.md). `option_notes` says so
 to the user instead of letting it pass for a saving.
+
+Undo: `apply_attention` returns an `AttentionUndo` (the processors slicing replaced), or None when it leaves the
+native backend unsliced; `remove_attention` restores the processors and the native backend.
 """
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from wan_ui.optim.state import state_of
+from wan_ui.optim.state import Undo, undo_on_error
 
 BACKENDS = {"cudnn": "_native_cudnn", "flash": "_native_flash", "efficient": "_native_efficient",
             "math": "_native_math", "flex": "flex", "sage": "sage", "xformers": "xformers", "flash_attn": "flash"}
@@ -60,19 +64,28 @@ class ChunkedWanAttnProcessor:
         return attn.to_out[1](attn.to_out[0](out))
 
 
-def apply_attention(pipe, opts, request=None) -> None:
+@dataclass
+class AttentionUndo(Undo):
+    processors: dict | None = None  # the transformer's attn_processors before slicing replaced them
+
+
+def apply_attention(pipe, opts, request=None) -> AttentionUndo | None:
     # Always set explicitly: diffusers also keeps a process-wide "active" backend that processors without one
     # fall back to, and `reset_attention_backend` does not restore it (so "native" is set, never reset).
-    pipe.transformer.set_attention_backend(BACKENDS.get(opts.attention_backend, "native"))
-    if opts.attention_slicing:
-        st = state_of(pipe)
-        st.saved["attn_processors"] = pipe.transformer.attn_processors
-        pipe.transformer.set_attn_processor(ChunkedWanAttnProcessor(opts.attention_slicing,
-                                                                     math=opts.attention_backend == "math"))
+    backend = BACKENDS.get(opts.attention_backend, "native")
+    if backend == "native" and not opts.attention_slicing:
+        pipe.transformer.set_attention_backend(backend)
+        return None  # what remove_attention would restore anyway
+    with undo_on_error(pipe, remove_attention, AttentionUndo()) as undo:
+        pipe.transformer.set_attention_backend(backend)
+        if opts.attention_slicing:
+            undo.processors = pipe.transformer.attn_processors
+            pipe.transformer.set_attn_processor(ChunkedWanAttnProcessor(opts.attention_slicing,
+                                                                         math=opts.attention_backend == "math"))
+    return undo
 
 
-def remove_attention(pipe) -> None:
-    st = state_of(pipe)
-    if "attn_processors" in st.saved:
-        pipe.transformer.set_attn_processor(st.saved.pop("attn_processors"))
+def remove_attention(pipe, undo: AttentionUndo) -> None:
+    if undo.processors is not None:
+        pipe.transformer.set_attn_processor(undo.processors)
     pipe.transformer.set_attention_backend("native")

@@ -14,9 +14,15 @@ Published defaults (used when cache_threshold = 0):
   default module patterns (`^blocks.*attn`, full match) match none of Wan's `blocks.N.attn1` names — a silent
   no-op — so the patterns are given explicitly: self-attention, cross-attention and FFN of every block.
 - pab: Pyramid Attention Broadcast (arXiv 2408.12588), spatial attention reused for 2 steps in [100, 800].
+
+Undo: `apply_cache` returns a `CacheUndo` (the cache config it enabled); `remove_cache` disables the cache.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+
+from wan_ui.optim.state import Undo, undo_on_error
 
 # Wan2.1-T2V-1.3B, 50 steps, cond/uncond interleaved (cond first); calibrated with SDPA attention by the
 # MagCache authors. diffusers keeps one state per cache_context, so each branch gets every other entry.
@@ -55,18 +61,26 @@ def make_cache_config(kind: str, threshold: float, num_inference_steps: int, cur
     raise ValueError(f"unknown cache {kind!r}")
 
 
-def apply_cache(pipe, opts, request=None) -> None:
+@dataclass
+class CacheUndo(Undo):
+    config: object  # the diffusers cache config enabled on the transformer (FirstBlockCacheConfig, ...)
+
+
+def apply_cache(pipe, opts, request=None) -> CacheUndo | None:
     if opts.cache == "none":
-        return
+        return None
     steps = request.num_inference_steps if request is not None else 50
     # PAB reads the pipeline's current timestep (set inside its denoising loop).
     current = lambda: pipe.current_timestep if pipe.current_timestep is not None else 1000  # noqa: E731
-    pipe.transformer.enable_cache(make_cache_config(opts.cache, opts.cache_threshold, steps, current,
-                                                    max_skips=opts.cache_max_skips))
+    undo = CacheUndo(make_cache_config(opts.cache, opts.cache_threshold, steps, current,
+                                       max_skips=opts.cache_max_skips))
+    with undo_on_error(pipe, remove_cache, undo):
+        pipe.transformer.enable_cache(undo.config)
+    return undo
 
 
-def remove_cache(pipe) -> None:
-    if getattr(pipe.transformer, "_cache_config", None) is not None:
+def remove_cache(pipe, undo: CacheUndo) -> None:
+    if getattr(pipe.transformer, "_cache_config", None) is not None:  # unset when enable_cache failed early
         pipe.transformer.disable_cache()
 
 

@@ -6,14 +6,18 @@ negative prompt embeddings appended, returns the cond half and keeps the uncond 
 the uncond call that follows. Peak activation memory doubles; the gain is fewer, larger kernels (helps small
 videos and small GPUs more than an H100 at 32k+ tokens, where one branch already fills the card). Step caches
 keep one state per branch (`cache_context`), which a batched call would mix: the two are incompatible.
+
+Undo: `apply_cfg_batch` returns a `CfgBatchUndo` holding the hook it registered; `remove_cfg_batch` removes it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
-from wan_ui.optim.state import state_of
+from wan_ui.optim.state import Undo, state_of
 
 _HOOK = "wan_ui_cfg_batch"
 
@@ -46,21 +50,25 @@ class CfgBatchHook(ModelHook):
         return tuple(cond)
 
 
-def apply_cfg_batch(pipe, opts, request=None) -> None:
+@dataclass
+class CfgBatchUndo(Undo):
+    hook: CfgBatchHook  # registered on the transformer under _HOOK; generate.py hands it the negative embeddings
+
+
+def apply_cfg_batch(pipe, opts, request=None) -> CfgBatchUndo | None:
     if not opts.cfg_batch:
-        return
+        return None
     hook = CfgBatchHook(pipe)
     HookRegistry.check_if_exists_or_initialize(pipe.transformer).register_hook(hook, _HOOK)
-    state_of(pipe).saved["cfg_batch"] = hook
+    return CfgBatchUndo(hook)
 
 
-def remove_cfg_batch(pipe) -> None:
-    if state_of(pipe).saved.pop("cfg_batch", None) is not None:
-        HookRegistry.check_if_exists_or_initialize(pipe.transformer).remove_hook(_HOOK, recurse=False)
+def remove_cfg_batch(pipe, undo: CfgBatchUndo) -> None:
+    HookRegistry.check_if_exists_or_initialize(pipe.transformer).remove_hook(_HOOK, recurse=False)
 
 
 def prepare_cfg_batch(pipe, negative: torch.Tensor | None) -> None:
     """Give the hook this generation's negative embeddings (no-op when CFG batching is off)."""
-    hook = state_of(pipe).saved.get("cfg_batch")
-    if hook is not None:
-        hook.negative, hook._stash = negative, None
+    undo = state_of(pipe).undo(CfgBatchUndo)
+    if undo is not None:
+        undo.hook.negative, undo.hook._stash = negative, None

@@ -5,21 +5,22 @@ Spec: `source[:scale]` separated by ';'. A source is a .safetensors file or a fo
 or a hub id `owner/repo[/file.safetensors]`. Kijai/ComfyUI-format files (CausVid, self-forcing DMD) go through
 diffusers' non-diffusers Wan converter inside `load_lora_weights`.
 
-Removing restores the base weights exactly: fusing keeps a CPU copy of every weight it changes, and removal
-copies them back (unfuse alone would leave float rounding behind).
+Undo: `apply_lora` returns a `LoraUndo` (the adapters loaded; when fused, a CPU copy of every base weight fusing
+changes). Removing restores the base weights exactly: it copies them back (unfuse alone would leave float rounding
+behind).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from wan_ui.core.errors import ModelLoadError, ValidationError
 from wan_ui.core.paths import confine
-from wan_ui.optim.state import state_of
+from wan_ui.optim.state import Undo, undo_on_error
 
 
 @dataclass(frozen=True)
@@ -99,39 +100,46 @@ def _require_local_when_offline(src: LoraSource) -> None:
                          f"{lora_dir() / src.location / src.weight_name}", field="lora")
 
 
-def apply_lora(pipe, opts, request=None) -> None:
+@dataclass
+class LoraUndo(Undo):
+    adapters: list[str] = field(default_factory=list)  # peft adapter names loaded into the pipeline
+    base: dict[str, torch.Tensor] | None = None  # fused: CPU copies of the base weights fusing changed
+
+
+def apply_lora(pipe, opts, request=None) -> LoraUndo | None:
     if not opts.lora:
-        return
+        return None
     sources = parse_lora_spec(opts.lora)
-    names = []
-    for i, src in enumerate(sources):
-        name = f"wan_ui_{i}"
-        kwargs = {"weight_name": src.weight_name} if src.weight_name else {}
-        _require_local_when_offline(src)
-        try:
-            pipe.load_lora_weights(src.location, adapter_name=name, use_safetensors=True, **kwargs)
-        except torch.cuda.OutOfMemoryError:
-            raise
-        except Exception as e:  # a corrupt file, a wrong layout, a hub id offline: one clear message
-            where = f"{src.location}/{src.weight_name}" if src.weight_name else src.location
-            raise ModelLoadError(f"could not load LoRA {where!r}: {type(e).__name__}: "
-                                 f"{str(e).splitlines()[0] if str(e) else ''}", field="lora") from None
-        names.append(name)
-    pipe.set_adapters(names, adapter_weights=[s.scale for s in sources])
-    if opts.lora_fuse:
-        st = state_of(pipe)
-        st.saved["lora_base"] = {k: p.detach().to("cpu", copy=True)
-                                 for k, p in pipe.transformer.named_parameters() if "base_layer" in k}
-        pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
+    with undo_on_error(pipe, remove_lora, LoraUndo()) as undo:
+        for i, src in enumerate(sources):
+            _load_adapter(pipe, src, f"wan_ui_{i}")
+            undo.adapters.append(f"wan_ui_{i}")
+        pipe.set_adapters(undo.adapters, adapter_weights=[s.scale for s in sources])
+        if opts.lora_fuse:
+            undo.base = {k: p.detach().to("cpu", copy=True)
+                         for k, p in pipe.transformer.named_parameters() if "base_layer" in k}
+            pipe.fuse_lora(adapter_names=undo.adapters, lora_scale=1.0)
+    return undo
 
 
-def remove_lora(pipe) -> None:
-    st = state_of(pipe)
-    base = st.saved.pop("lora_base", None)
-    if base is not None:
+def _load_adapter(pipe, src: LoraSource, name: str) -> None:
+    kwargs = {"weight_name": src.weight_name} if src.weight_name else {}
+    _require_local_when_offline(src)
+    try:
+        pipe.load_lora_weights(src.location, adapter_name=name, use_safetensors=True, **kwargs)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception as e:  # a corrupt file, a wrong layout, a hub id offline: one clear message
+        where = f"{src.location}/{src.weight_name}" if src.weight_name else src.location
+        raise ModelLoadError(f"could not load LoRA {where!r}: {type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''}", field="lora") from None
+
+
+def remove_lora(pipe, undo: LoraUndo) -> None:
+    if undo.base is not None:
         pipe.unfuse_lora()
-    pipe.unload_lora_weights()
-    if base is not None:
+    pipe.unload_lora_weights()  # every adapter, also one a failed load left half-injected
+    if undo.base is not None:
         params = dict(pipe.transformer.named_parameters())
-        for k, v in base.items():
+        for k, v in undo.base.items():
             params[k.replace(".base_layer", "")].data.copy_(v)

@@ -7,33 +7,46 @@ Load-time (the model manager builds a new pipeline when these fields change):
   compiles until the first call), and block-level group offload then wraps that compiled forward with its
   onload/prefetch hook, so streaming stays outside the graph.
 Run-time (applied to a built pipeline; removed and re-applied when their fields change):
-  RUNTIME — (family, apply, remove, signature) in the fixed order LoRA -> scheduler -> attention -> sparse attention -> cache -> CFG batch -> VAE.
-  A change in one family re-applies it and every family after it, so hooks always stack in the same order.
+  RUNTIME — one `RuntimeFamily` each, in the fixed order LoRA -> scheduler -> attention -> sparse attention ->
+  cache -> CFG batch -> VAE. A change in one family re-applies it and every family after it, so hooks always stack
+  in the same order. Each apply step returns its family's typed undo record (state.py), which the registry keeps
+  in `PipelineState.runtime` with the signature it was applied with, and hands back to the family's remove step.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+
 from wan_ui.optim import attention, cache, cfg_batch, compile, lora, offload, precision, quantization, scheduler, sparse, vae
-from wan_ui.optim.state import state_of
+from wan_ui.optim.state import Applied, Undo, state_of
 
 LOAD_KWARGS = [precision.load_kwargs, quantization.load_kwargs]
 BUILD_STEPS = [quantization.apply_fp8_storage, compile.apply_compile, offload.apply_placement]
+
+
+@dataclass(frozen=True)
+class RuntimeFamily:
+    name: str  # reported in the build info's `reapplied` list
+    apply: Callable[..., Undo | None]  # (pipe, opts, request) -> the family's undo record, or None: nothing changed
+    remove: Callable[..., None]  # (pipe, undo record) -> None: the pipeline as it was before apply
+    signature: Callable[..., Hashable]  # (opts, request) -> the values that, when they change, re-apply the family
 
 
 def _fields(family):
     return lambda opts, request: tuple(sorted(opts.family(family).items()))
 
 
-RUNTIME = [
-    ("lora", lora.apply_lora, lora.remove_lora, _fields("lora")),
-    ("scheduler", scheduler.apply_scheduler, scheduler.remove_scheduler, _fields("scheduler")),
-    ("attention", attention.apply_attention, attention.remove_attention, _fields("attention")),
+RUNTIME = (
+    RuntimeFamily("lora", lora.apply_lora, lora.remove_lora, _fields("lora")),
+    RuntimeFamily("scheduler", scheduler.apply_scheduler, scheduler.remove_scheduler, _fields("scheduler")),
+    RuntimeFamily("attention", attention.apply_attention, attention.remove_attention, _fields("attention")),
     # sparse self-attention wraps the processors the attention family installed (its fields are in "attention")
-    ("sparse", sparse.apply_sparse, sparse.remove_sparse, sparse.signature),
-    ("cache", cache.apply_cache, cache.remove_cache, cache.signature),
-    ("cfg_batch", cfg_batch.apply_cfg_batch, cfg_batch.remove_cfg_batch, lambda o, r: o.cfg_batch),
-    ("vae", vae.apply_vae, vae.remove_vae, _fields("vae")),
-]
+    RuntimeFamily("sparse", sparse.apply_sparse, sparse.remove_sparse, sparse.signature),
+    RuntimeFamily("cache", cache.apply_cache, cache.remove_cache, cache.signature),
+    RuntimeFamily("cfg_batch", cfg_batch.apply_cfg_batch, cfg_batch.remove_cfg_batch, lambda o, r: o.cfg_batch),
+    RuntimeFamily("vae", vae.apply_vae, vae.remove_vae, _fields("vae")),
+)
 
 
 def load_kwargs(opts, hw) -> dict:
@@ -44,43 +57,24 @@ def load_kwargs(opts, hw) -> dict:
 
 
 def build_steps(pipe, opts, device: str) -> None:
-    state_of(pipe).device = device
     for step in BUILD_STEPS:
         step(pipe, opts, device)
 
 
 def apply_runtime(pipe, opts, request=None) -> list[str]:
     """Bring the run-time families to `opts`; return the families that were (re)applied."""
-    st = state_of(pipe)
-    wanted = [(fam, apply, remove, sig(opts, request)) for fam, apply, remove, sig in RUNTIME]
-    first = next((i for i, (fam, _, _, s) in enumerate(wanted) if st.applied.get(fam) != s), None)
+    applied = state_of(pipe).runtime
+    wanted = [(fam, fam.signature(opts, request)) for fam in RUNTIME]
+    first = next((i for i, (fam, sig) in enumerate(wanted)
+                  if i >= len(applied) or applied[i].family is not fam or applied[i].signature != sig), None)
     if first is None:
         return []
-    for fam, _, remove, _ in reversed(wanted[first:]):
-        if fam in st.applied:
-            remove(pipe)
-            del st.applied[fam]
-    changed = []
-    for fam, apply, remove, s in wanted[first:]:
-        try:
-            apply(pipe, opts, request)
-        except Exception:
-            remove(pipe)  # undo a half-applied family so the pipeline stays as the record says
-            raise
-        st.applied[fam] = s
-        changed.append(fam)
-    return changed
-
-
-def remove_runtime(pipe) -> None:
-    st = state_of(pipe)
-    for fam, _, remove, _ in reversed(RUNTIME):
-        if fam in st.applied:
-            remove(pipe)
-            del st.applied[fam]
-
-
-def apply_optimizations(pipe, opts, device: str, request=None) -> list[str]:
-    """Apply a whole set to a freshly loaded pipeline (the load kwargs were used by `from_pretrained`)."""
-    build_steps(pipe, opts, device)
-    return apply_runtime(pipe, opts, request)
+    while len(applied) > first:  # newest first, so each remove finds the pipeline as its apply left it
+        last = applied[-1]
+        if last.undo is not None:
+            last.family.remove(pipe, last.undo)
+        applied.pop()
+    for fam, sig in wanted[first:]:
+        # a failing apply has undone its own partial work: the record stays a true prefix of RUNTIME
+        applied.append(Applied(fam, sig, fam.apply(pipe, opts, request)))
+    return [fam.name for fam, _ in wanted[first:]]

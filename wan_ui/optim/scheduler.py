@@ -3,11 +3,16 @@
 unipc: UniPC multistep (Wan's default). dpmpp: DPM-Solver++ 2M (the report's "DPM"). euler: flow-match Euler
 (what distilled few-step LoRAs use). flow_shift 0 keeps the checkpoint's own (3.0; diffusers' examples use
 5.0 for 720p).
+
+Undo: `apply_scheduler` returns a `SchedulerUndo` holding the scheduler it replaced (None when it keeps the
+checkpoint's own); `remove_scheduler` puts that one back.
 """
 
 from __future__ import annotations
 
-from wan_ui.optim.state import state_of
+from dataclasses import dataclass
+
+from wan_ui.optim.state import Undo
 
 
 def make_scheduler(name: str, config, flow_shift: float):
@@ -24,15 +29,18 @@ def make_scheduler(name: str, config, flow_shift: float):
     raise ValueError(f"unknown scheduler {name!r}")
 
 
-def apply_scheduler(pipe, opts, request=None) -> None:
-    st = state_of(pipe)
-    st.saved.setdefault("scheduler", pipe.scheduler)
+@dataclass
+class SchedulerUndo(Undo):
+    original: object  # the pipeline's scheduler before apply (the checkpoint's own UniPC)
+
+
+def apply_scheduler(pipe, opts, request=None) -> SchedulerUndo | None:
     if opts.scheduler == "unipc" and not opts.flow_shift:
-        return  # the checkpoint's own scheduler, untouched
-    pipe.scheduler = make_scheduler(opts.scheduler, st.saved["scheduler"].config, opts.flow_shift)
+        return None  # the checkpoint's own scheduler, untouched
+    undo = SchedulerUndo(pipe.scheduler)
+    pipe.scheduler = make_scheduler(opts.scheduler, undo.original.config, opts.flow_shift)
+    return undo
 
 
-def remove_scheduler(pipe) -> None:
-    st = state_of(pipe)
-    if "scheduler" in st.saved:
-        pipe.scheduler = st.saved.pop("scheduler")
+def remove_scheduler(pipe, undo: SchedulerUndo) -> None:
+    pipe.scheduler = undo.original

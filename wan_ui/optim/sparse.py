@@ -19,6 +19,9 @@ Dense steps are switched by a per-step hook (`make_sparse_step_hook`, composed b
 truncation) that flips `SparseContext.dense`; a dense step calls the processor that was installed before, so
 it is exactly the dense model. Cross-attention (`attn2`) is never touched.
 
+Undo: `apply_sparse` returns a `SparseUndo` (the shared context and the self-attention processors it replaced),
+which `remove_sparse` puts back; `prepare_sparse` finds the context through the pipeline's state.
+
 On CUDA, flex_attention is compiled once, lazily (eager flex materialises the scores); inside a compiled
 block it is traced with the block. On CPU it runs eagerly (unfused; fine at test sizes).
 """
@@ -34,7 +37,7 @@ import torch
 
 from wan_ui.core.errors import ValidationError
 from wan_ui.optim.attention import _rope
-from wan_ui.optim.state import state_of
+from wan_ui.optim.state import Undo, state_of, undo_on_error
 
 DEFAULT_TILE = (1, 8, 16)  # (frames, rows, cols) in patches: 128 tokens, one FlexAttention block on GPU
 # Sliding Tile Attention's Wan mask search keeps the first 12 of 50 steps dense (arXiv 2502.04507, sec. 4);
@@ -216,26 +219,30 @@ class SparseWanAttnProcessor:
 
 
 # ---- the catalogue verbs --------------------------------------------------------------------------------
-def apply_sparse(pipe, opts, request=None) -> None:
+@dataclass
+class SparseUndo(Undo):
+    context: SparseContext  # shared by the installed processors; generate.py prepares it per request
+    processors: dict[int, object] = field(default_factory=dict)  # block index -> the attn1 processor replaced
+
+
+def apply_sparse(pipe, opts, request=None) -> SparseUndo | None:
     if opts.sparse_attention == "none":
-        return
+        return None
     ctx = SparseContext(parse_window(opts.sparse_window), DEFAULT_TILE)
-    saved = {}
-    for i, block in enumerate(pipe.transformer.blocks):
-        if i >= opts.sparse_dense_layers:
-            saved[i] = block.attn1.processor
-            block.attn1.set_processor(SparseWanAttnProcessor(block.attn1.processor, ctx))
-    st = state_of(pipe)
-    st.saved["sparse_processors"], st.saved["sparse"] = saved, ctx
-    if request is not None:
-        prepare_sparse(pipe, request.height, request.width, request.num_frames)
+    with undo_on_error(pipe, remove_sparse, SparseUndo(ctx)) as undo:
+        for i, block in enumerate(pipe.transformer.blocks):
+            if i >= opts.sparse_dense_layers:
+                undo.processors[i] = block.attn1.processor
+                block.attn1.set_processor(SparseWanAttnProcessor(block.attn1.processor, ctx))
+        if request is not None:
+            ctx.prepare(latent_grid(pipe, request.height, request.width, request.num_frames),
+                        pipe._execution_device)
+    return undo
 
 
-def remove_sparse(pipe) -> None:
-    st = state_of(pipe)
-    for i, proc in st.saved.pop("sparse_processors", {}).items():
+def remove_sparse(pipe, undo: SparseUndo) -> None:
+    for i, proc in undo.processors.items():
         pipe.transformer.blocks[i].attn1.set_processor(proc)
-    st.saved.pop("sparse", None)
 
 
 def signature(opts, request) -> tuple:
@@ -244,10 +251,11 @@ def signature(opts, request) -> tuple:
 
 
 def prepare_sparse(pipe, height: int, width: int, num_frames: int) -> SparseContext | None:
-    ctx = state_of(pipe).saved.get("sparse")
-    if ctx is not None:
-        ctx.prepare(latent_grid(pipe, height, width, num_frames), pipe._execution_device)
-    return ctx
+    undo = state_of(pipe).undo(SparseUndo)
+    if undo is None:
+        return None
+    undo.context.prepare(latent_grid(pipe, height, width, num_frames), pipe._execution_device)
+    return undo.context
 
 
 def make_sparse_step_hook(pipe, request, opts):

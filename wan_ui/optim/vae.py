@@ -5,31 +5,58 @@ random weights, docs/benchmarks/README.md): at `official480` untiled 1.83 s / 5.
 1.6 GB, 512 px tiles 2.47 s / 3.5 GB; channels-last conv weights 1.64 s instead of 1.83 s untiled (measured with
 the input latents converted too; this option converts the weights, which PyTorch's memory-format rule follows for
 cuDNN convolutions; relative difference of the output 1.6e-2, the size of bf16's own).
+
+Undo: `apply_vae` returns a `VaeUndo` saying what it turned on (and the tile sizes it replaced), or None when it
+turns nothing on; `remove_vae` turns exactly that off again.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+from wan_ui.optim.state import Undo, undo_on_error
 
 OVERLAP_PX = 64
 
 
-def apply_vae(pipe, opts, request=None) -> None:
-    if opts.vae_tiling:
-        # explicit sizes every time: diffusers' enable_tiling() keeps a previous call's sizes when given none
-        tile, stride = opts.vae_tile, opts.vae_tile - OVERLAP_PX
-        pipe.vae.enable_tiling(tile_sample_min_height=tile, tile_sample_min_width=tile,
-                               tile_sample_stride_height=stride, tile_sample_stride_width=stride)
-    if opts.vae_slicing:
-        pipe.vae.enable_slicing()
-    if opts.vae_channels_last:
-        conv_weights_to(pipe.vae, torch.channels_last_3d)
+@dataclass
+class VaeUndo(Undo):
+    tile_sizes: tuple | None = None  # the VAE's (min height, min width, stride height, stride width) before tiling
+    slicing: bool = False  # slicing was turned on
+    channels_last: bool = False  # conv weights were converted to channels-last
 
 
-def remove_vae(pipe) -> None:
-    pipe.vae.disable_tiling()
-    pipe.vae.disable_slicing()
-    conv_weights_to(pipe.vae, torch.contiguous_format)
+def apply_vae(pipe, opts, request=None) -> VaeUndo | None:
+    if not (opts.vae_tiling or opts.vae_slicing or opts.vae_channels_last):
+        return None
+    vae = pipe.vae
+    with undo_on_error(pipe, remove_vae, VaeUndo()) as undo:
+        if opts.vae_tiling:
+            undo.tile_sizes = (vae.tile_sample_min_height, vae.tile_sample_min_width,
+                               vae.tile_sample_stride_height, vae.tile_sample_stride_width)
+            # explicit sizes every time: diffusers' enable_tiling() keeps a previous call's sizes when given none
+            tile, stride = opts.vae_tile, opts.vae_tile - OVERLAP_PX
+            vae.enable_tiling(tile_sample_min_height=tile, tile_sample_min_width=tile,
+                              tile_sample_stride_height=stride, tile_sample_stride_width=stride)
+        if opts.vae_slicing:
+            undo.slicing = True
+            vae.enable_slicing()
+        if opts.vae_channels_last:
+            undo.channels_last = True
+            conv_weights_to(vae, torch.channels_last_3d)
+    return undo
+
+
+def remove_vae(pipe, undo: VaeUndo) -> None:
+    if undo.tile_sizes is not None:
+        pipe.vae.enable_tiling(*undo.tile_sizes)  # the VAE's own sizes back, then tiling off
+        pipe.vae.disable_tiling()
+    if undo.slicing:
+        pipe.vae.disable_slicing()
+    if undo.channels_last:
+        conv_weights_to(pipe.vae, torch.contiguous_format)
 
 
 def conv_weights_to(vae, memory_format) -> int:

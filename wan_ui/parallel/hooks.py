@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -15,10 +16,19 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
 from wan_ui.core.errors import UnavailableError
 from wan_ui.core.metrics import forward_counter
-from wan_ui.optim.state import state_of
+from wan_ui.optim.state import Undo, state_of
 from wan_ui.parallel.plan import ParallelPlan
 
 _CFG_HOOK = "wan_ui_cfg_parallel"
+
+
+@dataclass(frozen=True)
+class ParallelUndo(Undo):
+    """The parallel layer's record in the pipeline's state (optim/state.py): what `apply_parallel` installed.
+    `remove_parallel` takes it all back and clears the record."""
+
+    plan: ParallelPlan  # its kinds say what is on the transformer: context parallelism, the CFG-parallel hook
+    attention_backend: str  # context parallelism was enabled on processors of this backend
 
 
 def apply_parallel(pipe, plan: ParallelPlan, runtime) -> None:
@@ -52,7 +62,7 @@ def remove_parallel(pipe) -> None:
             if getattr(processor, "_parallel_config", None) is not None:
                 processor._parallel_config = None
         transformer._parallel_config = None
-    state_of(pipe).saved.pop("parallel", None)
+    state_of(pipe).parallel = None
 
 
 # ---- 5. CFG-parallel -----------------------------------------------------------------------------------------

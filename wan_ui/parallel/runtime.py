@@ -9,7 +9,7 @@ from torch.distributed.device_mesh import init_device_mesh
 
 from wan_ui.optim.state import state_of
 from wan_ui.parallel.dist import DistInfo, SyncedCancel, announce
-from wan_ui.parallel.hooks import apply_parallel, remove_parallel
+from wan_ui.parallel.hooks import ParallelUndo, apply_parallel, remove_parallel
 from wan_ui.parallel.plan import ParallelConfig, ParallelPlan, check_parallel, resolve_plan
 
 
@@ -32,12 +32,11 @@ class ParallelRuntime:
         """Bring `pipe` to this runtime's plan for `request`; return the plan (+ rank) as a dict."""
         plan = self.plan(pipe.transformer, request)
         check_parallel(opts, plan.kinds())
-        saved = state_of(pipe).saved
-        signature = (plan, opts.attention_backend)
-        if saved.get("parallel") != signature or runtime_changed:  # run-time hooks were re-stacked: go outermost
+        st, wanted = state_of(pipe), ParallelUndo(plan, opts.attention_backend)
+        if st.parallel != wanted or runtime_changed:  # run-time hooks were re-stacked: go outermost
             remove_parallel(pipe)
             apply_parallel(pipe, plan, self)
-            saved["parallel"] = signature
+            st.parallel = wanted
         return {**plan.to_dict(), "rank": self.dist.rank, "backend": self.dist.backend}
 
     def mesh(self, ring: int, ulysses: int):
