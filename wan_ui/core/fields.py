@@ -205,7 +205,7 @@ def cli_help(spec: FieldSpec, default: Any = None) -> str:
     extra = []
     if spec.kind in ("int", "float") and spec.choices is None:
         extra.append(spec.allowed())
-    if default is not None and spec.kind != "bool":
+    if default not in (None, "") and spec.kind != "bool":
         extra.append(f"default {default}")
     text = spec.help + (f" ({'; '.join(extra)})" if extra else "")
     return text.replace("%", "%%")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import re
 import sys
@@ -29,19 +28,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wan_ui.core.errors import UserError, ValidationError
+from wan_ui.core.fields import specs_of
 from wan_ui.optim.lora import lora_dir
 from wan_ui.core.paths import confine
 from wan_ui.train.trainer import TrainConfig, default_checkpoint_dir, resolve_resume, train
 from wan_ui.train.data import discover_clips, format_skipped
-from wan_ui.train.levers import CHECKPOINT_MODES, check_levers
+from wan_ui.train.levers import check_levers
 
 # ---- widget values -> TrainConfig ----------------------------------------------------------------------------
-# Whole-number fields and their allowed ranges (the UI's bounds; TrainConfig adds multiple-of-16 and 4k+1).
-INT_LIMITS = {"rank": (1, 256), "steps": (1, 1_000_000), "width": (16, 2048), "height": (16, 2048),
-              "frames": (1, 257), "save_every": (0, 1_000_000), "validate_every": (0, 1_000_000),
-              "batch_size": (1, 64)}
-PROMPT_MAX = 2000  # characters of the validation prompt
-LR_RANGE = (0.0, 1.0)  # exclusive, as TrainConfig checks it
+# The number boxes, checked with TrainConfig's own specs before anything else (TrainConfig adds 4k+1 frames).
+WHOLE_NUMBER_FIELDS = ("rank", "steps", "width", "height", "frames", "save_every", "validate_every", "batch_size")
+TRAIN_SPECS = specs_of(TrainConfig)
+INT_LIMITS = {name: TRAIN_SPECS[name].bounds for name in WHOLE_NUMBER_FIELDS}  # the Train tab's ranges
+PROMPT_MAX = TRAIN_SPECS["validation_prompt"].max_length  # characters of the validation prompt
+LR_RANGE = TRAIN_SPECS["lr"].bounds  # exclusive
 LEVERS = ("bf16", "compile", "fp8_base", "float8_training", "adamw8bit")  # checkboxes; grad_checkpointing: a choice
 FIELDS = ("data", "lora_name", "rank", "lr", "steps", "batch_size", "width", "height", "frames", "save_every",
           "validate_every", "validation_prompt", "grad_checkpointing", *LEVERS, "sparse_window")
@@ -87,50 +87,21 @@ def lora_output(name, root: Path | None = None) -> Path:
     return root / f"{stem}.safetensors"
 
 
-def _whole(values: dict, name: str) -> int:
-    lo, hi = INT_LIMITS[name]
-    v = values.get(name)
-    try:
-        ok = v is not None and not isinstance(v, bool) and float(v) == int(float(v)) and lo <= int(float(v)) <= hi
-    except (TypeError, ValueError, OverflowError):
-        ok = False
-    if not ok:
-        raise ValidationError(f"{name} must be a whole number in [{lo}, {hi}], got {v!r}", field=name)
-    return int(float(v))
-
-
-def _learning_rate(values: dict) -> float:
-    v = values.get("lr")
-    try:
-        lr = float(v)
-    except (TypeError, ValueError):
-        lr = math.nan
-    if not (LR_RANGE[0] < lr < LR_RANGE[1]):
-        raise ValidationError(f"lr must be a number in ({LR_RANGE[0]:g}, {LR_RANGE[1]:g}), e.g. 1e-4, got {v!r}",
-                              field="lr")
-    return lr
-
-
 def config_from_values(values: dict, *, model: str | None, device: str | None, resume: bool = False,
                        data_root: Path | None = None, lora_root: Path | None = None) -> TrainConfig:
     """Train-tab widget values ({name: value}, names in FIELDS) -> a validated TrainConfig."""
     data = resolve_data_folder(values.get("data"), data_root)
     out = lora_output(values.get("lora_name"), lora_root)
-    mode = values.get("grad_checkpointing") or "off"
-    if mode not in CHECKPOINT_MODES:
-        raise ValidationError(f"grad_checkpointing must be one of {CHECKPOINT_MODES}, got {mode!r}",
-                              field="grad_checkpointing")
-    ints = {name: _whole(values, name) for name in INT_LIMITS}
-    prompt = str(values.get("validation_prompt") or "").strip()
-    if len(prompt) > PROMPT_MAX:
-        raise ValidationError(f"validation_prompt must be at most {PROMPT_MAX} characters, got {len(prompt)}",
-                              field="validation_prompt")
+    mode = TRAIN_SPECS["grad_checkpointing"].check(values.get("grad_checkpointing") or "off")
+    ints = {name: TRAIN_SPECS[name].check(values.get(name)) for name in WHOLE_NUMBER_FIELDS}
+    prompt = TRAIN_SPECS["validation_prompt"].check(str(values.get("validation_prompt") or "").strip())
     if ints["validate_every"] and not prompt:
         raise ValidationError("validate_every > 0 needs a validation_prompt (the video made every N steps)",
                               field="validation_prompt")
-    cfg = TrainConfig(data=str(data), out=str(out), model=model, device=device, lr=_learning_rate(values),
-                      validation_prompt=prompt, sparse_window=str(values.get("sparse_window") or "").strip(),
-                      grad_checkpointing=mode, resume="latest" if resume else None, progress=False,
+    cfg = TrainConfig(data=str(data), out=str(out), model=model, device=device,
+                      lr=TRAIN_SPECS["lr"].check(values.get("lr")), validation_prompt=prompt,
+                      sparse_window=str(values.get("sparse_window") or "").strip(), grad_checkpointing=mode,
+                      resume="latest" if resume else None, progress=False,
                       **ints, **{name: bool(values.get(name)) for name in LEVERS})
     return dataclasses.replace(cfg, metrics_jsonl=str(default_checkpoint_dir(cfg) / METRICS_FILE))
 

@@ -27,7 +27,7 @@ import statistics
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -35,6 +35,8 @@ import numpy as np
 import torch
 
 from wan_ui.core.errors import UserError, ValidationError
+from wan_ui.core.fields import FieldSpec, add_argument, spec_field, specs_of
+from wan_ui.core.requests import REQUEST_SPECS
 from wan_ui.train.cache import LatentCache, PrecomputeStats, Sample, TextCache, collate_text, model_fingerprint
 from wan_ui.train.data import Skipped, discover_clips, format_skipped
 from wan_ui.train.levers import CHECKPOINT_MODES, check_levers, prepare_transformer
@@ -42,86 +44,102 @@ from wan_ui.train.levers import CHECKPOINT_MODES, check_levers, prepare_transfor
 NUM_TRAIN_TIMESTEPS = 1000  # Wan's timestep = sigma * 1000 (its scheduler's num_train_timesteps)
 
 
+MAX_STEPS = 1_000_000  # a bound on step counts, not a goal: a million steps at ~1 s each is 11.6 days
+
+
+def _cfg(default=MISSING, help: str = "", **spec_args):
+    """A TrainConfig field with its spec; refusals state the whole rule (the Train tab's wording)."""
+    return spec_field(default, FieldSpec(help=help, whole_rule=True, **spec_args))
+
+
+def _as_request(name: str, default, help: str):
+    """A field that takes what the request field `name` takes: the same spec, declared once in requests.py."""
+    return spec_field(default, dataclasses.replace(REQUEST_SPECS[name], help=help, whole_rule=True))
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    data: str  # folder of clips + captions (see train_data)
-    out: str = "loras/wan_lora.safetensors"  # the LoRA written at the end (and on Ctrl-C / stop)
-    model: str | None = None  # tiny | random-full | hub id | folder (default: the hub model on CUDA, else tiny)
+    # Each field declares its spec once (wan_ui/core/fields.py): __post_init__ checks it, the CLI's flags and the
+    # Train tab's ranges are built from it.
+    data: str = _cfg(kind="str", help="folder of clips (.mp4) with captions (.txt beside each, or metadata.jsonl)")
+    out: str = _cfg("loras/wan_lora.safetensors", help="LoRA file written at the end and on Ctrl-C / stop "
+                    "(.safetensors); put it in the app's LoRA folder to use it")
+    model: str | None = _cfg(None, kind="str", optional=True, help="tiny | random-full | hub id | local folder "
+                             "(default: the hub model on CUDA, else tiny)")
     # LoRA
-    rank: int = 32
-    alpha: float | None = None  # lora_alpha; None = rank (scale 1)
-    ffn: bool = False  # also adapt the feed-forward linears (2 more per block)
+    rank: int = _cfg(32, bounds=(1, 256), help="LoRA rank")
+    # (0, 4096): 16x the largest rank, far beyond the usual alpha = rank or 2 x rank
+    alpha: float | None = _cfg(None, kind="float", optional=True, bounds=(0, 4096), exclusive=True,
+                               help="lora_alpha (default: rank, i.e. scale 1)")
+    ffn: bool = _cfg(False, help="also train LoRA on the feed-forward linears (2 more per block)")
     # optimisation
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    warmup_steps: int = 0  # linear learning-rate warm-up
-    max_grad_norm: float = 1.0  # gradient clipping; 0 = off
-    steps: int = 1000  # total optimizer steps (a resumed run continues up to this)
-    batch_size: int = 1
-    seed: int = 0
+    lr: float = _cfg(1e-4, bounds=(0, 1), exclusive=True, help="learning rate (1e-4 is the usual LoRA value)")
+    weight_decay: float = _cfg(1e-4, bounds=(0.0, 1.0), help="AdamW weight decay")
+    warmup_steps: int = _cfg(0, bounds=(0, MAX_STEPS), help="linear learning-rate warm-up, in steps")
+    max_grad_norm: float = _cfg(1.0, bounds=(0.0, 1000.0), help="gradient clipping norm; 0 = off")
+    steps: int = _cfg(1000, bounds=(1, MAX_STEPS), help="total optimizer steps (a resumed run continues up to this)")
+    batch_size: int = _cfg(1, bounds=(1, 64), help="clips per optimizer step")
+    seed: int = _as_request("seed", 0, "random seed of the batch order, noise and timesteps")
     # data shape: clips are resized/centre-cropped to width x height and cut to `frames` (4k+1)
-    width: int = 832
-    height: int = 480
-    frames: int = 49
-    flow_shift: float = 3.0  # timestep shift, as at inference (3.0 for 480p, 5.0 for 720p)
+    width: int = _as_request("width", 832, "clip width after resize and centre crop")
+    height: int = _as_request("height", 480, "clip height after resize and centre crop")
+    frames: int = _as_request("num_frames", 49, "frames per clip, 4k+1 (the VAE compresses time 4x after the "
+                              "first frame)")
+    # > 0: a shift of 0 would draw sigma = 0 at every step
+    flow_shift: float = _cfg(3.0, bounds=(0.0, 20.0), exclusive=True,
+                             help="timestep shift, as at inference (3.0 for 480p, 5.0 for 720p)")
     # speed levers (train_levers)
-    bf16: bool = False  # bf16 base weights + autocast (LoRA master weights fp32)
-    grad_checkpointing: str = "off"  # off | full | selective
-    checkpoint_skip_blocks: int = 0  # with checkpointing: the last N blocks keep their activations
-    adamw8bit: bool = False
-    fp8_base: bool = False  # float8 storage of the frozen weights (layerwise casting)
-    float8_training: bool = False  # torchao float8 matmuls for the base linears
-    compile: bool = False  # regional torch.compile of the blocks
+    bf16: bool = _cfg(False, help="bf16 base weights + autocast (LoRA weights stay fp32)")
+    grad_checkpointing: str = _cfg("off", choices=CHECKPOINT_MODES,
+                                   help="recompute activations in backward: full, or selective (keeps "
+                                        "self-attention outputs); the CLI flag alone means full")
+    checkpoint_skip_blocks: int = _cfg(0, bounds=(0, 64),
+                                       help="with checkpointing: the last N blocks keep their activations")
+    adamw8bit: bool = _cfg(False, help="bitsandbytes 8-bit AdamW (CUDA)")
+    fp8_base: bool = _cfg(False, help="store the frozen weights in float8 (layerwise casting)")
+    float8_training: bool = _cfg(False, help="torchao float8 matmuls for the base linears (CUDA, compute "
+                                 "capability >= 8.9)")
+    compile: bool = _cfg(False, help="regional torch.compile of the transformer blocks")
     # "t,h,w": self-attention through the sliding tile window of the "(sparse)" inference presets (a LoRA for them,
     # STA-style sparse fine-tuning); "" = dense, the model as it is
-    sparse_window: str = ""
+    sparse_window: str = _cfg("", help="train with the sparse self-attention of the '(sparse)' presets, window "
+                              "in tiles (e.g. 3,1,1): a LoRA for sparse inference; empty = dense")
     # files
-    cache_dir: str | None = None  # latent/text cache (default: $WAN_UI_CACHE/train_cache)
-    checkpoint_dir: str | None = None  # default: <out folder>/<out stem>_checkpoints
-    resume: str | None = None  # a checkpoint folder, or "latest" (newest in checkpoint_dir)
-    save_every: int = 0  # checkpoint every N steps; 0 = only at the end / on interrupt
-    keep_checkpoints: int = 3  # newest checkpoints kept in checkpoint_dir (each ~0.3 GB at rank 32); 0 = all
-    metrics_jsonl: str | None = None  # one JSON record per step + a summary line
-    save_dtype: str = "bf16"  # dtype of the final LoRA file: bf16 | fp32
+    cache_dir: str | None = _cfg(None, kind="str", optional=True,
+                                 help="latent/text-embedding cache (default $WAN_UI_CACHE/train_cache)")
+    checkpoint_dir: str | None = _cfg(None, kind="str", optional=True,
+                                      help="default: <out stem>_checkpoints beside --out")
+    resume: str | None = _cfg(None, kind="str", optional=True,
+                              help="a checkpoint folder, or 'latest' (the newest in the checkpoint folder)")
+    save_every: int = _cfg(0, bounds=(0, MAX_STEPS), help="checkpoint every N steps; 0 = only at the end / on "
+                           "interrupt")
+    keep_checkpoints: int = _cfg(3, bounds=(0, 1000), help="newest checkpoints kept (each ~0.3 GB at rank 32); "
+                                 "0 = all")
+    metrics_jsonl: str | None = _cfg(None, kind="str", optional=True,
+                                     help="one JSON record per step + a summary line")
+    save_dtype: str = _cfg("bf16", choices=("bf16", "fp32"), help="dtype of the final LoRA file")
     # validation: a video from `validation_prompt` every N steps (written next to the LoRA)
-    validate_every: int = 0
-    validation_prompt: str = ""
-    validation_steps: int = 20
-    validation_guidance: float = 5.0
+    validate_every: int = _cfg(0, bounds=(0, MAX_STEPS), help="write a validation video every N steps (0 = off)")
+    validation_prompt: str = _cfg("", max_length=2000, help="the validation video's prompt")
+    validation_steps: int = _as_request("num_inference_steps", 20, "denoising steps of the validation video")
+    validation_guidance: float = _as_request("guidance_scale", 5.0, "guidance scale of the validation video")
     # run
-    device: str | None = None  # default: cuda if available
-    progress: bool = True  # tqdm bar on stderr
+    device: str | None = _cfg(None, kind="str", optional=True, help="cuda | cpu (default: cuda if available)")
+    progress: bool = _cfg(True, help="tqdm progress bar on stderr")
 
     def __post_init__(self):
         def bad(msg, f):
             raise ValidationError(msg, field=f)
 
-        if self.rank < 1:
-            bad(f"rank must be >= 1, got {self.rank}", "rank")
-        if self.steps < 1:
-            bad(f"steps must be >= 1, got {self.steps}", "steps")
-        if not (0 < self.lr < 1):
-            bad(f"lr must be in (0, 1), got {self.lr}", "lr")
-        if self.batch_size < 1:
-            bad(f"batch size must be >= 1, got {self.batch_size}", "batch_size")
-        for name in ("width", "height"):
-            v = getattr(self, name)
-            if v < 16 or v % 16:
-                bad(f"{name} must be a multiple of 16 (VAE stride 8 x patch 2), got {v}", name)
-        if self.frames < 1 or self.frames % 4 != 1:
+        for name, spec in specs_of(TrainConfig).items():  # text and float widget values become the field's type
+            object.__setattr__(self, name, spec.check(getattr(self, name)))
+        if self.frames % 4 != 1:
             bad(f"frames must be 4k+1 (the VAE compresses time 4x after the first frame), got {self.frames}",
                 "frames")
-        if self.grad_checkpointing not in CHECKPOINT_MODES:
-            bad(f"grad checkpointing must be one of {CHECKPOINT_MODES}, got {self.grad_checkpointing!r}",
-                "grad_checkpointing")
-        if self.checkpoint_skip_blocks < 0:
-            bad("checkpoint_skip_blocks must be >= 0", "checkpoint_skip_blocks")
         if self.sparse_window:
             from wan_ui.optim.sparse import parse_window
 
             parse_window(self.sparse_window)  # a ValidationError naming sparse_window
-        if self.save_dtype not in ("bf16", "fp32"):
-            bad(f"save dtype must be bf16 or fp32, got {self.save_dtype!r}", "save_dtype")
         if self.validate_every and not self.validation_prompt.strip():
             bad("--validate-every needs --validation-prompt", "validation_prompt")
         if not str(self.out).endswith(".safetensors"):
@@ -707,64 +725,37 @@ class _Loop:
 
 
 # ---- CLI -------------------------------------------------------------------------------------------------------
+# The CLI's flags as --help groups them. Each flag's type, range, default and help come from its field's spec
+# (fields.add_argument); only what is particular to argparse is said here.
+CLI_GROUPS: dict[str | None, tuple[str, ...]] = {
+    None: ("data", "model", "out", "rank", "alpha", "ffn", "lr", "weight_decay", "warmup_steps", "max_grad_norm",
+           "steps", "batch_size", "seed", "width", "height", "frames", "flow_shift"),
+    "speed levers": ("bf16", "grad_checkpointing", "checkpoint_skip_blocks", "adamw8bit", "fp8_base",
+                     "float8_training", "compile", "sparse_window"),
+    "files, checkpoints, validation": ("cache_dir", "checkpoint_dir", "resume", "save_every", "keep_checkpoints",
+                                       "save_dtype", "metrics_jsonl", "validate_every", "validation_prompt",
+                                       "validation_steps", "validation_guidance", "device", "progress"),
+}
+CLI_EXTRAS = {"data": {"required": True}, "grad_checkpointing": {"nargs": "?", "const": "full"},
+              "sparse_window": {"metavar": "T,H,W"}, "resume": {"metavar": "CKPT"},
+              "progress": {"help": "no progress bar"}}  # --no-progress
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig(data="")
+    specs = specs_of(TrainConfig)
     p = argparse.ArgumentParser(prog="python -m wan_ui.train", description="LoRA fine-tuning of Wan2.1-T2V-1.3B")
-    a = p.add_argument
-    a("--data", required=True, help="folder of clips (.mp4) with captions (.txt beside each, or metadata.jsonl)")
-    a("--model", default=None, help="tiny | random-full | hub id | local folder (default: hub model on CUDA, "
-      "else tiny)")
-    a("--out", default=d.out, help="LoRA file to write (.safetensors); put it in the app's LoRA folder to use it")
-    a("--rank", type=int, default=d.rank)
-    a("--alpha", type=float, default=None, help="LoRA alpha (default: rank)")
-    a("--ffn", action="store_true", help="also train LoRA on the feed-forward linears")
-    a("--lr", type=float, default=d.lr)
-    a("--weight-decay", type=float, default=d.weight_decay)
-    a("--warmup-steps", type=int, default=d.warmup_steps)
-    a("--max-grad-norm", type=float, default=d.max_grad_norm)
-    a("--steps", type=int, default=d.steps)
-    a("--batch-size", type=int, default=d.batch_size)
-    a("--seed", type=int, default=d.seed)
-    a("--width", type=int, default=d.width)
-    a("--height", type=int, default=d.height)
-    a("--frames", type=int, default=d.frames, help="4k+1 frames per clip")
-    a("--flow-shift", type=float, default=d.flow_shift)
-    g = p.add_argument_group("speed levers")
-    g.add_argument("--bf16", action="store_true", help="bf16 base weights + autocast (LoRA weights stay fp32)")
-    g.add_argument("--grad-checkpointing", nargs="?", const="full", default="off", choices=CHECKPOINT_MODES,
-                   help="recompute activations in backward: full (default when given) or selective (keeps "
-                   "self-attention outputs)")
-    g.add_argument("--checkpoint-skip-blocks", type=int, default=0,
-                   help="with checkpointing: the last N blocks keep their activations")
-    g.add_argument("--adamw8bit", action="store_true", help="bitsandbytes 8-bit AdamW (CUDA)")
-    g.add_argument("--fp8-base", action="store_true", help="store the frozen weights in float8 (layerwise casting)")
-    g.add_argument("--float8-training", action="store_true",
-                   help="torchao float8 matmuls for the base linears (CUDA, compute capability >= 8.9)")
-    g.add_argument("--compile", action="store_true", help="regional torch.compile of the transformer blocks")
-    g.add_argument("--sparse-window", default="", metavar="T,H,W",
-                   help="train with the sparse self-attention of the '(sparse)' presets, window in tiles (e.g. 3,1,1): "
-                        "a LoRA for sparse inference; default dense")
-    f = p.add_argument_group("files, checkpoints, validation")
-    f.add_argument("--cache-dir", default=None, help="latent/text-embedding cache (default $WAN_UI_CACHE/train_cache)")
-    f.add_argument("--checkpoint-dir", default=None, help="default: <out stem>_checkpoints beside --out")
-    f.add_argument("--resume", default=None, metavar="CKPT", help="a checkpoint folder, or 'latest'")
-    f.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps")
-    f.add_argument("--keep-checkpoints", type=int, default=3, help="newest checkpoints kept (0 = all)")
-    f.add_argument("--save-dtype", default=d.save_dtype, choices=("bf16", "fp32"))
-    f.add_argument("--metrics-jsonl", default=None, help="per-step metrics + summary (JSON lines)")
-    f.add_argument("--validate-every", type=int, default=0, help="write a validation video every N steps")
-    f.add_argument("--validation-prompt", default="")
-    f.add_argument("--validation-steps", type=int, default=d.validation_steps)
-    f.add_argument("--validation-guidance", type=float, default=d.validation_guidance)
-    f.add_argument("--device", default=None, help="cuda | cpu (default: cuda if available)")
-    f.add_argument("--no-progress", action="store_true", help="no progress bar")
-    f.add_argument("--json", action="store_true", help="print the summary as one JSON object at the end")
+    groups = {title: p.add_argument_group(title) if title else p for title in CLI_GROUPS}
+    for title, names in CLI_GROUPS.items():
+        for name in names:
+            add_argument(groups[title], specs[name], default=getattr(d, name), **CLI_EXTRAS.get(name, {}))
+    groups["files, checkpoints, validation"].add_argument("--json", action="store_true",
+                                                          help="print the summary as one JSON object at the end")
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    values = {k: v for k, v in vars(args).items() if k not in ("no_progress", "json")}
-    return TrainConfig(progress=not args.no_progress, **values)
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k != "json"})
 
 
 def main(argv: list[str] | None = None) -> int:
