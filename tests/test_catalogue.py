@@ -20,31 +20,39 @@ CPU_SETS = [
 ]
 
 
+def _ids(values: dict) -> str:
+    return ",".join(f"{k}={x}" for k, x in values.items())
+
+
 def _frames(manager, req, opts):
     return generate(manager, "tiny", req, opts, out_dir=None)
 
 
-@pytest.mark.parametrize("values", CPU_SETS, ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()))
+@pytest.mark.parametrize("values", CPU_SETS, ids=_ids)
 def test_technique_runs(manager, smoke_request, values):
     r = _frames(manager, smoke_request, OptimizationSet.from_dict(values))
     assert r.frames.shape == (9, 64, 64, 3)
     assert np.isfinite(r.frames).all() and r.frames.std() > 0
 
 
-def test_runtime_toggle_on_then_off_is_bit_identical(manager, smoke_request, lora_root):
+# one per run-time option family: toggled on, then off again
+TOGGLED = [{"cache": "mag"}, {"cache": "first_block"}, {"cache": "taylorseer"}, {"scheduler": "dpmpp"},
+           {"attention_backend": "math"}, {"attention_slicing": 32}, {"cfg_truncation": 0.5},
+           {"vae_tiling": True}, {"lora": "style.safetensors"},
+           {"lora": "style.safetensors:0.7", "lora_fuse": True}]
+
+
+@pytest.mark.parametrize("values", TOGGLED, ids=_ids)
+def test_runtime_toggle_on_then_off_is_bit_identical(manager, smoke_request, lora_root, values):
     write_diffusers_lora(lora_root / "style.safetensors")
     req = smoke_request.__class__(**{**smoke_request.to_dict(), "num_inference_steps": 6, "notes": ()})
     base = OptimizationSet()
     never = _frames(manager, req, base).frames
-    for values in ({"cache": "mag"}, {"cache": "first_block"}, {"cache": "taylorseer"}, {"scheduler": "dpmpp"},
-                   {"attention_backend": "math"}, {"attention_slicing": 32}, {"cfg_truncation": 0.5},
-                   {"vae_tiling": True}, {"lora": "style.safetensors"},
-                   {"lora": "style.safetensors:0.7", "lora_fuse": True}):
-        on = _frames(manager, req, base.with_(**values)).frames
-        off = _frames(manager, req, base).frames
-        assert np.array_equal(off, never), f"{values} left a trace"
-        if "vae_tiling" not in values and "attention_slicing" not in values:  # these are exact at 64 px
-            assert not np.array_equal(on, never), f"{values} changed nothing"
+    on = _frames(manager, req, base.with_(**values)).frames
+    off = _frames(manager, req, base).frames
+    assert np.array_equal(off, never), f"{values} left a trace"
+    if "vae_tiling" not in values and "attention_slicing" not in values:  # these are exact at 64 px
+        assert not np.array_equal(on, never), f"{values} changed nothing"
     assert manager.builds == 1
 
 
