@@ -9,6 +9,15 @@ import argparse
 import os
 import sys
 
+from wan_ui.core.errors import UserError
+from wan_ui.core.hardware import configure_allocator
+from wan_ui.core.model_download import ModelDownload
+from wan_ui.core.models import resolve_model
+from wan_ui.core.quality import BaselineCache, QualityScorer
+from wan_ui.parallel.serving import build_app_manager, parse_gpus, relaunch_command
+from wan_ui.ui.app import create_demo, launch_kwargs
+from wan_ui.ui.zerogpu import load_spaces
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Wan2.1-T2V-1.3B workbench (Gradio app)")
@@ -47,7 +56,6 @@ def parse_auth(text: str | None) -> tuple[str, str] | None:
 def build_manager(args, argv: list[str]):
     """One manager, a pool of one per GPU, or this rank's share of a parallel app (None on ranks > 0, which ran
     the UI's jobs until it stopped). `--gpu-mode parallel` outside torchrun restarts itself as N processes."""
-    from wan_ui.parallel.serving import build_app_manager, parse_gpus, relaunch_command
 
     gpus = parse_gpus(args.gpus)
     if gpus and args.gpu_mode == "parallel" and "WORLD_SIZE" not in os.environ:
@@ -58,22 +66,13 @@ def build_manager(args, argv: list[str]):
 
 
 def main(argv=None) -> int:
-    from wan_ui.core.hardware import configure_allocator
-
     configure_allocator()  # before CUDA starts: expandable segments unless the user configured the allocator
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     auth = parse_auth(args.auth)
 
-    from wan_ui.ui.zerogpu import load_spaces
-
     load_spaces()  # on a ZeroGPU Space `spaces` must be imported before CUDA starts; elsewhere a no-op
-    from wan_ui.core.errors import UserError
-    from wan_ui.core.model_download import ModelDownload
-    from wan_ui.core.models import resolve_model
-    from wan_ui.core.quality import BaselineCache, QualityScorer
-    from wan_ui.ui.app import create_demo, launch_kwargs
 
     try:
         manager = build_manager(args, argv)

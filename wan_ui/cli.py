@@ -6,17 +6,40 @@ User mistakes exit with status 2 and one line on stderr (no traceback); a cancel
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import sys
 
+from diffusers import DiffusionPipeline
+from diffusers.utils import logging as dlog
+from tqdm.auto import tqdm
+
+from wan_ui.core.distilled import PRESET_NOTES, request_hints_for
 from wan_ui.core.errors import UserError
+from wan_ui.core.fields import add_argument, cli_help
+from wan_ui.core.generate import generate, update_video_metadata
+from wan_ui.core.hardware import configure_allocator, probe_hardware
+from wan_ui.core.manager import ModelManager
+from wan_ui.core.options import (
+    PRESETS,
+    OptimizationSet,
+    check_available,
+    check_compatible,
+    options_table,
+    parse_set_args,
+    preset,
+)
+from wan_ui.core.quality import score_result
+from wan_ui.core.requests import REQUEST_SPECS, GenerationRequest, validate_request
+from wan_ui.parallel.dist import finish_distributed, init_distributed, torchrun_world_size
+from wan_ui.parallel.plan import ParallelConfig
+from wan_ui.parallel.runtime import ParallelRuntime
 
 
 def _progress_printer(enabled: bool):
     if not enabled:
         return None
-    from tqdm.auto import tqdm
 
     bars = {}
 
@@ -34,25 +57,34 @@ def _progress_printer(enabled: bool):
     return on_progress
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from wan_ui.core.requests import GenerationRequest
+class _OneLineParser(argparse.ArgumentParser):
+    """A flag argparse refuses is a user mistake like any other: one line on stderr, status 2."""
 
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+# generate's flags that fill request fields (flag -> field): type, range and help come from the field's spec
+REQUEST_FLAGS = {"--prompt": "prompt", "--negative-prompt": "negative_prompt", "--width": "width",
+                 "--height": "height", "--frames": "num_frames", "--fps": "fps", "--seed": "seed",
+                 "--steps": "num_inference_steps", "--guidance": "guidance_scale"}
+# None = not given: a distilled preset's request hints, else the request's defaults (printed when a hint is used)
+HINTED = ("num_inference_steps", "guidance_scale")
+
+
+def build_parser() -> argparse.ArgumentParser:
     d = GenerationRequest("x")
-    p = argparse.ArgumentParser(prog="python -m wan_ui", description="Wan2.1-T2V-1.3B generation and options")
+    p = _OneLineParser(prog="python -m wan_ui", description="Wan2.1-T2V-1.3B generation and options")
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="generate one video")
     g.add_argument("--model", default=None, help="tiny | random-full | hub id | local folder "
                    "(default: the hub checkpoint with a CUDA GPU, else tiny)")
-    g.add_argument("--prompt", required=True)
-    g.add_argument("--negative-prompt", default=d.negative_prompt, help="default: Wan's own negative prompt")
-    g.add_argument("--width", type=int, default=d.width)
-    g.add_argument("--height", type=int, default=d.height)
-    g.add_argument("--frames", type=int, default=d.num_frames, help="snapped to 4k+1 (reported)")
-    g.add_argument("--fps", type=int, default=d.fps)
-    # None = not given: a distilled preset's request hints, else the request's defaults (printed when a hint is used)
-    g.add_argument("--steps", type=int, default=None, help=f"default {d.num_inference_steps} (or the preset's)")
-    g.add_argument("--guidance", type=float, default=None, help=f"default {d.guidance_scale} (or the preset's)")
-    g.add_argument("--seed", type=int, default=d.seed)
+    for flag, name in REQUEST_FLAGS.items():
+        spec = REQUEST_SPECS[name]
+        if name in HINTED:
+            add_argument(g, spec, flag, default=None, help=cli_help(spec, f"{getattr(d, name)} or the preset's"))
+        else:
+            add_argument(g, spec, flag, default=getattr(d, name), required=name == "prompt")
     g.add_argument("--preset", default=None, help="start from a preset (see `options`)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an option; repeatable")
     g.add_argument("--out", default=None, help="video path (default: a unique name in ./outputs)")
@@ -69,15 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_generate(args) -> int:
-    from wan_ui.core.generate import generate
-    from wan_ui.core.manager import ModelManager
-    from wan_ui.core.options import OptimizationSet, check_available, check_compatible, parse_set_args, preset
-    from wan_ui.core.requests import GenerationRequest, validate_request
-
     base = preset(args.preset) if args.preset else OptimizationSet()
     opts = parse_set_args(args.set, base=base)
-    req = GenerationRequest(prompt=args.prompt, negative_prompt=args.negative_prompt, width=args.width,
-                            height=args.height, num_frames=args.frames, fps=args.fps, seed=args.seed,
+    req = GenerationRequest(**{name: getattr(args, name) for name in REQUEST_FLAGS.values() if name not in HINTED},
                             **_request_settings(args))
     runtime = _parallel_runtime(args.parallel)  # None: one process, one device
     leader = runtime is None or runtime.dist.leader  # only rank 0 prints and writes
@@ -96,9 +122,6 @@ def cmd_generate(args) -> int:
     result = generate(manager, args.model, req, opts, out_path=args.out,
                       on_progress=_progress_printer(not args.json or sys.stderr.isatty()))
     if args.quality:
-        from wan_ui.core.generate import update_video_metadata
-        from wan_ui.core.quality import score_result
-
         score_result(result)
         update_video_metadata(result)  # the scores join the sidecar and the mp4's comment tag
     for note in [*result.request.notes, *result.metrics.option_notes]:
@@ -116,10 +139,8 @@ def cmd_generate(args) -> int:
 
 def _request_settings(args) -> dict:
     """Steps and guidance: the user's flags, else the preset's request hints (said on stderr), else the defaults."""
-    from wan_ui.core.distilled import PRESET_NOTES, request_hints_for
-    from wan_ui.core.requests import GenerationRequest
 
-    given = {"num_inference_steps": args.steps, "guidance_scale": args.guidance}
+    given = {name: getattr(args, name) for name in HINTED}
     hints = request_hints_for(args.preset, given)
     if hints:
         said = ", ".join(f"{k}={v}" for k, v in hints.items())
@@ -132,11 +153,6 @@ def _request_settings(args) -> dict:
 
 def _parallel_runtime(text: str | None):
     """--parallel under torchrun -> this rank's ParallelRuntime (process group joined); None for one process."""
-    import atexit
-
-    from wan_ui.parallel.dist import finish_distributed, init_distributed, torchrun_world_size
-    from wan_ui.parallel.plan import ParallelConfig
-    from wan_ui.parallel.runtime import ParallelRuntime
 
     world = torchrun_world_size()
     config = ParallelConfig.parse(text or ("auto" if world > 1 else "none"))
@@ -155,8 +171,6 @@ def _parallel_runtime(text: str | None):
 
 def _quiet_follower() -> None:
     """Ranks > 0 run the same job silently: no progress bars, no library warnings."""
-    from diffusers import DiffusionPipeline
-    from diffusers.utils import logging as dlog
 
     DiffusionPipeline._progress_bar_config = {"disable": True}
     dlog.set_verbosity_error()
@@ -164,9 +178,6 @@ def _quiet_follower() -> None:
 
 
 def cmd_options(args) -> int:
-    from wan_ui.core.hardware import probe_hardware
-    from wan_ui.core.options import options_table
-
     rows = options_table(probe_hardware())
     if args.json:
         print(json.dumps({"options": rows}, indent=1))
@@ -180,15 +191,11 @@ def cmd_options(args) -> int:
 
 
 def cmd_presets(args) -> int:
-    from wan_ui.core.options import PRESETS
-
     print(json.dumps(PRESETS, indent=1))
     return 0
 
 
 def main(argv=None) -> int:
-    from wan_ui.core.hardware import configure_allocator
-
     configure_allocator()  # expandable segments unless the user configured the allocator (hardware.py)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     args = build_parser().parse_args(argv)

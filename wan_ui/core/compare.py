@@ -20,6 +20,7 @@ from wan_ui.core.errors import UserError, ValidationError
 from wan_ui.core.generate import ProgressFn, Result, generate, update_video_metadata
 from wan_ui.core.manager import ModelManager
 from wan_ui.core.options import PRESETS, OptimizationSet, check_available, check_compatible, parse_set_args, preset
+from wan_ui.core.quality import baseline_frames, score_result
 from wan_ui.core.report import EXTRA_ROWS, REPORT_ROWS, ratio, summary_csv, summary_markdown
 from wan_ui.core.requests import GenerationRequest, validate_request
 
@@ -152,12 +153,6 @@ def measure_quality(manager: ModelManager, model: str | None, result: Result, sc
     (`quality.baseline_frames`), generated once per request and cached; a run with default options is that
     video, and seeds the cache. Without a cache, those metrics stay null.
     """
-    try:
-        from wan_ui.core.quality import baseline_frames, score_result
-    except ImportError as e:  # metric packages missing: say so, keep the run
-        result.metrics.quality_note = f"quality metrics unavailable: {e}"
-        update_video_metadata(result)
-        return
     reference = None
     if baseline_cache is not None:
         if result.options == OptimizationSet():

@@ -15,6 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from wan_ui.core.requests import validate_request
+from wan_ui.optim.lora import split_lora_spec
+
 # The kernels of "Fast (quick start)" that hold with a fused LoRA: bf16 + regional compile + cuDNN attention +
 # bf16 decode with channels-last VAE weights. Not FP8 (a fused LoRA cannot be merged into torchao FP8 weights),
 # not MagCache (its ratios are calibrated on the 50-step base model), no CFG truncation (guidance is 1: no
@@ -89,7 +92,6 @@ def request_hints_for(preset_name: str | None, explicit: dict[str, Any]) -> dict
 def hints_for_lora(lora_spec: str) -> dict[str, Any]:
     """The request hints of the distilled LoRA that a `lora` option value loads ({} if none): the same file name
     as a DISTILLED entry's, by hub id or as a local copy, whatever the set or preset is called."""
-    from wan_ui.optim.lora import split_lora_spec  # here, not at the top: the optim package imports diffusers, which
     # `wan_ui.core.options` (importing this module) does not need
 
     for src, _ in split_lora_spec(lora_spec):
@@ -103,7 +105,6 @@ def request_for_set(request, opts):
     """`request` with the steps and guidance a few-step distilled LoRA needs when the set `opts` loads one (found
     from its `lora` option, so a renamed or custom set gets them too): a 4-step LoRA run at 50 steps with CFG
     measures nothing useful. Used by Compare and the benchmark."""
-    from wan_ui.core.requests import validate_request
 
     hints = hints_for_lora(opts.lora)
     return validate_request(replace(request, **hints)) if hints else request

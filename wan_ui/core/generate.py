@@ -21,17 +21,17 @@ from typing import Callable
 import numpy as np
 import torch
 
-from wan_ui.core.errors import GenerationCancelled, OutOfMemoryError
 from wan_ui.core.devices import device_index, device_scope, is_cuda
+from wan_ui.core.errors import GenerationCancelled, OutOfMemoryError
 from wan_ui.core.manager import LOW_VRAM_HINT, BuildInfo, ModelManager
 from wan_ui.core.metrics import Clock, Metrics, NvmlSampler, forward_counter, frame_metrics, warmup_from_steps
-from wan_ui.optim.cache import forwards_computed_mag, forwards_per_step, mag_schedule
-from wan_ui.optim.cfg import make_cfg_step_hook, planned_forwards
-from wan_ui.optim.sparse import dense_steps_for, make_sparse_step_hook
-from wan_ui.optim.cfg_batch import prepare_cfg_batch
 from wan_ui.core.options import OptimizationSet, option_notes
 from wan_ui.core.requests import GenerationRequest, validate_request
 from wan_ui.core.video import rewrite_metadata, unique_path, write_video
+from wan_ui.optim.cache import forwards_computed_mag, forwards_per_step, mag_schedule
+from wan_ui.optim.cfg import make_cfg_step_hook, planned_forwards
+from wan_ui.optim.cfg_batch import prepare_cfg_batch
+from wan_ui.optim.sparse import dense_steps_for, make_sparse_step_hook
 
 # on_progress(phase, done, total): phase in "loading", "encoding", "denoising", "decoding", "writing"
 ProgressFn = Callable[[str, int, int], None]

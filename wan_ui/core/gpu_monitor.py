@@ -47,7 +47,7 @@ class GpuMonitor:
             return self._handle
         try:
             if self._nvml is None:
-                import pynvml
+                import pynvml  # optional: NVML exists only where an NVIDIA driver is installed
 
                 self._nvml = pynvml
             self._nvml.nvmlInit()

@@ -17,14 +17,15 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
+from diffusers import WanPipeline
 
-from wan_ui.core.errors import ModelLoadError, OutOfMemoryError
 from wan_ui.core.devices import is_cuda
+from wan_ui.core.errors import ModelLoadError, OutOfMemoryError
 from wan_ui.core.hardware import Hardware, probe_hardware
 from wan_ui.core.metrics import install_forward_counter
 from wan_ui.core.models import ModelSource, materialize, resolve_model
-from wan_ui.optim import apply_runtime, build_steps, load_kwargs
 from wan_ui.core.options import OptimizationSet, check_available, check_compatible
+from wan_ui.optim import apply_runtime, build_steps, load_kwargs
 
 LOW_VRAM_HINT = "choose the 'Low VRAM' preset (group offload + tiled decode) or a smaller size/frame count"
 
@@ -155,8 +156,6 @@ class ModelManager:
             return self._load(folder, source, opts), download_s, time.perf_counter() - t0
 
     def _load(self, folder: str, source: ModelSource, opts: OptimizationSet):
-        from diffusers import WanPipeline
-
         try:
             pipe = WanPipeline.from_pretrained(folder, use_safetensors=True, **load_kwargs(opts, self.hw))
         except torch.cuda.OutOfMemoryError:

@@ -195,7 +195,7 @@ class NvmlSampler:
 
     def _module(self):
         if self._nvml is None:
-            import pynvml
+            import pynvml  # optional: NVML exists only where an NVIDIA driver is installed
 
             self._nvml = pynvml
         return self._nvml

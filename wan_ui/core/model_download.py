@@ -13,6 +13,8 @@ import threading
 import time
 from typing import Callable
 
+from huggingface_hub.utils import tqdm as hub_tqdm
+
 from wan_ui.core.models import ModelSource, materialize
 
 LOG_EVERY_S = 15.0
@@ -67,7 +69,6 @@ class ModelDownload:
     def tqdm_class(self):
         """A subclass of the hub client's tqdm that reports each bar's progress here (its own count: a bar
         disabled for lack of a TTY does not advance `n`)."""
-        from huggingface_hub.utils import tqdm as hub_tqdm
 
         record = self._record
 

@@ -17,7 +17,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+from huggingface_hub import snapshot_download
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+
 from wan_ui.core.errors import ModelLoadError
+from wan_ui.core.requests import REPORT_PROMPT, WAN_DEFAULT_NEGATIVE_PROMPT
 
 HUB_ID = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
 TINY = "tiny"
@@ -88,10 +95,6 @@ def resolve_model(name: str | None, cuda: bool = False) -> ModelSource:
 # ---- building the random-weight folders ----------------------------------------------------------
 def build_tokenizer():
     """A small byte-level BPE tokenizer trained on a fixed corpus: deterministic, offline."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from wan_ui.core.requests import REPORT_PROMPT, WAN_DEFAULT_NEGATIVE_PROMPT
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -106,9 +109,6 @@ def build_tokenizer():
 
 def build_random_pipeline(full: bool, seed: int = 0, device: str = "cpu"):
     """A WanPipeline with random weights from `seed`: tiny configs, or the real 1.3B architecture."""
-    import torch
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
-    from transformers import UMT5Config, UMT5EncoderModel
 
     torch.manual_seed(seed)
     with torch.device(device):
@@ -132,7 +132,6 @@ def materialize(source: ModelSource, log=print, tqdm_class=None) -> tuple[str, f
         if (folder / MARKER).is_file():
             return str(folder), 0.0
         t0 = time.perf_counter()
-        import torch
 
         device = "cuda" if source.kind == RANDOM_FULL and torch.cuda.is_available() else "cpu"
         log(f"building the {source.label} once into {folder} ...")
@@ -155,7 +154,6 @@ def materialize(source: ModelSource, log=print, tqdm_class=None) -> tuple[str, f
 
 def _download(repo_id: str, tqdm_class=None) -> tuple[str, float]:
     """Fetch the checkpoint with the hub client's progress bars; timed apart from loading."""
-    from huggingface_hub import snapshot_download
 
     t0 = time.perf_counter()
     try:

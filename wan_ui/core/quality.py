@@ -26,6 +26,11 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+
+from wan_ui.core.generate import generate
+from wan_ui.core.options import OptimizationSet
+from wan_ui.core.requests import validate_request
 
 QUALITY_FIELDS = ("clip_score", "lpips_vs_baseline", "psnr_vs_baseline", "ssim_vs_baseline", "lpips_temporal")
 
@@ -80,7 +85,7 @@ def _offline() -> bool:
 
 def load_clip(cfg: QualityConfig, device: str):
     """(model, preprocess, tokenizer) from open_clip; downloads `cfg.clip_pretrained` unless cached."""
-    import open_clip
+    import open_clip  # heavy, optional: loaded only when quality metrics run
 
     model, _, preprocess = open_clip.create_model_and_transforms(
         cfg.clip_model, pretrained=cfg.clip_pretrained, device=device, cache_dir=cfg.cache_dir)
@@ -90,8 +95,8 @@ def load_clip(cfg: QualityConfig, device: str):
 def load_lpips(cfg: QualityConfig, device: str) -> torch.nn.Module:
     """lpips.LPIPS with its packaged linear layers (v0.1). The ImageNet trunk comes from torchvision's download
     cache; offline (HF_HUB_OFFLINE=1) and not cached, this fails at once instead of trying the network."""
-    import lpips
-    import torchvision.models as tvm
+    import lpips  # heavy, optional: loaded only when quality metrics run
+    import torchvision.models as tvm  # LPIPS' backbone, loaded only with it
 
     if cfg.lpips_trunk_pretrained:
         url = getattr(tvm, _TRUNK_WEIGHTS[cfg.lpips_net]).IMAGENET1K_V1.url
@@ -143,7 +148,7 @@ def ssim_vs_baseline(frames: np.ndarray, prompt: str, reference: np.ndarray | No
     if reference is None:
         return None
     _check_reference(frames, reference)
-    from torchmetrics.functional.image import structural_similarity_index_measure
+    from torchmetrics.functional.image import structural_similarity_index_measure  # only when metrics run
 
     per_frame = structural_similarity_index_measure(
         _as_float(frames), _as_float(reference), gaussian_kernel=True, sigma=1.5, kernel_size=11,
@@ -187,7 +192,6 @@ class QualityScorer:
         preprocessing (bicubic resize of the short side to 224, centre crop, CLIP normalisation), the prompt through
         its tokenizer (truncated to 77 tokens). Raw cosine in [-1, 1], not x100 and not clamped at 0 (the report's
         ~0.38 values). The reference is not used."""
-        from PIL import Image
 
         model, preprocess, tokenizer = self._model("clip")
         idx = sample_indices(frames.shape[0], self.config.clip_frames)
@@ -291,8 +295,6 @@ class BaselineCache:
 
     @classmethod
     def key(cls, model: str, request) -> tuple:
-        from wan_ui.core.requests import validate_request
-
         request = validate_request(request)  # 24 frames and 25 frames are the same video
         return (model,) + tuple(getattr(request, f) for f in cls.KEY_FIELDS)
 
@@ -324,8 +326,6 @@ class BaselineCache:
 def baseline_frames(manager, model: str | None, request, cache: BaselineCache) -> np.ndarray:
     """The baseline video (empty `OptimizationSet`) of `model` and `request`, generated once per cache key.
     The manager rebuilds if the current pipeline's load-time options differ; no file is written."""
-    from wan_ui.core.generate import generate
-    from wan_ui.core.options import OptimizationSet
 
     def run() -> np.ndarray:
         return generate(manager, model, request, OptimizationSet(), out_dir=None).frames

@@ -13,6 +13,8 @@ import re
 import subprocess
 from pathlib import Path
 
+import imageio_ffmpeg
+
 from wan_ui.core.errors import ValidationError
 
 ENV_PATH = "WAN_UI_SETTINGS"  # overrides the file's location (tests, several profiles)
@@ -85,8 +87,6 @@ _UNESCAPE = re.compile(r"\\(.)", re.S)
 
 
 def _embedded_metadata(path: Path) -> dict:
-    import imageio_ffmpeg
-
     cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "ffmetadata", "-"]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=True).stdout

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 import uuid
 from pathlib import Path
 
+import imageio_ffmpeg
 import numpy as np
 
 
@@ -35,7 +37,6 @@ def free_path(path: str | Path) -> Path:
 
 def write_video(frames: np.ndarray, path: str | Path, fps: int, metadata: dict | None = None) -> Path:
     """frames: (F, H, W, 3) uint8. Written to a temporary name, then renamed into place atomically."""
-    import imageio_ffmpeg
 
     path = free_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,9 +64,6 @@ def write_video(frames: np.ndarray, path: str | Path, fps: int, metadata: dict |
 def rewrite_metadata(path: str | Path, metadata: dict) -> Path:
     """Replace the settings of a video we wrote (e.g. once its quality metrics are computed): the JSON sidecar
     and the mp4's `comment` tag (a stream copy, no re-encode), each swapped in atomically. `created` is kept."""
-    import subprocess
-
-    import imageio_ffmpeg
 
     path = Path(path)
     sidecar = path.with_suffix(".json")
@@ -92,7 +90,6 @@ def rewrite_metadata(path: str | Path, metadata: dict) -> Path:
 
 def read_video(path: str | Path) -> tuple[np.ndarray, float]:
     """(frames (F, H, W, 3) uint8, fps) — for tests and for comparing runs."""
-    import imageio_ffmpeg
 
     reader = imageio_ffmpeg.read_frames(str(path))
     meta = reader.__next__()

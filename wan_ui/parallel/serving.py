@@ -18,7 +18,6 @@ from wan_ui.parallel.plan import ParallelConfig
 from wan_ui.parallel.pool import ManagerPool
 from wan_ui.parallel.runtime import ParallelRuntime
 
-
 GPU_MODES = ("pool", "parallel")
 
 

@@ -25,6 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from diffusers import AutoencoderKLWan, WanPipeline
+from diffusers.pipelines.wan.pipeline_wan import prompt_clean
+from safetensors.torch import load_file, save_file
+from transformers import AutoTokenizer, UMT5EncoderModel
 
 from wan_ui.train.data import Clip, Skipped, file_hash, read_clip
 
@@ -69,8 +73,6 @@ def _key(**parts) -> str:
 
 
 def _save(path: Path, name: str, tensor: torch.Tensor) -> None:
-    from safetensors.torch import save_file
-
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     save_file({name: tensor.contiguous().cpu()}, str(tmp))
@@ -78,8 +80,6 @@ def _save(path: Path, name: str, tensor: torch.Tensor) -> None:
 
 
 def _load(path: Path, name: str) -> torch.Tensor | None:
-    from safetensors.torch import load_file
-
     try:
         return load_file(str(path))[name] if path.is_file() else None
     except Exception:  # a truncated or foreign file: recompute it
@@ -122,10 +122,6 @@ class TextCache:
 
     @torch.no_grad()
     def _encode(self, captions: list[str]) -> dict[str, torch.Tensor]:
-        from diffusers import WanPipeline
-        from diffusers.pipelines.wan.pipeline_wan import prompt_clean
-        from transformers import AutoTokenizer, UMT5EncoderModel
-
         tokenizer = AutoTokenizer.from_pretrained(self.folder, subfolder="tokenizer")
         encoder = UMT5EncoderModel.from_pretrained(self.folder, subfolder="text_encoder", dtype=self.dtype,
                                                    use_safetensors=True).to(self.device).eval()
@@ -183,8 +179,6 @@ class LatentCache:
 
     @torch.no_grad()
     def _encode(self, missing, stats: PrecomputeStats, skipped: list[Skipped]) -> dict[str, torch.Tensor]:
-        from diffusers import AutoencoderKLWan
-
         vae = AutoencoderKLWan.from_pretrained(self.folder, subfolder="vae", torch_dtype=self.dtype,
                                                use_safetensors=True).to(self.device).eval()
         z = vae.config.z_dim

@@ -17,8 +17,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import imageio_ffmpeg
 import numpy as np
 import torch
+
+from wan_ui.core.errors import ValidationError
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".avi")
 _FILE_KEYS = ("file", "file_name", "video", "path")
@@ -41,8 +44,6 @@ def discover_clips(data_dir: str | Path) -> tuple[list[Clip], list[Skipped]]:
     """All clips with a caption under `data_dir`, sorted by path; the rest reported as skipped."""
     root = Path(data_dir)
     if not root.is_dir():
-        from wan_ui.core.errors import ValidationError
-
         raise ValidationError(f"data folder {root} does not exist or is not a folder", field="data")
     skipped: list[Skipped] = []
     captions = _read_metadata(root, skipped)
@@ -86,7 +87,6 @@ def read_clip(path: str | Path, width: int, height: int, frames: int) -> torch.T
     Returns (3, F, H, W) float32 in [-1, 1], the VAE's input layout. Raises ValueError with a readable reason
     when the clip cannot be used (the caller turns it into a Skipped entry).
     """
-    import imageio_ffmpeg
 
     try:
         reader = imageio_ffmpeg.read_frames(str(path))

@@ -28,9 +28,15 @@ from __future__ import annotations
 import functools
 
 import torch
+from peft import LoraConfig
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from wan_ui.core.errors import IncompatibleOptionsError, UnavailableError
+from wan_ui.core.options import OptimizationSet
+from wan_ui.optim.compile import compile_forwards, repeated_blocks
+from wan_ui.optim.sparse import DEFAULT_TILE, SparseContext, SparseWanAttnProcessor, parse_window, patch_grid
 
 # peft target names (matched as suffixes of module names): Wan's self- (attn1) and cross- (attn2) attention.
 ATTENTION_TARGETS = [f"{a}.{p}" for a in ("attn1", "attn2") for p in ("to_q", "to_k", "to_v", "to_out.0")]
@@ -88,7 +94,6 @@ def apply_fp8_base(transformer, compute_dtype: torch.dtype) -> None:
 def add_lora(transformer, rank: int, alpha: float | None, ffn: bool, mixed_precision: bool):
     """Inject a LoRA adapter ("default") and return its LoraConfig. Only the adapter's weights train; they are
     kept in fp32 (master weights) whatever the base dtype."""
-    from peft import LoraConfig
 
     transformer.requires_grad_(False)
     config = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, init_lora_weights=True,
@@ -101,7 +106,6 @@ def add_lora(transformer, rank: int, alpha: float | None, ffn: bool, mixed_preci
     if mixed_precision:
         # Under autocast the LoRA matmuls run in bf16 anyway; peft's cast of the input to the fp32 adapter dtype
         # would only add an fp32 copy of every projection input (125 MB each at 832x480x49).
-        from peft.tuners.tuners_utils import BaseTunerLayer
 
         for m in transformer.modules():
             if isinstance(m, BaseTunerLayer):
@@ -121,7 +125,7 @@ def apply_float8_training(transformer) -> int:
     high precision ("disabled" casts, as torchao's `rowwise_with_gw_hp` recipe does): the base weights are
     frozen, so under compile that gemm is dead code and removed; and its inner dimension is the token count
     (20,280 at 832x480x49, not a multiple of 16, which FP8 `_scaled_mm` would refuse)."""
-    from torchao.float8 import CastConfig, Float8LinearConfig, ScalingType, convert_to_float8_training
+    from torchao.float8 import CastConfig, Float8LinearConfig, ScalingType, convert_to_float8_training  # optional, CUDA
 
     count = 0
 
@@ -152,7 +156,6 @@ def _save_self_attention(ctx, op, *args, **kwargs):
     forward at 20k tokens), recompute everything else (linears, norms, elementwise: O(N)). Cross-attention
     (512 text keys) is cheap to redo and not kept. Extra memory: one (B, heads, N, 128) bf16 tensor per block,
     62 MB at 832x480x49."""
-    from torch.utils.checkpoint import CheckpointPolicy
 
     if op in _SDPA_OPS and args[0].shape[-2] == args[1].shape[-2]:  # (B, H, L, D): query len == key len
         return CheckpointPolicy.MUST_SAVE
@@ -171,8 +174,6 @@ class _BlockRunner(nn.Module):
         self.selective = selective
 
     def forward(self, *args):
-        from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
-
         if not self.checkpoint:
             return self.block(*args)
         if self.selective:
@@ -198,17 +199,6 @@ def apply_grad_checkpointing(transformer, mode: str, skip_blocks: int = 0) -> li
     return runners
 
 
-# ---- 5. compile ----------------------------------------------------------------------------------------------
-def apply_compile(transformer, runners: list[_BlockRunner], fullgraph: bool = False) -> None:
-    """Regional compile: the repeated block, compiled once and reused by all 30 (diffusers'
-    `compile_repeated_blocks`); with checkpointing, the runners (block + checkpoint region) instead."""
-    if runners:
-        for r in runners:
-            r.compile(fullgraph=fullgraph)
-    else:
-        transformer.compile_repeated_blocks(fullgraph=fullgraph)
-
-
 # ---- 6. sparse self-attention ----------------------------------------------------------------------------------
 def apply_sparse_training(transformer, window: str, grid: tuple[int, int, int], device: str,
                           dense_layers: int | None = None) -> int:
@@ -218,8 +208,6 @@ def apply_sparse_training(transformer, window: str, grid: tuple[int, int, int], 
     FlexAttention computes the backward of the kept blocks only. The first `dense_layers` blocks stay dense, as
     at inference (the presets' `sparse_dense_layers`); inference also keeps its first steps dense, which a training
     step (one random timestep) cannot mirror. Returns the number of blocks switched."""
-    from wan_ui.optim.sparse import DEFAULT_TILE, SparseContext, SparseWanAttnProcessor, parse_window
-    from wan_ui.core.options import OptimizationSet
 
     if dense_layers is None:
         dense_layers = OptimizationSet().sparse_dense_layers
@@ -256,13 +244,13 @@ def prepare_transformer(transformer, cfg, device: str):
     if cfg.float8_training:
         info["float8_linears"] = apply_float8_training(transformer)
     if cfg.sparse_window:
-        from wan_ui.optim.sparse import patch_grid
-
         grid = patch_grid(transformer.config.patch_size, cfg.height, cfg.width, cfg.frames)
         info["sparse_blocks"] = apply_sparse_training(transformer, cfg.sparse_window, grid, device)
     runners = apply_grad_checkpointing(transformer, cfg.grad_checkpointing, cfg.checkpoint_skip_blocks)
     if cfg.compile:
-        apply_compile(transformer, runners)
+        # regional compile as inference does it (optim/compile.py); with checkpointing the runners are compiled,
+        # so the checkpoint region is inside the graph
+        compile_forwards(runners or repeated_blocks(transformer), fullgraph=False)
     transformer.train()
     params = lora_parameters(transformer)
     info["trainable_params"] = sum(p.numel() for p in params)

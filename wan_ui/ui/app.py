@@ -21,8 +21,19 @@ from wan_ui.core.options import PRESETS, options_table
 from wan_ui.core.settings_store import load_settings, settings_path
 from wan_ui.ui.compare_tab import build_compare_tab, compare_gpu_seconds, compare_task, request_summary, run_compare
 from wan_ui.ui.context import AppContext
-from wan_ui.ui.generate_tab import (CANCELLING_NOTE, PRESET_REQUEST_FIELDS, RUN_OUTPUTS, apply_preset, build_generate_tab,
-                          cancel_handler, generate_gpu_seconds, generate_task, live_gpu, matching_preset, run_generate)
+from wan_ui.ui.generate_tab import (
+    CANCELLING_NOTE,
+    PRESET_REQUEST_FIELDS,
+    RUN_OUTPUTS,
+    apply_preset,
+    build_generate_tab,
+    cancel_handler,
+    generate_gpu_seconds,
+    generate_task,
+    live_gpu,
+    matching_preset,
+    run_generate,
+)
 from wan_ui.ui.history_tab import build_history_tab, entry_settings, history_views, video_settings
 from wan_ui.ui.train_tab import build_train_tab, wire_train_tab
 from wan_ui.ui.values import OPTION_FIELDS, REQUEST_FIELDS, history_entry, values_from_settings

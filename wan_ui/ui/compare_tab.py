@@ -127,7 +127,7 @@ def comparison_display(ctx: AppContext, comp: Comparison) -> dict:
 def comparison_figure(comp: Comparison):
     """Bar charts: clip-wise latency per set, and each report metric's ratio to the baseline, grouped by set.
     Drawn with matplotlib's object API (no pyplot state: handlers run in threads)."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # charts only when a comparison is drawn
 
     names = [name for name, _ in comp.named_metrics]
     fig = Figure(figsize=(11, 3.6), layout="constrained")

@@ -16,9 +16,21 @@ from wan_ui.core.lowvram import LOW_VRAM_PRESETS, plan_low_vram
 from wan_ui.core.requests import GenerationRequest, validate_request
 from wan_ui.core.settings_store import save_settings
 from wan_ui.ui.context import AppContext
-from wan_ui.ui.values import (CUSTOM_PRESET, OPTION_FIELDS, accuracy_markdown, efficiency_markdown, hardware_markdown,
-                        options_from_values, others_markdown, preset_of, preset_values, request_from_values,
-                        settings_of, status_line, step_rows)
+from wan_ui.ui.values import (
+    CUSTOM_PRESET,
+    OPTION_FIELDS,
+    accuracy_markdown,
+    efficiency_markdown,
+    hardware_markdown,
+    options_from_values,
+    others_markdown,
+    preset_of,
+    preset_values,
+    request_from_values,
+    settings_of,
+    status_line,
+    step_rows,
+)
 from wan_ui.ui.widgets import Widgets, build_option_widgets, build_request_widgets, user_errors_as_toasts
 from wan_ui.ui.zerogpu import ZEROGPU_SPEED, check_zerogpu, estimate_gpu_seconds, on_zerogpu
 

@@ -18,8 +18,17 @@ import pandas as pd
 
 from wan_ui.core.errors import UnavailableError, UserError
 from wan_ui.optim.lora import lora_dir
-from wan_ui.train.job import (INT_LIMITS, LR_RANGE, PROMPT_MAX, TrainStatus, config_from_values, dataset_folders,
-                        default_values, lever_availability, train_data_dir)
+from wan_ui.train.job import (
+    INT_LIMITS,
+    LR_RANGE,
+    PROMPT_MAX,
+    TrainStatus,
+    config_from_values,
+    dataset_folders,
+    default_values,
+    lever_availability,
+    train_data_dir,
+)
 from wan_ui.train.levers import CHECKPOINT_MODES
 from wan_ui.ui.context import AppContext
 from wan_ui.ui.widgets import Widgets, user_errors_as_toasts

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Callable
 
 from wan_ui.core.errors import UnavailableError
-from wan_ui.optim.cfg import planned_forwards
 from wan_ui.core.options import OptimizationSet
-from wan_ui.core.requests import GenerationRequest
+from wan_ui.core.requests import GenerationRequest, validate_request
+from wan_ui.optim.cfg import planned_forwards
 
 
 # ---- the estimate -----------------------------------------------------------------------------------------
@@ -113,7 +113,6 @@ def estimate_gpu_time(request: GenerationRequest, options: OptimizationSet, *, s
     """The parts of one generation's GPU time. speed: throughput relative to a full H200 (ZEROGPU_SPEED on
     ZeroGPU); quality: quality metrics follow, which may first generate the no-optimization baseline video;
     load: the pipeline is (re)built in this call."""
-    from wan_ui.core.requests import validate_request
 
     request = validate_request(request)
     tokens = request.tokens_per_forward()
@@ -159,7 +158,7 @@ def load_spaces():
     """The `spaces` module where it imports (Hugging Face Spaces), else None. Import it before CUDA starts:
     on ZeroGPU it patches torch at import."""
     try:
-        import spaces
+        import spaces  # present only on a Hugging Face Space
     except ImportError:
         return None
     return spaces
