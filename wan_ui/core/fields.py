@@ -205,7 +205,7 @@ def cli_help(spec: FieldSpec, default: Any = None) -> str:
     extra = []
     if spec.kind in ("int", "float") and spec.choices is None:
         extra.append(spec.allowed())
-    if default not in (None, "") and spec.kind != "bool":
+    if default is not None and spec.kind in ("int", "float", "choice"):  # text defaults are said in the help
         extra.append(f"default {default}")
     text = spec.help + (f" ({'; '.join(extra)})" if extra else "")
     return text.replace("%", "%%")
@@ -224,6 +224,8 @@ def add_argument(parser, spec: FieldSpec, flag: str | None = None, *, default: A
         kwargs = {"type": _argparse_type(spec), "default": default}
         if spec.kind == "choice":
             kwargs["choices"] = spec.choices
+        else:  # --frames FRAMES, not the field's NUM_FRAMES
+            kwargs["metavar"] = flag.lstrip("-").replace("-", "_").upper()
     kwargs.update(dest=spec.name, help=cli_help(spec, default))
     kwargs.update(overrides)
     return parser.add_argument(flag, **kwargs)

@@ -17,9 +17,10 @@ from typing import Any
 
 from wan_ui.core.compare import DEFAULTS_NAME, MAX_SETS, named_set
 from wan_ui.core.errors import UserError
+from wan_ui.core.fields import widget_range
 from wan_ui.core.devices import describe_placement
 from wan_ui.core.options import PRESETS, OptimizationSet, check_available, options_table, preset
-from wan_ui.core.requests import LIMITS, GenerationRequest, validate_request
+from wan_ui.core.requests import REQUEST_SPECS, GenerationRequest, validate_request
 
 # ---- widget names -------------------------------------------------------------------------------------
 REQUEST_FIELDS = tuple(f.name for f in dataclasses.fields(GenerationRequest) if f.name != "notes")
@@ -51,12 +52,9 @@ def resolution_label(width, height) -> str:
 # ---- widgets -> request / options ---------------------------------------------------------------------
 def request_from_values(values: dict, rng: random.Random | None = None) -> GenerationRequest:
     """Widget values -> validated request. With `randomize_seed`, a fresh seed is drawn (and shown after)."""
-    fields = {name: values[name] for name in REQUEST_FIELDS if name in values}
-    for name, (lo, hi) in LIMITS.items():
-        if name in fields and fields[name] is None:  # an emptied number box
-            raise UserError(f"{name} is empty; enter a number in [{lo}, {hi}]", field=name)
+    fields = {name: values[name] for name in REQUEST_FIELDS if name in values}  # an emptied box: None, refused
     if values.get("randomize_seed"):
-        fields["seed"] = (rng or random.SystemRandom()).randint(*LIMITS["seed"])
+        fields["seed"] = (rng or random.SystemRandom()).randint(*REQUEST_SPECS["seed"].bounds)
     return validate_request(GenerationRequest(**fields))
 
 
@@ -134,8 +132,8 @@ class OptionWidget:
     info: str
     choices: tuple = ()  # (label, value) pairs; unavailable values are labelled "(n/a)"
     interactive: bool = True  # False when nothing but the default can run here
-    bounds: tuple | None = None
     precision: int | None = None  # 0 for whole numbers
+    range: dict | None = None  # a number's minimum / maximum / step (fields.widget_range of its spec)
 
 
 def option_widgets(hw) -> dict[str, list[OptionWidget]]:
@@ -156,9 +154,11 @@ def _widget(row: dict) -> OptionWidget:
     if values is None:
         if row["bounds"] is None:
             return OptionWidget(name, row["family"], "text", label, row["default"], info)
-        whole = isinstance(row["default"], int)
+        spec = OptimizationSet.specs()[name]
+        whole = spec.kind == "int"
         return OptionWidget(name, row["family"], "number", label, row["default"], info,
-                            bounds=tuple(row["bounds"]), precision=0 if whole else None)
+                            precision=0 if whole else None,
+                            range=widget_range(spec, step=None if whole else 0.05))  # 0.05: 1/20 of the [0, 1] fractions
     if values == [False, True]:
         return OptionWidget(name, row["family"], "checkbox", label, row["default"], info,
                             interactive=str(True) not in unavailable)

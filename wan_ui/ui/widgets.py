@@ -12,7 +12,8 @@ from typing import Iterable
 import gradio as gr
 
 from wan_ui.core.errors import UserError
-from wan_ui.core.requests import LIMITS, WAN_DEFAULT_NEGATIVE_PROMPT, GenerationRequest
+from wan_ui.core.fields import widget_range
+from wan_ui.core.requests import REQUEST_SPECS, WAN_DEFAULT_NEGATIVE_PROMPT, GenerationRequest
 from wan_ui.ui.values import (CUSTOM, DEFAULTS_PRESET, RESOLUTIONS, OptionWidget, option_widgets, preset_choices,
                         resolution_label)
 
@@ -50,22 +51,21 @@ def build_request_widgets() -> Widgets:
     with gr.Row():
         w["resolution"] = gr.Dropdown([*RESOLUTIONS, CUSTOM], value=resolution_label(d.width, d.height),
                                       label="Resolution", elem_id="resolution", scale=2)
-        w["width"] = _int_box("width", d.width, "Width", 16)
-        w["height"] = _int_box("height", d.height, "Height", 16)
+        w["width"] = _int_box("width", d.width, "Width")
+        w["height"] = _int_box("height", d.height, "Height")
     with gr.Row():
-        w["num_frames"] = _int_box("num_frames", d.num_frames, "Frames", 1,
+        w["num_frames"] = _int_box("num_frames", d.num_frames, "Frames",
                                    info="4k+1 (VAE time stride 4); other counts are snapped")
-        w["fps"] = _int_box("fps", d.fps, "FPS of the mp4", 1)
+        w["fps"] = _int_box("fps", d.fps, "FPS of the mp4")
     with gr.Row():
-        w["seed"] = _int_box("seed", d.seed, "Seed", 1)
+        w["seed"] = _int_box("seed", d.seed, "Seed")
         w["randomize_seed"] = gr.Checkbox(False, label="Randomize seed", elem_id="randomize-seed")
     with gr.Row():
-        lo, hi = LIMITS["guidance_scale"]
-        w["guidance_scale"] = gr.Slider(lo, hi, d.guidance_scale, step=0.5, label="Guidance (CFG)",
-                                        info="≤ 1 turns CFG off", elem_id="guidance-scale")
-        lo, hi = LIMITS["num_inference_steps"]
-        w["num_inference_steps"] = gr.Slider(lo, hi, d.num_inference_steps, step=1, label="Steps",
-                                             elem_id="steps")
+        w["guidance_scale"] = gr.Slider(value=d.guidance_scale, label="Guidance (CFG)", info="≤ 1 turns CFG off",
+                                        elem_id="guidance-scale",
+                                        **widget_range(REQUEST_SPECS["guidance_scale"], step=0.5))
+        w["num_inference_steps"] = gr.Slider(value=d.num_inference_steps, label="Steps", elem_id="steps",
+                                             **widget_range(REQUEST_SPECS["num_inference_steps"]))
     for name in ("width", "height"):
         w[name].input(lambda width, height: resolution_label(width, height), [w["width"], w["height"]],
                       w["resolution"], queue=False, api_visibility="private", show_progress="hidden")
@@ -74,10 +74,10 @@ def build_request_widgets() -> Widgets:
     return w
 
 
-def _int_box(name: str, value: int, label: str, step: int, info: str | None = None) -> gr.Number:
-    lo, hi = LIMITS[name]
-    return gr.Number(value, label=label, precision=0, minimum=lo, maximum=hi, step=step, info=info,
-                     elem_id=name.replace("_", "-"), min_width=90)
+def _int_box(name: str, value: int, label: str, info: str | None = None) -> gr.Number:
+    """A whole-number box whose range and step (16 for sizes) are the request field's spec."""
+    return gr.Number(value, label=label, precision=0, info=info, elem_id=name.replace("_", "-"), min_width=90,
+                     **widget_range(REQUEST_SPECS[name]))
 
 
 def _resolution_size(label: str):
@@ -115,7 +115,5 @@ def _option_component(spec: OptionWidget):
     if spec.kind == "dropdown":
         return gr.Dropdown(list(spec.choices), value=spec.default, **common)
     if spec.kind == "number":
-        lo, hi = spec.bounds
-        return gr.Number(spec.default, minimum=lo, maximum=hi, precision=spec.precision,
-                         step=1 if spec.precision == 0 else 0.05, **common)
+        return gr.Number(spec.default, precision=spec.precision, **spec.range, **common)
     return gr.Textbox(spec.default, placeholder="e.g. path/to/lora.safetensors:0.8", **common)
