@@ -248,13 +248,13 @@ def test_sparse_sets_are_never_shortened():
     and extrapolate to a wrong clip, so such sets run every step and the row says why."""
     from pathlib import Path
 
-    from wan_ui.bench.runner import BenchConfig, base_row, request_for
+    from wan_ui.bench.measure import BenchConfig, base_row, request_for
 
     cfg = BenchConfig("official480", "tiny", Path("."), steps=2)
     sparse, dense = parse_sets(["fast-sparse", "fast"])
     assert request_for(cfg, sparse)[0].num_inference_steps == 50
     assert request_for(cfg, dense)[0].num_inference_steps == 2
-    assert "full length" in base_row(cfg, sparse, 0)["steps_note"] and base_row(cfg, dense, 1)["steps_note"] is None
+    assert "full length" in base_row(cfg, sparse, 0).steps_note and base_row(cfg, dense, 1).steps_note is None
 
 
 def test_distilled_sets_run_with_their_published_steps_and_guidance():
@@ -262,7 +262,7 @@ def test_distilled_sets_run_with_their_published_steps_and_guidance():
     benchmark gives such a set its LoRA's steps and guidance, as the Compare tab does; other sets keep the workload's."""
     from pathlib import Path
 
-    from wan_ui.bench.runner import BenchConfig, request_for
+    from wan_ui.bench.measure import BenchConfig, request_for
 
     cfg = BenchConfig("official480", "tiny", Path("."))
     local_copy = "lora=Wan2_1_self_forcing_dmd_1_3B_lora_rank_32_fp16.safetensors"  # found by its file name
@@ -278,10 +278,11 @@ def test_distilled_sets_run_with_their_published_steps_and_guidance():
 def test_set_notes_reach_the_report(bench_out):
     """A row's steps note and option notes are printed under its set in report.md (not only in the JSON)."""
     from wan_ui.bench.report import render_report
+    from wan_ui.bench.rows import BenchRow
 
-    rows = [dict(r, metrics=dict(r["metrics"] or {})) for r in bench_out[2]]
-    rows[1]["steps_note"] = "sparse attention: measured at full length"
-    rows[1]["metrics"]["option_notes"] = ["attention_slicing saves no memory here"]
+    rows = [BenchRow.from_dict(r) for r in bench_out[2]]
+    rows[1].steps_note = "sparse attention: measured at full length"
+    rows[1].metrics.option_notes = ["attention_slicing saves no memory here"]
     text = render_report(rows)
     assert "sparse attention: measured at full length" in text and "attention_slicing saves no memory here" in text
 

@@ -17,16 +17,19 @@ The per-step median leaves out step 1 when there are two or more steps: it carri
 
 from __future__ import annotations
 
-import statistics
-
+from wan_ui.bench.rows import BenchRow, step_median
 from wan_ui.optim.cache import forwards_computed_mag, mag_schedule  # noqa: F401  (re-exported)
 from wan_ui.optim.cfg import planned_forwards
 
 
-def step_median(step_latencies: list[float]) -> float | None:
-    if not step_latencies:
+def extrapolate_row(row: BenchRow) -> dict | None:
+    """`extrapolate` for a row's steady-state metrics, step counts, request and cache/CFG options."""
+    if row.metrics is None:
         return None
-    return statistics.median(step_latencies[1:] if len(step_latencies) > 1 else step_latencies)
+    opts = row.set.options
+    return extrapolate(row.metrics.to_dict(), row.steps_run, row.steps_full, row.request["num_frames"],
+                       row.request["guidance_scale"], opts.get("cfg_truncation", 1.0), opts.get("cache") or "none",
+                       opts.get("cache_threshold", 0.0), opts.get("cache_max_skips", 0))
 
 
 def extrapolate(metrics: dict, steps_run: int, steps_full: int, frames: int, guidance_scale: float,

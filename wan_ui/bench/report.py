@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from wan_ui.bench.extrapolate import forwards_computed_mag
+from wan_ui.bench.rows import BenchRow
+from wan_ui.core.errors import ValidationError
 from wan_ui.core.report import EXTRA_ROWS, REPORT_ROWS, Row, format_value, metric_row, pair_table, ratio, summary_csv
 
 LATENCY_KEYS = ("clip_latency_s", "frame_latency_s", "throughput_fps")  # replaced by extrapolated values
@@ -31,21 +34,18 @@ GPU_KEYS = ("peak_vram_mb", "peak_reserved_mb", "peak_vram_max_mb", "nvml_peak_u
 
 
 # ---- 1. values -------------------------------------------------------------------------------------------
-def numbers(row: dict) -> dict:
-    """Numeric values of one row: the steady-state Metrics, latencies extrapolated when the run was shortened,
-    plus the benchmark's own values (per-step median, phases, forwards)."""
-    from wan_ui.bench.extrapolate import step_median
-
-    m = dict(row.get("metrics") or {})
-    if not m:
+def numbers(row: BenchRow) -> dict:
+    """Numeric values of one row, by key: the steady-state Metrics, latencies extrapolated when the run was
+    shortened, plus the benchmark's own values (per-step median, phases, forwards); {} before any run finished."""
+    if row.metrics is None:
         return {}
-    ex = row.get("extrapolation")
+    m = row.metrics.to_dict()
+    ex = row.extrapolation
     phases = m.get("phases") or {}
     m.update(text_encode_s=phases.get("text_encode_s"), denoise_s=phases.get("denoise_s"),
              decode_s=phases.get("decode_s"), measured_clip_latency_s=m.get("clip_latency_s"),
-             step_median_s=step_median(m.get("step_latencies_s") or []),
-             peak_vram_max_mb=(row.get("bench") or {}).get("peak_vram_max_mb"),
-             steps_text=f"{row['steps_run']} / {row['steps_full']}",
+             step_median_s=row.step_median_s, peak_vram_max_mb=row.bench.peak_vram_max_mb if row.bench else None,
+             steps_text=f"{row.steps_run} / {row.steps_full}",
              forwards_text=f"{m.get('forwards_computed')} / {m.get('forwards_planned')}")
     m["forward_s"] = _per_forward(row, m)
     if ex:
@@ -53,38 +53,36 @@ def numbers(row: dict) -> dict:
     return m
 
 
-def _per_forward(row: dict, m: dict) -> float | None:
+def _per_forward(row: BenchRow, m: dict) -> float | None:
     """One transformer forward (one CFG branch), comparable with ../shared/WORKLOADS.md's floors: the per-step
     median over forwards per step; with a step cache, denoise time over forwards computed."""
-    cache = row["set"]["options"].get("cache") or "none"
+    opts = row.set.options
+    cache = opts.get("cache") or "none"
     if cache != "none":
         done = m.get("forwards_computed")
         if done is None and cache == "mag":  # not counted under compile; MagCache's schedule is known exactly
-            from wan_ui.bench.extrapolate import forwards_computed_mag
-
-            req, opts = row["request"], row["set"]["options"]
-            done = forwards_computed_mag(row["steps_run"], req["guidance_scale"], opts["cfg_truncation"],
+            done = forwards_computed_mag(row.steps_run, row.request["guidance_scale"], opts["cfg_truncation"],
                                          opts["cache_threshold"], opts.get("cache_max_skips", 0))
         return m["denoise_s"] / done if done and m.get("denoise_s") is not None else None
     planned = m.get("forwards_planned")
-    return m["step_median_s"] * row["steps_run"] / planned if planned and m.get("step_median_s") else None
+    return m["step_median_s"] * row.steps_run / planned if planned and m.get("step_median_s") else None
 
 
-def na_reason(row: dict, key: str) -> str:
-    if row.get("status") != "ok" and not row.get("metrics"):
-        return f"n/a ({row.get('status')})"
-    reason = (row.get("quality") or {}).get("na", {}).get(key)
+def na_reason(row: BenchRow, key: str) -> str:
+    if row.status != "ok" and row.metrics is None:
+        return f"n/a ({row.status})"
+    reason = row.quality.na.get(key)
     if reason:
         return reason
-    if key in GPU_KEYS and (row.get("hardware") or {}).get("device") != "cuda":
+    if key in GPU_KEYS and row.hardware.get("device") != "cuda":
         return "n/a (CPU)"
     return "n/a"
 
 
-def cells(row: dict) -> dict:
+def cells(row: BenchRow) -> dict:
     """key -> display text for every row of ALL_ROWS."""
     num, out = numbers(row), {}
-    extrapolated = bool(row.get("extrapolation"))
+    extrapolated = bool(row.extrapolation)
     for _, key, _, fmt, _ in ALL_ROWS:
         v = num.get(key)
         if v is None:
@@ -96,11 +94,11 @@ def cells(row: dict) -> dict:
 
 
 # ---- 2. report.md ----------------------------------------------------------------------------------------
-def _baseline(rows: list[dict]) -> dict | None:
-    return rows[0] if rows and rows[0].get("status") == "ok" else None
+def _baseline(rows: list[BenchRow]) -> BenchRow | None:
+    return rows[0] if rows and rows[0].status == "ok" else None
 
 
-def summary_table(rows: list[dict]) -> str:
+def summary_table(rows: list[BenchRow]) -> str:
     """All sets, the report's rows, each with its ratio to the baseline (the first set); '*' = extrapolated."""
     base = _baseline(rows)
     bnum = numbers(base) if base else {}
@@ -108,14 +106,14 @@ def summary_table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         num, txt = numbers(row), cells(row)
-        out = [str(row["index"] + 1), row["set"]["name"], _status_text(row), f"{row['steps_run']}/{row['steps_full']}"]
+        out = [str(row.index + 1), row.set.name, _status_text(row), f"{row.steps_run}/{row.steps_full}"]
         for _, key, _, fmt, _ in REPORT_ROWS:
             v = num.get(key)
             if v is None or isinstance(v, str):
                 out.append(txt[key])
                 continue
             cell = format_value(num, key, fmt)
-            if row.get("extrapolation") and key in LATENCY_KEYS:
+            if row.extrapolation and key in LATENCY_KEYS:
                 cell += "*"
             r = ratio(bnum.get(key), v)
             out.append(f"{cell} ({r:.2f}x)" if r is not None else cell)
@@ -125,39 +123,39 @@ def summary_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _status_text(row: dict) -> str:
-    if row.get("status") == "ok":
+def _status_text(row: BenchRow) -> str:
+    if row.status == "ok":
         return "ok"
-    err = (row.get("error") or "").replace("\n", " ")
-    return f"**{row.get('status')}**: {err[:140]}" if err else f"**{row.get('status')}**"
+    err = (row.error or "").replace("\n", " ")
+    return f"**{row.status}**: {err[:140]}" if err else f"**{row.status}**"
 
 
-def _header(rows: list[dict], charts_note: str | None, chart_files: list[str]) -> list[str]:
+def _header(rows: list[BenchRow], charts_note: str | None, chart_files: list[str]) -> list[str]:
     r0 = rows[0]
-    hw, v, req = r0["hardware"], r0["versions"], r0["request"]
+    hw, v, req = r0.hardware, r0.versions, r0.request
     card = (f"{hw['gpu_name']} (driver {hw.get('driver')}, CUDA {hw.get('cuda')}, cc {hw.get('capability')}, "
             f"{hw.get('total_memory_mb')} MiB)" if hw.get("gpu_name") else f"CPU only ({hw.get('cpu')}, "
             f"{hw.get('cpu_count')} cores)")
     vers = ", ".join(f"{k} {v[k]}" for k in ("torch", "diffusers", "transformers", "torchao", "bitsandbytes",
                                                "python") if v.get(k))
-    m = r0["method"]
-    lines = [f"# Benchmark: `{r0['workload']}` on {hw.get('gpu_name') or 'CPU'}", "",
-             "| | |", "|---|---|", f"| Card | {card} |", f"| Date | {r0['date']} |",
-             f"| Workload | `{r0['workload']}`: {r0.get('workload_description', '')} |",
-             f"| Request | {req['width']}x{req['height']}, {req['num_frames']} frames, {r0['steps_full']} steps, "
+    m = r0.method
+    lines = [f"# Benchmark: `{r0.workload}` on {hw.get('gpu_name') or 'CPU'}", "",
+             "| | |", "|---|---|", f"| Card | {card} |", f"| Date | {r0.date} |",
+             f"| Workload | `{r0.workload}`: {r0.workload_description} |",
+             f"| Request | {req['width']}x{req['height']}, {req['num_frames']} frames, {r0.steps_full} steps, "
              f"CFG {req['guidance_scale']}, seed {req['seed']} |",
-             f"| Model | `{r0['model']}`: {r0['model_label']} |", f"| Versions | {vers} |",
-             f"| Method | per set: build (load time), 1 warm-up run, then R timed repeats (R = {m['repeats']} unless "
+             f"| Model | `{r0.model}`: {r0.model_label} |", f"| Versions | {vers} |",
+             f"| Method | per set: build (load time), 1 warm-up run, then R timed repeats (R = {m.repeats} unless "
              f"the set says otherwise); steady state = the repeat with the median clip latency; warm-up = first "
              f"run - median; peak memory stats reset before every run; process per set: "
-             f"{'yes' if m['process_per_set'] else 'no'} |",
-             f"| Baseline of every ratio | the first set, **{r0['set']['name']}** |",
-             f"| Command | `{r0.get('command', '')}` |", ""]
-    if any(r.get("random_weights") for r in rows):
+             f"{'yes' if m.process_per_set else 'no'} |",
+             f"| Baseline of every ratio | the first set, **{r0.set.name}** |",
+             f"| Command | `{r0.command}` |", ""]
+    if any(r.random_weights for r in rows):
         lines += ["> **Random weights.** This model has the real architecture with random weights: speed and memory "
                   "are real, the video is noise. **Quality columns n/a (random weights)**; nothing here is a "
                   "quality result.", ""]
-    if any(r.get("extrapolation") for r in rows):
+    if any(r.extrapolation for r in rows):
         lines += ["> **Extrapolated.** Sets that ran fewer steps than the workload's show latencies marked "
                   "*(extrapolated)* (`*` in the summary): text encode + per-step median x full steps (x forwards "
                   "ratio) + decode; for step caches, time per computed forward x forwards computed at the full "
@@ -172,45 +170,45 @@ def _header(rows: list[dict], charts_note: str | None, chart_files: list[str]) -
     return lines
 
 
-def _set_section(row: dict, base_cells: dict | None) -> list[str]:
-    s = row["set"]
-    changed = ", ".join(f"{k}={v}" for k, v in s["changed"].items()) or "defaults"
-    runs = row["method"].get("runs_done", 0)
+def _set_section(row: BenchRow, base_cells: dict | None) -> list[str]:
+    s = row.set
+    changed = ", ".join(f"{k}={v}" for k, v in s.changed.items()) or "defaults"
+    runs = row.method.runs_done
     done = f"{runs} (1 warm-up + {runs - 1} timed)" if runs else "none"
-    lines = [f"## {row['index'] + 1}. {s['name']}", "",
-             f"`{s['spec']}` · options: {changed} · status **{row['status']}** · runs: {done} "
-             f"· wall {row.get('wall_s') or 0:.1f} s", ""]
-    if row.get("error"):
-        lines += [f"> {row['status']}: {row['error']}", ""]
-    if not row.get("metrics"):
+    lines = [f"## {row.index + 1}. {s.name}", "",
+             f"`{s.spec}` · options: {changed} · status **{row.status}** · runs: {done} "
+             f"· wall {row.wall_s or 0:.1f} s", ""]
+    if row.error:
+        lines += [f"> {row.status}: {row.error}", ""]
+    if row.metrics is None:
         return lines
     mine = cells(row)
     base = base_cells or {k: "n/a (baseline did not run)" for k in mine}
-    lines += [pair_table(base, mine, s["name"], rows=ALL_ROWS), ""]
-    ex = row.get("extrapolation")
+    lines += [pair_table(base, mine, s.name, rows=ALL_ROWS), ""]
+    ex = row.extrapolation
     if ex:
         lines += [f"Extrapolation ({ex['label']}): {ex['method']}; per-step median {ex['step_median_s']:.3f} s, "
                   f"forwards computed {ex['forwards_computed_run']} at {ex['steps_run']} steps -> "
                   f"{ex['forwards_computed_full']} at {ex['steps_full']}."
                   + (f" {ex['note']}." if ex.get("note") else ""), ""]
-    m = row["metrics"]
-    lb = m.get("load_breakdown") or {}
+    m = row.metrics
+    lb = m.load_breakdown or {}
     if lb:
         lines += ["Load breakdown: " + ", ".join(f"{k} {v:.2f} s" for k, v in lb.items() if v is not None)
-                  + f". Warm-up method: {m.get('warmup_method')}.", ""]
-    notes = [n for n in (row.get("steps_note"), m.get("quality_note"), (row.get("quality") or {}).get("error"),
-                         m.get("vram_note"), *(m.get("option_notes") or [])) if n]
+                  + f". Warm-up method: {m.warmup_method}.", ""]
+    notes = [n for n in (row.steps_note, m.quality_note, row.quality.error, m.vram_note, *(m.option_notes or []))
+             if n]
     if notes:
         lines += ["Notes: " + "; ".join(notes) + ".", ""]
     return lines
 
 
-def render_report(rows: list[dict], charts_note: str | None = None, chart_files: list[str] = ()) -> str:
+def render_report(rows: list[BenchRow], charts_note: str | None = None, chart_files: list[str] = ()) -> str:
     base = _baseline(rows)
     base_cells = cells(base) if base else None
     lines = _header(rows, charts_note, list(chart_files))
     lines += ["## Summary", "", summary_table(rows), ""]
-    if any(r.get("extrapolation") for r in rows):
+    if any(r.extrapolation for r in rows):
         lines += ["`*` extrapolated to the workload's full step count.", ""]
     for row in rows:
         lines += _set_section(row, base_cells)
@@ -218,7 +216,7 @@ def render_report(rows: list[dict], charts_note: str | None = None, chart_files:
 
 
 # ---- 3. charts -------------------------------------------------------------------------------------------
-def draw_charts(out: Path, rows: list[dict]) -> tuple[list[str], str | None]:
+def draw_charts(out: Path, rows: list[BenchRow]) -> tuple[list[str], str | None]:
     """latency.png (stacked phases per set, extrapolated hatched) and vram.png; ([], reason) without matplotlib."""
     try:
         import matplotlib
@@ -228,15 +226,15 @@ def draw_charts(out: Path, rows: list[dict]) -> tuple[list[str], str | None]:
     except ImportError:
         return [], ("not drawn: matplotlib is not installed here; run `python -m wan_ui.bench --render DIR` "
                     "where it is")
-    names = [f"{r['index'] + 1}. {r['set']['name']}" for r in rows]
+    names = [f"{r.index + 1}. {r.set.name}" for r in rows]
     nums = [numbers(r) for r in rows]
     files = [_latency_chart(plt, out, rows, names, nums), _vram_chart(plt, out, rows, names, nums)]
     return files, None
 
 
-def _title(rows: list[dict], what: str) -> str:
+def _title(rows: list[BenchRow], what: str) -> str:
     r0 = rows[0]
-    return f"{what}: {r0['workload']} on {r0['hardware'].get('gpu_name') or 'CPU'} ({r0['model']})"
+    return f"{what}: {r0.workload} on {r0.hardware.get('gpu_name') or 'CPU'} ({r0.model})"
 
 
 def _latency_chart(plt, out, rows, names, nums) -> str:
@@ -245,9 +243,9 @@ def _latency_chart(plt, out, rows, names, nums) -> str:
     colors = {"text_encode_s": "#8da0cb", "denoise_s": "#fc8d62", "decode_s": "#66c2a5"}
     for yi, row, num in zip(y, rows, nums):
         if not num:
-            ax.text(0, yi, f"  {row['status']}", va="center", fontsize=8, color="#a00")
+            ax.text(0, yi, f"  {row.status}", va="center", fontsize=8, color="#a00")
             continue
-        ex = row.get("extrapolation")
+        ex = row.extrapolation
         parts = {"text_encode_s": num["text_encode_s"] or 0.0,
                  "denoise_s": (ex["denoise_s"] if ex else num["denoise_s"]) or 0.0, "decode_s": num["decode_s"] or 0.0}
         left = 0.0
@@ -281,7 +279,7 @@ def _vram_chart(plt, out, rows, names, nums) -> str:
     for yi, row, num in zip(y, rows, nums):
         peak = num.get("peak_vram_mb") if num else None
         if peak is None:
-            ax.text(0, yi, f"  {na_reason(row, 'peak_vram_mb') if num else row['status']}", va="center", fontsize=8)
+            ax.text(0, yi, f"  {na_reason(row, 'peak_vram_mb') if num else row.status}", va="center", fontsize=8)
             continue
         measured = True
         ax.barh(yi, peak / 1024, color="#8da0cb")
@@ -303,23 +301,35 @@ def _save(fig, plt, path: Path) -> str:
 
 
 # ---- 4. files --------------------------------------------------------------------------------------------
-def read_results(out: Path) -> list[dict]:
+def read_rows(path: Path) -> list[BenchRow]:
+    """The rows of a results.jsonl file; a line that is not a BenchRow is an error naming the file and line."""
+    rows = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(BenchRow.from_dict(json.loads(line)))
+        except (ValueError, TypeError) as e:
+            raise ValidationError(f"{path}:{n}: not a benchmark row: {e}", field="render") from None
+    return rows
+
+
+def read_results(out: Path) -> list[BenchRow]:
+    """The rows of OUT/results.jsonl."""
     path = Path(out) / "results.jsonl"
     if not path.is_file():
-        from wan_ui.core.errors import ValidationError
-
         raise ValidationError(f"{path} does not exist", field="render")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_rows(path)
 
 
-def write_outputs(out: Path, rows: list[dict], charts: bool = True) -> dict:
+def write_outputs(out: Path, rows: list[BenchRow], charts: bool = True) -> dict:
     """results.jsonl, summary.csv, report.md and (when `charts`) the PNGs. Rewritten after every set, so a run
     cut short still leaves a report of the sets that finished."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    (out / "results.jsonl").write_text("".join(json.dumps(r.to_dict(), sort_keys=True) + "\n" for r in rows))
     base = _baseline(rows)
-    named = [(r["set"]["name"], numbers(r)) for r in rows]
+    named = [(r.set.name, numbers(r)) for r in rows]
     (out / "summary.csv").write_text(summary_csv(named, numbers(base) if base else None))
     files, note = draw_charts(out, rows) if charts else ([], "drawn when the last set has run")
     (out / "report.md").write_text(render_report(rows, note, files))
