@@ -7,16 +7,16 @@ from wan_ui.core.options import OptimizationSet
 def test_tile_size_reaches_the_vae_and_is_not_sticky(manager, smoke_request):
     pipe, _, _ = manager.get("tiny", OptimizationSet(), smoke_request)
     vae = pipe.vae
+    undo = apply_vae(pipe, OptimizationSet().with_(vae_tiling=True, vae_tile=512))
     try:
-        apply_vae(pipe, OptimizationSet().with_(vae_tiling=True, vae_tile=512))
         assert vae.use_tiling and vae.tile_sample_min_height == vae.tile_sample_min_width == 512
         assert vae.tile_sample_stride_height == vae.tile_sample_stride_width == 512 - OVERLAP_PX
-        remove_vae(pipe)
+        remove_vae(pipe, undo)
         assert not vae.use_tiling
-        apply_vae(pipe, OptimizationSet().with_(vae_tiling=True))  # the default again, not the last call's 512
+        undo = apply_vae(pipe, OptimizationSet().with_(vae_tiling=True))  # the default again, not the last 512
         assert vae.tile_sample_min_height == 256 and vae.tile_sample_stride_height == 192
     finally:
-        remove_vae(pipe)
+        remove_vae(pipe, undo)
 
 
 def test_channels_last_vae_weights_decode_the_same_video_and_come_back(manager, smoke_request):
