@@ -11,19 +11,17 @@ import dataclasses
 import json
 import os
 import subprocess
-import sys
 import time
 import traceback
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from wan_ui.core.generate import generate  # noqa: E402
-from wan_ui.core.manager import ModelManager  # noqa: E402
-from wan_ui.core.models import materialize, resolve_model  # noqa: E402
-from wan_ui.core.options import OptimizationSet, preset  # noqa: E402
-from wan_ui.core.requests import WORKLOADS  # noqa: E402
+from wan_ui.core.generate import generate
+from wan_ui.core.manager import ModelManager
+from wan_ui.core.models import materialize, resolve_model
+from wan_ui.core.options import OptimizationSet, preset
+from wan_ui.core.requests import WORKLOADS
 
 OUT = os.environ.get("OUT", "/tmp/out")
 

@@ -24,9 +24,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from wan_ui.optim.sparse import TileLayout, build_block_mask  # noqa: E402
+from wan_ui.optim.sparse import TileLayout, build_block_mask
 
 OUT = Path(os.environ.get("OUT", "/tmp/out"))
 GRIDS = {"official480": (21, 30, 52), "report": (25, 45, 78), "tiny": (2, 8, 16)}

@@ -10,17 +10,15 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 import traceback
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from wan_ui.core.models import materialize, resolve_model  # noqa: E402
-from wan_ui.optim.quantization import NOT_QUANTIZED  # noqa: E402
-from wan_ui.core.requests import WORKLOADS  # noqa: E402
+from wan_ui.core.models import materialize, resolve_model
+from wan_ui.optim.quantization import NOT_QUANTIZED
+from wan_ui.core.requests import WORKLOADS
 
 
 def load(folder, dtype, quant=None):

@@ -26,12 +26,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from wan_ui.core.manager import ModelManager  # noqa: E402
-from wan_ui.optim.sparse import prepare_sparse  # noqa: E402
-from wan_ui.core.options import OptimizationSet, parse_set_args, preset  # noqa: E402
-from wan_ui.core.requests import WORKLOADS  # noqa: E402
+from wan_ui.core.manager import ModelManager
+from wan_ui.optim.sparse import prepare_sparse
+from wan_ui.core.options import OptimizationSet, parse_set_args, preset
+from wan_ui.core.requests import WORKLOADS
 
 OUT = Path(os.environ.get("OUT", "/tmp/out"))
 # kernel-name patterns, first match wins (CUDA kernel names of cuDNN/flash/flex attention, cuBLAS/CUTLASS GEMMs)

@@ -30,16 +30,15 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from wan_ui.core.distilled import DISTILLED, PRESET_REQUEST_HINTS  # noqa: E402
-from wan_ui.core.generate import generate  # noqa: E402
-from wan_ui.core.manager import ModelManager  # noqa: E402
-from wan_ui.core.models import FULL_TRANSFORMER, TINY_TRANSFORMER, materialize, resolve_model  # noqa: E402
-from wan_ui.optim.lora import lora_dir, parse_lora_spec  # noqa: E402
-from wan_ui.core.options import OptimizationSet, preset  # noqa: E402
-from wan_ui.bench.random_lora import write_random_lora  # noqa: E402
-from wan_ui.core.requests import WORKLOADS  # noqa: E402
+from wan_ui.core.distilled import DISTILLED, PRESET_REQUEST_HINTS
+from wan_ui.core.generate import generate
+from wan_ui.core.manager import ModelManager
+from wan_ui.core.models import FULL_TRANSFORMER, TINY_TRANSFORMER, materialize, resolve_model
+from wan_ui.optim.lora import lora_dir, parse_lora_spec
+from wan_ui.core.options import OptimizationSet, preset
+from wan_ui.bench.random_lora import write_random_lora
+from wan_ui.core.requests import WORKLOADS
 from gpu_checks import summary  # noqa: E402  (scripts/ is on sys.path when a script in it runs)
 
 OUT = Path(os.environ.get("OUT", "/tmp/out"))

@@ -32,10 +32,9 @@ import traceback
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from wan_ui.optim.attention import _rope  # noqa: E402
-from wan_ui.optim.sparse import (DEFAULT_TILE, TileLayout, _flex, build_block_mask, sparse_attention,  # noqa: E402
+from wan_ui.optim.attention import _rope
+from wan_ui.optim.sparse import (DEFAULT_TILE, TileLayout, _flex, build_block_mask, sparse_attention,
                                  sparsity_report, window_density)
 
 OUT = os.environ.get("OUT", "/tmp/out")

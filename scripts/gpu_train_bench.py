@@ -36,7 +36,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 # name -> TrainConfig overrides (plus "attention" for a diffusers attention backend). All run bf16.
 VARIANTS: dict[str, dict] = {

@@ -30,11 +30,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from wan_ui.core.models import TINY_VAE  # noqa: E402
-from wan_ui.optim.vae import conv_weights_to  # noqa: E402
-from wan_ui.core.requests import WORKLOADS  # noqa: E402
+from wan_ui.core.models import TINY_VAE
+from wan_ui.optim.vae import conv_weights_to
+from wan_ui.core.requests import WORKLOADS
 
 OUT = Path(os.environ.get("OUT", "/tmp/out"))
 # name -> (cudnn.benchmark, channels_last_3d, compile, tiling: None or (tile px, stride px))

@@ -27,6 +27,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wan_ui.ui.app import MAX_QUEUE
+
 ROOT = Path(__file__).resolve().parents[1]
 REQUEST = dict(prompt="a lighthouse in a storm", width=16, height=16, num_frames=1, num_inference_steps=1,
                guidance_scale=1.0, fps=8)
@@ -233,9 +235,6 @@ def main(argv=None) -> int:
     p.add_argument("--outputs", default=None, help="its outputs folder, to check for half-written files")
     p.add_argument("--write", default=None, metavar="MARKDOWN", help="replace the figures section of this file")
     args = p.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
-    from wan_ui.ui.app import MAX_QUEUE
-
     where = machine()
     reports = []
     if args.url:

@@ -289,7 +289,7 @@ def _fake_demo(monkeypatch):
         calls.append(manager)
         return FakeDemo()
 
-    monkeypatch.setattr("wan_ui.ui.app.create_demo", fake_create_demo)
+    monkeypatch.setattr("wan_ui.ui.server.create_demo", fake_create_demo)
     return calls
 
 

@@ -67,7 +67,7 @@ def launches(monkeypatch):
         calls.append({"manager": manager, "create": kwargs})
         return FakeDemo()
 
-    monkeypatch.setattr("wan_ui.ui.app.create_demo", fake_create_demo)
+    monkeypatch.setattr("wan_ui.ui.server.create_demo", fake_create_demo)
     return calls
 
 

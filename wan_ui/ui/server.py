@@ -1,4 +1,5 @@
-"""`python app.py`: the Gradio workbench on http://127.0.0.1:7860 (`--listen` to serve the network).
+"""The app's entry point (`python app.py`, or the `wan-ui` command): the Gradio workbench on http://127.0.0.1:7860
+(`--listen` to serve the network).
 
 Builds the one model manager, quality scorer and baseline cache of this process and hands them to the UI.
 """
@@ -56,7 +57,6 @@ def parse_auth(text: str | None) -> tuple[str, str] | None:
 def build_manager(args, argv: list[str]):
     """One manager, a pool of one per GPU, or this rank's share of a parallel app (None on ranks > 0, which ran
     the UI's jobs until it stopped). `--gpu-mode parallel` outside torchrun restarts itself as N processes."""
-
     gpus = parse_gpus(args.gpus)
     if gpus and args.gpu_mode == "parallel" and "WORLD_SIZE" not in os.environ:
         cmd, env = relaunch_command([os.path.abspath(sys.argv[0]), *argv], gpus)
@@ -92,7 +92,3 @@ def main(argv=None) -> int:
     demo.launch(server_name=server_name, server_port=args.port, share=args.share, auth=auth,
                 **launch_kwargs(args.outputs))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
