@@ -37,6 +37,7 @@ import torch
 from wan_ui.core.errors import UserError, ValidationError
 from wan_ui.core.fields import FieldSpec, add_argument, spec_field, specs_of
 from wan_ui.core.requests import REQUEST_SPECS
+from wan_ui.optim.sparse import parse_window
 from wan_ui.train.cache import LatentCache, PrecomputeStats, Sample, TextCache, collate_text, model_fingerprint
 from wan_ui.train.data import Skipped, discover_clips, format_skipped
 from wan_ui.train.levers import CHECKPOINT_MODES, check_levers, prepare_transformer
@@ -137,8 +138,6 @@ class TrainConfig:
             bad(f"frames must be 4k+1 (the VAE compresses time 4x after the first frame), got {self.frames}",
                 "frames")
         if self.sparse_window:
-            from wan_ui.optim.sparse import parse_window
-
             parse_window(self.sparse_window)  # a ValidationError naming sparse_window
         if self.validate_every and not self.validation_prompt.strip():
             bad("--validate-every needs --validation-prompt", "validation_prompt")
