@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from wan_ui.bench.runner import main
 from wan_ui.bench.extrapolate import extrapolate, forwards_computed_mag, mag_schedule
+from wan_ui.bench.runner import main
 from wan_ui.bench.sets import parse_sets, split_sets
 from wan_ui.core.errors import ValidationError
 from wan_ui.core.metrics import Metrics

@@ -55,7 +55,7 @@ class ChildJob:
                 "row_path": str(self.row_path)}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ChildJob":
+    def from_dict(cls, data: dict) -> ChildJob:
         if data.get("schema") != JOB_SCHEMA:
             raise ValueError(f"not a {JOB_SCHEMA} job (schema {data.get('schema')!r})")
         return cls(BenchConfig.from_dict(data["config"]), data["spec"], int(data["index"]), Path(data["row_path"]))

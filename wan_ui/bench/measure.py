@@ -68,7 +68,7 @@ class BenchConfig:
         return dict(dataclasses.asdict(self), out=str(self.out))
 
     @classmethod
-    def from_dict(cls, data: dict) -> "BenchConfig":
+    def from_dict(cls, data: dict) -> BenchConfig:
         return cls(**dict(data, out=Path(data["out"])))
 
 
@@ -184,7 +184,7 @@ def error_line(e: BaseException) -> str:
 
 
 # ---- 3. one set ----------------------------------------------------------------------------------------------
-def measure_set(manager, cfg: BenchConfig, bset: BenchSet, index: int, quality: "QualityPlan",
+def measure_set(manager, cfg: BenchConfig, bset: BenchSet, index: int, quality: QualityPlan,
                 on_update=None) -> BenchRow:
     """Build, warm up, repeat; score quality afterwards. Never raises for a set that cannot run: the error
     lands in the row (status unavailable / incompatible / oom / error). `on_update(row)` after every run."""

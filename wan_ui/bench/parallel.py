@@ -69,7 +69,7 @@ class ModeRecord:
                 "forward_s": self.forward_s}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModeRecord":
+    def from_dict(cls, data: dict) -> ModeRecord:
         """Also reads records written before they held a full row: no set, method or parallel_mode, and the
         options changed from the defaults under `options`."""
         d = dict(data)

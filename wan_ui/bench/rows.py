@@ -127,7 +127,7 @@ class BenchRow:
         return _dump(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "BenchRow":
+    def from_dict(cls, data: dict) -> BenchRow:
         d = _checked(cls, data)
         for key, sub in (("set", SetInfo), ("method", Method), ("quality", QualityInfo), ("bench", BenchStats)):
             if d.get(key) is not None:
