@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from wan_ui.core.compare import run_comparison
-from wan_ui.core.errors import GenerationCancelled, ModelLoadError, OutOfMemoryError, UserError
+from wan_ui.core.errors import GenerationCancelled, ModelLoadError, GpuOutOfMemoryError, UserError
 from wan_ui.core.generate import generate
 from wan_ui.core.manager import ModelManager
 from wan_ui.core.options import OptimizationSet
@@ -33,7 +33,7 @@ def files(folder: Path) -> list[Path]:
 
 
 def assert_low_vram_error(e: BaseException) -> None:
-    assert isinstance(e, OutOfMemoryError) and isinstance(e, UserError)
+    assert isinstance(e, GpuOutOfMemoryError) and isinstance(e, UserError)
     assert "out of GPU memory" in str(e) and "'Low VRAM' preset" in str(e)
 
 
@@ -50,7 +50,7 @@ def test_oom_while_loading_keeps_the_resident_pipeline(manager, tmp_path, monkey
     assert_next_request_works(manager, tmp_path)
     resident, builds, before = manager.resident(), manager.builds, files(tmp_path)
     monkeypatch.setattr(WanPipeline, "from_pretrained", classmethod(raise_oom))
-    with pytest.raises(OutOfMemoryError) as e:
+    with pytest.raises(GpuOutOfMemoryError) as e:
         generate(manager, "tiny", SMALL, FP32, out_dir=tmp_path)  # a load-time change: a new build
     assert_low_vram_error(e.value)
     assert manager.resident() == resident and manager.builds == builds and files(tmp_path) == before
@@ -66,7 +66,7 @@ def test_oom_while_applying_load_time_optimizations_frees_the_half_built_pipelin
         raise_oom()
 
     monkeypatch.setattr("wan_ui.core.manager.build_steps", oom_after_loading)
-    with pytest.raises(OutOfMemoryError) as e:
+    with pytest.raises(GpuOutOfMemoryError) as e:
         generate(manager, "tiny", SMALL, OptimizationSet(), out_dir=tmp_path)
     assert_low_vram_error(e.value)
     gc.collect()
@@ -87,7 +87,7 @@ def test_oom_during_generation_drops_the_pipeline_and_the_next_request_rebuilds(
     ref, builds = weakref.ref(pipe), manager.builds
     del pipe
     monkeypatch.setattr(target, raise_oom)
-    with pytest.raises(OutOfMemoryError) as e:
+    with pytest.raises(GpuOutOfMemoryError) as e:
         generate(manager, "tiny", SMALL, OptimizationSet(), out_dir=tmp_path)
     assert_low_vram_error(e.value)
     # its state is unknown: evicted, and really freed while the error is still being shown
@@ -105,7 +105,7 @@ def test_oom_while_applying_a_runtime_option_evicts_and_names_the_preset(manager
 
     assert_next_request_works(manager, tmp_path)
     monkeypatch.setattr(WanTransformer3DModel, "enable_cache", raise_oom)
-    with pytest.raises(OutOfMemoryError) as e:
+    with pytest.raises(GpuOutOfMemoryError) as e:
         generate(manager, "tiny", SMALL, OptimizationSet(cache="first_block"), out_dir=tmp_path)
     assert_low_vram_error(e.value)
     assert manager.resident() == []
@@ -143,7 +143,7 @@ def test_a_failing_set_mid_comparison_leaves_no_files(manager, tmp_path, monkeyp
 
     sets = [("Defaults", OptimizationSet()), ("cached", OptimizationSet(cache="first_block"))]
     monkeypatch.setattr(WanTransformer3DModel, "enable_cache", raise_oom)
-    with pytest.raises(OutOfMemoryError):
+    with pytest.raises(GpuOutOfMemoryError):
         run_comparison(manager, "tiny", SMALL, sets, out_dir=tmp_path)
     assert files(tmp_path) == []
 

@@ -34,7 +34,7 @@ from wan_ui.bench.extrapolate import extrapolate_row
 from wan_ui.bench.rows import BenchRow, BenchStats, Method, RunSummary, SetInfo, step_median
 from wan_ui.bench.sets import BenchSet
 from wan_ui.core.distilled import request_for_set
-from wan_ui.core.errors import IncompatibleOptionsError, OutOfMemoryError, UnavailableError
+from wan_ui.core.errors import IncompatibleOptionsError, GpuOutOfMemoryError, UnavailableError
 from wan_ui.core.generate import generate
 from wan_ui.core.hardware import configure_allocator
 from wan_ui.core.metrics import Metrics
@@ -173,7 +173,7 @@ def status_of(e: BaseException) -> str:
         return "unavailable"
     if isinstance(e, IncompatibleOptionsError):
         return "incompatible"
-    if isinstance(e, (OutOfMemoryError, torch.cuda.OutOfMemoryError)):
+    if isinstance(e, (GpuOutOfMemoryError, torch.cuda.OutOfMemoryError)):
         return "oom"
     return "error"
 

@@ -19,7 +19,7 @@ from wan_ui.core.distilled import request_for_set
 from wan_ui.core.errors import UserError, ValidationError
 from wan_ui.core.generate import ProgressFn, Result, generate, update_video_metadata
 from wan_ui.core.manager import ModelManager
-from wan_ui.core.options import PRESETS, OptimizationSet, check_available, check_compatible, parse_set_args, preset
+from wan_ui.core.options import OptimizationSet, check_available, check_compatible, parse_set_args, preset
 from wan_ui.core.quality import baseline_frames, score_result
 from wan_ui.core.report import EXTRA_ROWS, REPORT_ROWS, ratio, summary_csv, summary_markdown
 from wan_ui.core.requests import GenerationRequest, validate_request
@@ -162,6 +162,3 @@ def measure_quality(manager: ModelManager, model: str | None, result: Result, sc
     score_result(result, scorer, reference)
     update_video_metadata(result)  # the mp4 and its sidecar were written before the scores existed
 
-
-def preset_names() -> list[str]:
-    return [DEFAULTS_NAME, *PRESETS]

@@ -29,5 +29,13 @@ class GenerationCancelled(RuntimeError):
     """Raised from the step callback when the user cancels; no output is written."""
 
 
-class OutOfMemoryError(UserError):
-    """GPU memory ran out; the message names the Low VRAM preset."""
+class GpuOutOfMemoryError(UserError):
+    """GPU memory ran out; the message names the Low VRAM preset. (Named apart from torch's
+    `torch.cuda.OutOfMemoryError`, which the core catches and turns into this one.)"""
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message, at most `limit` characters ('' when it has none):
+    what a one-line report shows of a library's multi-line error (the full text goes to the log)."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else ""

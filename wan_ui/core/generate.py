@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from wan_ui.core.devices import device_index, device_scope, is_cuda
-from wan_ui.core.errors import GenerationCancelled, OutOfMemoryError
+from wan_ui.core.errors import GenerationCancelled, GpuOutOfMemoryError
 from wan_ui.core.manager import LOW_VRAM_HINT, BuildInfo, ModelManager
 from wan_ui.core.metrics import Clock, Metrics, NvmlSampler, forward_counter, frame_metrics, warmup_from_steps
 from wan_ui.core.options import OptimizationSet, option_notes
@@ -162,7 +162,7 @@ def _generate_on(manager: ModelManager, model, request: GenerationRequest, opts:
     try:
         pipe, build, fresh = manager.get(model, opts, request)
     except torch.cuda.OutOfMemoryError:
-        raise OutOfMemoryError(f"out of GPU memory while building; {LOW_VRAM_HINT}") from None
+        raise GpuOutOfMemoryError(f"out of GPU memory while building; {LOW_VRAM_HINT}") from None
     clock = Clock("cuda" if is_cuda(manager.device) else manager.device)  # syncs the current device (scoped)
     sampler = NvmlSampler(index=device_index(manager.device) or 0, hz=nvml_hz) if clock.cuda else None
     clock.start_run()
@@ -182,7 +182,7 @@ def _generate_on(manager: ModelManager, model, request: GenerationRequest, opts:
     if out_of_memory:
         del pipe  # the last reference outside the manager: evicting it now frees its memory
         manager.mark_broken(model, opts)
-        raise OutOfMemoryError(f"out of GPU memory during generation; {LOW_VRAM_HINT}")
+        raise GpuOutOfMemoryError(f"out of GPU memory during generation; {LOW_VRAM_HINT}")
     if cancelled is not None:
         if clock.cuda:
             torch.cuda.empty_cache()  # the cancelled run's latents and activations are garbage by now

@@ -20,7 +20,7 @@ import torch
 from diffusers import WanPipeline
 
 from wan_ui.core.devices import is_cuda
-from wan_ui.core.errors import ModelLoadError, OutOfMemoryError
+from wan_ui.core.errors import GpuOutOfMemoryError, ModelLoadError, first_line
 from wan_ui.core.hardware import Hardware, probe_hardware
 from wan_ui.core.metrics import install_forward_counter
 from wan_ui.core.models import ModelSource, materialize, resolve_model
@@ -109,7 +109,7 @@ class ModelManager:
                 entry.info.reapplied = apply_runtime(entry.pipe, opts, request)
             except torch.cuda.OutOfMemoryError:
                 self._evict(key)
-                raise OutOfMemoryError(f"out of GPU memory while applying options; {LOW_VRAM_HINT}") from None
+                raise GpuOutOfMemoryError(f"out of GPU memory while applying options; {LOW_VRAM_HINT}") from None
             if self.parallel is not None:  # after the run-time hooks, so the parallel layer stays outermost
                 entry.info.parallel = self.parallel.sync(entry.pipe, opts, request, bool(entry.info.reapplied))
             else:
@@ -135,7 +135,7 @@ class ModelManager:
             pipe = None  # raised below: inside this block the OOM's traceback still holds the half-built pipeline
         if pipe is None:
             _free_cuda()
-            raise OutOfMemoryError(f"out of GPU memory while loading the model; {LOW_VRAM_HINT}")
+            raise GpuOutOfMemoryError(f"out of GPU memory while loading the model; {LOW_VRAM_HINT}")
         t2 = time.perf_counter()
         self.builds += 1
         info = BuildInfo(source.name, source.label, source.random_weights, self.device, True,
@@ -162,7 +162,7 @@ class ModelManager:
             raise
         except Exception as e:  # a missing or corrupt file raises OSError, SafetensorError, JSONDecodeError, ...
             raise ModelLoadError(f"could not load model {source.name!r} from {folder}: {type(e).__name__}: "
-                                 f"{str(e).splitlines()[0] if str(e) else ''}", field="model") from None
+                                 f"{first_line(e)}", field="model") from None
         if getattr(pipe.tokenizer, "pad_token", None) is None:  # loads, then every prompt fails to encode
             raise ModelLoadError(f"could not load model {source.name!r} from {folder}: its tokenizer has no padding "
                                  f"token (tokenizer/tokenizer_config.json missing or damaged?)", field="model")

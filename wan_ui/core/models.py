@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
 from wan_ui.core.errors import ModelLoadError
+from wan_ui.core.files import atomic_path
 from wan_ui.core.requests import REPORT_PROMPT, WAN_DEFAULT_NEGATIVE_PROMPT
 
 HUB_ID = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
@@ -136,15 +136,9 @@ def materialize(source: ModelSource, log=print, tqdm_class=None) -> tuple[str, f
         device = "cuda" if source.kind == RANDOM_FULL and torch.cuda.is_available() else "cpu"
         log(f"building the {source.label} once into {folder} ...")
         pipe = build_random_pipeline(full=source.kind == RANDOM_FULL, device=device)
-        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
+        with atomic_path(folder) as tmp:  # a failed write (disk full) leaves no half-written folder
             pipe.save_pretrained(tmp, safe_serialization=True)
             (tmp / MARKER).write_text(json.dumps({"seed": 0, "kind": source.kind}))
-            shutil.rmtree(folder, ignore_errors=True)
-            os.replace(tmp, folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)  # a failed write (disk full) leaves no half-written folder
         del pipe
         return str(folder), time.perf_counter() - t0
     if source.kind == "hub":

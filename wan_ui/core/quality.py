@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from wan_ui.core.errors import first_line
 from wan_ui.core.generate import generate
 from wan_ui.core.options import OptimizationSet
 from wan_ui.core.requests import validate_request
@@ -178,8 +179,7 @@ class QualityScorer:
                 try:
                     self._models[name] = self._loaders[name](self.config, self.device)
                 except Exception as e:  # no network, missing cache, bad tag: the metric is null, nothing else
-                    reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                    self._failures[name] = f"{type(e).__name__}: {reason}"[:REASON_CHARS]
+                    self._failures[name] = f"{type(e).__name__}: {first_line(e)}"[:REASON_CHARS]
             if name in self._failures:
                 raise MetricUnavailable(self._failures[name])
             return self._models[name]

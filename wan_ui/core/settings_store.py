@@ -16,6 +16,7 @@ from pathlib import Path
 import imageio_ffmpeg
 
 from wan_ui.core.errors import ValidationError
+from wan_ui.core.files import write_text_atomic
 
 ENV_PATH = "WAN_UI_SETTINGS"  # overrides the file's location (tests, several profiles)
 
@@ -27,21 +28,9 @@ def settings_path() -> Path:
     return config / "wan_ui" / "last.json"
 
 
-def make_settings(request: dict, optimizations: dict, **extra) -> dict:
-    return {"request": dict(request), "optimizations": dict(optimizations), **extra}
-
-
 def save_settings(settings: dict, path: str | Path | None = None) -> Path:
     """Write atomically (temporary file + rename): a crash never leaves half a file behind."""
-    path = Path(path) if path else settings_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(settings, indent=2, ensure_ascii=False))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # a failed write (disk full) leaves no temporary file
-    return path
+    return write_text_atomic(Path(path) if path else settings_path(), json.dumps(settings, indent=2, ensure_ascii=False))
 
 
 def load_settings(path: str | Path | None = None) -> dict | None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,8 @@ from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, UMT5EncoderModel
 
+from wan_ui.core.errors import first_line
+from wan_ui.core.files import atomic_path
 from wan_ui.train.data import Clip, Skipped, file_hash, read_clip
 
 MAX_TEXT_TOKENS = 512  # Wan's max_sequence_length
@@ -73,10 +74,8 @@ def _key(**parts) -> str:
 
 
 def _save(path: Path, name: str, tensor: torch.Tensor) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({name: tensor.contiguous().cpu()}, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({name: tensor.contiguous().cpu()}, str(tmp))
 
 
 def _load(path: Path, name: str) -> torch.Tensor | None:
@@ -196,7 +195,7 @@ class LatentCache:
                 posterior = vae.encode(video[None].to(self.device, self.dtype)).latent_dist
                 latents = (posterior.mode()[0].float().cpu() - mean) / std  # (16, T, H/8, W/8)
             except RuntimeError as e:  # e.g. out of memory on one huge clip: skip it, keep going
-                skipped.append(Skipped(name, f"VAE encode failed: {str(e).splitlines()[0][:160]}"))
+                skipped.append(Skipped(name, f"VAE encode failed: {first_line(e, 160)}"))
                 continue
             _save(self.path(content_hash), "latents", latents)
             out[name] = latents

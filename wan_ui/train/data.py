@@ -21,7 +21,7 @@ import imageio_ffmpeg
 import numpy as np
 import torch
 
-from wan_ui.core.errors import ValidationError
+from wan_ui.core.errors import ValidationError, first_line
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".avi")
 _FILE_KEYS = ("file", "file_name", "video", "path")
@@ -99,8 +99,7 @@ def read_clip(path: str | Path, width: int, height: int, frames: int) -> torch.T
                 break
         reader.close()
     except (Exception, StopIteration) as e:  # ffmpeg errors come as RuntimeError/OSError/StopIteration
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ValueError(f"unreadable video ({type(e).__name__}: {first[:160]})") from None
+        raise ValueError(f"unreadable video ({type(e).__name__}: {first_line(e, 160)})") from None
     if len(raw) < frames:
         raise ValueError(f"has {len(raw)} frames, needs {frames} (frames = 4k+1; pass a smaller --frames)")
     video = torch.from_numpy(np.stack(raw)).permute(0, 3, 1, 2).float()  # (F, 3, h, w) in [0, 255]

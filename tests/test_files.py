@@ -1,0 +1,42 @@
+"""Atomic writes (wan_ui/core/files.py): the target is either the old content or the complete new one."""
+
+import os
+
+import pytest
+
+from wan_ui.core.errors import first_line
+from wan_ui.core.files import atomic_path, write_text_atomic
+
+
+def test_a_file_replaces_the_target_only_when_complete(tmp_path):
+    target = tmp_path / "sub" / "settings.json"
+    write_text_atomic(target, "old")
+    with pytest.raises(OSError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise OSError("No space left on device")
+    assert target.read_text() == "old"
+    assert sorted(os.listdir(target.parent)) == ["settings.json"]  # no temporary file left
+    write_text_atomic(target, "new")
+    assert target.read_text() == "new" and sorted(os.listdir(target.parent)) == ["settings.json"]
+
+
+def test_a_folder_replaces_an_existing_folder(tmp_path):
+    target = tmp_path / "model"
+    (target / "old").mkdir(parents=True)
+    with atomic_path(target) as tmp:
+        tmp.mkdir()
+        (tmp / "weights").write_text("w")
+    assert sorted(os.listdir(target)) == ["weights"] and sorted(os.listdir(tmp_path)) == ["model"]
+
+
+def test_the_temporary_name_keeps_the_suffix(tmp_path):
+    with atomic_path(tmp_path / "clip.mp4") as tmp:
+        assert tmp.suffix == ".mp4" and tmp.name.startswith(".clip.") and tmp.parent == tmp_path
+        tmp.write_bytes(b"x")
+
+
+def test_first_line_of_an_exception():
+    assert first_line(RuntimeError("\n  CUDA error: out of memory\nstack...")) == "CUDA error: out of memory"
+    assert first_line(RuntimeError("")) == ""
+    assert first_line(ValueError("x" * 500), limit=10) == "x" * 10

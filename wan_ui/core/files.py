@@ -1,0 +1,51 @@
+"""Writing files so that nothing half-written is ever left under the final name.
+
+Every writer of the project that a crash, a full disk or a kill could interrupt (videos and their sidecars,
+settings, model folders, training checkpoints, cached latents, benchmark rows) writes to a temporary name beside
+the target and renames it over the target when complete: `os.replace` is atomic within one file system.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+
+def temporary_sibling(path: Path, tag: str = "tmp") -> Path:
+    """A hidden name beside `path`, unique to this process, keeping the suffix (ffmpeg and safetensors pick the
+    format by it): outputs/clip.mp4 -> outputs/.clip.1234.tmp.mp4."""
+    return path.with_name(f".{path.stem}.{os.getpid()}.{tag}{path.suffix}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, tag: str = "tmp") -> Iterator[Path]:
+    """`with atomic_path(target) as tmp:` write a file or a folder at `tmp`; on success it replaces `target`
+    (an existing folder is removed first), on any failure `tmp` is removed and `target` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_sibling(path, tag)
+    _remove(tmp)
+    try:
+        yield tmp
+        if tmp.is_dir() and path.is_dir():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        _remove(tmp)
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write `text` (UTF-8) to `path` through `atomic_path`."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
