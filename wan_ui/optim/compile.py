@@ -6,7 +6,8 @@ from diffusers' `compile_repeated_blocks`, which compiles each block's whole `__
 hooks (MagCache, FirstBlockCache) wrap `forward` and are marked `torch.compiler.disable`, so under
 `compile_repeated_blocks` the cached blocks fell back to eager (fullgraph=True even fails: "Skip calling
 torch.compiler.disable()d function MagCacheHeadHook.new_forward", seen on an H200, diffusers 0.42.1). Compiling
-the inner forward leaves the cache's skip decision in Python and every computed block compiled.
+the inner forward leaves the cache's skip decision in Python and every computed block compiled. LoRA training
+(train/levers.py) compiles its blocks, or its activation-checkpointing runners, through the same `compile_forwards`.
 
 Compile happens on the first call: the benchmark and the metrics report it as warm-up, never as steady-state
 latency. Measured on an H200: bf16 regional at 480p 7.7 s cold, 2.7 s after a restart with torch's compile caches
@@ -33,22 +34,40 @@ RECOMPILE_LIMIT = 64  # compiled variants kept per block forward: sizes x {dense
 
 
 def apply_compile(pipe, opts, device: str) -> None:
+    """Build step: regional compile of the transformer's repeated blocks, or of the whole transformer."""
     if opts.compile == "none":
         return
+    if opts.compile == "regional":
+        compile_forwards(repeated_blocks(pipe.transformer), mode=opts.compile_mode)
+    else:
+        _configure_dynamo()
+        pipe.transformer.compile(**_compile_kwargs(True, opts.compile_mode))
+
+
+def repeated_blocks(transformer) -> list[torch.nn.Module]:
+    """The blocks of the classes the model lists in `_repeated_blocks` (Wan: its 30 transformer blocks)."""
+    names = set(getattr(transformer, "_repeated_blocks", []) or [])
+    blocks = [m for m in transformer.modules() if type(m).__name__ in names]
+    if not blocks:
+        raise ValueError(f"{type(transformer).__name__} declares no repeated blocks to compile")
+    return blocks
+
+
+def compile_forwards(modules, fullgraph: bool = True, mode: str = "default") -> None:
+    """Regional compile, shared by inference and training (train/levers.py compiles its checkpointing runners):
+    each module's forward becomes a compiled one; modules of one class share the graph (same code object)."""
+    _configure_dynamo()
+    kwargs = _compile_kwargs(fullgraph, mode)
+    for module in modules:
+        module.forward = torch.compile(module.forward, **kwargs)
+
+
+def _compile_kwargs(fullgraph: bool, mode: str) -> dict:
+    return {"fullgraph": fullgraph, **({"mode": mode} if mode != "default" else {})}
+
+
+def _configure_dynamo() -> None:
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "torch_compile"))
     dynamo = torch._dynamo.config
     dynamo.recompile_limit = max(dynamo.recompile_limit, RECOMPILE_LIMIT)
     dynamo.accumulated_recompile_limit = max(dynamo.accumulated_recompile_limit, 4 * RECOMPILE_LIMIT)
-    kwargs = {"fullgraph": True}
-    if opts.compile_mode != "default":
-        kwargs["mode"] = opts.compile_mode
-    transformer = pipe.transformer
-    if opts.compile == "regional":
-        names = set(getattr(transformer, "_repeated_blocks", []) or [])
-        blocks = [m for m in transformer.modules() if type(m).__name__ in names]
-        if not blocks:
-            raise ValueError(f"{type(transformer).__name__} declares no repeated blocks to compile")
-        for block in blocks:
-            block.forward = torch.compile(block.forward, **kwargs)
-    else:
-        transformer.compile(**kwargs)
