@@ -15,22 +15,11 @@ Run-time (applied to a built pipeline; removed and re-applied when their fields 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass
-
 from wan_ui.optim import attention, cache, cfg_batch, compile, lora, offload, precision, quantization, scheduler, sparse, vae
-from wan_ui.optim.state import Applied, Undo, state_of
+from wan_ui.optim.state import Applied, RuntimeFamily, state_of
 
 LOAD_KWARGS = [precision.load_kwargs, quantization.load_kwargs]
 BUILD_STEPS = [quantization.apply_fp8_storage, compile.apply_compile, offload.apply_placement]
-
-
-@dataclass(frozen=True)
-class RuntimeFamily:
-    name: str  # reported in the build info's `reapplied` list
-    apply: Callable[..., Undo | None]  # (pipe, opts, request) -> the family's undo record, or None: nothing changed
-    remove: Callable[..., None]  # (pipe, undo record) -> None: the pipeline as it was before apply
-    signature: Callable[..., Hashable]  # (opts, request) -> the values that, when they change, re-apply the family
 
 
 def _fields(family):

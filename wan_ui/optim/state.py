@@ -14,13 +14,10 @@ live part of a family (the CFG-batch hook, the sparse context) asks for it by re
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
-
-if TYPE_CHECKING:  # the registry imports this module
-    from wan_ui.optim.registry import RuntimeFamily
+from typing import TypeVar
 
 
 class Undo:
@@ -28,6 +25,16 @@ class Undo:
 
 
 U = TypeVar("U", bound=Undo)
+
+
+@dataclass(frozen=True)
+class RuntimeFamily:
+    """One entry of the registry's RUNTIME list."""
+
+    name: str  # reported in the build info's `reapplied` list
+    apply: Callable[..., Undo | None]  # (pipe, opts, request) -> the family's undo record, or None: nothing changed
+    remove: Callable[..., None]  # (pipe, undo record) -> None: the pipeline as it was before apply
+    signature: Callable[..., Hashable]  # (opts, request) -> the values that, when they change, re-apply the family
 
 
 @dataclass(frozen=True)
