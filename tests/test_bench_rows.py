@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from wan_ui.bench.extrapolate import extrapolate_row
-from wan_ui.bench.parallel import ModeRecord, read_records
+from wan_ui.bench.parallel import ModeRecord, read_records, write_report
+from wan_ui.bench.parallel import main as parallel_main
 from wan_ui.bench.report import read_results, read_rows, render_report
 from wan_ui.bench.rows import SCHEMA, BenchRow, step_median
 from wan_ui.core.errors import ValidationError
@@ -160,3 +161,21 @@ def test_committed_parallel_records_load_and_pair_with_their_one_gpu_twin():
     assert other.twin_key() != single.twin_key()  # another option set is not a twin
     again = ModeRecord.from_dict(records["cfg"].to_dict())
     assert again.to_dict() == records["cfg"].to_dict() and again.plan["mode"] == "cfg"
+
+
+def test_the_parallel_bench_writes_a_bench_row_on_one_gpu(tiny_folder, tmp_path):
+    """`python -m wan_ui.bench.parallel run` without --parallel: its record is a full BenchRow (1 GPU, no plan,
+    extrapolated from 1 of 2 steps as the benchmark does) plus the mode's own keys, and its report reads it."""
+    assert parallel_main(["run", "--name", "single", "--workload", "smoke", "--model", "tiny", "--steps", "1",
+                          "--set", "precision=fp32", "--forward-repeats", "1", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "single.json").read_text())
+    record = ModeRecord.from_dict(data)
+    assert record.to_dict() == data and record.plan is None and record.requested == "none"
+    row = record.row
+    assert row.status == "ok" and (row.world_size, row.parallel_mode) == (1, "none") and row.set.is_baseline
+    assert row.set.name == "single" and row.set.changed == {"precision": "fp32"} and row.method.runs_done == 1
+    assert (row.steps_run, row.steps_full) == (1, 2) and row.extrapolation == extrapolate_row(row)
+    assert row.command.startswith("python -m wan_ui.bench.parallel run --name single")
+    assert record.forward_s > 0
+    text = write_report(tmp_path)
+    assert "| single | 1 | none (none) |" in text and "| identical | yes | — |" in text
