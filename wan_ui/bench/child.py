@@ -139,14 +139,21 @@ def _wait(cmd: list[str], timeout: float | None) -> tuple[int, bool, list[str]]:
         rc = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         timed_out = True
-        os.killpg(proc.pid, signal.SIGKILL)
+        _kill_group(proc)
         rc = proc.wait()
     finally:
         if proc.poll() is None:  # the parent was interrupted: the child goes too
-            os.killpg(proc.pid, signal.SIGKILL)
+            _kill_group(proc)
             proc.wait()
     pump.join(timeout=5)
     return rc, timed_out, list(tail)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # it exited meanwhile
+        pass
 
 
 def read_child_row(job: ChildJob) -> tuple[BenchRow | None, str | None]:
