@@ -9,7 +9,7 @@ The protocol, both directions JSON:
         "row_path": "OUT/rows/NN.json"}
      `spec` rebuilds the set with `sets.parse_set`; `index` 0 is the baseline (it saves the quality reference);
   2. the child measures the set and writes its `BenchRow` (results.jsonl's object) to `row_path` after every run,
-     atomically (write a temporary file, then rename), so a kill keeps the runs that finished; it exits 0 once
+     atomically (`core.files.write_text_atomic`), so a kill keeps the runs that finished; it exits 0 once
      the row is final (whatever the set's status), 2 when the job file cannot be read;
   3. the parent reads the row back (`run_child`). A child killed by the time limit reads `timeout`; one that exits
      otherwise before its row is final reads `crashed`, with its exit status, the set's name and the last lines
@@ -35,6 +35,7 @@ from wan_ui.bench.rows import BenchRow
 from wan_ui.bench.scoring import make_quality
 from wan_ui.bench.sets import BenchSet, parse_set
 from wan_ui.core.errors import UserError
+from wan_ui.core.files import write_text_atomic
 from wan_ui.core.manager import ModelManager
 
 JOB_SCHEMA = "wan_ui.bench.child/1"
@@ -61,21 +62,14 @@ class ChildJob:
         return cls(BenchConfig.from_dict(data["config"]), data["spec"], int(data["index"]), Path(data["row_path"]))
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    """A reader never sees half a file: write beside it, then rename over it."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
-
-
 # ---- 1. the child ----------------------------------------------------------------------------------------------
 def run_job(job: ChildJob) -> BenchRow:
     """Measure the job's set in this process, writing its row after every run and once final."""
     cfg = job.config
     manager = ModelManager(device=cfg.device, log=log)
     row = measure_set(manager, cfg, parse_set(job.spec), job.index, make_quality(cfg, manager.device),
-                      on_update=lambda r: write_json_atomic(job.row_path, r.to_dict()))
-    write_json_atomic(job.row_path, row.to_dict())
+                      on_update=lambda r: write_text_atomic(job.row_path, json.dumps(r.to_dict())))
+    write_text_atomic(job.row_path, json.dumps(row.to_dict()))
     return row
 
 
@@ -116,7 +110,7 @@ def write_job(cfg: BenchConfig, bset: BenchSet, index: int) -> tuple[ChildJob, P
     job = ChildJob(cfg, bset.spec, index, folder / f"{index:02d}.json")
     job.row_path.unlink(missing_ok=True)
     path = folder / f"{index:02d}.job.json"
-    write_json_atomic(path, job.to_dict())
+    write_text_atomic(path, json.dumps(job.to_dict()))
     return job, path
 
 

@@ -34,7 +34,7 @@ from wan_ui.bench.extrapolate import extrapolate_row
 from wan_ui.bench.rows import BenchRow, BenchStats, Method, RunSummary, SetInfo, step_median
 from wan_ui.bench.sets import BenchSet
 from wan_ui.core.distilled import request_for_set
-from wan_ui.core.errors import IncompatibleOptionsError, GpuOutOfMemoryError, UnavailableError
+from wan_ui.core.errors import GpuOutOfMemoryError, IncompatibleOptionsError, UnavailableError, first_line
 from wan_ui.core.generate import generate
 from wan_ui.core.hardware import configure_allocator
 from wan_ui.core.metrics import Metrics
@@ -179,8 +179,7 @@ def status_of(e: BaseException) -> str:
 
 
 def error_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+    return f"{type(e).__name__}: {first_line(e)}"
 
 
 # ---- 3. one set ----------------------------------------------------------------------------------------------
