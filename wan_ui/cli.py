@@ -21,6 +21,7 @@ from wan_ui.core.fields import add_argument, cli_help
 from wan_ui.core.generate import generate, update_video_metadata
 from wan_ui.core.hardware import configure_allocator, probe_hardware
 from wan_ui.core.manager import ModelManager
+from wan_ui.core.models import TINY, resolve_model
 from wan_ui.core.options import (
     PRESETS,
     OptimizationSet,
@@ -31,7 +32,14 @@ from wan_ui.core.options import (
     preset,
 )
 from wan_ui.core.quality import score_result
-from wan_ui.core.requests import REQUEST_SPECS, GenerationRequest, validate_request
+from wan_ui.core.requests import (
+    REQUEST_SPECS,
+    TINY_MODEL_DEFAULTS,
+    GenerationRequest,
+    default_request,
+    describe_defaults,
+    validate_request,
+)
 from wan_ui.parallel.dist import finish_distributed, init_distributed, torchrun_world_size
 from wan_ui.parallel.plan import ParallelConfig
 from wan_ui.parallel.runtime import ParallelRuntime
@@ -79,10 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate one video")
     g.add_argument("--model", default=None, help="tiny | random-full | hub id | local folder "
                    "(default: the hub checkpoint with a CUDA GPU, else tiny)")
+    tiny = GenerationRequest("x", **TINY_MODEL_DEFAULTS)
     for flag, name in REQUEST_FLAGS.items():
         spec = REQUEST_SPECS[name]
         if name in HINTED:
             add_argument(g, spec, flag, default=None, help=cli_help(spec, f"{getattr(d, name)} or the preset's"))
+        elif name in TINY_MODEL_DEFAULTS:  # None = not given: the model's own default (the tiny model has its own)
+            add_argument(g, spec, flag, default=None,
+                         help=cli_help(spec, f"{getattr(d, name)}; {getattr(tiny, name)} on the tiny model"))
         else:
             add_argument(g, spec, flag, default=getattr(d, name), required=name == "prompt")
     g.add_argument("--preset", default=None, help="start from a preset (see `options`)")
@@ -103,12 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_generate(args) -> int:
     base = preset(args.preset) if args.preset else OptimizationSet()
     opts = parse_set_args(args.set, base=base)
-    req = GenerationRequest(**{name: getattr(args, name) for name in REQUEST_FLAGS.values() if name not in HINTED},
-                            **_request_settings(args))
     runtime = _parallel_runtime(args.parallel)  # None: one process, one device
     leader = runtime is None or runtime.dist.leader  # only rank 0 prints and writes
     log = (lambda m: print(f"[wan_ui] {m}", file=sys.stderr)) if leader else (lambda m: None)
     manager = ModelManager(device=runtime.dist.device if runtime else None, log=log, parallel=runtime)
+    req = _request(args, tiny_model=resolve_model(args.model, manager.hw.cuda).kind == TINY, log=log)
     # fail fast on user mistakes, before any model work
     validate_request(req)
     check_available(opts, manager.hw)
@@ -137,18 +148,26 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def _request_settings(args) -> dict:
-    """Steps and guidance: the user's flags, else the preset's request hints (said on stderr), else the defaults."""
+def _request(args, tiny_model: bool, log) -> GenerationRequest:
+    """The request from the flags; a flag not given takes the model's default (said once for the tiny model)."""
+    base = default_request(tiny_model, args.prompt)
+    fields = {name: getattr(args, name) for name in REQUEST_FLAGS.values() if name not in HINTED}
+    unset = [name for name in TINY_MODEL_DEFAULTS if getattr(args, name) is None]
+    if tiny_model and unset:
+        log(f"note: {describe_defaults(True)}")
+    fields.update({name: getattr(base, name) for name in unset if name in fields})
+    return GenerationRequest(**fields, **_request_settings(args, base))
 
+
+def _request_settings(args, base: GenerationRequest) -> dict:
+    """Steps and guidance: the user's flags, else the preset's request hints (said on stderr), else the defaults."""
     given = {name: getattr(args, name) for name in HINTED}
     hints = request_hints_for(args.preset, given)
     if hints:
         said = ", ".join(f"{k}={v}" for k, v in hints.items())
         print(f"[wan_ui] preset {args.preset!r} set {said} (pass --steps/--guidance to override). "
               f"{PRESET_NOTES.get(args.preset, '')}", file=sys.stderr)
-    d = GenerationRequest("x")
-    defaults = {"num_inference_steps": d.num_inference_steps, "guidance_scale": d.guidance_scale}
-    return {k: v if v is not None else hints.get(k, defaults[k]) for k, v in given.items()}
+    return {k: v if v is not None else hints.get(k, getattr(base, k)) for k, v in given.items()}
 
 
 def _parallel_runtime(text: str | None):

@@ -92,8 +92,6 @@ def request_hints_for(preset_name: str | None, explicit: dict[str, Any]) -> dict
 def hints_for_lora(lora_spec: str) -> dict[str, Any]:
     """The request hints of the distilled LoRA that a `lora` option value loads ({} if none): the same file name
     as a DISTILLED entry's, by hub id or as a local copy, whatever the set or preset is called."""
-    # `wan_ui.core.options` (importing this module) does not need
-
     for src, _ in split_lora_spec(lora_spec):
         for d in DISTILLED:
             if src.replace("\\", "/").rsplit("/", 1)[-1] == d.lora.rsplit("/", 1)[-1]:

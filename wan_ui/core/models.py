@@ -31,6 +31,9 @@ TINY = "tiny"
 RANDOM_FULL = "random-full"
 RANDOM_LABEL = "random-weight model — output is noise; for trying the app and tests"
 MARKER = ".wan_ui_complete"  # written last, so a half-written cache folder is never loaded
+# Bumped whenever a random model's config changes, so a folder built from an older config is rebuilt, not loaded
+# (build 2: the tiny transformer's RoPE table covers the real model's 1024 positions per axis, not 32).
+RANDOM_BUILD = 2
 
 # Real Wan2.1-T2V-1.3B transformer config (model card / ../shared/WORKLOADS.md).
 FULL_TRANSFORMER = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
@@ -43,7 +46,7 @@ FULL_TEXT_ENCODER = dict(vocab_size=256384, d_model=4096, d_ff=10240, num_layers
 # Tiny twins (diffusers tests/pipelines/wan/test_wan.py sizes).
 TINY_TRANSFORMER = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16,
                         out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
-                        qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
+                        qk_norm="rms_norm_across_heads", rope_max_seq_len=1024)  # the real model's: any size works
 TINY_TEXT_ENCODER = dict(vocab_size=1024, d_model=32, d_ff=37, num_layers=2, num_heads=4, d_kv=8,
                          feed_forward_proj="gated-gelu", relative_attention_num_buckets=8,
                          relative_attention_max_distance=32, tie_word_embeddings=False)
@@ -129,7 +132,7 @@ def materialize(source: ModelSource, log=print, tqdm_class=None) -> tuple[str, f
     tqdm_class: the hub download's progress bars (model_download.ModelDownload records them for the UI)."""
     if source.kind in (TINY, RANDOM_FULL):
         folder = Path(source.location)
-        if (folder / MARKER).is_file():
+        if _built_marker(folder).get("build") == RANDOM_BUILD:
             return str(folder), 0.0
         t0 = time.perf_counter()
 
@@ -138,12 +141,21 @@ def materialize(source: ModelSource, log=print, tqdm_class=None) -> tuple[str, f
         pipe = build_random_pipeline(full=source.kind == RANDOM_FULL, device=device)
         with atomic_path(folder) as tmp:  # a failed write (disk full) leaves no half-written folder
             pipe.save_pretrained(tmp, safe_serialization=True)
-            (tmp / MARKER).write_text(json.dumps({"seed": 0, "kind": source.kind}))
+            (tmp / MARKER).write_text(json.dumps({"seed": 0, "kind": source.kind, "build": RANDOM_BUILD}))
         del pipe
         return str(folder), time.perf_counter() - t0
     if source.kind == "hub":
         return _download(source.name, tqdm_class)
     return source.location, 0.0
+
+
+def _built_marker(folder: Path) -> dict:
+    """What the completion marker of a random model's folder records ({} when absent or unreadable)."""
+    try:
+        data = json.loads((folder / MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _download(repo_id: str, tqdm_class=None) -> tuple[str, float]:

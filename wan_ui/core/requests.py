@@ -100,6 +100,26 @@ def validate_request(req: GenerationRequest) -> GenerationRequest:
     return dataclasses.replace(req, notes=tuple(notes), **values)
 
 
+# The tiny random-weight model's own defaults: a video in about 10 s on a 2-core CPU. The real model's defaults
+# (832x480, 81 frames, 50 steps) would take hours there (one step at that size: ~3 min). Every size, frame count
+# and step count within the limits still runs on the tiny model; these only pick where a first click lands.
+TINY_MODEL_DEFAULTS = {"width": 256, "height": 144, "num_frames": 17, "num_inference_steps": 8, "fps": 8}
+
+
+def default_request(tiny_model: bool, prompt: str = "") -> GenerationRequest:
+    """The request a user gets without touching anything: Wan's own defaults, or the tiny model's."""
+    return GenerationRequest(prompt, **(TINY_MODEL_DEFAULTS if tiny_model else {}))
+
+
+def describe_defaults(tiny_model: bool) -> str | None:
+    """One line saying that (and how) the defaults follow the model; None for the real model's defaults."""
+    if not tiny_model:
+        return None
+    d = TINY_MODEL_DEFAULTS
+    return (f"tiny random-weight model: defaults {d['width']}x{d['height']}, {d['num_frames']} frames, "
+            f"{d['num_inference_steps']} steps (about 10 s on a CPU); any size works, larger ones take minutes")
+
+
 @dataclass(frozen=True)
 class Workload:
     name: str

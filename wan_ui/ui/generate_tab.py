@@ -13,7 +13,8 @@ from wan_ui.core.distilled import PRESET_NOTES, PRESET_REQUEST_HINTS
 from wan_ui.core.errors import GenerationCancelled, UserError
 from wan_ui.core.generate import generate
 from wan_ui.core.lowvram import LOW_VRAM_PRESETS, plan_low_vram
-from wan_ui.core.requests import GenerationRequest, validate_request
+from wan_ui.core.models import TINY
+from wan_ui.core.requests import GenerationRequest, default_request, describe_defaults, validate_request
 from wan_ui.core.settings_store import save_settings
 from wan_ui.ui.context import AppContext
 from wan_ui.ui.values import (
@@ -60,7 +61,10 @@ def build_generate_tab(ctx: AppContext) -> GenerateTab:
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, elem_id="parameters"):
             gr.Markdown("### Parameters")
-            inputs = build_request_widgets()
+            tiny = ctx.source.kind == TINY
+            if describe_defaults(tiny):
+                gr.Markdown(f"*{describe_defaults(tiny).capitalize()}.*", elem_id="model-defaults-note")
+            inputs = build_request_widgets(default_request(tiny))
             gr.Markdown("### Optimizations")
             inputs.update(build_option_widgets(ctx.hw))
         with gr.Column(scale=6, elem_id="results"):

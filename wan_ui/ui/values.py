@@ -34,6 +34,7 @@ RESOLUTIONS: dict[str, tuple[int, int]] = {
     "1280x720 (720p)": (1280, 720),
     "640x368 (quick)": (640, 368),
     "256x256 (quick)": (256, 256),
+    "256x144 (tiny model's default)": (256, 144),
     "64x64 (tiny model)": (64, 64),
 }
 CUSTOM = "Custom"

@@ -41,9 +41,10 @@ def user_errors_as_toasts():
 
 
 # ---- parameters -----------------------------------------------------------------------------------------
-def build_request_widgets() -> Widgets:
-    """Prompt, negative prompt, size, frames, fps, seed, guidance, steps (defaults: GenerationRequest's)."""
-    d = GenerationRequest("")
+def build_request_widgets(defaults: GenerationRequest | None = None) -> Widgets:
+    """Prompt, negative prompt, size, frames, fps, seed, guidance, steps, starting at `defaults` (the model's own:
+    requests.default_request; GenerationRequest's when None)."""
+    d = defaults or GenerationRequest("")
     w = Widgets()
     w["prompt"] = gr.Textbox(label="Prompt", lines=3, placeholder="Describe the video…", elem_id="prompt")
     w["negative_prompt"] = gr.Textbox(value=WAN_DEFAULT_NEGATIVE_PROMPT, label="Negative prompt (Wan's default)",
