@@ -5,7 +5,7 @@ The real Wan2.1-T2V-1.3B transformer architecture with random weights (built dir
 seconds; no checkpoint, no VAE, no text encoder), LoRA rank 32 on the attention projections, batch 1, at
 832x480, 49 frames: latents (1, 16, 13, 60, 104) = 20,280 tokens, text embeddings (1, 512, 4096), both random
 tensors of the right shapes (speed does not depend on their values). Each step is exactly the training loop's
-step (`wan_ui.train.trainer.train_step`: flow-matching forward, backward, gradient clipping, fused AdamW), with the
+step (`wan_ui.train.step.train_step`: flow-matching forward, backward, gradient clipping, fused AdamW), with the
 levers applied by the same `prepare_transformer` the CLI uses.
 
 Each variant runs in its own subprocess (a crash, an out-of-memory or a compile failure costs only that
@@ -100,8 +100,9 @@ def run_variant(name: str, args) -> dict:
     import torch
 
     from wan_ui.core.hardware import probe_hardware
-    from wan_ui.train.trainer import TrainConfig, tokens_per_sample, train_step
+    from wan_ui.train.config import TrainConfig
     from wan_ui.train.levers import build_optimizer, check_levers, prepare_transformer
+    from wan_ui.train.step import tokens_per_sample, train_step
 
     spec = dict(VARIANTS[name])
     attention = spec.pop("attention", None)

@@ -16,8 +16,10 @@ from wan_ui.core.fields import FieldSpec, add_argument, specs_of, widget_range
 from wan_ui.core.hardware import Hardware
 from wan_ui.core.options import OptimizationSet
 from wan_ui.core.requests import LIMITS, REQUEST_SPECS, GenerationRequest, validate_request
+from wan_ui.train.cli import CLI_GROUPS, config_from_args
+from wan_ui.train.cli import build_parser as build_train_parser
+from wan_ui.train.config import TrainConfig
 from wan_ui.train.job import INT_LIMITS, LR_RANGE, PROMPT_MAX, config_from_values, default_values
-from wan_ui.train.trainer import CLI_GROUPS, TrainConfig, build_parser as build_train_parser, config_from_args
 from wan_ui.ui.values import option_widgets, request_from_values
 from wan_ui.ui.widgets import build_request_widgets
 

@@ -18,7 +18,7 @@ def test_users_allocator_settings_are_kept():
         assert env == {name: "max_split_size_mb:128"}
 
 
-@pytest.mark.parametrize("entry", ["app", "wan_ui.cli", "wan_ui.bench.runner", "wan_ui.train.trainer"])
+@pytest.mark.parametrize("entry", ["app", "wan_ui.cli", "wan_ui.bench.runner", "wan_ui.train.cli"])
 def test_entry_points_configure_the_allocator_first(entry, monkeypatch):
     """Each entry point sets the default before anything else (even `--help` gets it), so it is in place before
     CUDA starts."""

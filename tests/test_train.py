@@ -13,10 +13,11 @@ import torch
 from train_files import FRAMES, SIZE, moving_square, write_dataset
 
 from wan_ui.core.errors import IncompatibleOptionsError, UnavailableError, UserError, ValidationError
-from wan_ui.train.trainer import TrainConfig, main, train
-from wan_ui.train.data import discover_clips, read_clip
 from wan_ui.core.video import write_video
-
+from wan_ui.train.cli import main
+from wan_ui.train.config import TrainConfig
+from wan_ui.train.data import discover_clips, read_clip
+from wan_ui.train.loop import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one OpenMP thread for the tiny model
 
@@ -135,8 +136,10 @@ def test_resume_continues_from_the_saved_step(tmp_path, one_clip, train_cache):
 def test_a_dense_checkpoint_does_not_resume_into_a_sparse_run(tmp_path, one_clip, train_cache, tiny_folder):
     """Two different models (dense, sparse attention) must not train into one LoRA; the check reads the window the
     checkpoint was trained with (training itself with a window needs CUDA, so the loader is called directly)."""
-    from wan_ui.train.trainer import BatchSampler, load_checkpoint, load_transformer
+    from wan_ui.train.checkpoint import load_checkpoint
     from wan_ui.train.levers import build_optimizer, prepare_transformer
+    from wan_ui.train.model import load_transformer
+    from wan_ui.train.step import BatchSampler
 
     cfg = config(one_clip, tmp_path / "d.safetensors", train_cache, steps=2, save_every=2)
     ckpt = Path(train(cfg, log=lambda m: None).checkpoint)
@@ -153,7 +156,8 @@ def test_a_dense_checkpoint_does_not_resume_into_a_sparse_run(tmp_path, one_clip
 def test_rng_states_round_trip_through_safetensors_and_json(tmp_path):
     import random
 
-    from wan_ui.train.trainer import BatchSampler, load_rng, save_rng
+    from wan_ui.train.checkpoint import load_rng, save_rng
+    from wan_ui.train.step import BatchSampler
 
     sampler, noise = BatchSampler(5, 2, seed=3), torch.Generator().manual_seed(4)
     sampler.next(), torch.randn(3, generator=noise), random.random(), np.random.standard_normal()  # mid-stream
@@ -236,8 +240,9 @@ def test_stop_event_and_ctrl_c_save_a_checkpoint_and_the_lora(tmp_path, one_clip
 
 # ---- levers ----------------------------------------------------------------------------------------------------
 def _one_step_grads(tiny_folder, **levers):
-    from wan_ui.train.trainer import flow_matching_loss, load_transformer
     from wan_ui.train.levers import prepare_transformer
+    from wan_ui.train.model import load_transformer
+    from wan_ui.train.step import flow_matching_loss
 
     cfg = TrainConfig(data="", model="tiny", rank=4, width=SIZE, height=SIZE, frames=FRAMES, **levers)
     torch.manual_seed(0)
@@ -292,8 +297,8 @@ def test_bf16_and_fp8_base_run_on_cpu(tiny_folder):
 def _prediction(tiny_folder, **levers) -> torch.Tensor:
     """The transformer's prediction for one fixed batch after the levers, forward only (FlexAttention has no
     backward on CPU)."""
-    from wan_ui.train.trainer import load_transformer
     from wan_ui.train.levers import prepare_transformer
+    from wan_ui.train.model import load_transformer
 
     cfg = TrainConfig(data="", model="tiny", rank=4, width=SIZE, height=SIZE, frames=FRAMES, **levers)
     torch.manual_seed(0)

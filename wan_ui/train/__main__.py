@@ -1,3 +1,3 @@
-from wan_ui.train.trainer import main
+from wan_ui.train.cli import main
 
 raise SystemExit(main())

@@ -27,13 +27,15 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wan_ui.core.errors import UserError, ValidationError
+from wan_ui.core.errors import UserError, ValidationError, first_line
 from wan_ui.core.fields import specs_of
-from wan_ui.optim.lora import lora_dir
 from wan_ui.core.paths import confine
-from wan_ui.train.trainer import TrainConfig, default_checkpoint_dir, resolve_resume, train
+from wan_ui.optim.lora import lora_dir
+from wan_ui.train.checkpoint import default_checkpoint_dir, resolve_resume
+from wan_ui.train.config import TrainConfig
 from wan_ui.train.data import discover_clips, format_skipped
 from wan_ui.train.levers import check_levers
+from wan_ui.train.loop import train
 
 # ---- widget values -> TrainConfig ----------------------------------------------------------------------------
 # The number boxes, checked with TrainConfig's own specs before anything else (TrainConfig adds 4k+1 frames).
@@ -243,7 +245,7 @@ class TrainJob:
             traceback.print_exc(file=sys.stderr)
             hint = " (out of GPU memory: lower width/height/frames, or turn on gradient checkpointing)" \
                 if "out of memory" in str(e).lower() else ""
-            self._end("failed", error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}{hint}")
+            self._end("failed", error=f"{type(e).__name__}: {first_line(e)}{hint}")
         else:
             self._end("stopped" if result.stopped else "done", lora_path=result.lora_path,
                       checkpoint=result.checkpoint, summary=result.summary)

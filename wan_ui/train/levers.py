@@ -106,7 +106,6 @@ def add_lora(transformer, rank: int, alpha: float | None, ffn: bool, mixed_preci
     if mixed_precision:
         # Under autocast the LoRA matmuls run in bf16 anyway; peft's cast of the input to the fp32 adapter dtype
         # would only add an fp32 copy of every projection input (125 MB each at 832x480x49).
-
         for m in transformer.modules():
             if isinstance(m, BaseTunerLayer):
                 m.cast_input_dtype_enabled = False
@@ -222,7 +221,7 @@ def apply_sparse_training(transformer, window: str, grid: tuple[int, int, int], 
 # ---- optimizer -----------------------------------------------------------------------------------------------
 def build_optimizer(params, lr: float, weight_decay: float, adamw8bit: bool, device: str):
     if adamw8bit:
-        import bitsandbytes as bnb
+        import bitsandbytes as bnb  # optional, CUDA only: imported when 8-bit AdamW is chosen
 
         return bnb.optim.AdamW8bit(params, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
     # fused: one kernel for all LoRA tensors on CUDA (hundreds of small tensors otherwise)
