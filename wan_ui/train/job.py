@@ -108,9 +108,9 @@ def config_from_values(values: dict, *, model: str | None, device: str | None, r
     return dataclasses.replace(cfg, metrics_jsonl=str(default_checkpoint_dir(cfg) / METRICS_FILE))
 
 
-# On by default where the machine can run them: selective checkpointing + regional compile, 0.862 s/step at 7.8 GiB
-# vs 1.25 s for full checkpointing (H200, 832x480x49, rank 32; docs/TRAINING.md). Float8 training stays opt-in:
-# 0.842 s (2 % more) and lossy, with its effect on the trained LoRA not measured here.
+# On by default where the machine can run them: with bf16 and selective checkpointing, regional compile gives the
+# fastest measured step within 12 GiB that neither float8 nor a sparse window changes (docs/TRAINING.md, GPU
+# results). Float8 training stays opt-in: it saves little more, is lossy, and its effect on a LoRA is not measured.
 FAST_GPU_LEVERS = ("compile",)
 
 
