@@ -27,9 +27,13 @@ from wan_ui.core.options import (
     OptimizationSet,
     check_available,
     check_compatible,
+    fidelity_info,
+    fidelity_of,
     options_table,
     parse_set_args,
     preset,
+    preset_description,
+    worst_fidelity,
 )
 from wan_ui.core.quality import score_result
 from wan_ui.core.requests import (
@@ -197,15 +201,23 @@ def _quiet_follower() -> None:
 
 
 def cmd_options(args) -> int:
+    """Every option with its values, availability here and fidelity class per value; then each preset's lossy and
+    close levers (docs/FIDELITY.md)."""
     rows = options_table(probe_hardware())
+    presets = [{"name": name, "description": preset_description(name), "fidelity": worst_fidelity(preset(name)),
+                "levers": [lever.to_dict() for lever in fidelity_of(preset(name))]} for name in PRESETS]
     if args.json:
-        print(json.dumps({"options": rows}, indent=1))
-    else:
-        for r in rows:
-            allowed = r["values"] if r["values"] is not None else r["bounds"]
-            print(f"{r['family']:12} {r['name']:26} {r['kind']:9} default={r['default']!r:10} allowed={allowed}")
-            for v, why in r["unavailable_values"].items():
-                print(f"{'':12} {'':26} unavailable {v}: {why}")
+        print(json.dumps({"options": rows, "presets": presets}, indent=1))
+        return 0
+    for r in rows:
+        allowed = r["values"] if r["values"] is not None else r["bounds"]
+        print(f"{r['family']:12} {r['name']:26} {r['kind']:9} default={r['default']!r:10} allowed={allowed}")
+        for v, why in r["unavailable_values"].items():
+            print(f"{'':12} {'':26} unavailable {v}: {why}")
+        print(f"{'':12} {'':26} fidelity: {fidelity_info(r['name'])}")
+    print("\npresets (fidelity: docs/FIDELITY.md)")
+    for p in presets:
+        print(f"  {p['description']}")
     return 0
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from wan_ui.bench.extrapolate import forwards_computed_mag
 from wan_ui.bench.rows import BenchRow
 from wan_ui.core.errors import ValidationError
+from wan_ui.core.options import OptimizationSet, fidelity_summary, worst_fidelity
 from wan_ui.core.report import EXTRA_ROWS, REPORT_ROWS, Row, format_value, metric_row, pair_table, ratio, summary_csv
 
 LATENCY_KEYS = ("clip_latency_s", "frame_latency_s", "throughput_fps")  # replaced by extrapolated values
@@ -68,6 +69,18 @@ def _per_forward(row: BenchRow, m: dict) -> float | None:
     return m["step_median_s"] * row.steps_run / planned if planned and m.get("step_median_s") else None
 
 
+def fidelity(row: BenchRow) -> tuple[str, str]:
+    """(worst class, every non-exact lever) of the row's set (docs/FIDELITY.md); n/a for options this version
+    cannot read (a row written by another version)."""
+    if not row.set.options:
+        return "n/a", "n/a (options not recorded)"
+    try:
+        opts = OptimizationSet.from_dict(row.set.options)
+    except ValidationError as e:
+        return "n/a", f"n/a ({e})"
+    return worst_fidelity(opts), fidelity_summary(opts)
+
+
 def na_reason(row: BenchRow, key: str) -> str:
     if row.status != "ok" and row.metrics is None:
         return f"n/a ({row.status})"
@@ -102,7 +115,7 @@ def summary_table(rows: list[BenchRow]) -> str:
     """All sets, the report's rows, each with its ratio to the baseline (the first set); '*' = extrapolated."""
     base = _baseline(rows)
     bnum = numbers(base) if base else {}
-    head = ["#", "Set", "Status", "Steps"] + [label for label, *_ in REPORT_ROWS] + ["Clip speed-up"]
+    head = ["#", "Set", "Status", "Steps"] + [label for label, *_ in REPORT_ROWS] + ["Clip speed-up", "Fidelity"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         num, txt = numbers(row), cells(row)
@@ -119,6 +132,7 @@ def summary_table(rows: list[BenchRow]) -> str:
             out.append(f"{cell} ({r:.2f}x)" if r is not None else cell)
         speed = ratio(num.get("clip_latency_s"), bnum.get("clip_latency_s"))
         out.append(f"{speed:.2f}x" if speed is not None else "n/a")
+        out.append(fidelity(row)[0])
         lines.append("| " + " | ".join(c.replace("|", "/") for c in out) + " |")
     return "\n".join(lines)
 
@@ -162,7 +176,9 @@ def _header(rows: list[BenchRow], charts_note: str | None, chart_files: list[str
                   "step count (MagCache's schedule replayed exactly; other caches assume the measured skip "
                   "fraction). Measured values are in each set's table.", ""]
     lines += ["Metric definitions: [docs/METRICS.md](../../METRICS.md) (path as committed under docs/benchmarks/<run>/) and `wan_ui/core/metrics.py`. Ratios are set / "
-              "baseline (lower is better for times and memory); clip speed-up is baseline / set.", ""]
+              "baseline (lower is better for times and memory); clip speed-up is baseline / set. Fidelity is the set's "
+              "class furthest from the reference computation: exact, close, lossy-published or lossy-ours "
+              "([docs/FIDELITY.md](../../FIDELITY.md); each set's levers under its heading).", ""]
     if chart_files:
         lines += [" ".join(f"![{Path(f).stem}]({Path(f).name})" for f in chart_files), ""]
     elif charts_note:
@@ -177,7 +193,7 @@ def _set_section(row: BenchRow, base_cells: dict | None) -> list[str]:
     done = f"{runs} (1 warm-up + {runs - 1} timed)" if runs else "none"
     lines = [f"## {row.index + 1}. {s.name}", "",
              f"`{s.spec}` · options: {changed} · status **{row.status}** · runs: {done} "
-             f"· wall {row.wall_s or 0:.1f} s", ""]
+             f"· wall {row.wall_s or 0:.1f} s", "", f"Fidelity (docs/FIDELITY.md): {fidelity(row)[1]}", ""]
     if row.error:
         lines += [f"> {row.status}: {row.error}", ""]
     if row.metrics is None:
