@@ -1,5 +1,6 @@
-"""The metrics engine: phase timing of a real tiny generation, the arithmetic, warm-up, and the NVML sampler
-(NVML faked on CPU: start/stop without leaking threads, sampling rate, error paths)."""
+"""The metrics engine: phase timing of a real tiny generation, the arithmetic, warm-up, the NVML sampler
+(NVML faked on CPU: start/stop without leaking threads, sampling rate, error paths) and peak memory over the
+whole run and per phase (torch.cuda's counters faked)."""
 
 from __future__ import annotations
 
@@ -216,3 +217,96 @@ def test_sampler_read_failure_ends_the_thread_and_keeps_earlier_samples():
     assert sampler.error == "NVML read failed: GPU is lost"
     assert sampler.stop() == 1002 and len(sampler.samples) == 2
     assert _sampler_threads() == [] and fake.shutdowns == 1
+
+
+# ---- peak memory over the whole run, per phase (torch.cuda faked) ---------------------------------------
+
+class FakeCudaMemory:
+    """torch.cuda's peak counters: `use(allocated, reserved)` sets what is in use now (MiB); the peaks follow it
+    and `reset_peak_memory_stats` sets them back to what is in use, as torch does."""
+
+    def __init__(self):
+        self.allocated = self.reserved = 0.0
+        self.peak_allocated = self.peak_reserved = 0.0
+        self.resets = 0
+
+    def use(self, allocated: float, reserved: float) -> None:
+        self.allocated, self.reserved = allocated, reserved
+        self.peak_allocated = max(self.peak_allocated, allocated)
+        self.peak_reserved = max(self.peak_reserved, reserved)
+
+    def synchronize(self):
+        pass
+
+    def reset_peak_memory_stats(self):
+        self.resets += 1
+        self.peak_allocated, self.peak_reserved = self.allocated, self.reserved
+
+    def max_memory_allocated(self):
+        return self.peak_allocated * MIB
+
+    def max_memory_reserved(self):
+        return self.peak_reserved * MIB
+
+
+def test_run_peaks_cover_every_phase_and_the_moments_between_them():
+    from wan_ui.core.metrics import Clock
+
+    mem = FakeCudaMemory()
+    clock = Clock("cpu", memory=mem)  # an injected reader measures on any device
+    assert clock.cuda
+    mem.use(1000, 2000)
+    clock.start_run()
+    with clock.phase("text_encode"):
+        mem.use(5000, 6000)
+        mem.use(1000, 6000)
+    mem.use(1000, 2000)  # the allocator's cache emptied after the text encoder
+    mem.use(7000, 7500)  # between phases (e.g. the CFG batch is built): no phase sees it
+    mem.use(1000, 2000)
+    with clock.phase("denoise"):
+        mem.use(3000, 4000)
+    with clock.phase("decode"):
+        mem.use(4000, 4500)
+    assert clock.peaks == {"text_encode": 5000, "denoise": 3000, "decode": 4000}
+    assert clock.reserved_peaks == {"text_encode": 6000, "denoise": 4000, "decode": 4500}
+    # the run's peaks: the largest anywhere in the run, not the last phase's (reserved) nor the phases' (allocated)
+    assert clock.vram() == (7000, 7500, None)
+
+
+def test_peak_reserved_is_the_whole_runs_in_a_generation(manager, smoke_request, monkeypatch):
+    """generate() on the tiny model with torch.cuda's counters faked: the text encode phase reserves the most,
+    so a run peak read after the decode phase alone would be too low."""
+    import wan_ui.core.generate as gen
+    from wan_ui.core.metrics import Clock
+    from wan_ui.core.options import OptimizationSet
+
+    mem = FakeCudaMemory()
+    by_phase = {"text_encode": (2000, 8000), "denoise": (3000, 3500), "decode": (2500, 4000)}
+
+    class FakeCudaClock(Clock):
+        def __init__(self, device):
+            super().__init__(device, memory=mem)
+
+        def phase(self, name):
+            inner = super().phase(name)
+
+            class _Phase:
+                def __enter__(self):
+                    inner.__enter__()
+                    mem.use(*by_phase[name])
+                    return self
+
+                def __exit__(self, *exc):
+                    inner.__exit__(*exc)
+                    mem.use(100, 100)  # what stays between phases
+                    return False
+
+            return _Phase()
+
+    monkeypatch.setattr(gen, "Clock", FakeCudaClock)
+    monkeypatch.setattr(gen, "NvmlSampler", lambda **kw: NvmlSampler(nvml=FakeNvml(), identity=None, **kw))
+    m = gen.generate(manager, "tiny", smoke_request, OptimizationSet(), out_dir=None).metrics
+    assert m.phase_peak_vram_mb == {k: a for k, (a, _) in by_phase.items()}
+    assert m.phase_peak_reserved_mb == {k: r for k, (_, r) in by_phase.items()}
+    assert (m.peak_vram_mb, m.peak_reserved_mb) == (3000, 8000)
+    assert m.nvml_peak_used_mb is not None and m.vram_note is None

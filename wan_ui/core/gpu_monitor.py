@@ -2,7 +2,8 @@
 
 On a machine without an NVIDIA driver (CPU runs, CI) every read returns None and `reason` says why, so the
 panel shows "no GPU" instead of failing. NVML is initialised once per monitor and read on each timer tick;
-the per-run peak is measured separately by `metrics.NvmlSampler`.
+the per-run peak is measured separately by `metrics.NvmlSampler`. Both read the GPU torch calls cuda:<index>,
+found in NVML by UUID or PCI location (`metrics.nvml_handle_for`: NVML ignores CUDA_VISIBLE_DEVICES).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+
+from wan_ui.core.metrics import AUTO, GpuIdentity, nvml_handle_for, resolve_identity
 
 
 @dataclass(frozen=True)
@@ -33,11 +36,15 @@ class GpuStats:
 
 
 class GpuMonitor:
-    """`read()` -> GpuStats or None. `nvml` is the pynvml module or a stand-in with the same calls (tests)."""
+    """`read()` -> GpuStats or None for torch's cuda:<index>. `identity` as in `metrics.NvmlSampler` (AUTO: read
+    from torch; None: NVML's device `index`). `nvml` is the pynvml module or a stand-in with the same calls
+    (tests)."""
 
-    def __init__(self, index: int = 0, nvml=None):
+    def __init__(self, index: int = 0, nvml=None, identity: GpuIdentity | str | None = AUTO):
         self.index = index
         self._nvml = nvml
+        self._injected = nvml is not None
+        self.identity = identity
         self._handle = None
         self._lock = threading.Lock()
         self.reason: str | None = None  # why there are no readings ("no GPU: ...")
@@ -51,8 +58,9 @@ class GpuMonitor:
 
                 self._nvml = pynvml
             self._nvml.nvmlInit()
-            self._handle = self._nvml.nvmlDeviceGetHandleByIndex(self.index)
-        except Exception as e:  # no driver, no device, package missing: all mean "no GPU" here
+            want = resolve_identity(self.identity, self.index, self._injected)
+            self._handle = nvml_handle_for(self._nvml, self.index, want)
+        except Exception as e:  # no driver, no device, package missing, no NVML device matches: "no GPU" here
             self.reason = f"no GPU: NVML unavailable ({type(e).__name__}: {e})"
         return self._handle
 
