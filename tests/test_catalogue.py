@@ -157,10 +157,9 @@ def test_offload_really_moves_weights(mode, smoke_request, tiny_folder):
 def test_block_level_offload_groups_the_transformer_only(monkeypatch):
     """group_block: the transformer in block groups; the text encoder (no top-level block list: one 11 GB group at
     block level, an OOM under a 4.5 GB cap on an H200) leaf by leaf; the VAE resident; non-modules untouched."""
-    import diffusers.hooks
-
     from types import SimpleNamespace
 
+    import wan_ui.optim.offload as offload
     from wan_ui.optim.offload import apply_placement
 
     calls, moved = [], []
@@ -170,7 +169,7 @@ def test_block_level_offload_groups_the_transformer_only(monkeypatch):
             moved.append(args)
             return self
 
-    monkeypatch.setattr(diffusers.hooks, "apply_group_offloading",
+    monkeypatch.setattr(offload, "apply_group_offloading",
                         lambda module, **kw: calls.append((module, kw["offload_type"], kw.get("num_blocks_per_group"))))
     transformer, text_encoder, vae = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1), Vae(1, 1)
     components = {"transformer": transformer, "text_encoder": text_encoder, "vae": vae, "tokenizer": object()}

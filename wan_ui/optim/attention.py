@@ -6,8 +6,8 @@ packages import). diffusers has no attention slicing for Wan's transformer, so `
 `ChunkedWanAttnProcessor`: queries are processed N tokens at a time, so the score matrix held at once is
 N x L instead of L x L. That lowers peak memory only where SDPA materialises the scores: the math kernel
 (`attention_backend=math`, where the chunks run on it too). Flash/cuDNN/efficient kernels are already O(L) in
-memory: measured on an H200 at 480p, slicing 4096 on the native backend gave the same peak and speed (15.7 GB
-denoise peak), while the math kernel alone peaked at 125.9 GB (docs/benchmarks/README.md). `option_notes` says so
+memory: slicing on the native backend measured the same peak and speed as no slicing, while the math kernel alone
+needs over 100 GB at 480p (docs/benchmarks/README.md, "Attention slicing and CFG batching"). `option_notes` says so
 to the user instead of letting it pass for a saving.
 
 Undo: `apply_attention` returns an `AttentionUndo` (the processors slicing replaced), or None when it leaves the

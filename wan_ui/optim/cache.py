@@ -22,6 +22,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from diffusers import FirstBlockCacheConfig, MagCacheConfig, PyramidAttentionBroadcastConfig, TaylorSeerCacheConfig
+
+from wan_ui.optim.cfg import cfg_steps
 from wan_ui.optim.state import Undo, undo_on_error
 
 # Wan2.1-T2V-1.3B, 50 steps, cond/uncond interleaved (cond first); calibrated with SDPA attention by the
@@ -43,8 +46,6 @@ DEFAULT_MAG_SKIPS = 2  # K of the paper's "slow" setting (E012K2R02)
 
 def make_cache_config(kind: str, threshold: float, num_inference_steps: int, current_timestep=lambda: 1000,
                       max_skips: int = 0):
-    from diffusers import FirstBlockCacheConfig, MagCacheConfig, PyramidAttentionBroadcastConfig, TaylorSeerCacheConfig
-
     thr = threshold or DEFAULT_THRESHOLDS.get(kind, 0.0)
     if kind == "first_block":
         return FirstBlockCacheConfig(threshold=thr)
@@ -119,8 +120,6 @@ def forwards_per_step(computes: list[bool], guidance_scale: float, cfg_truncatio
     """Transformer forwards each step runs, given its compute (True) / skip decisions: the cond branch, plus the
     uncond branch on CFG steps; under MagCache each branch keeps its own state (diffusers `cache_context`) and so
     follows the same schedule."""
-    from wan_ui.optim.cfg import cfg_steps
-
     with_cfg = cfg_steps(guidance_scale, len(computes), cfg_truncation)
     return [int(c) * (1 + (i < with_cfg)) for i, c in enumerate(computes)]
 

@@ -4,21 +4,20 @@ Regional compile compiles the *forward function* of each block class listed in t
 (all 30 Wan blocks share one compiled graph: the code object is the same and weights are inputs). It differs
 from diffusers' `compile_repeated_blocks`, which compiles each block's whole `__call__`: diffusers' step-cache
 hooks (MagCache, FirstBlockCache) wrap `forward` and are marked `torch.compiler.disable`, so under
-`compile_repeated_blocks` the cached blocks fell back to eager (fullgraph=True even fails: "Skip calling
-torch.compiler.disable()d function MagCacheHeadHook.new_forward", seen on an H200, diffusers 0.42.1). Compiling
-the inner forward leaves the cache's skip decision in Python and every computed block compiled. LoRA training
+`compile_repeated_blocks` the cached blocks run eager (with fullgraph=True it fails: "Skip calling
+torch.compiler.disable()d function MagCacheHeadHook.new_forward", diffusers 0.42.1). Compiling the inner forward leaves the cache's skip decision in Python and every computed block compiled. LoRA training
 (train/levers.py) compiles its blocks, or its activation-checkpointing runners, through the same `compile_forwards`.
 
 Compile happens on the first call: the benchmark and the metrics report it as warm-up, never as steady-state
-latency. Measured on an H200: bf16 regional at 480p 7.7 s cold, 2.7 s after a restart with torch's compile caches
-warm; an FP8 (torchao) graph ~3 min at the `report` size. Torch keeps those caches in TORCHINDUCTOR_CACHE_DIR,
+latency. A restart with torch's compile caches warm compiles much faster than a cold start, and an FP8
+(torchao) graph takes minutes at the `report` size (docs/benchmarks/README.md, "Compile warm-up"). Torch keeps
+those caches in TORCHINDUCTOR_CACHE_DIR,
 by default under /tmp (gone after a reboot); unless the user set it, we point it into the model cache
 (`$WAN_UI_CACHE/torch_compile`) so warm restarts stay warm.
 
 One compiled graph per input shape and attention variant (dense, each sparse window) accumulates in the blocks'
 shared compile cache; torch's default limit of 8 entries per code object, with fullgraph=True, turns the ninth into
-a hard `FailOnRecompileLimitHit` (seen on an H200: Self-Forcing and "Fast (sparse)" at 480p in one process, then
-the `report` size). An app serves many sizes and windows from one cached pipeline, so the limit is raised to
+a hard `FailOnRecompileLimitHit` (docs/RELIABILITY.md, "A hard compile failure after many sizes"). An app serves many sizes and windows from one cached pipeline, so the limit is raised to
 `RECOMPILE_LIMIT` (a larger value the user set is kept); each new variant costs a recompile, never an error.
 """
 

@@ -5,8 +5,8 @@ plain forward below: the cache silently stops caching.
 
 It bites group offloading with CUDA streams: its lazy prefetcher registers layer-tracker hooks on every block at
 load time and removes them after the first forward. A step cache registered in between (ours: a run-time option,
-applied before the first generation) was bypassed — measured on an H200, `report` workload, Low VRAM + MagCache:
-98 of 98 forwards computed instead of about 50 (docs/benchmarks/README.md). The fix re-links the right reference.
+applied before the first generation) is bypassed: "Low VRAM" + MagCache computes every forward instead of about
+half (docs/benchmarks/README.md, "Memory", "A bug found on the way"). The fix re-links the right reference.
 Applied once when `wan_ui.optim` is imported; tests/test_hook_fix.py fails once diffusers fixes it (then remove).
 """
 

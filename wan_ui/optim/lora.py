@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from huggingface_hub import constants, try_to_load_from_cache
 
 from wan_ui.core.errors import ModelLoadError, ValidationError
 from wan_ui.core.paths import confine
@@ -89,8 +90,6 @@ def _resolve(src: str, scale: float, root: Path) -> LoraSource:
 
 def _require_local_when_offline(src: LoraSource) -> None:
     """Offline, diffusers reports a hub file it cannot fetch as missing: say what is wrong and how to fix it."""
-    from huggingface_hub import constants, try_to_load_from_cache
-
     if not src.is_hub or not constants.HF_HUB_OFFLINE or not src.weight_name:
         return
     if isinstance(try_to_load_from_cache(src.location, src.weight_name), str):

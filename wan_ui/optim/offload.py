@@ -6,18 +6,20 @@
 - group_block / group_leaf: diffusers group offloading with CUDA streams: the next group is prefetched while
   the current one computes (block level: one transformer block per group; leaf level: each leaf module).
   Block level applies to the transformer only: the text encoder (UMT5) has no top-level block list, so at block
-  level it would move in as one 11 GB group (OOMs in 4.5 and 6.5 GB caps, H200); it stays leaf level (it runs once
-  per clip). Both levels stream the same bytes at about the same speed (eager `report` clip in a 6.5 GB cap: 83.3 s
-  leaf, 81.4 s block, H200); the difference is compile: leaf-level hooks sit on every linear inside a block, so the
-  block cannot be compiled, while a block-level hook wraps the compiled block from outside (57.3 s; compile is
-  applied before placement, optim/registry.py).
+  level it would move in as one 11 GB group, more than a small card holds; it stays leaf level (it runs once per
+  clip). Both levels stream the same bytes at about the same speed; the difference is compile: leaf-level hooks sit
+  on every linear inside a block, so the block cannot be compiled, while a block-level hook wraps the compiled
+  block from outside (compile is applied before placement, optim/registry.py).
   The VAE stays on the GPU (254 MB in bf16): its decoder runs once per latent frame and tile, so streaming its
-  weights made the `report` decode phase 26.1 s (H200, 256 px tiles, 2026-11-26), where the VAE alone decodes with
-  those tiles in 10.1 s; resident with 512 px tiles the phase took 8.3 s.
+  weights would make the decode phase more than twice as slow as the VAE's own decode.
+  Measured (text encoder at block level, leaf vs block level, eager vs compiled, VAE streamed vs resident):
+  docs/benchmarks/README.md, "Memory".
 """
 
 from __future__ import annotations
 
+import torch
+from diffusers.hooks import apply_group_offloading
 
 GROUP_OFFLOAD_RESIDENT = ["vae"]
 
@@ -38,9 +40,6 @@ def apply_placement(pipe, opts, device: str) -> None:
     elif mode == "sequential":
         pipe.enable_sequential_cpu_offload(device=device)
     else:
-        import torch
-        from diffusers.hooks import apply_group_offloading
-
         for name, module in pipe.components.items():
             if not isinstance(module, torch.nn.Module):
                 continue

@@ -10,29 +10,30 @@
 from __future__ import annotations
 
 import torch
+from diffusers import BitsAndBytesConfig, TorchAoConfig
+from diffusers.quantizers import PipelineQuantizationConfig
+from transformers import BitsAndBytesConfig as TextEncoderBitsAndBytesConfig
 
 from wan_ui.optim.precision import DTYPES
 
-
+# Kept in the blocks' precision by every torchao quantization: the patch and condition embedders and the output
+# projection are small, precision-sensitive (Wan keeps them out of layerwise casting too) and take a negligible
+# share of the FLOPs.
 NOT_QUANTIZED = ["patch_embedding", "condition_embedder", "proj_out", "norm_out", "scale_shift_table"]
 
 
 def _transformer_config(opts):
     q = opts.quantization
     if q in ("bnb_nf4", "bnb_int8"):
-        from diffusers import BitsAndBytesConfig
-
         if q == "bnb_nf4":
             return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                       bnb_4bit_compute_dtype=DTYPES[opts.precision])
         return BitsAndBytesConfig(load_in_8bit=True)
     if q in ("torchao_fp8", "torchao_int8wo"):
-        from diffusers import TorchAoConfig
-        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, Int8WeightOnlyConfig, PerRow
+        from torchao.quantization import (  # optional package: needed only by these options (check_available)
+            Float8DynamicActivationFloat8WeightConfig, Int8WeightOnlyConfig, PerRow)
 
-        # Only the 30 blocks' linears: the embedders and the output projection are small, precision-sensitive
-        # (Wan keeps them out of layerwise casting too) and take a negligible share of the FLOPs.
-        skip = NOT_QUANTIZED
+        skip = NOT_QUANTIZED  # only the 30 blocks' linears are quantized
         if q == "torchao_fp8":
             return TorchAoConfig(Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
                                  modules_to_not_convert=skip)
@@ -44,12 +45,10 @@ def _text_encoder_config(opts):
     q = opts.text_encoder_quantization
     if q == "none":
         return None
-    from transformers import BitsAndBytesConfig
-
     if q == "bnb_nf4":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                  bnb_4bit_compute_dtype=DTYPES[opts.text_encoder_precision])
-    return BitsAndBytesConfig(load_in_8bit=True)
+        return TextEncoderBitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                             bnb_4bit_compute_dtype=DTYPES[opts.text_encoder_precision])
+    return TextEncoderBitsAndBytesConfig(load_in_8bit=True)
 
 
 def load_kwargs(opts, hw) -> dict:
@@ -57,8 +56,6 @@ def load_kwargs(opts, hw) -> dict:
                                  ("text_encoder", _text_encoder_config(opts))) if c is not None}
     if not mapping:
         return {}
-    from diffusers.quantizers import PipelineQuantizationConfig
-
     return {"quantization_config": PipelineQuantizationConfig(quant_mapping=mapping)}
 
 

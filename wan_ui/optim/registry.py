@@ -1,4 +1,5 @@
-"""One entry point over the families. Adding a technique adds a module and a line here, never an `if` elsewhere.
+"""One entry point over the families. Adding a technique adds a module and a line here, not an `if` in the core
+(the few places outside the catalogue that read a technique's options, and why: optim/__init__.py).
 
 Load-time (the model manager builds a new pipeline when these fields change):
   LOAD_KWARGS — contribute `WanPipeline.from_pretrained` arguments;

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+
 from wan_ui.optim.state import Undo
 
 
 def make_scheduler(name: str, config, flow_shift: float):
-    from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
-
     shift = flow_shift or config.get("flow_shift", 3.0) or 3.0
     common = dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift)
     if name == "unipc":

@@ -1,17 +1,18 @@
 """Training-free sparse self-attention: a 3D sliding tile window (Sliding Tile Attention style) on FlexAttention.
 
-Wan's self-attention (`attn1`) sees every token of the video: 87,750 tokens at the `report` size, ~85 % of the
-FLOPs. Sliding Tile Attention (Zhang et al., arXiv 2502.04507) keeps, for each query tile, only the key tiles
+Wan's self-attention (`attn1`) sees every token of the video: 87,750 tokens at the `report` size, where it takes
+most of a dense forward's time (docs/benchmarks/README.md, "Where the time goes"). Sliding Tile Attention (Zhang et al., arXiv 2502.04507) keeps, for each query tile, only the key tiles
 within a 3D window. Here:
   1. tokens (B, L, H, D), laid out frame-major over the patch grid (T, Hp, Wp), are padded to whole tiles and
      reordered tile-major, so one tile of `tile` = (1, 8, 16) patches = 128 tokens is one FlexAttention block;
   2. a `mask_mod` over tile coordinates keeps key tile k for query tile q when |q - k| <= window in each of
      (t, h, w) — and masks the padding tokens out as keys; `create_block_mask` turns it into a BlockMask
-     (never a dense L x L mask: diffusers' flex backend with a dense mask asked for 344 GiB at this size). The
+     (never a dense L x L mask: diffusers' flex backend with a dense mask asks for 344 GiB at this size). The
      BlockMask is cached per (grid, window, tile, device) on the pipeline's `SparseContext`;
   3. `flex_attention` skips the empty blocks; the output is reordered back and cropped.
-Unlike STA's kernel, windows are not shifted inward at the borders (border tiles see fewer tiles); this is the
-layout measured in ../shared/WORKLOADS.md (77 % block-sparse for all frames +-1 tile, 89.5 % for +-6 frames).
+Unlike STA's kernel, windows are not shifted inward at the borders (border tiles see fewer tiles): at the `report`
+size the mask is 77 % block-sparse for all frames +-1 tile and 89.5 % for +-6 frames (`sparsity_report`); the
+attention's speed with this layout: docs/benchmarks/SPARSE.md, "Results".
 
 The first steps and the first layers run dense, as the papers do (STA keeps 12 of 50 steps dense in its Wan
 mask search; Sparse VideoGen the first 20 % of steps and 3 % of layers; Radial Attention 12 steps and 1 layer).
@@ -34,6 +35,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import torch
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 from wan_ui.core.errors import ValidationError
 from wan_ui.optim.attention import _rope
@@ -130,8 +132,6 @@ def tile_window_mask_mod(layout: TileLayout, window: tuple[int, int, int]):
 
 
 def build_block_mask(layout: TileLayout, window: tuple[int, int, int], device):
-    from torch.nn.attention.flex_attention import create_block_mask
-
     device = torch.device(device)
     # The eager path evaluates the full L x L mask (out of memory at 87,750 tokens): compile it on CUDA.
     return create_block_mask(tile_window_mask_mod(layout, window), None, None, layout.padded_len,
@@ -150,14 +150,10 @@ def window_density(tiles: tuple[int, int, int], window: tuple[int, int, int]) ->
 # ---- the kernel -----------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=None)
 def _compiled_flex():
-    from torch.nn.attention.flex_attention import flex_attention
-
     return torch.compile(flex_attention, dynamic=False)
 
 
 def _flex(q, k, v, block_mask):
-    from torch.nn.attention.flex_attention import flex_attention
-
     if torch.compiler.is_compiling():
         return flex_attention(q, k, v, block_mask=block_mask)  # traced and fused with the compiled block
     if q.is_cuda:

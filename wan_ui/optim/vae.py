@@ -1,10 +1,10 @@
 """VAE decode memory: spatial tiling and batch slicing (diffusers AutoencoderKLWan).
 
-Tiles overlap by 64 px (diffusers' default 256 px tile, 192 px stride). Measured on an H200 (2026-11-26, bf16,
-random weights, docs/benchmarks/README.md): at `official480` untiled 1.83 s / 5.2 GB, 256 px tiles 4.30 s /
-1.6 GB, 512 px tiles 2.47 s / 3.5 GB; channels-last conv weights 1.64 s instead of 1.83 s untiled (measured with
-the input latents converted too; this option converts the weights, which PyTorch's memory-format rule follows for
-cuDNN convolutions; relative difference of the output 1.6e-2, the size of bf16's own).
+Tiles overlap by 64 px (diffusers' default 256 px tile, 192 px stride). Tiling trades decode time for peak
+memory: larger tiles decode faster and hold more. Channels-last conv weights make the bf16 decode faster; that was
+measured with the input latents converted too, and this option converts the weights only, which PyTorch's
+memory-format rule follows for cuDNN convolutions. The output differs by about as much as bf16 differs from fp32.
+Time, memory and error per variant: docs/benchmarks/README.md, "VAE decode".
 
 Undo: `apply_vae` returns a `VaeUndo` saying what it turned on (and the tile sizes it replaced), or None when it
 turns nothing on; `remove_vae` turns exactly that off again.
