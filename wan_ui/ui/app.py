@@ -19,6 +19,7 @@ from wan_ui.core.gpu_monitor import GpuMonitor
 from wan_ui.core.manager import ModelManager
 from wan_ui.core.options import PRESETS, options_table
 from wan_ui.core.settings_store import load_settings, settings_path
+from wan_ui.ui.assets import app_css
 from wan_ui.ui.compare_tab import build_compare_tab, compare_gpu_seconds, compare_task, request_summary, run_compare
 from wan_ui.ui.context import AppContext
 from wan_ui.ui.generate_tab import (
@@ -34,17 +35,12 @@ from wan_ui.ui.generate_tab import (
     matching_preset,
     run_generate,
 )
+from wan_ui.ui.guard import guarded
 from wan_ui.ui.history_tab import build_history_tab, entry_settings, history_views, video_settings
 from wan_ui.ui.train_tab import build_train_tab, wire_train_tab
 from wan_ui.ui.values import OPTION_FIELDS, REQUEST_FIELDS, history_entry, values_from_settings
-from wan_ui.ui.widgets import user_errors_as_toasts
 from wan_ui.ui.zerogpu import gpu_function
 
-CSS = """
-#random-banner {background: #fff4e5; border: 1px solid #f0a020; border-radius: 8px; padding: 6px 12px;}
-#random-banner p {margin: 0; color: #7a4a00; font-weight: 600;}
-#compare-table table, #metrics-efficiency table, #metrics-others table {font-size: 0.9em;}
-"""
 # Jobs that may wait in the queue (all events together; None = no bound). Beyond it a click gets Gradio's
 # "Queue is full" error at once instead of waiting behind hours of GPU work (docs/RELIABILITY.md).
 MAX_QUEUE = 32
@@ -94,7 +90,7 @@ def launch_kwargs(outputs: str | Path = "outputs") -> dict:
     """Theme and CSS go to `launch()` in Gradio 6; videos may be served from the outputs folder."""
     system_fonts = ["ui-sans-serif", "system-ui", "sans-serif"]  # no web fonts: the app also runs offline
     theme = gr.themes.Soft(font=system_fonts, font_mono=["ui-monospace", "monospace"])
-    return {"theme": theme, "css": CSS, "allowed_paths": [str(Path(outputs).resolve())]}
+    return {"theme": theme, "css": app_css(), "allowed_paths": [str(Path(outputs).resolve())]}
 
 
 # ---- layout pieces ------------------------------------------------------------------------------------------
@@ -157,6 +153,7 @@ def _wire_generate(ctx: AppContext, gen, hist, history_state) -> None:
     run_inputs = gen.inputs.pick((*RUN_INPUTS, *OPTION_FIELDS, "quality"))
     option_widgets = gen.inputs.pick(OPTION_FIELDS)
 
+    @guarded("generating")
     def on_generate(history, request: gr.Request, progress=gr.Progress(), **values):
         shown, info = run_generate(ctx, values, request.session_hash, progress)
         history = history + [history_entry(info)] if info else history
@@ -194,6 +191,7 @@ def _wire_cancel(ctx: AppContext, button: gr.Button, note: gr.Markdown, api_name
 def _wire_compare(ctx: AppContext, gen, cmp, compare_tab, hist, history_state) -> None:
     run_inputs = gen.inputs.pick(RUN_INPUTS)
 
+    @guarded("comparing")
     def on_compare(history, request: gr.Request, progress=gr.Progress(), **values):
         shown, comp = run_compare(ctx, values, request.session_hash, progress)
         if comp is not None:
@@ -216,17 +214,17 @@ def _wire_history(gen, hist, history_state, restore) -> None:
     hist.gallery.select(on_select, history_state, [hist.run_number, hist.details], api_visibility="private",
                         queue=False)
 
-    def on_reuse(history, run_number):
-        with user_errors_as_toasts():
-            settings = entry_settings(history, run_number)
+    @guarded("re-using settings")
+    def on_reuse(history, run_number, request: gr.Request):
+        settings = entry_settings(history, run_number)
         return restore(settings, f"Re-using the settings of run #{int(run_number)}.")
 
     hist.reuse_btn.click(on_reuse, [history_state, hist.run_number], restore.outputs, api_name="reuse_settings",
                          queue=False)
 
-    def on_upload(path):
-        with user_errors_as_toasts():
-            settings = video_settings(path)
+    @guarded("reading the video's settings")
+    def on_upload(path, request: gr.Request):
+        settings = video_settings(path)
         message = f"Loaded the settings of {Path(path).name}."
         return {**restore(settings, message), hist.status: message}
 

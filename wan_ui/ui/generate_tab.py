@@ -16,6 +16,7 @@ from wan_ui.core.lowvram import LOW_VRAM_PRESETS, plan_low_vram
 from wan_ui.core.models import TINY
 from wan_ui.core.requests import GenerationRequest, default_request, describe_defaults, validate_request
 from wan_ui.core.settings_store import save_settings
+from wan_ui.ui.assets import example_prompts
 from wan_ui.ui.context import AppContext
 from wan_ui.ui.values import (
     CUSTOM_PRESET,
@@ -25,6 +26,7 @@ from wan_ui.ui.values import (
     hardware_markdown,
     options_from_values,
     others_markdown,
+    preset_fidelity_note,
     preset_of,
     preset_values,
     request_from_values,
@@ -64,7 +66,9 @@ def build_generate_tab(ctx: AppContext) -> GenerateTab:
             tiny = ctx.source.kind == TINY
             if describe_defaults(tiny):
                 gr.Markdown(f"*{describe_defaults(tiny).capitalize()}.*", elem_id="model-defaults-note")
-            inputs = build_request_widgets(default_request(tiny))
+            inputs = build_request_widgets(default_request(tiny, prompt=example_prompts()[0]))
+            gr.Examples([[p] for p in example_prompts()], inputs["prompt"], label="Example prompts",
+                        examples_per_page=6)
             gr.Markdown("### Optimizations")
             inputs.update(build_option_widgets(ctx.hw))
         with gr.Column(scale=6, elem_id="results"):
@@ -234,6 +238,8 @@ def apply_preset(name: str, ctx: AppContext | None = None, width=None, height=No
                 f"{PRESET_NOTES[name]}")
     if values.get("sparse_attention", "none") != "none":
         note = f"{note} {SPARSE_NOTE}" if isinstance(note, str) else SPARSE_NOTE
+    if values:  # every preset names its lossy levers
+        note = f"{note} {preset_fidelity_note(values)}" if isinstance(note, str) else preset_fidelity_note(values)
     return ([values.get(field, gr.skip()) for field in OPTION_FIELDS]
             + [hints.get(field, gr.skip()) for field in PRESET_REQUEST_FIELDS] + [note])
 

@@ -7,8 +7,10 @@ Builds the one model manager, quality scorer and baseline cache of this process 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+from pathlib import Path
 
 from wan_ui.core.errors import UserError
 from wan_ui.core.hardware import configure_allocator
@@ -17,6 +19,7 @@ from wan_ui.core.models import resolve_model
 from wan_ui.core.quality import BaselineCache, QualityScorer
 from wan_ui.parallel.serving import build_app_manager, parse_gpus, relaunch_command
 from wan_ui.ui.app import create_demo, launch_kwargs
+from wan_ui.ui.guard import LOG, LOG_NAME
 from wan_ui.ui.zerogpu import load_spaces
 
 
@@ -65,13 +68,26 @@ def build_manager(args, argv: list[str]):
     return build_app_manager(gpus, args.gpu_mode, args.parallel, log=log)
 
 
+def log_to_file(outputs: str | Path) -> Path:
+    """The app's log: `wan_ui` messages and the tracebacks of internal errors (ui/guard.py) go to stderr and to
+    <outputs>/wan_ui.log, the file the page's error toasts point to. Returns the file's path."""
+    path = Path(outputs) / LOG_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    LOG.setLevel(logging.INFO)
+    if not any(getattr(h, "baseFilename", None) == str(path.resolve()) for h in LOG.handlers):
+        handler = logging.FileHandler(path, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        LOG.addHandler(handler)
+    return path
+
+
 def main(argv=None) -> int:
     configure_allocator()  # before CUDA starts: expandable segments unless the user configured the allocator
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     auth = parse_auth(args.auth)
-
+    log_to_file(args.outputs)
     load_spaces()  # on a ZeroGPU Space `spaces` must be imported before CUDA starts; elsewhere a no-op
 
     try:

@@ -31,7 +31,8 @@ from wan_ui.train.job import (
 )
 from wan_ui.train.levers import CHECKPOINT_MODES
 from wan_ui.ui.context import AppContext
-from wan_ui.ui.widgets import Widgets, user_errors_as_toasts
+from wan_ui.ui.guard import guarded
+from wan_ui.ui.widgets import Widgets
 from wan_ui.ui.zerogpu import on_zerogpu
 
 TICK_S = 1.0  # how often an open page polls a running job
@@ -146,11 +147,11 @@ def wire_train_tab(ctx: AppContext, tab: TrainTab, tab_item: gr.Tab) -> None:
 
 
 def start_handler(ctx: AppContext, resume: bool):
-    def on_start(**values):
-        with user_errors_as_toasts():
-            check_can_train(ctx)
-            cfg = config_from_values(values, model=ctx.model, device=ctx.manager.device, resume=resume)
-            status = ctx.trainer.start(cfg, ctx.hw)
+    @guarded("starting training")
+    def on_start(request: gr.Request, **values):
+        check_can_train(ctx)
+        cfg = config_from_values(values, model=ctx.model, device=ctx.manager.device, resume=resume)
+        status = ctx.trainer.start(cfg, ctx.hw)
         return view_of(status)
 
     return on_start

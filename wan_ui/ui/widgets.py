@@ -14,8 +14,15 @@ import gradio as gr
 from wan_ui.core.errors import UserError
 from wan_ui.core.fields import widget_range
 from wan_ui.core.requests import REQUEST_SPECS, WAN_DEFAULT_NEGATIVE_PROMPT, GenerationRequest
-from wan_ui.ui.values import (CUSTOM, DEFAULTS_PRESET, RESOLUTIONS, OptionWidget, option_widgets, preset_choices,
-                        resolution_label)
+from wan_ui.ui.values import (
+    CUSTOM,
+    DEFAULTS_PRESET,
+    RESOLUTIONS,
+    OptionWidget,
+    option_widgets,
+    preset_choices,
+    resolution_label,
+)
 
 
 class Widgets(dict):
@@ -46,7 +53,7 @@ def build_request_widgets(defaults: GenerationRequest | None = None) -> Widgets:
     requests.default_request; GenerationRequest's when None)."""
     d = defaults or GenerationRequest("")
     w = Widgets()
-    w["prompt"] = gr.Textbox(label="Prompt", lines=3, placeholder="Describe the video…", elem_id="prompt")
+    w["prompt"] = gr.Textbox(d.prompt, label="Prompt", lines=3, placeholder="Describe the video…", elem_id="prompt")
     w["negative_prompt"] = gr.Textbox(value=WAN_DEFAULT_NEGATIVE_PROMPT, label="Negative prompt (Wan's default)",
                                       lines=2, max_lines=4, elem_id="negative-prompt")
     with gr.Row():
@@ -96,7 +103,8 @@ def build_option_widgets(hw) -> Widgets:
     """One widget per OptimizationSet field, grouped by family, from `options.options_table` + a presets dropdown."""
     w = Widgets()
     w["preset"] = gr.Dropdown(preset_choices(hw), value=DEFAULTS_PRESET, label="Preset",
-                              info="fills the options below; change any afterwards", elem_id="preset")
+                              info="fills the options below; change any afterwards. The Status box then names its "
+                                   "lossy levers (docs/FIDELITY.md)", elem_id="preset")
     groups = option_widgets(hw)
     for family, specs in groups.items():
         with gr.Accordion(FAMILY_LABELS.get(family, family.capitalize()), open=family in ("precision", "cache", "vae"),

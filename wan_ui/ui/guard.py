@@ -1,0 +1,71 @@
+"""How a handler's failure reaches the user without wrecking the page.
+
+Gradio marks every input and output of an event with a red "Error" badge when its handler raises, and an
+exception that is not a `gr.Error` shows no message at all. So on the page a handler never raises:
+
+- a user mistake (`UserError`, or a `gr.Error` from the ZeroGPU worker) becomes one warning toast whose text
+  names the field and the allowed range;
+- anything else becomes one toast line saying what failed, with the full traceback in the server's log;
+- and every output keeps its value (`gr.skip()`): the previous video, metrics, comparison and History stay.
+
+An API client (gradio_client, curl) has no page to keep: it gets the same message as a `gr.Error`, which its
+call raises (`AppError` in gradio_client). The two are told apart by the caller's user agent: the page's requests
+come from a browser.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import gradio as gr
+
+from wan_ui.core.errors import UserError, first_line
+
+LOG = logging.getLogger("wan_ui")
+LOG_NAME = "wan_ui.log"  # in the app's outputs folder (ui/server.py sets up the handler)
+
+
+def from_page(request: gr.Request | None) -> bool:
+    """True when the event came from the app's page in a browser (not gradio_client or another API caller)."""
+    if request is None:
+        return False
+    agent = (request.headers or {}).get("user-agent", "")
+    return "Mozilla/" in agent and "gradio_client" not in agent
+
+
+def describe(error: BaseException, where: str) -> tuple[str, str]:
+    """(title, one-line message) for a handler's failure."""
+    if isinstance(error, UserError):
+        title = f"Invalid {error.field.replace('_', ' ')}" if error.field else "Cannot run"
+        return title, str(error)
+    if isinstance(error, gr.Error):  # already a message for the user (e.g. from the ZeroGPU worker)
+        return error.title or "Cannot run", error.message
+    return (f"Internal error while {where}",
+            f"Internal error while {where}: {type(error).__name__}: {first_line(error, 200)}. The full traceback "
+            f"is in the server's log ({LOG_NAME} in its outputs folder).")
+
+
+def guarded(where: str):
+    """Decorate an event handler: failures become a toast (page) or a gr.Error (API) as the module says.
+    `where` completes "Internal error while ..." (e.g. "generating"). The handler's signature is kept, so Gradio
+    still passes it gr.Request / gr.Progress; the request is looked up among its arguments."""
+
+    def wrap(handler):
+        @functools.wraps(handler)
+        def run(*args, **kwargs):
+            try:
+                return handler(*args, **kwargs)
+            except Exception as e:  # the whole point: nothing escapes to Gradio's error path on the page
+                if not isinstance(e, (UserError, gr.Error)):
+                    LOG.exception("internal error while %s", where)
+                title, message = describe(e, where)
+                request = next((a for a in [*args, *kwargs.values()] if isinstance(a, gr.Request)), None)
+                if not from_page(request):
+                    raise gr.Error(message, title=title, print_exception=False) from None
+                gr.Warning(message, title=title)
+                return gr.skip()
+
+        return run
+
+    return wrap
