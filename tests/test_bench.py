@@ -297,3 +297,22 @@ def test_forwards_computed_under_compile_is_magcaches_replayed_schedule(smoke_re
     assert _forwards_computed(None, req, compiled) == forwards_computed_mag(20, req.guidance_scale, 0.5, 0.0) < 30
     assert _forwards_computed(None, req, compiled.with_(cache="first_block")) is None
     assert _forwards_computed(17, req, compiled.with_(compile="none")) == 17
+
+
+def test_a_distilled_set_is_scored_against_the_workloads_own_request(tiny_folder, tmp_path, lora_root):
+    """The distilled set runs its LoRA's 4 steps with CFG 1; its PSNR/SSIM compare it with the baseline set's video
+    of the workload's own request (smoke: 2 steps, CFG 6), and its row records that reference's steps and CFG."""
+    from lora_files import write_kijai_lora
+
+    name = "Self-Forcing DMD 4-step"
+    write_kijai_lora(lora_root / preset(name).lora.rsplit(":", 1)[0], rank=32)
+    rc = main(["--workload", "smoke", "--model", tiny_folder, "--repeats", "0", "--out", str(tmp_path),
+               "--sets", "base: default, sf: self-forcing-dmd-4-step+compile=none+attention_backend=native"])
+    assert rc == 0
+    base, sf = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert (sf["request"]["num_inference_steps"], sf["request"]["guidance_scale"]) == (4, 1.0)
+    assert (base["request"]["num_inference_steps"], base["request"]["guidance_scale"]) == (2, 6.0)
+    assert (sf["metrics"]["reference_steps"], sf["metrics"]["reference_guidance"]) == (2, 6.0)
+    assert sf["metrics"]["psnr_vs_baseline"] < 100.0 and sf["metrics"]["ssim_vs_baseline"] < 1.0
+    assert "psnr_vs_baseline" not in sf["quality"]["na"]
+    assert base["metrics"]["reference_steps"] is None  # the baseline has no reference

@@ -108,3 +108,48 @@ def test_distilled_hints_follow_the_lora_not_the_set_name():
     assert hints_for_lora("") == {} and hints_for_lora("style.safetensors:0.8") == {}
     plain = OptimizationSet().with_(lora="style.safetensors")
     assert request_for_set(SMALL_REQUEST, plain) is SMALL_REQUEST
+
+
+def test_a_distilled_set_is_scored_against_the_users_own_request(manager, smoke_request, lora_root):
+    """The distilled set runs 4 steps with CFG 1, but its LPIPS/PSNR/SSIM compare it with the unoptimized video of
+    the request as asked (smoke: 2 steps, CFG 6), "how far is this from what I would have got"; the row says
+    which request that was."""
+    from lora_files import write_kijai_lora
+
+    from wan_ui.core.quality import BaselineCache, QualityConfig, QualityScorer, psnr_vs_baseline
+
+    name = "Self-Forcing DMD 4-step"
+    write_kijai_lora(lora_root / preset(name).lora.rsplit(":", 1)[0], rank=32)
+    sets = [named_set("Defaults"), named_set(name, "compile=none, attention_backend=native")]
+    cache = BaselineCache()
+    comp = run_comparison(manager, "tiny", smoke_request, sets, scorer=QualityScorer(QualityConfig.random_weights()),
+                          baseline_cache=cache, out_dir=None)
+    base, distilled = (r.result for r in comp.runs)
+    assert (distilled.request.num_inference_steps, distilled.request.guidance_scale) == (4, 1.0)
+    asked = (smoke_request.num_inference_steps, smoke_request.guidance_scale)
+    for run in (base, distilled):
+        assert (run.metrics.reference_steps, run.metrics.reference_guidance) == asked
+    # the reference is the Defaults run's video (the user's request, no optimizations): no extra generation
+    assert len(cache) == 1 and cache.get(base.build.model, smoke_request) is not None
+    assert distilled.metrics.psnr_vs_baseline == pytest.approx(psnr_vs_baseline(distilled.frames, "", base.frames))
+    assert distilled.metrics.psnr_vs_baseline < 100.0  # 4 steps without CFG is another video
+    assert "unoptimized video of this request" in comp.report_markdown()
+
+
+def test_without_a_defaults_set_the_reference_is_generated_from_the_users_request(manager, smoke_request,
+                                                                                 lora_root):
+    from lora_files import write_kijai_lora
+
+    from wan_ui.core.quality import BaselineCache, QualityConfig, QualityScorer
+
+    name = "Self-Forcing DMD 4-step"
+    write_kijai_lora(lora_root / preset(name).lora.rsplit(":", 1)[0], rank=32)
+    sets = [named_set(name, "compile=none, attention_backend=native"), named_set("CPU quick")]
+    cache = BaselineCache()
+    comp = run_comparison(manager, "tiny", smoke_request, sets, scorer=QualityScorer(QualityConfig.random_weights()),
+                          baseline_cache=cache, out_dir=None)
+    distilled = comp.runs[0].result
+    assert len(cache) == 1  # one baseline for both sets, of the request as asked (2 steps, CFG 6)
+    assert cache.get(distilled.build.model, smoke_request) is not None
+    assert cache.get(distilled.build.model, distilled.request) is None  # not of the distilled 4-step request
+    assert all(r.result.metrics.reference_steps == 2 for r in comp.runs)

@@ -254,3 +254,23 @@ def test_baseline_frames_generates_once(manager, smoke_request):
     b = baseline_frames(manager, "tiny", smoke_request, cache)
     assert a is b and manager.builds == builds and len(cache) == 1
     assert a.shape == (smoke_request.num_frames, smoke_request.height, smoke_request.width, 3)
+
+
+def test_score_result_records_which_request_the_reference_ran(scorer, smoke_request):
+    """A distilled run (4 steps, CFG 1) scored against the video of the user's request records that request's
+    steps and CFG; without a reference both stay null."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from wan_ui.core.metrics import Metrics
+
+    video = _noisy(np.full((3, 64, 64, 3), 128, np.uint8), 30)
+    run = SimpleNamespace(frames=video, request=replace(smoke_request, num_inference_steps=4, guidance_scale=1.0),
+                          metrics=Metrics(), build=SimpleNamespace(random_weights=True))
+    m = score_result(run, scorer, reference=_noisy(video, 10), reference_request=smoke_request)
+    assert (m.reference_steps, m.reference_guidance) == (smoke_request.num_inference_steps,
+                                                        smoke_request.guidance_scale) == (2, 6.0)
+    m = score_result(run, scorer, reference=video)  # the run's own request by default
+    assert (m.reference_steps, m.reference_guidance) == (4, 1.0) and m.psnr_vs_baseline == PSNR_CAP_DB
+    m = score_result(run, scorer)
+    assert m.reference_steps is None and m.reference_guidance is None and m.psnr_vs_baseline is None

@@ -95,11 +95,13 @@ def quiet_progress() -> None:
 
 
 # ---- 1. the row before any run -------------------------------------------------------------------------------
-def request_for(cfg: BenchConfig, bset: BenchSet) -> tuple[GenerationRequest, int]:
+def request_for(cfg: BenchConfig, bset: BenchSet, distilled: bool = True) -> tuple[GenerationRequest, int]:
     """The workload's request with this set's step count; returns (request, steps_full). Sets with sparse attention
     always run every step: their dense steps scale with the step count, so a shortened run would not extrapolate.
-    A set that loads a few-step distilled LoRA runs with its published steps and guidance (its full count)."""
-    base = request_for_set(WORKLOADS[cfg.workload].request, bset.options)
+    A set that loads a few-step distilled LoRA runs with its published steps and guidance (its full count);
+    `distilled=False` gives the request before that, the reference of its quality metrics (scoring.py)."""
+    workload = WORKLOADS[cfg.workload].request
+    base = request_for_set(workload, bset.options) if distilled else workload
     steps = bset.steps or cfg.steps or base.num_inference_steps
     if bset.options.sparse_attention != "none":
         steps = base.num_inference_steps

@@ -1,8 +1,11 @@
 """Quality columns of the benchmark: optional, lazy, scored after timing.
 
 The baseline set (the first) saves its video in OUT/frames/ so every other set, in this process or a child
-process, is compared with it. The metric models (lpips, open_clip) load only when a row is scored
-(`core.quality` imports them lazily).
+process, is compared with it. A set is compared with it when the baseline ran the set's reference request: the
+request the set would run without a distilled LoRA's steps and guidance (`measure.request_for(...,
+distilled=False)`), so a 4-step CFG-1 set is measured against the workload's own steps and CFG, the video the
+user would have got; each row's `metrics.reference_steps` / `reference_guidance` say which request that was.
+The metric models (lpips, open_clip) load only when a row is scored (`core.quality` imports them lazily).
 """
 
 from __future__ import annotations
@@ -12,13 +15,15 @@ import json
 
 import numpy as np
 
-from wan_ui.bench.measure import BenchConfig, log
+from wan_ui.bench.measure import BenchConfig, log, request_for
 from wan_ui.bench.rows import BenchRow
+from wan_ui.bench.sets import parse_set
 from wan_ui.core.models import resolve_model
 from wan_ui.core.quality import QualityScorer, score_result
 
 QUALITY_KEYS = ("clip_score", "lpips_vs_baseline", "psnr_vs_baseline", "ssim_vs_baseline", "lpips_temporal")
 VS_BASELINE_KEYS = ("lpips_vs_baseline", "psnr_vs_baseline", "ssim_vs_baseline")
+REFERENCE_KEYS = ("reference_steps", "reference_guidance")  # which request the *_vs_baseline reference ran
 
 
 class QualityPlan:
@@ -26,6 +31,7 @@ class QualityPlan:
     in --out/frames/ so child processes share it)."""
 
     def __init__(self, cfg: BenchConfig, random_weights: bool, device: str):
+        self.cfg = cfg
         self.folder = cfg.out / "frames"
         self.device = device
         self._scorer = None
@@ -50,6 +56,11 @@ class QualityPlan:
             return None, "n/a (baseline ran another request)"
         return np.load(frames), None
 
+    def reference_request(self, row: BenchRow):
+        """The request whose baseline video this row is compared with (`measure.request_for`, distilled=False);
+        the set is rebuilt from its spec, as a child process does."""
+        return request_for(self.cfg, parse_set(row.set.spec), distilled=False)[0]
+
     def score(self, row: BenchRow, result) -> None:
         """Score the steady-state record's video; the baseline set saves its frames for the others."""
         row.quality.enabled = self.enabled
@@ -57,10 +68,11 @@ class QualityPlan:
             return
         try:
             is_base = row.set.is_baseline
-            ref, why = (None, "n/a (is the baseline)") if is_base else self._reference(row.request)
+            asked = self.reference_request(row)
+            ref, why = (None, "n/a (is the baseline)") if is_base else self._reference(asked.to_dict())
             scored = dataclasses.replace(result, metrics=dataclasses.replace(row.metrics))
-            score_result(scored, scorer=self.scorer(), reference=ref)
-            for k in QUALITY_KEYS + ("quality_note",):
+            score_result(scored, scorer=self.scorer(), reference=ref, reference_request=asked)
+            for k in QUALITY_KEYS + REFERENCE_KEYS + ("quality_note",):
                 setattr(row.metrics, k, getattr(scored.metrics, k))
             if why:
                 row.quality.na.update({k: why for k in VS_BASELINE_KEYS})

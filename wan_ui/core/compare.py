@@ -4,8 +4,10 @@
   1. check every set before running any (unavailable or incompatible options fail at once, naming the set);
   2. generate each set in order through `generate()` — the manager rebuilds only when a load-time part differs;
      a cancelled or failed comparison removes the videos of the sets it finished (no table refers to them);
-  3. optionally score quality against the no-optimization baseline video (`quality.baseline_frames`, cached per
-     request in a `BaselineCache`, so it runs once however many sets are compared);
+  3. optionally score quality against the no-optimization baseline video of the request as asked
+     (`quality.baseline_frames`, cached per request in a `BaselineCache`, so it runs once however many sets are
+     compared) — also for a distilled set, which runs with its own steps and guidance (`request_for_set`): its
+     LPIPS/PSNR/SSIM say how far it is from the video the user would have got without it;
   4. return a `Comparison` whose tables use the report's layout (`report.py`), ratios to the first set.
 """
 
@@ -20,7 +22,7 @@ from wan_ui.core.errors import UserError, ValidationError
 from wan_ui.core.generate import ProgressFn, Result, generate, update_video_metadata
 from wan_ui.core.manager import ModelManager
 from wan_ui.core.options import OptimizationSet, check_available, check_compatible, parse_set_args, preset
-from wan_ui.core.quality import baseline_frames, score_result
+from wan_ui.core.quality import BaselineCache, baseline_frames, score_result
 from wan_ui.core.report import EXTRA_ROWS, REPORT_ROWS, ratio, summary_csv, summary_markdown
 from wan_ui.core.requests import GenerationRequest, validate_request
 
@@ -88,7 +90,9 @@ class Comparison:
     def report_markdown(self) -> str:
         r = self.request
         head = (f"Prompt: {r.prompt}\n\n{r.width}x{r.height}, {r.num_frames} frames, {r.num_inference_steps} steps, "
-                f"CFG {r.guidance_scale}, seed {r.seed}. Ratios are to the first set ({self.runs[0].name}).\n\n")
+                f"CFG {r.guidance_scale}, seed {r.seed}. Ratios are to the first set ({self.runs[0].name}). "
+                f"LPIPS/PSNR/SSIM vs baseline: each set against the unoptimized video of this request, also a "
+                f"set that runs a distilled LoRA's own steps and guidance.\n\n")
         return head + self.markdown(REPORT_ROWS + EXTRA_ROWS) + "\n"
 
 
@@ -113,7 +117,8 @@ def run_comparison(manager: ModelManager, model: str | None, request: Generation
                    on_progress: ProgressFn | None = None, cancel: threading.Event | None = None,
                    out_dir: str | Path | None = "outputs") -> Comparison:
     """Run each (name, set) on one request (a distilled preset's set with its own steps and guidance,
-    `request_for_set`). Quality is scored only when `scorer` is given."""
+    `request_for_set`). Quality is scored only when `scorer` is given, every set against the unoptimized video
+    of `request` itself."""
     request = validate_request(request)
     check_sets(named_sets, manager)
     runs = []
@@ -135,7 +140,7 @@ def run_comparison(manager: ModelManager, model: str | None, request: Generation
         for run in runs:
             if on_progress:
                 on_progress(f"{run.name}: quality metrics", 0, 1)
-            measure_quality(manager, model, run.result, scorer, baseline_cache)
+            measure_quality(manager, model, run.result, scorer, baseline_cache, reference_request=request)
     return Comparison(request, runs)
 
 
@@ -146,19 +151,24 @@ def _remove_video(path: str | None) -> None:
 
 
 def measure_quality(manager: ModelManager, model: str | None, result: Result, scorer,
-                    baseline_cache=None) -> None:
+                    baseline_cache=None, reference_request: GenerationRequest | None = None) -> None:
     """Fill `result.metrics`' quality fields; never raises for a missing metric (its note says why).
 
-    The reference of the *_vs_baseline metrics is the no-optimization video of the same request
-    (`quality.baseline_frames`), generated once per request and cached; a run with default options is that
-    video, and seeds the cache. Without a cache, those metrics stay null.
+    The reference of the *_vs_baseline metrics is the no-optimization video of `reference_request`: the request
+    as the user asked for it, before a distilled set's steps and guidance (default: the run's own request). It is
+    generated once per request and cached (`quality.baseline_frames`); a run with default options of that very
+    request is that video, and seeds the cache. `reference_steps` / `reference_guidance` record which request
+    it was. Without a cache, those metrics stay null.
     """
+    asked = validate_request(reference_request) if reference_request is not None else result.request
     reference = None
     if baseline_cache is not None:
-        if result.options == OptimizationSet():
-            reference = baseline_cache.put(result.build.model, result.request, result.frames)
+        same_video = BaselineCache.key(result.build.model, result.request) == \
+            BaselineCache.key(result.build.model, asked)
+        if result.options == OptimizationSet() and same_video:
+            reference = baseline_cache.put(result.build.model, asked, result.frames)
         else:
-            reference = baseline_frames(manager, model, result.request, baseline_cache)
-    score_result(result, scorer, reference)
+            reference = baseline_frames(manager, model, asked, baseline_cache)
+    score_result(result, scorer, reference, reference_request=asked)
     update_video_metadata(result)  # the mp4 and its sidecar were written before the scores existed
 

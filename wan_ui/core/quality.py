@@ -3,7 +3,11 @@
 Every metric has one signature, `compute(frames, prompt, reference) -> float | None`:
   frames    (F, H, W, 3) uint8, the video to score;
   prompt    the text it was generated from;
-  reference (F, H, W, 3) uint8 baseline video of the same model and request (no optimizations), or None.
+  reference (F, H, W, 3) uint8 baseline video of the same model and the user's request (no optimizations),
+            or None. The user's request is the one asked for: a set that loads a few-step distilled LoRA runs
+            with its own steps and guidance (`distilled.request_for_set`), and is still compared with the
+            unoptimized video of the steps and guidance the user asked for ("how far is this from what I would
+            have got"); `Metrics.reference_steps` / `reference_guidance` record which request that was.
 A metric returns None when it does not apply (no reference, one frame) and raises `MetricUnavailable` when its
 model's weights cannot be had (offline); `QualityScorer.score` turns that into a null and an
 "unavailable: <reason>" note, and every other metric still runs.
@@ -125,7 +129,13 @@ def _check_reference(frames: np.ndarray, reference: np.ndarray) -> None:
 
 def _as_float(frames: np.ndarray) -> torch.Tensor:
     """(F, H, W, 3) uint8 -> (F, 3, H, W) float64 in [0, 255]."""
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).to(torch.float64)
+    return torch.from_numpy(_writable(frames)).permute(0, 3, 1, 2).to(torch.float64)
+
+
+def _writable(frames: np.ndarray) -> np.ndarray:
+    """`frames` as a C-contiguous writable array, copied only when needed: torch.from_numpy warns on read-only
+    arrays, and cached baselines are stored read-only (`BaselineCache`)."""
+    return np.require(frames, requirements=["C", "W"])
 
 
 def psnr_vs_baseline(frames: np.ndarray, prompt: str, reference: np.ndarray | None) -> float | None:
@@ -234,7 +244,7 @@ class QualityScorer:
 
     def _lpips_input(self, frames: np.ndarray) -> torch.Tensor:
         """(N, H, W, 3) uint8 -> (N, 3, H', W') float32 in [-1, 1], short side >= LPIPS_MIN_SIDE."""
-        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+        x = torch.from_numpy(_writable(frames)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
         short = min(x.shape[-2:])
         if short < LPIPS_MIN_SIDE:
             scale = LPIPS_MIN_SIDE / short
@@ -258,17 +268,23 @@ class QualityScorer:
         return values, notes
 
 
-def score_result(result, scorer: QualityScorer | None = None, reference: np.ndarray | None = None):
+def score_result(result, scorer: QualityScorer | None = None, reference: np.ndarray | None = None,
+                 reference_request=None):
     """Fill `result.metrics`' quality fields in place (and return the metrics). Call it after `generate` returns:
-    nothing here is timed. `reference` is the baseline's frames (see `BaselineCache`); without it the *_vs_baseline
-    fields stay None. `quality_note` says which metrics are unavailable and why, and flags random weights (of the
-    video model or of the metric models). Without `scorer` a default one is built for this call (the CLI's single
-    run); the app and the benchmark keep one scorer so its models load once."""
+    nothing here is timed. `reference` is the baseline's frames (see `BaselineCache`), generated from
+    `reference_request` (default: the run's own request), whose steps and guidance land in
+    `reference_steps` / `reference_guidance`; without a reference the *_vs_baseline fields and those two stay
+    None. `quality_note` says which metrics are unavailable and why, and flags random weights (of the video model
+    or of the metric models). Without `scorer` a default one is built for this call (the CLI's single run); the
+    app and the benchmark keep one scorer so its models load once."""
     scorer = scorer or QualityScorer()
     values, notes = scorer.score(result.frames, result.request.prompt, reference)
     m = result.metrics
     for name, value in values.items():
         setattr(m, name, value)
+    asked = (reference_request or result.request) if reference is not None else None
+    m.reference_steps = asked.num_inference_steps if asked else None
+    m.reference_guidance = asked.guidance_scale if asked else None
     parts = []
     if result.build.random_weights:
         parts.append(RANDOM_MODEL_NOTE)
@@ -324,8 +340,9 @@ class BaselineCache:
 
 
 def baseline_frames(manager, model: str | None, request, cache: BaselineCache) -> np.ndarray:
-    """The baseline video (empty `OptimizationSet`) of `model` and `request`, generated once per cache key.
-    The manager rebuilds if the current pipeline's load-time options differ; no file is written."""
+    """The baseline video (empty `OptimizationSet`) of `model` and `request` (the user's request, not a distilled
+    set's), generated once per cache key. The manager rebuilds if the current pipeline's load-time options
+    differ; no file is written."""
 
     def run() -> np.ndarray:
         return generate(manager, model, request, OptimizationSet(), out_dir=None).frames
