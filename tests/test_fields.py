@@ -18,7 +18,7 @@ from wan_ui.core.options import OptimizationSet
 from wan_ui.core.requests import LIMITS, REQUEST_SPECS, GenerationRequest, validate_request
 from wan_ui.train.cli import CLI_GROUPS, config_from_args
 from wan_ui.train.cli import build_parser as build_train_parser
-from wan_ui.train.config import TrainConfig
+from wan_ui.train.config import TINY_MODEL_TRAINING, TrainConfig
 from wan_ui.train.job import INT_LIMITS, LR_RANGE, PROMPT_MAX, config_from_values, default_values
 from wan_ui.ui.values import option_widgets, request_from_values
 from wan_ui.ui.widgets import build_request_widgets
@@ -151,7 +151,12 @@ def test_the_trainer_cli_is_built_from_the_config_specs(capsys):
     cfg = config_from_args(p.parse_args(["--data", "d", "--rank", "8", "--lr", "1e-3", "--no-progress",
                                          "--grad-checkpointing"]))
     assert (cfg.rank, cfg.lr, cfg.progress, cfg.grad_checkpointing) == (8, 1e-3, False, "full")
-    assert config_from_args(p.parse_args(["--data", "d"])) == TrainConfig(data="d")  # the defaults are the config's
+    # the defaults are the config's for the real model, and the tiny model's own for the tiny one
+    assert config_from_args(p.parse_args(["--data", "d", "--model", "random-full"])) == \
+        TrainConfig(data="d", model="random-full")
+    tiny = config_from_args(p.parse_args(["--data", "d", "--model", "tiny"]))
+    assert tiny == TrainConfig(data="d", model="tiny", **TINY_MODEL_TRAINING)
+    assert config_from_args(p.parse_args(["--data", "d", "--model", "tiny", "--steps", "7"])).steps == 7
     for argv, message in ((["--rank", "257"], "argument --rank: rank must be a whole number in [1, 256]"),
                           (["--lr", "1"], "argument --lr: lr must be a number in (0, 1)"),
                           (["--width", "100"], "argument --width: width must be a multiple of 16"),

@@ -10,10 +10,13 @@ import dataclasses
 import json
 import sys
 
+import torch
+
 from wan_ui.core.errors import UserError
 from wan_ui.core.fields import add_argument, specs_of
 from wan_ui.core.hardware import configure_allocator
-from wan_ui.train.config import TrainConfig
+from wan_ui.core.models import TINY, resolve_model
+from wan_ui.train.config import TINY_MODEL_TRAINING, TrainConfig
 from wan_ui.train.loop import TrainResult, train
 
 # The CLI's flags as --help groups them. Each flag's type, range, default and help come from its field's spec
@@ -40,22 +43,36 @@ def build_parser() -> argparse.ArgumentParser:
     groups = {title: p.add_argument_group(title) if title else p for title in CLI_GROUPS}
     for title, names in CLI_GROUPS.items():
         for name in names:
-            add_argument(groups[title], specs[name], default=getattr(d, name), **CLI_EXTRAS.get(name, {}))
+            if name in TINY_MODEL_TRAINING:  # None = not given: the model's default (the tiny model has its own)
+                help_text = (f"{specs[name].help} (default {getattr(d, name)}; "
+                             f"{TINY_MODEL_TRAINING[name]} on the tiny model)")
+                add_argument(groups[title], specs[name], default=None, help=help_text)
+            else:
+                add_argument(groups[title], specs[name], default=getattr(d, name), **CLI_EXTRAS.get(name, {}))
     groups["files, checkpoints, validation"].add_argument("--json", action="store_true",
                                                           help="print the summary as one JSON object at the end")
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(**{k: v for k, v in vars(args).items() if k != "json"})
+def config_from_args(args: argparse.Namespace, log=lambda m: None) -> TrainConfig:
+    """The config from the flags; a flag not given takes the model's default (said once for the tiny model)."""
+    values = {k: v for k, v in vars(args).items() if k != "json"}
+    unset = [name for name in TINY_MODEL_TRAINING if values[name] is None]
+    tiny = resolve_model(args.model, torch.cuda.is_available()).kind == TINY
+    defaults = TINY_MODEL_TRAINING if tiny else {name: getattr(TrainConfig(data=""), name) for name in unset}
+    if tiny and unset:
+        log("note: tiny random-weight model: training defaults " +
+            ", ".join(f"{k}={v}" for k, v in TINY_MODEL_TRAINING.items()) + " (pass the flags to change them)")
+    return TrainConfig(**{**values, **{name: defaults[name] for name in unset}})
 
 
 def main(argv: list[str] | None = None) -> int:
     configure_allocator()  # expandable segments unless the user configured the allocator (hardware.py)
     args = build_parser().parse_args(argv)
+    log = lambda m: print(f"[wan_ui.train] {m}", file=sys.stderr)  # noqa: E731
     try:
-        cfg = config_from_args(args)
-        result = train(cfg, log=lambda m: print(f"[wan_ui.train] {m}", file=sys.stderr))
+        cfg = config_from_args(args, log)
+        result = train(cfg, log=log)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -32,7 +32,7 @@ from wan_ui.core.fields import specs_of
 from wan_ui.core.paths import confine
 from wan_ui.optim.lora import lora_dir
 from wan_ui.train.checkpoint import default_checkpoint_dir, resolve_resume
-from wan_ui.train.config import TrainConfig
+from wan_ui.train.config import TINY_MODEL_TRAINING, TrainConfig
 from wan_ui.train.data import discover_clips, format_skipped
 from wan_ui.train.levers import check_levers
 from wan_ui.train.loop import train
@@ -127,8 +127,7 @@ def default_values(cuda: bool, unavailable: dict[str, str | None] | None = None)
     if cuda:
         runnable = {name for name, why in (unavailable or {}).items() if why is None}
         return {**base, **{name: True for name in FAST_GPU_LEVERS if name in runnable}}
-    return {**base, "rank": 8, "lr": 1e-2, "steps": 30, "width": 64, "height": 64, "frames": 9, "save_every": 10,
-            "grad_checkpointing": "off", "bf16": False}
+    return {**base, **TINY_MODEL_TRAINING, "save_every": 10, "grad_checkpointing": "off", "bf16": False}
 
 
 def lever_availability(hw) -> dict[str, str | None]:
