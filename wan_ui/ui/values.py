@@ -19,7 +19,8 @@ from wan_ui.core.compare import DEFAULTS_NAME, MAX_SETS, named_set
 from wan_ui.core.errors import UserError
 from wan_ui.core.fields import widget_range
 from wan_ui.core.devices import describe_placement
-from wan_ui.core.options import PRESETS, OptimizationSet, check_available, options_table, preset
+from wan_ui.core.options import (PRESETS, OptimizationSet, check_available, fidelity_info, fidelity_summary,
+                                 options_table, preset)
 from wan_ui.core.requests import REQUEST_SPECS, GenerationRequest, validate_request
 
 # ---- widget names -------------------------------------------------------------------------------------
@@ -96,6 +97,11 @@ def preset_values(name: str) -> dict[str, Any]:
     return opts.to_dict()
 
 
+def preset_fidelity_note(values: dict) -> str:
+    """A preset's status note: each lossy and close lever of its option values, with its class (docs/FIDELITY.md)."""
+    return f"Fidelity: {fidelity_summary(options_from_values(values))}."
+
+
 def preset_choices(hw) -> list[tuple[str, str]]:
     """(label, value) for the presets dropdown; presets this machine cannot run say why in their label."""
     choices = [(DEFAULTS_PRESET, DEFAULTS_PRESET)]
@@ -151,6 +157,7 @@ def _widget(row: dict) -> OptionWidget:
     info = f"{row['help']} ({kind_tag})"
     if unavailable:
         info += ". Unavailable here — " + _group_reasons(name, unavailable)
+    info += f". Fidelity — {fidelity_info(name)}"  # each value's class (docs/FIDELITY.md)
     label = name.replace("_", " ")
     if values is None:
         if row["bounds"] is None:
