@@ -43,8 +43,9 @@ ATTENTION_BACKENDS = ("native", "cudnn", "flash", "efficient", "math", "flex", "
 
 
 # ---- fidelity of each value: data for wan_ui/core/fidelity.py (docs/FIDELITY.md) ---------------------------------
-# Where the bounds of `close` values were measured (random weights, official480 size, H200): one transformer forward
-# per variant vs fp32 / bf16 eager, and the VAE decoding seeded random latents.
+# Where the bounds of `close` values were measured (random weights, official480 size; the card and date are
+# recorded there): one transformer forward per variant vs fp32 / bf16 eager, and the VAE decoding seeded random
+# latents.
 _NUMERICS = "docs/benchmarks/README.md, one-forward rel. error (raw/h200-20261126-numerics-official480.json)"
 _VAE_BENCH = 'docs/benchmarks/README.md "VAE decode" (raw/h200-20261126-vae-decode.json)'
 # Who published the lossy settings we offer
@@ -139,7 +140,7 @@ _OFFLOAD = _by_value(("none", _exact("no offload")),
 _KERNEL = "exact attention in another kernel (another summation order)"
 _ATTENTION = _by_value(
     ("native", _exact("SDPA attention", "the reference: PyTorch's own choice of kernel")),
-    ("cudnn", _close("cuDNN attention", f"{_KERNEL}; one forward identical to native on an H200 (measured)",
+    ("cudnn", _close("cuDNN attention", f"{_KERNEL}; one forward identical to native (measured)",
                      _NUMERICS)),
     ("flash", _close("flash attention (SDPA)", f"{_KERNEL}; one forward 3.9e-3 from native (measured)", _NUMERICS)),
     ("efficient", _close("memory-efficient attention", f"{_KERNEL}; not measured here", "FlashAttention, arXiv "
@@ -268,7 +269,7 @@ _CFG_TRUNCATION = Cases((
     Case("below 1", always, _ours(
         "CFG on the first {value} of the steps", "the unconditional pass stops after that fraction of the steps; "
         "musubi-tuner suggests trying 0.3-0.5 (cfg_skip_mode late) but calls the right ratio unknown and warns of "
-        "quality loss: no published quality-preserving value", "kohya-ss/musubi-tuner docs/wan.md")),
+        "quality loss: no published quality-preserving value", "kohya-ss/musubi-tuner/docs/wan.md")),
 ))
 _CFG_BATCH = _by_value(
     (False, _exact("separate CFG branches")),
@@ -330,8 +331,9 @@ class OptimizationSet:
                                  "sparse self-attention: sta = sliding tile window (FlexAttention block mask)",
                                  ("none", "sta"), fidelity=_SPARSE)
     # half-widths in tiles of 1 x 8 x 16 patches. Default +-6 frames, +-1 tile in h and w: 89.5 % block-sparse at
-    # the report size (5.9x faster attention than dense SDPA, ../shared/WORKLOADS.md). Ours, not published: STA
-    # (arXiv 2502.04507) picks per-head windows by a mask search on real weights; check LPIPS vs dense.
+    # the report size (`sparse.sparsity_report`; the attention's speed: docs/benchmarks/SPARSE.md, "Results"). Ours,
+    # not published: STA (arXiv 2502.04507) picks per-head windows by a mask search on real weights; check LPIPS vs
+    # dense.
     sparse_window: str = _opt("6,1,1", "attention", False,
                               "window half-widths 't,h,w' in tiles (tile = 1 frame x 8 x 16 patches)",
                               pattern=r"\s*\d+\s*,\s*\d+\s*,\s*\d+\s*", fidelity=_SPARSE_WINDOW,
@@ -373,7 +375,7 @@ class OptimizationSet:
                          "default and least memory, 512 = 1.7x faster decode at 480p", (256, 384, 512),
                          fidelity=_VAE_TILE, part_of="vae_tiling")
     vae_channels_last: bool = _opt(False, "vae", False, "channels-last (NDHWC) VAE conv weights: 10 % faster bf16 "
-                                   "decode on an H200", (False, True), fidelity=_CHANNELS_LAST)
+                                   "decode (docs/benchmarks/README.md)", (False, True), fidelity=_CHANNELS_LAST)
 
     # ---- introspection -------------------------------------------------------------------------
     @staticmethod
@@ -439,18 +441,19 @@ PRESETS: dict[str, dict[str, Any]] = {
                     "text_encoder_quantization": "bnb_nf4", "scheduler": "dpmpp", "attention_slicing": 8192},
     # Ours, full memory: FP8 rowwise + regional compile + cuDNN attention + MagCache (authors' "slow" setting) +
     # CFG on the first half of the steps (musubi-tuner's late skip, apply ratio 0.5) + bf16 decode with
-    # channels-last conv weights (-10 % decode, a kernel layout: rel. error 1.6e-2 vs bf16, as bf16 vs fp32).
-    # H200, official480, random weights: 0.49 s per forward compiled, first call compiles for ~150 s.
+    # channels-last conv weights (a kernel layout: a faster decode, differing from bf16's by as much as bf16 from
+    # fp32). The FP8 graphs compile for minutes on first use (docs/benchmarks/README.md, "Compile warm-up").
     "Fast": {"precision": "bf16", "quantization": "torchao_fp8", "compile": "regional", "attention_backend": "cudnn",
              "cache": "mag", "cfg_truncation": 0.5, "vae_precision": "bf16", "vae_channels_last": True},
-    # The same without FP8: 0.525 s per forward, but the first call compiles in ~12-80 s instead of ~150 s.
+    # The same without FP8: a few % slower per forward at 480p, but its graphs compile much faster (measured:
+    # docs/benchmarks/README.md, "Seconds per transformer forward against the floors" and "Compile warm-up").
     "Fast (quick start)": {"precision": "bf16", "compile": "regional", "attention_backend": "cudnn", "cache": "mag",
                            "cfg_truncation": 0.5, "vae_precision": "bf16", "vae_channels_last": True},
-    # The fastest training-free preset measured on `report` (H200, 2026-11-26): 53.0-53.4 s (59.5-59.9 s with MagCache
-    # K=2 and the plain VAE layout, 3 runs; 152.5 s for "Fast"): the quick-start kernels (bf16 compiled per forward
-    # is within 1 % of FP8 at 87,750 tokens, and compiles in seconds) + sliding-tile sparse attention, +-3 frames x
-    # +-1 tile (94 % block-sparse), dense for the first 2 steps only + MagCache with K=4, the MagCache authors' own
-    # command for T2V-1.3B (45 of 98 forwards instead of 51). The window and the dense-step count are ours, not a
+    # The fastest training-free preset on `report` (measured: docs/benchmarks/README.md, "The presets at full step
+    # counts"): the quick-start kernels (at 87,750 tokens bf16 compiled is within 1 % of FP8 per forward, and
+    # compiles much faster) + sliding-tile sparse attention, +-3 frames x +-1 tile (94 % block-sparse), dense for the
+    # first 2 steps only + MagCache with K=4, the MagCache authors' own command for T2V-1.3B (45 of 98 forwards
+    # computed instead of 51 with K=2). The window and the dense-step count are ours, not a
     # published quality-preserving setting (docs/benchmarks/SPARSE.md): check LPIPS vs the dense baseline with real
     # weights (the Compare tab shows it); sparse_dense_steps=4 or more is the more careful choice.
     "Fast (sparse)": {"precision": "bf16", "compile": "regional", "attention_backend": "cudnn", "cache": "mag",
@@ -459,24 +462,22 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Ours, small GPUs: the transformer streamed block by block on a CUDA stream (the next block prefetched while
     # one computes) around its regionally compiled blocks, the text encoder leaf by leaf, the VAE resident with
     # 512 px decode tiles, and the step savings of "Fast" (MagCache's published setting, CFG on the first half).
-    # H200, `official480` inside a 4.5 GB allocator cap: 26.8 s, 2.80 GB torch peak, 5.58 GB NVML peak. Leaf-level
-    # offload, eager (compile cannot trace its per-leaf onload hooks), was 29.5 s; on `report` 193.9 s at 5.4 GB
-    # with the VAE streamed too (docs/benchmarks/README.md "Memory"). The UI sizes it to the GPU's free memory
-    # (wan_ui/core/lowvram.py).
+    # Block-level offload rather than leaf-level: compile cannot trace leaf-level onload hooks, so only block level
+    # keeps the blocks compiled, and it is the faster of the two. Time and memory inside what a 6 GB card leaves to
+    # torch: docs/benchmarks/README.md, "Memory". The UI sizes it to the GPU's free memory (wan_ui/core/lowvram.py).
     "Low VRAM": {"precision": "bf16", "offload": "group_block", "compile": "regional", "vae_tiling": True,
                  "vae_tile": 512, "vae_precision": "bf16", "vae_channels_last": True, "cache": "mag",
                  "cfg_truncation": 0.5},
-    # "Low VRAM" + the schedule and sparse attention of "Fast (sparse)" (2 dense steps, MagCache K=4), for issue 8's
-    # "report in <= 8 GB within 1.5x of the fastest full-memory preset". H200, `report`, inside a 6.5 GB allocator
-    # cap (what an 8 GB card leaves to torch): 57.3 s = 1.07x "Fast (sparse)" (53.4 s), 4.07 GB torch peak, 6.96 GB
-    # NVML peak; with leaf-level offload, eager: 83.3 s. Lossy in the same way as "Fast (sparse)".
+    # "Low VRAM" + the schedule and sparse attention of "Fast (sparse)" (2 dense steps, MagCache K=4), for `report`
+    # within 8 GB at close to the speed of the fastest full-memory preset (measured inside a 6.5 GB allocator cap,
+    # what an 8 GB card leaves to torch: docs/benchmarks/README.md, "Memory"). Lossy in the same way as
+    # "Fast (sparse)".
     "Low VRAM (sparse)": {"precision": "bf16", "offload": "group_block", "compile": "regional", "vae_tiling": True,
                           "vae_tile": 512, "vae_precision": "bf16", "vae_channels_last": True, "cache": "mag",
                           "cache_max_skips": 4, "cfg_truncation": 0.5, "sparse_attention": "sta",
                           "sparse_window": "3,1,1", "sparse_dense_steps": 2},
-    # The leanest measured set, for 6 GB cards at 480p (issue 8's "6 GB" preset): "Low VRAM" with diffusers' 256 px
-    # decode tiles. H200, `official480`, inside a 4.5 GB allocator cap: 27.0 s, 2.31 GB torch peak, 5.52 GB NVML
-    # peak (docs/benchmarks/README.md "Memory").
+    # The leanest measured set, for 6 GB cards at 480p: "Low VRAM" with diffusers' 256 px decode tiles, the lowest
+    # decode peak (measured inside a 4.5 GB allocator cap: docs/benchmarks/README.md, "Memory").
     "Low VRAM (6 GB)": {"precision": "bf16", "offload": "group_block", "compile": "regional", "vae_tiling": True,
                         "vae_tile": 256, "vae_precision": "bf16", "vae_channels_last": True, "cache": "mag",
                         "cfg_truncation": 0.5},
@@ -620,8 +621,9 @@ OPTION_CONFLICTS: list[tuple[str, Any, str]] = [
     ("sequential offload + torch.compile",
      lambda o: o.offload == "sequential" and o.compile != "none",
      "use offload=group_block (streams) with compile=regional, or compile=none"),
-    # H200: "Skip inlining `torch.compiler.disable()`d function ModuleGroup.onload_" (the hooks sit on every linear
-    # inside the compiled block); block-level hooks wrap the compiled block from outside and work.
+    # Compile fails at the first forward: "Skip inlining `torch.compiler.disable()`d function ModuleGroup.onload_"
+    # (the hooks sit on every linear inside the compiled block; docs/RELIABILITY.md); block-level hooks wrap the
+    # compiled block from outside and work.
     ("leaf-level group offload + torch.compile",
      lambda o: o.offload == "group_leaf" and o.compile == "regional",
      "use offload=group_block with compile=regional (its hooks wrap the compiled blocks), or compile=none"),
@@ -654,7 +656,7 @@ def option_notes(opts: OptimizationSet, hw: Hardware) -> list[str]:
     notes = []
     if opts.attention_slicing and opts.attention_backend == "native" and hw.cuda:
         notes.append("attention_slicing saves no memory here: SDPA's fused kernels never hold the score matrix "
-                     "(measured on an H200: same peak, same speed); it lowers memory with attention_backend=math")
+                     "(measured: same peak, same speed); it lowers memory with attention_backend=math")
     return notes
 
 
