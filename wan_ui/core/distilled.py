@@ -3,7 +3,8 @@
 A preset in `options.PRESETS` holds options only (the LoRA by hub id, its flow shift, the kernels). A distilled
 LoRA also needs request settings — steps and guidance 1 — so each preset here carries `request_hints`, applied
 by the CLI's `--preset` where the user did not set those flags (and printed). Settings are the published ones
-(../shared/WORKLOADS.md, "Few-step LoRAs for 1.3B"); speed is measured with random LoRA weights of the same rank.
+(each entry's `source` says whose); speed is measured with random LoRA weights of the same rank
+(wan_ui/bench/random_lora.py).
 
 The LoRA loads by hub id through the `lora` option (diffusers downloads `owner/repo` + the file path inside it;
 Kijai's ComfyUI key layout goes through diffusers' non-diffusers Wan converter). Offline, put the file at the same
@@ -71,8 +72,8 @@ DISTILLED = [
 ]
 
 # Self-Forcing + sliding-tile sparse attention, the window of "Fast (sparse)" (+-3 frames x +-1 tile), first step
-# dense. H200: `official480` in 3.25 s (4.6 s dense; 3.07 s with no dense step), `report` 10.2 s (18.1 s dense;
-# docs/benchmarks/SPARSE.md). The window is ours, not the LoRA authors' setting.
+# dense: faster than dense at both workloads, and most at `report` (measured: docs/benchmarks/SPARSE.md, "Results").
+# The window is ours, not the LoRA authors' setting.
 DISTILLED.append(replace(DISTILLED[1], name="Self-Forcing DMD 4-step (sparse)",
                          options={**_KERNELS, "sparse_attention": "sta", "sparse_window": "3,1,1"},
                          source=DISTILLED[1].source + "; sparse self-attention (sliding tile window, ours) on steps 2-4"))

@@ -99,10 +99,10 @@ def decode_latents(pipe, latents: torch.Tensor) -> np.ndarray:
 def to_uint8_frames(video: torch.Tensor, chunk: int = 16) -> np.ndarray:
     """(3, F, H, W) in [-1, 1] -> (F, H, W, 3) uint8: diffusers' video postprocess ((x / 2 + 0.5) clamped, x 255,
     rounded), done on the tensor's device in fp32, `chunk` frames at a time (bounded extra memory), so only uint8
-    crosses to the host. diffusers' `postprocess_video(output_type="np")` moves float frames to the CPU and the
-    rest ran in numpy there: 3.9 s at `official480` and 6.1 s at `report` on a 2-core CPU; on the H200 host the
-    decode phase measured 0.7 s more than the VAE decode alone. Values differ from that path by at most 1 level
-    (it halves and shifts in the VAE's dtype, bf16 for the fast presets; here it is fp32)."""
+    crosses to the host. diffusers' `postprocess_video(output_type="np")` moves float frames to the CPU and does
+    the rest in numpy there, seconds per clip on a small CPU (measured: docs/benchmarks/README.md, "VAE decode").
+    Values differ from that path by at most 1 level (it halves and shifts in the VAE's dtype, bf16 for the fast
+    presets; here it is fp32)."""
     channels, frames, height, width = video.shape
     out = np.empty((frames, height, width, channels), dtype=np.uint8)
     for i in range(0, frames, chunk):

@@ -46,11 +46,11 @@ def configure_allocator(environ: MutableMapping[str, str] = os.environ) -> str |
     (`PYTORCH_CUDA_ALLOC_CONF`, `PYTORCH_ALLOC_CONF` as torch >= 2.9 calls it, or ROCm's `PYTORCH_HIP_ALLOC_CONF`):
     their setting is kept.
 
-    Why: the Low VRAM presets run close to the card's size, where a fixed-size-block allocator can fail on
-    fragmentation with memory free. Measured (H200, 2026-11-26, `report`, "Low VRAM" + sparse attention, allocator
-    capped at 7.5 GB): out of memory with the default allocator; with expandable segments it ran (5.6 GB peak).
-    torch reads the setting when CUDA's allocator starts, so the entry points (app, CLI, benchmark, training) call
-    this first. Returns the value set, or None when the user's own setting was kept."""
+    Why: the Low VRAM presets run close to the card's size, where a fixed-size-block allocator can fail on fragmentation
+    with memory free; the same capped run that ran out of memory with the default allocator finished with expandable
+    segments (docs/RELIABILITY.md, "An OOM with memory free"). torch reads the setting when CUDA's allocator starts, so
+    the entry points (app, CLI, benchmark, training) call this first. Returns the value set, or None when the user's own
+    setting was kept."""
     if any(name in environ for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF", "PYTORCH_HIP_ALLOC_CONF")):
         return None
     environ["PYTORCH_CUDA_ALLOC_CONF"] = ALLOC_CONF_DEFAULT

@@ -181,8 +181,8 @@ class ModelManager:
         compiled = dict(key[1]).get("compile", "none") != "none"
         del pipe, entry
         if compiled:
-            # torch.compile's code cache keeps the compiled blocks (and their weights) alive: drop it, or an
-            # evicted compiled pipeline keeps ~14 GB of GPU memory (seen on an H200).
+            # torch.compile's code cache keeps the compiled blocks (and through them the pipeline's weights)
+            # alive: drop it, or an evicted compiled pipeline keeps its GPU memory.
             torch._dynamo.reset()
         _free_cuda()
 

@@ -1,4 +1,4 @@
-"""The metrics of one run, each defined once here (README "Metrics" repeats these definitions).
+"""The metrics of one run, each defined once here (docs/METRICS.md repeats these definitions).
 
 Timing is wall clock with the device synchronised before every clock read (`Clock`); memory is torch's peak
 allocator statistics over the whole run and per phase, plus device memory in use sampled by NVML in a background
@@ -104,7 +104,8 @@ def warmup_from_steps(steps: list[float], kinds: list | None = None) -> float | 
     the sparse kernel). Kinds seen once have no reference and add nothing; None when the first step's kind has
     none. Without `kinds` (a cache that decides per step from activations): first step minus second step, the
     nearest step of the same kind (caches compute the early steps). Comparing with every later step would count
-    a step cache's skips as warm-up (MagCache's median step is ~0.02 s: a 6.6 s dense first step read as 6.6 s)."""
+    a step cache's skips as warm-up (a skipped MagCache step takes almost no time, so a dense first step would
+    count nearly whole)."""
     if len(steps) < 2:
         return None
     if kinds is None:

@@ -32,14 +32,14 @@ RANDOM_FULL = "random-full"
 RANDOM_LABEL = "random-weight model — output is noise; for trying the app and tests"
 MARKER = ".wan_ui_complete"  # written last, so a half-written cache folder is never loaded
 # Bumped whenever a random model's config changes, so a folder built from an older config is rebuilt, not loaded
-# (build 2: the tiny transformer's RoPE table covers the real model's 1024 positions per axis, not 32).
+# (build 2: the tiny transformer's RoPE table covers the real model's 1024 positions per axis).
 RANDOM_BUILD = 2
 
-# Real Wan2.1-T2V-1.3B transformer config (model card / ../shared/WORKLOADS.md).
+# Real Wan2.1-T2V-1.3B transformer config (Wan-AI/Wan2.1-T2V-1.3B-Diffusers, transformer/config.json).
 FULL_TRANSFORMER = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
                         out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30,
                         cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
-# UMT5-XXL encoder: 5.68 B parameters.
+# UMT5-XXL encoder (the same repository's text_encoder/config.json): 5.68 B parameters.
 FULL_TEXT_ENCODER = dict(vocab_size=256384, d_model=4096, d_ff=10240, num_layers=24, num_heads=64, d_kv=64,
                          feed_forward_proj="gated-gelu", relative_attention_num_buckets=32,
                          relative_attention_max_distance=128, tie_word_embeddings=False)

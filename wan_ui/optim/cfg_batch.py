@@ -1,11 +1,12 @@
 """CFG batching: the conditional and unconditional branches of a step in one transformer forward (batch 2).
 
-The Wan pipeline calls the transformer twice per CFG step (cond, then uncond, with the same latents and
-timestep). A diffusers `ModelHook` on the transformer turns the cond call into one batched call with the
-negative prompt embeddings appended, returns the cond half and keeps the uncond half, which it hands back on
-the uncond call that follows. Peak activation memory doubles; the gain is fewer, larger kernels, so it helps
-small videos and small GPUs: at 32k+ tokens one branch already fills a large GPU, and batching measured no gain
-there (docs/benchmarks/README.md, "Attention slicing and CFG batching"). Step caches keep one state per branch (`cache_context`), which a batched call would mix: the two are incompatible.
+The Wan pipeline calls the transformer twice per CFG step (cond, then uncond, with the same latents and timestep). A
+diffusers `ModelHook` on the transformer turns the cond call into one batched call with the negative prompt
+embeddings appended, returns the cond half and keeps the uncond half, which it hands back on the uncond call that
+follows. Peak activation memory doubles; the gain is fewer, larger kernels, so it helps small videos and small GPUs:
+at 32k+ tokens one branch already fills a large GPU, and batching measured no gain there (docs/benchmarks/README.md,
+"Attention slicing and CFG batching"). Step caches keep one state per branch (`cache_context`), which a batched call
+would mix: the two are incompatible.
 
 Undo: `apply_cfg_batch` returns a `CfgBatchUndo` holding the hook it registered; `remove_cfg_batch` removes it.
 """

@@ -1,24 +1,25 @@
 """Operator fusion with torch.compile: the repeated transformer blocks (regional) or the whole transformer.
 
-Regional compile compiles the *forward function* of each block class listed in the model's `_repeated_blocks`
-(all 30 Wan blocks share one compiled graph: the code object is the same and weights are inputs). It differs
-from diffusers' `compile_repeated_blocks`, which compiles each block's whole `__call__`: diffusers' step-cache
-hooks (MagCache, FirstBlockCache) wrap `forward` and are marked `torch.compiler.disable`, so under
+Regional compile compiles the *forward function* of each block class listed in the model's `_repeated_blocks` (all
+30 Wan blocks share one compiled graph: the code object is the same and weights are inputs). It differs from
+diffusers' `compile_repeated_blocks`, which compiles each block's whole `__call__`: diffusers' step-cache hooks
+(MagCache, FirstBlockCache) wrap `forward` and are marked `torch.compiler.disable`, so under
 `compile_repeated_blocks` the cached blocks run eager (with fullgraph=True it fails: "Skip calling
-torch.compiler.disable()d function MagCacheHeadHook.new_forward", diffusers 0.42.1). Compiling the inner forward leaves the cache's skip decision in Python and every computed block compiled. LoRA training
-(train/levers.py) compiles its blocks, or its activation-checkpointing runners, through the same `compile_forwards`.
+torch.compiler.disable()d function MagCacheHeadHook.new_forward", diffusers 0.42.1). Compiling the inner forward
+leaves the cache's skip decision in Python and every computed block compiled. LoRA training (train/levers.py)
+compiles its blocks, or its activation-checkpointing runners, through the same `compile_forwards`.
 
 Compile happens on the first call: the benchmark and the metrics report it as warm-up, never as steady-state
-latency. A restart with torch's compile caches warm compiles much faster than a cold start, and an FP8
-(torchao) graph takes minutes at the `report` size (docs/benchmarks/README.md, "Compile warm-up"). Torch keeps
-those caches in TORCHINDUCTOR_CACHE_DIR,
-by default under /tmp (gone after a reboot); unless the user set it, we point it into the model cache
-(`$WAN_UI_CACHE/torch_compile`) so warm restarts stay warm.
+latency. A restart with torch's compile caches warm compiles much faster than a cold start, and an FP8 (torchao)
+graph takes minutes at the `report` size (docs/benchmarks/README.md, "Compile warm-up"). Torch keeps those caches in
+TORCHINDUCTOR_CACHE_DIR, by default under /tmp (gone after a reboot); unless the user set it, we point it into the
+model cache (`$WAN_UI_CACHE/torch_compile`) so warm restarts stay warm.
 
 One compiled graph per input shape and attention variant (dense, each sparse window) accumulates in the blocks'
 shared compile cache; torch's default limit of 8 entries per code object, with fullgraph=True, turns the ninth into
-a hard `FailOnRecompileLimitHit` (docs/RELIABILITY.md, "A hard compile failure after many sizes"). An app serves many sizes and windows from one cached pipeline, so the limit is raised to
-`RECOMPILE_LIMIT` (a larger value the user set is kept); each new variant costs a recompile, never an error.
+a hard `FailOnRecompileLimitHit` (docs/RELIABILITY.md, "A hard compile failure after many sizes"). An app serves
+many sizes and windows from one cached pipeline, so the limit is raised to `RECOMPILE_LIMIT` (a larger value the
+user set is kept); each new variant costs a recompile, never an error.
 """
 
 from __future__ import annotations

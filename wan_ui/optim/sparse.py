@@ -1,8 +1,8 @@
 """Training-free sparse self-attention: a 3D sliding tile window (Sliding Tile Attention style) on FlexAttention.
 
 Wan's self-attention (`attn1`) sees every token of the video: 87,750 tokens at the `report` size, where it takes
-most of a dense forward's time (docs/benchmarks/README.md, "Where the time goes"). Sliding Tile Attention (Zhang et al., arXiv 2502.04507) keeps, for each query tile, only the key tiles
-within a 3D window. Here:
+most of a dense forward's time (docs/benchmarks/README.md, "Where the time goes"). Sliding Tile Attention (Zhang et
+al., arXiv 2502.04507) keeps, for each query tile, only the key tiles within a 3D window. Here:
   1. tokens (B, L, H, D), laid out frame-major over the patch grid (T, Hp, Wp), are padded to whole tiles and
      reordered tile-major, so one tile of `tile` = (1, 8, 16) patches = 128 tokens is one FlexAttention block;
   2. a `mask_mod` over tile coordinates keeps key tile k for query tile q when |q - k| <= window in each of
