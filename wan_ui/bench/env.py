@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import subprocess
 import time
 from importlib import metadata
+
+import torch
 
 VERSIONED = ("torch", "diffusers", "transformers", "accelerate", "peft", "safetensors", "huggingface_hub", "numpy",
              "torchao", "bitsandbytes", "sageattention", "triton", "nvidia-ml-py", "open_clip_torch", "lpips")
@@ -28,7 +31,7 @@ def package_versions() -> dict[str, str | None]:
 
 def _driver_version() -> str | None:
     try:
-        import pynvml
+        import pynvml  # optional: NVML exists only where an NVIDIA driver is installed (nvidia-smi is the fallback)
 
         pynvml.nvmlInit()
         try:
@@ -48,8 +51,6 @@ def _driver_version() -> str | None:
 
 def hardware_record() -> dict:
     """GPU 0 (or the CPU) as the benchmark saw it."""
-    import torch
-
     rec = {"device": "cpu", "gpu_name": None, "gpu_count": 0, "capability": None, "total_memory_mb": None,
            "driver": None, "cuda": torch.version.cuda, "cudnn": None, "cpu": platform.processor() or platform.machine(),
            "cpu_count": os.cpu_count(), "platform": platform.platform()}
@@ -66,7 +67,8 @@ def now_iso() -> str:
 
 
 def card_label(hardware: dict) -> str:
-    """Short name for file names: 'H100-80GB-HBM3' -> 'h100', 'cpu' on CPU."""
+    """Short name for file names: the first known card family in the GPU's name ('NVIDIA H100 80GB HBM3' ->
+    'h100'), else the name itself shortened; 'cpu' on CPU."""
     name = hardware.get("gpu_name") or "cpu"
     for key in ("H200", "H100", "A100", "L40S", "L4", "A10G", "4090", "3090"):
         if key in name.upper():
@@ -76,6 +78,4 @@ def card_label(hardware: dict) -> str:
 
 def command_line(args: list[str]) -> str:
     """The benchmark's command as one would type it (`python -m wan_ui.bench ...`)."""
-    import shlex
-
     return shlex.join(["python", "-m", "wan_ui.bench", *args])

@@ -12,8 +12,8 @@ and NCCL/cuDNN initialisation), extrapolated to the workload's step count exactl
 inputs of the workload's size, timed (median of --forward-repeats after the generation warmed everything up).
 
 Correctness against the baseline (the single-GPU run), at bf16 tolerance:
-  - forward: ||out - ref|| / ||ref|| <= 0.02 (one bf16 forward is 0.015 from fp32 on this model: docs/benchmarks/
-    raw/h200-20261126-numerics-official480.json), and
+  - forward: ||out - ref|| / ||ref|| <= 0.02 (one bf16 forward is 0.015 from fp32 on this model:
+    docs/benchmarks/README.md, "Seconds per transformer forward against the floors"), and
   - frames: PSNR >= 30 dB against the baseline's frames.
 """
 

@@ -55,8 +55,9 @@ def numbers(row: BenchRow) -> dict:
 
 
 def _per_forward(row: BenchRow, m: dict) -> float | None:
-    """One transformer forward (one CFG branch), comparable with ../shared/WORKLOADS.md's floors: the per-step
-    median over forwards per step; with a step cache, denoise time over forwards computed."""
+    """One transformer forward (one CFG branch), comparable with the floors in docs/benchmarks/README.md
+    ("Seconds per transformer forward against the floors"): the per-step median over forwards per step; with a
+    step cache, denoise time over forwards computed."""
     opts = row.set.options
     cache = opts.get("cache") or "none"
     if cache != "none":
@@ -235,10 +236,10 @@ def render_report(rows: list[BenchRow], charts_note: str | None = None, chart_fi
 def draw_charts(out: Path, rows: list[BenchRow]) -> tuple[list[str], str | None]:
     """latency.png (stacked phases per set, extrapolated hatched) and vram.png; ([], reason) without matplotlib."""
     try:
-        import matplotlib
+        import matplotlib  # optional: charts only; the GPU machines may lack it (`--render` draws them later)
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # after use("Agg"): no display needed
     except ImportError:
         return [], ("not drawn: matplotlib is not installed here; run `python -m wan_ui.bench --render DIR` "
                     "where it is")
@@ -270,7 +271,7 @@ def _latency_chart(plt, out, rows, names, nums) -> str:
                     edgecolor="white")
             left += width
         ax.text(left, yi, f" {left:.1f} s" + (" (extrapolated)" if ex else ""), va="center", fontsize=8)
-    from matplotlib.patches import Patch
+    from matplotlib.patches import Patch  # optional package, present once draw_charts imported it
 
     ax.legend(handles=[Patch(color=c, label=k.replace("_s", "").replace("_", " ")) for k, c in colors.items()]
               + [Patch(facecolor="white", edgecolor="grey", hatch="//", label="extrapolated")],

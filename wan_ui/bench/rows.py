@@ -4,8 +4,9 @@
 (schema "wan_ui.bench/1"). A row written before a field existed loads with that field's default (`world_size` 1,
 `parallel_mode` "none", `steps_note` None, `option_notes` []); a key this module does not know is an error (a file
 written by a newer version would otherwise lose data when rewritten). A few keys are written only when they carry
-a value (`bench`, `wall_s`, `quality.error`, `bench.warmup_raw_s`, `bench.clip_latency_spread_s`), as the runner
-always wrote them. Times are seconds, memory MiB (2**20 bytes), as in `wan_ui/core/metrics.py`.
+a value (`bench`, `wall_s`, `quality.error`, `bench.warmup_raw_s`, `bench.clip_latency_spread_s`), so every
+results.jsonl already on disk reads and writes back unchanged. Times are seconds, memory MiB (2**20 bytes), as in
+`wan_ui/core/metrics.py`.
 
 The runner, the child processes, the report, the extrapolation and the parallel benchmark all pass `BenchRow`s;
 JSON appears only at the file and process boundaries.
