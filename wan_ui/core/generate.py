@@ -26,6 +26,7 @@ from wan_ui.core.errors import GenerationCancelled, GpuOutOfMemoryError
 from wan_ui.core.manager import LOW_VRAM_HINT, BuildInfo, ModelManager
 from wan_ui.core.metrics import Clock, Metrics, NvmlSampler, forward_counter, frame_metrics, warmup_from_steps
 from wan_ui.core.options import OptimizationSet, option_notes
+from wan_ui.core.preview import Previewer, preview_every
 from wan_ui.core.requests import GenerationRequest, validate_request
 from wan_ui.core.video import rewrite_metadata, unique_path, write_video
 from wan_ui.optim.cache import forwards_computed_mag, forwards_per_step, mag_schedule
@@ -35,6 +36,7 @@ from wan_ui.optim.sparse import dense_steps_for, make_sparse_step_hook
 
 # on_progress(phase, done, total): phase in "loading", "encoding", "denoising", "decoding", "writing"
 ProgressFn = Callable[[str, int, int], None]
+PreviewFn = Callable[[int, np.ndarray, float], None]  # on_preview(step, (h, w, 3) uint8 image, seconds it cost)
 
 
 @dataclass
@@ -62,8 +64,9 @@ class _StepObserver:
     steps of sparse attention), each `hook(pipe, step_index)`."""
 
     def __init__(self, clock: Clock, total: int, on_progress: ProgressFn | None, cancel: threading.Event | None,
-                 hooks=()):
+                 hooks=(), previewer: Previewer | None = None):
         self.clock, self.total, self.on_progress, self.cancel = clock, total, on_progress, cancel
+        self.previewer = previewer  # live preview; its time is kept out of the step times
         self.hooks = [h for h in hooks if h is not None]
         self.times: list[float] = []
         self.last = None
@@ -78,6 +81,9 @@ class _StepObserver:
         self.last = now
         for hook in self.hooks:
             hook(pipe, i)
+        if self.previewer is not None:
+            self.previewer(i + 1, kwargs["latents"])
+            self.last = time.perf_counter()
         if self.on_progress:
             self.on_progress("denoising", i + 1, self.total)
         if self.cancel is not None and self.cancel.is_set():
@@ -113,7 +119,8 @@ def to_uint8_frames(video: torch.Tensor, chunk: int = 16) -> np.ndarray:
 
 
 def run_pipeline(pipe, request: GenerationRequest, opts: OptimizationSet, clock: Clock,
-                 on_progress: ProgressFn | None = None, cancel: threading.Event | None = None):
+                 on_progress: ProgressFn | None = None, cancel: threading.Event | None = None,
+                 on_preview: PreviewFn | None = None):
     """Phases 2-4 on a ready pipeline. Returns (frames, step_times, forwards_computed)."""
     r = request
     use_cfg = r.guidance_scale > 1.0
@@ -127,7 +134,9 @@ def run_pipeline(pipe, request: GenerationRequest, opts: OptimizationSet, clock:
         prepare_cfg_batch(pipe, neg)
         hooks = [make_cfg_step_hook(r.guidance_scale, r.num_inference_steps, opts.cfg_truncation),
                  make_sparse_step_hook(pipe, r, opts)]
-        observer = _StepObserver(clock, r.num_inference_steps, on_progress, cancel, hooks)
+        previewer = None if on_preview is None else \
+            Previewer(pipe, on_preview, preview_every(r.num_inference_steps), r.num_inference_steps)
+        observer = _StepObserver(clock, r.num_inference_steps, on_progress, cancel, hooks, previewer)
         counter = forward_counter(pipe)
         counter.reset()
         with clock.phase("denoise"):
@@ -147,16 +156,18 @@ def run_pipeline(pipe, request: GenerationRequest, opts: OptimizationSet, clock:
 def generate(manager: ModelManager, model: str | None, request: GenerationRequest, opts: OptimizationSet,
              out_dir: str | Path | None = "outputs", out_path: str | Path | None = None,
              on_progress: ProgressFn | None = None, cancel: threading.Event | None = None,
-             nvml_hz: float = 10.0) -> Result:
-    """`manager`: a ModelManager, or a gpu_pool.ManagerPool that lends a free GPU's manager for this run."""
+             nvml_hz: float = 10.0, on_preview: PreviewFn | None = None) -> Result:
+    """`manager`: a ModelManager, or a gpu_pool.ManagerPool that lends a free GPU's manager for this run.
+    `on_preview(step, image, seconds)`: the live preview (core/preview.py), about ten times per run; None = off."""
     request = validate_request(request)
     with manager.lease(model, opts) as leased, device_scope(leased.device):
         cancel = leased.start_job(model, request, opts, cancel)  # a serving parallel app's other ranks join in
-        return _generate_on(leased, model, request, opts, out_dir, out_path, on_progress, cancel, nvml_hz)
+        return _generate_on(leased, model, request, opts, out_dir, out_path, on_progress, cancel, nvml_hz,
+                            on_preview)
 
 
 def _generate_on(manager: ModelManager, model, request: GenerationRequest, opts: OptimizationSet, out_dir,
-                 out_path, on_progress, cancel, nvml_hz: float) -> Result:
+                 out_path, on_progress, cancel, nvml_hz: float, on_preview: PreviewFn | None = None) -> Result:
     if on_progress:
         on_progress("loading", 0, 1)
     try:
@@ -171,7 +182,7 @@ def _generate_on(manager: ModelManager, model, request: GenerationRequest, opts:
     # OOM and cancel are handled after the except blocks: inside them the traceback still holds the run's tensors
     out_of_memory, cancelled = False, None
     try:
-        frames, steps, computed = run_pipeline(pipe, request, opts, clock, on_progress, cancel)
+        frames, steps, computed = run_pipeline(pipe, request, opts, clock, on_progress, cancel, on_preview)
     except torch.cuda.OutOfMemoryError:
         out_of_memory = True
     except GenerationCancelled as e:
