@@ -2,7 +2,7 @@
 
 `generate(manager, model, request, opts)`:
   1. validate the request, get the pipeline from the manager (build or reuse, run-time options applied);
-  2. encode the prompts (`pipe.encode_prompt`);
+  2. encode the prompts (`pipe.encode_prompt`, once per prompt and pipeline: core/prompt_cache.py);
   3. denoise with diffusers' own loop (`pipe(..., output_type="latent")`), observed through
      `callback_on_step_end` for per-step timing, progress, cancellation, CFG truncation and
      sparse attention's dense steps;
@@ -27,6 +27,7 @@ from wan_ui.core.manager import LOW_VRAM_HINT, BuildInfo, ModelManager
 from wan_ui.core.metrics import Clock, Metrics, NvmlSampler, forward_counter, frame_metrics, warmup_from_steps
 from wan_ui.core.options import OptimizationSet, option_notes
 from wan_ui.core.preview import Previewer, preview_every
+from wan_ui.core.prompt_cache import encode_prompt_cached
 from wan_ui.core.requests import GenerationRequest, validate_request
 from wan_ui.core.video import rewrite_metadata, unique_path, write_video
 from wan_ui.optim.cache import forwards_computed_mag, forwards_per_step, mag_schedule
@@ -129,8 +130,7 @@ def run_pipeline(pipe, request: GenerationRequest, opts: OptimizationSet, clock:
         on_progress("encoding", 0, 1)
     with torch.inference_mode():
         with clock.phase("text_encode"):
-            pos, neg = pipe.encode_prompt(prompt=r.prompt, negative_prompt=r.negative_prompt,
-                                          do_classifier_free_guidance=use_cfg, max_sequence_length=512, device=device)
+            pos, neg = encode_prompt_cached(pipe, r.prompt, r.negative_prompt, use_cfg, device)
         prepare_cfg_batch(pipe, neg)
         hooks = [make_cfg_step_hook(r.guidance_scale, r.num_inference_steps, opts.cfg_truncation),
                  make_sparse_step_hook(pipe, r, opts)]
