@@ -248,7 +248,8 @@ def test_sparse_sets_are_never_shortened():
     and extrapolate to a wrong clip, so such sets run every step and the row says why."""
     from pathlib import Path
 
-    from wan_ui.bench.measure import BenchConfig, base_row, request_for
+    from wan_ui.bench.config import BenchConfig, request_for
+    from wan_ui.bench.measure import base_row
 
     cfg = BenchConfig("official480", "tiny", Path("."), steps=2)
     sparse, dense = parse_sets(["fast-sparse", "fast"])
@@ -262,7 +263,7 @@ def test_distilled_sets_run_with_their_published_steps_and_guidance():
     benchmark gives such a set its LoRA's steps and guidance, as the Compare tab does; other sets keep the workload's."""
     from pathlib import Path
 
-    from wan_ui.bench.measure import BenchConfig, request_for
+    from wan_ui.bench.config import BenchConfig, request_for
 
     cfg = BenchConfig("official480", "tiny", Path("."))
     local_copy = "lora=Wan2_1_self_forcing_dmd_1_3B_lora_rank_32_fp16.safetensors"  # found by its file name

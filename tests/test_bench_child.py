@@ -13,7 +13,8 @@ import pytest
 
 from wan_ui.bench import child
 from wan_ui.bench.child import ChildJob, run_child, write_job
-from wan_ui.bench.measure import BenchConfig, base_row
+from wan_ui.bench.config import BenchConfig
+from wan_ui.bench.measure import base_row
 from wan_ui.bench.rows import BenchRow
 from wan_ui.bench.sets import parse_set
 

@@ -30,7 +30,8 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from wan_ui.bench.measure import BenchConfig, base_row, log, measure_set, prepare_process
+from wan_ui.bench.config import BenchConfig, log
+from wan_ui.bench.measure import base_row, measure_set, prepare_process
 from wan_ui.bench.rows import BenchRow
 from wan_ui.bench.scoring import make_quality
 from wan_ui.bench.sets import BenchSet, parse_set

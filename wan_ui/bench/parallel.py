@@ -37,7 +37,8 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
-from wan_ui.bench.measure import BenchConfig, fill_row, new_row
+from wan_ui.bench.config import BenchConfig
+from wan_ui.bench.measure import fill_row, new_row
 from wan_ui.bench.rows import BenchRow
 from wan_ui.bench.sets import BenchSet
 from wan_ui.core.generate import generate

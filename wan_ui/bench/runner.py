@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 
 from wan_ui.bench.child import run_child
+from wan_ui.bench.config import BenchConfig, log
 from wan_ui.bench.env import card_label, command_line, hardware_record
-from wan_ui.bench.measure import BenchConfig, base_row, log, measure_set, prepare_process
+from wan_ui.bench.measure import base_row, measure_set, prepare_process
 from wan_ui.bench.report import read_results, summary_table, write_outputs
 from wan_ui.bench.rows import BenchRow
 from wan_ui.bench.scoring import make_quality

@@ -2,7 +2,7 @@
 
 The baseline set (the first) saves its video in OUT/frames/ so every other set, in this process or a child
 process, is compared with it. A set is compared with it when the baseline ran the set's reference request: the
-request the set would run without a distilled LoRA's steps and guidance (`measure.request_for(...,
+request the set would run without a distilled LoRA's steps and guidance (`config.request_for(...,
 distilled=False)`), so a 4-step CFG-1 set is measured against the workload's own steps and CFG, the video the
 user would have got; each row's `metrics.reference_steps` / `reference_guidance` say which request that was.
 The metric models (lpips, open_clip) load only when a row is scored (`core.quality` imports them lazily).
@@ -15,7 +15,7 @@ import json
 
 import numpy as np
 
-from wan_ui.bench.measure import BenchConfig, log, request_for
+from wan_ui.bench.config import BenchConfig, log, request_for
 from wan_ui.bench.rows import BenchRow
 from wan_ui.bench.sets import parse_set
 from wan_ui.core.models import resolve_model
@@ -57,7 +57,7 @@ class QualityPlan:
         return np.load(frames), None
 
     def reference_request(self, row: BenchRow):
-        """The request whose baseline video this row is compared with (`measure.request_for`, distilled=False);
+        """The request whose baseline video this row is compared with (`config.request_for`, distilled=False);
         the set is rebuilt from its spec, as a child process does."""
         return request_for(self.cfg, parse_set(row.set.spec), distilled=False)[0]
 
