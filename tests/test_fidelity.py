@@ -9,6 +9,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from wan_ui.bench.report import render_report
@@ -16,7 +17,9 @@ from wan_ui.bench.rows import BenchRow, SetInfo
 from wan_ui.cli import main as cli_main
 from wan_ui.core.errors import ValidationError
 from wan_ui.core.fidelity import CLASSES, LOSSY, ByValue, Cases, Fidelity
+from wan_ui.core.generate import generate
 from wan_ui.core.hardware import Hardware
+from wan_ui.core.manager import ModelManager
 from wan_ui.core.options import (PRESETS, OptimizationSet, fidelity_of, fidelity_of_value, fidelity_summary,
                                  preset, preset_description, worst_fidelity)
 from wan_ui.optim.cache import DEFAULT_MAG_SKIPS, DEFAULT_THRESHOLDS
@@ -277,3 +280,20 @@ def test_lever_json_round_trips():
     d = json.loads(json.dumps(lever.to_dict()))
     assert set(d) == {"name", "value", "class", "what", "note", "source", "part_of"}
     assert (d["name"], d["class"], d["source"]) == ("quantization", "lossy-published", lever.fidelity.source)
+
+
+# ---- what the table calls exact is exact ----------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_exact_levers_give_bit_identical_frames_on_a_gpu(precision, smoke_request, tiny_folder):
+    """Offloading only moves weights, and the sliced decode of one video is the same decode: the same frames."""
+    m = ModelManager(device="cuda", log=lambda _: None)
+    base = OptimizationSet().with_(precision=precision, text_encoder_precision=precision)
+    ref = generate(m, "tiny", smoke_request, base, out_dir=None).frames
+    np.testing.assert_array_equal(generate(m, "tiny", smoke_request, base, out_dir=None).frames, ref)  # repeatable
+    for values in [{"offload": mode} for mode in ("model", "sequential", "group_block", "group_leaf")] + \
+                  [{"vae_slicing": True}]:
+        opts = base.with_(**values)
+        assert [lv.name for lv in fidelity_of(opts)] == [lv.name for lv in fidelity_of(base)]  # nothing added
+        np.testing.assert_array_equal(generate(m, "tiny", smoke_request, opts, out_dir=None).frames, ref,
+                                      err_msg=str(values))

@@ -61,8 +61,8 @@ _MAG_THRESHOLD, _MAG_SKIPS = 0.12, 2
 _EXACT_UNUSED = "not read with this setting of the lever it refines"
 
 
-def _exact(what: str, note: str = "") -> Fidelity:
-    return Fidelity("exact", what, note)
+def _exact(what: str, note: str = "", source: str = "") -> Fidelity:
+    return Fidelity("exact", what, note, source)
 
 
 def _close(what: str, note: str, source: str) -> Fidelity:
@@ -81,7 +81,8 @@ def _by_value(*pairs) -> ByValue:
     return ByValue(tuple(pairs))
 
 
-def _precision(part: str, bf16: str, fp16: str) -> ByValue:
+def _precision(part: str, bf16: tuple[str, str], fp16: tuple[str, str]) -> ByValue:
+    """fp32 is the reference; bf16 and fp16 are (note, source) pairs."""
     return _by_value(("fp32", _exact(f"fp32 {part}", "the reference")),
                      ("bf16", _close(f"bf16 {part}", *bf16)), ("fp16", _close(f"fp16 {part}", *fp16)))
 
@@ -133,10 +134,12 @@ _COMPILE_MODE = _by_value(
     ("max-autotune-no-cudagraphs", _close("max-autotune (no CUDA graphs)", *_AUTOTUNE)),
     ("max-autotune", _close("max-autotune", *_AUTOTUNE)),
     ("reduce-overhead", _exact("reduce-overhead", "CUDA graphs replay the same kernels")))
-_MOVES_ONLY = "moves weights between CPU and GPU only: the same kernels on the same values"
+_MOVES_ONLY = "moves weights between CPU and GPU only: the same kernels on the same values, the same frames"
+# the tiny model on a GPU, fp32 and bf16: every offload mode and the sliced decode give the frames without them
+_SAME_FRAMES = "tests/test_fidelity.py::test_exact_levers_give_bit_identical_frames_on_a_gpu"
 _OFFLOAD = _by_value(("none", _exact("no offload")),
-                     *((v, _exact(f"{v} offload", _MOVES_ONLY)) for v in ("model", "sequential", "group_block",
-                                                                          "group_leaf")))
+                     *((v, _exact(f"{v} offload", _MOVES_ONLY, _SAME_FRAMES))
+                       for v in ("model", "sequential", "group_block", "group_leaf")))
 _KERNEL = "exact attention in another kernel (another summation order)"
 _ATTENTION = _by_value(
     ("native", _exact("SDPA attention", "the reference: PyTorch's own choice of kernel")),
@@ -285,7 +288,8 @@ _VAE_TILE = _by_value(
     (512, _close("512 px tiles", "5.7e-2 from the untiled bf16 decode (measured)", _VAE_BENCH)))
 _VAE_SLICING = _by_value(
     (False, _exact("VAE decode in one batch")),
-    (True, _exact("sliced VAE decode", "one video per request: diffusers slices only batches of 2 or more")))
+    (True, _exact("sliced VAE decode", "one video per request: diffusers slices only batches of 2 or more",
+                  _SAME_FRAMES)))
 _CHANNELS_LAST = _by_value(
     (False, _exact("VAE weights contiguous")),
     (True, _close("channels-last VAE", "other conv kernels: 1.6e-2 from the bf16 decode (measured); within 1 level "
