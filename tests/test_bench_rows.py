@@ -20,7 +20,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
 RESULTS = sorted(DOCS.glob("**/results.jsonl"))
 # fields added after the committed files were written: they load with their defaults
 ADDED_TOP = {"world_size", "parallel_mode", "steps_note"}
-ADDED_METRICS = {"option_notes"}
+ADDED_METRICS = {"option_notes", "phase_peak_reserved_mb", "reference_steps", "reference_guidance"}
 
 
 def _lines(path: Path) -> list[dict]:
