@@ -34,6 +34,16 @@ class GpuOutOfMemoryError(UserError):
     `torch.cuda.OutOfMemoryError`, which the core catches and turns into this one.)"""
 
 
+class OutputError(UserError):
+    """A video cannot be written where asked: the path (CLI `--out`, the app's outputs folder) is refused before any
+    model work, saying what is wrong: not .mp4, under a file, under /proc or /sys, not writable, read-only."""
+
+
+class StorageError(OutputError, OSError):
+    """The file system refused a write (no space left, no permission, read-only): one line naming the path. Also an
+    OSError carrying the cause's `errno`, for callers that catch those. Nothing half-written is left."""
+
+
 def first_line(error: BaseException, limit: int = 300) -> str:
     """The first non-empty line of an exception's message, at most `limit` characters ('' when it has none):
     what a one-line report shows of a library's multi-line error (the full text goes to the log)."""

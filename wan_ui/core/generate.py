@@ -6,8 +6,9 @@
   3. denoise with diffusers' own loop (`pipe(..., output_type="latent")`), observed through
      `callback_on_step_end` for per-step timing, progress, cancellation, CFG truncation and
      sparse attention's dense steps;
-  4. decode the latents with the VAE;
-  5. write the mp4 (outside the timed clip latency) and return frames, path and metrics.
+  4. decode the latents with the VAE (one call without a hook: a cancel during it is honoured right after it);
+  5. write the mp4, then its sidecar (outside the timed clip latency), and return frames, path and metrics.
+The output path or folder is checked first, before any model work (video.check_output_path / check_output_folder).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from wan_ui.core.options import OptimizationSet, option_notes
 from wan_ui.core.preview import Previewer, preview_every
 from wan_ui.core.prompt_cache import encode_prompt_cached
 from wan_ui.core.requests import GenerationRequest, validate_request
-from wan_ui.core.video import rewrite_metadata, unique_path, write_video
+from wan_ui.core.video import check_output_folder, check_output_path, rewrite_metadata, unique_path, write_video
 from wan_ui.optim.cache import forwards_computed_mag, forwards_per_step, mag_schedule
 from wan_ui.optim.cfg import make_cfg_step_hook, planned_forwards
 from wan_ui.optim.cfg_batch import prepare_cfg_batch
@@ -150,6 +151,8 @@ def run_pipeline(pipe, request: GenerationRequest, opts: OptimizationSet, clock:
             on_progress("decoding", 0, 1)
         with clock.phase("decode"):
             frames = decode_latents(pipe, latents)
+        if cancel is not None and cancel.is_set():  # the decode has no step hook: its result is discarded
+            raise GenerationCancelled("cancelled during the VAE decode (its frames were discarded)")
     return frames, observer.times, counter.computed
 
 
@@ -158,8 +161,14 @@ def generate(manager: ModelManager, model: str | None, request: GenerationReques
              on_progress: ProgressFn | None = None, cancel: threading.Event | None = None,
              nvml_hz: float = 10.0, on_preview: PreviewFn | None = None) -> Result:
     """`manager`: a ModelManager, or a gpu_pool.ManagerPool that lends a free GPU's manager for this run.
-    `on_preview(step, image, seconds)`: the live preview (core/preview.py), about ten times per run; None = off."""
+    `on_preview(step, image, seconds)`: the live preview (core/preview.py), about ten times per run; None = off.
+    `out_path` (a .mp4 file), else `out_dir` (a folder; both None: nothing is written) is checked before any model
+    work: an OutputError says what is wrong with it."""
     request = validate_request(request)
+    if out_path is not None:
+        out_path = check_output_path(out_path)
+    elif out_dir is not None:
+        check_output_folder(out_dir)
     with manager.lease(model, opts) as leased, device_scope(leased.device):
         cancel = leased.start_job(model, request, opts, cancel)  # a serving parallel app's other ranks join in
         return _generate_on(leased, model, request, opts, out_dir, out_path, on_progress, cancel, nvml_hz,
