@@ -286,12 +286,12 @@ def test_quality_metrics_are_written_into_the_sidecar_and_the_mp4(manager, tmp_p
     from wan_ui.core.settings_store import _embedded_metadata, settings_from_video
     from wan_ui.core.video import read_video
 
-    def fake_score(result, scorer, reference):  # the scorer's models are tested in test_quality.py
+    def fake_score(result, scorer, reference, reference_request=None):  # the scorer's models: test_quality.py
         assert reference is not None  # a default-options run is its own baseline
         result.metrics.clip_score, result.metrics.lpips_temporal = 0.31, 0.02
         return result.metrics
 
-    monkeypatch.setattr("wan_ui.core.quality.score_result", fake_score)
+    monkeypatch.setattr("wan_ui.core.compare.score_result", fake_score)  # the name measure_quality calls
     result = generate(manager, "tiny", GenerationRequest(**TINY), OptimizationSet(), out_dir=tmp_path)
     video = Path(result.video_path)
     before = json.loads(video.with_suffix(".json").read_text())
