@@ -253,12 +253,12 @@ def nvml_identity(nvml, handle) -> GpuIdentity:
     NVML cannot read is None."""
     try:
         uuid = normalize_uuid(nvml.nvmlDeviceGetUUID(handle))
-    except Exception:
+    except Exception:  # NVMLError (NotSupported, GpuIsLost, ...): match on the other field
         uuid = None
     try:
         info = nvml.nvmlDeviceGetPciInfo(handle)
         pci = (int(info.domain), int(info.bus), int(info.device))
-    except Exception:
+    except Exception:  # as above
         pci = None
     return GpuIdentity(uuid, pci)
 
