@@ -71,6 +71,7 @@ class ModelManager:
         self.builds = 0  # how many times weights were loaded (tests count rebuild decisions with it)
         self._entries: OrderedDict[tuple, _Entry] = OrderedDict()
         self._lock = threading.RLock()
+        self._job_lock = threading.RLock()  # held by lease(): one generation at a time
 
     # ---- queries ---------------------------------------------------------------------------------
     def resident(self) -> list[tuple]:
@@ -80,9 +81,13 @@ class ModelManager:
         return (resolve_model(model, self.hw.cuda).name, opts.load_key())
 
     # ---- the manager interface a gpu_pool.ManagerPool shares -------------------------------------
+    @contextlib.contextmanager
     def lease(self, model: str | None = None, opts: OptimizationSet | None = None):
-        """`with manager.lease(model, opts) as m:` — a manager is its own (and only) GPU."""
-        return contextlib.nullcontext(self)
+        """`with manager.lease(model, opts) as m:` — a manager is its own (and only) GPU, held by one job at a time:
+        the app's queue admits `slots` jobs, but a batch (core/batch.py) runs in a thread outside the queue, and two
+        runs on one pipeline would apply their options over each other. Re-entrant for the holding thread."""
+        with self._job_lock:
+            yield self
 
     def start_job(self, model, request, opts, cancel):
         """generate() announces each job here: a serving parallel app's other ranks join in (parallel.py)."""
