@@ -1,6 +1,8 @@
 """`python -m wan_ui generate ...` and `python -m wan_ui options --json`.
 
-User mistakes exit with status 2 and one line on stderr (no traceback); a cancelled or failed run exits 1.
+User mistakes exit with status 2 and one line on stderr (no traceback), a bad `--out` or a full disk included; a
+cancelled or failed run exits 1; SIGTERM (what `docker stop` sends) stops the run at once, leaves no partial file,
+and exits 143 (128 + 15, the shell's convention for a process ended by SIGTERM) with one line.
 """
 
 from __future__ import annotations
@@ -9,14 +11,16 @@ import argparse
 import atexit
 import json
 import os
+import signal
 import sys
+import threading
 
 from diffusers import DiffusionPipeline
 from diffusers.utils import logging as dlog
 from tqdm.auto import tqdm
 
 from wan_ui.core.distilled import PRESET_NOTES, request_hints_for
-from wan_ui.core.errors import UserError
+from wan_ui.core.errors import GenerationCancelled, UserError
 from wan_ui.core.fields import add_argument, cli_help
 from wan_ui.core.generate import generate, update_video_metadata
 from wan_ui.core.hardware import configure_allocator, probe_hardware
@@ -44,6 +48,7 @@ from wan_ui.core.requests import (
     describe_defaults,
     validate_request,
 )
+from wan_ui.core.video import EncoderError, check_output_folder, check_output_path
 from wan_ui.parallel.dist import finish_distributed, init_distributed, torchrun_world_size
 from wan_ui.parallel.plan import ParallelConfig
 from wan_ui.parallel.runtime import ParallelRuntime
@@ -82,6 +87,8 @@ REQUEST_FLAGS = {"--prompt": "prompt", "--negative-prompt": "negative_prompt", "
                  "--steps": "num_inference_steps", "--guidance": "guidance_scale"}
 # None = not given: a distilled preset's request hints, else the request's defaults (printed when a hint is used)
 HINTED = ("num_inference_steps", "guidance_scale")
+DEFAULT_OUTPUTS = "outputs"  # where a video goes without --out (relative to the working directory)
+TERMINATED_STATUS = 128 + signal.SIGTERM  # 143: how a shell reports a process ended by SIGTERM
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
             add_argument(g, spec, flag, default=getattr(d, name), required=name == "prompt")
     g.add_argument("--preset", default=None, help="start from a preset (see `options`)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an option; repeatable")
-    g.add_argument("--out", default=None, help="video path (default: a unique name in ./outputs)")
+    g.add_argument("--out", default=None, help=f"video path ending in .mp4, never overwritten (default: a unique "
+                   f"name in ./{DEFAULT_OUTPUTS}); a folder that cannot take it is refused before any model work")
     g.add_argument("--json", action="store_true", help="print one JSON object with the result and metrics")
     g.add_argument("--quality", action="store_true", help="also compute CLIP score and temporal LPIPS")
     g.add_argument("--parallel", default=None, metavar="MODE",
@@ -117,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_generate(args) -> int:
+    if args.out is not None:  # a place that cannot take the video is refused first, on every rank
+        check_output_path(args.out)
+    else:
+        check_output_folder(DEFAULT_OUTPUTS, field="out")
     base = preset(args.preset) if args.preset else OptimizationSet()
     opts = parse_set_args(args.set, base=base)
     runtime = _parallel_runtime(args.parallel)  # None: one process, one device
@@ -134,11 +146,16 @@ def cmd_generate(args) -> int:
         _quiet_follower()
         generate(manager, args.model, req, opts, out_dir=None)
         return 0
-    result = generate(manager, args.model, req, opts, out_path=args.out,
+    result = generate(manager, args.model, req, opts, out_dir=DEFAULT_OUTPUTS, out_path=args.out,
                       on_progress=_progress_printer(not args.json or sys.stderr.isatty()))
     if args.quality:
-        score_result(result)
-        update_video_metadata(result)  # the scores join the sidecar and the mp4's comment tag
+        try:
+            score_result(result)
+            update_video_metadata(result)  # the scores join the sidecar and the mp4's comment tag
+        except Terminated:
+            print(f"error: terminated by SIGTERM while scoring; {result.video_path} was written, without its "
+                  f"quality scores", file=sys.stderr)
+            return TERMINATED_STATUS
     for note in [*result.request.notes, *result.metrics.option_notes]:
         print(f"[wan_ui] note: {note}", file=sys.stderr)
     if result.build.random_weights:
@@ -226,16 +243,37 @@ def cmd_presets(args) -> int:
     return 0
 
 
+class Terminated(BaseException):
+    """Raised in the main thread by the SIGTERM handler: it unwinds the run as Ctrl-C does, so every writer's
+    `finally` removes its temporary file (core/files.atomic_path) and ffmpeg is stopped; not an Exception, so no
+    library's `except Exception` swallows it on the way."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv=None) -> int:
     configure_allocator()  # expandable segments unless the user configured the allocator (hardware.py)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     args = build_parser().parse_args(argv)
+    in_main = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
     try:
         return {"generate": cmd_generate, "options": cmd_options, "presets": cmd_presets}[args.command](args)
     except UserError as e:
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank sees the same mistake
             print(f"error: {e}", file=sys.stderr)
         return 2
+    except (GenerationCancelled, EncoderError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except Terminated:
+        print("error: terminated by SIGTERM; the run was cancelled and nothing was written", file=sys.stderr)
+        return TERMINATED_STATUS
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 1
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)

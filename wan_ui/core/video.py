@@ -40,6 +40,9 @@ PSEUDO_FILE_SYSTEMS = (Path("/proc"), Path("/sys"))
 STORAGE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
                   errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
                   errno.EPERM: "operation not permitted"}
+STORAGE_HINTS = {errno.ENOSPC: "free some space or choose another folder",
+                 errno.EDQUOT: "free some space or choose another folder",
+                 errno.EROFS: "choose a folder on a writable disk"}  # else: permissions
 PROBE_BYTES = 4096  # one file-system block: a full disk refuses it, an empty file (an inode only) would not
 PROBE_PREFIX = ".wan_ui-probe-"
 # hidden temporary names of this module: files.temporary_sibling's `.NAME.PID.TAG.SUFFIX` with our tags, the
@@ -115,12 +118,11 @@ def storage_error(error: OSError, path: str | Path, field: str | None = "out", c
     if reason is None:
         return OutputError(f"cannot write {'videos to ' if checking else ''}{path}: "
                            f"{error.strerror or first_line(error)}", field=field)
-    hint = ("free some space or choose another folder" if error.errno in (errno.ENOSPC, errno.EDQUOT)
-            else "choose a folder this user can write")
+    hint = STORAGE_HINTS.get(error.errno, "choose a folder this user can write")
     message = (f"cannot write videos to {path}: {reason} ({hint})" if checking
                else f"{reason[0].upper()}{reason[1:]} writing {path}; nothing was kept ({hint})")
     e = StorageError(message, field=field)
-    e.errno, e.strerror, e.filename = error.errno, error.strerror, str(path)
+    e.errno = error.errno  # (strerror or filename set would replace the message in OSError.__str__)
     return e
 
 

@@ -21,7 +21,7 @@ from wan_ui.core.options import PRESETS, options_table
 from wan_ui.core.settings_store import load_settings, settings_path
 from wan_ui.ui.assets import app_css
 from wan_ui.ui.compare_tab import build_compare_tab, compare_gpu_seconds, compare_task, request_summary, run_compare
-from wan_ui.ui.context import AppContext
+from wan_ui.ui.context import AppContext, RunRegistry
 from wan_ui.ui.generate_tab import (
     CANCELLING_NOTE,
     PRESET_REQUEST_FIELDS,
@@ -50,12 +50,13 @@ RUN_INPUTS = (*REQUEST_FIELDS, "randomize_seed")  # what a generation or compari
 def create_demo(manager: ModelManager, model: str | None = None, scorer=None, baseline_cache=None,
                 outputs: str | Path = "outputs", settings_file: str | Path | None = None,
                 save_settings: bool = True, monitor: GpuMonitor | None = None, downloads=None,
-                max_queue: int | None = MAX_QUEUE) -> gr.Blocks:
+                max_queue: int | None = MAX_QUEUE, runs: RunRegistry | None = None) -> gr.Blocks:
     """The app around one model manager (built by the caller, e.g. app.py). Queue: one GPU job at a time.
-    downloads: a started model_download.ModelDownload (hub checkpoint), shown in the header until done."""
+    downloads: a started model_download.ModelDownload (hub checkpoint), shown in the header until done.
+    runs: the registry of running jobs, when the caller cancels them itself (server.py, on SIGTERM)."""
     ctx = AppContext(manager, model, scorer, baseline_cache, Path(outputs),
                      Path(settings_file) if settings_file else None, save_settings, monitor or GpuMonitor(),
-                     downloads=downloads)
+                     runs=runs if runs is not None else RunRegistry(), downloads=downloads)
     ctx.gpu_generate = gpu_function(generate_task(ctx), generate_gpu_seconds)
     ctx.gpu_compare = gpu_function(compare_task(ctx), compare_gpu_seconds)
     with gr.Blocks(title="Wan2.1 T2V 1.3B workbench") as demo:

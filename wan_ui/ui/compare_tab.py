@@ -87,6 +87,7 @@ def run_compare(ctx: AppContext, values: dict, session: str, progress) -> tuple[
         if ctx.downloads is not None:  # first start: the checkpoint may still be on its way (outside GPU time)
             ctx.downloads.wait(progress)
         comp = ctx.gpu_compare(cancel, request, sets, bool(values.get("compare_quality")), progress)
+        cancel.honoured = isinstance(comp, str)  # stopped on the flag: what the Cancel reply reports
     if isinstance(comp, str):
         return {"status": f"Cancelled: {comp}. The app is ready for the next run."}, None
     return comparison_display(ctx, comp), comp

@@ -2,8 +2,9 @@
 
 Nothing here is module-level: one `AppContext` per demo. Per-user values (history, live VRAM samples) live
 in `gr.State`; the cross-request objects are `RunRegistry`, the cancel flag of each session's running job,
-because the Cancel click arrives as a separate request while the generation is still running, and the app's
-one `TrainJob` (a training run outlives the request that started it).
+because the Cancel click arrives as a separate request while the generation is still running (the app's
+shutdown cancels them all through it), and the app's one `TrainJob` (a training run outlives the request that
+started it).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from wan_ui.core.errors import GenerationCancelled, UserError
 from wan_ui.core.gpu_monitor import GpuMonitor
 from wan_ui.core.manager import ModelManager
 from wan_ui.core.models import resolve_model
@@ -21,42 +23,80 @@ from wan_ui.train.job import TrainJob
 from wan_ui.ui.values import versions
 
 
+class CancelFlag(threading.Event):
+    """A job's cancel flag, set by the Cancel click or the app's shutdown. The job's owner sets `honoured` when the
+    job stopped on it (the core raised GenerationCancelled: nothing written). A job past its last check (writing
+    the video, scoring it) ends normally with the flag set: the Cancel came too late, and its reply says so."""
+
+    def __init__(self):
+        super().__init__()
+        self.honoured = False
+
+
+class RunEnd(threading.Event):
+    """Set when the job has returned; `outcome` then says how it ended: "cancelled" (stopped on its flag, nothing
+    written), "finished" (its output was written, a cancel came too late) or "failed" (an error)."""
+
+    def __init__(self):
+        super().__init__()
+        self.outcome: str | None = None
+
+
 @dataclass(frozen=True)
 class _Run:
-    cancel: threading.Event = field(default_factory=threading.Event)  # set by the Cancel click
-    done: threading.Event = field(default_factory=threading.Event)  # set when the job has returned
+    cancel: CancelFlag = field(default_factory=CancelFlag)  # set by the Cancel click
+    done: RunEnd = field(default_factory=RunEnd)  # set when the job has returned, with its outcome
 
 
 class RunRegistry:
-    """session id -> the cancel flag and done signal of its running job (a session runs one job at a time)."""
+    """session id -> the cancel flag and end signal of its running job (a session runs one job at a time). Closed
+    when the app shuts down: a job that would start then is refused with `closed_reason`."""
 
     def __init__(self):
         self._runs: dict[str, _Run] = {}
         self._lock = threading.Lock()
+        self.closed_reason: str | None = None
 
     @contextmanager
     def running(self, session: str):
-        """`with runs.running(session) as cancel:` — the job's flag, registered while the block runs."""
+        """`with runs.running(session) as cancel:` — the job's flag, registered while the block runs. Raises
+        UserError once the registry is closed."""
         run = _Run()
         with self._lock:
+            if self.closed_reason is not None:
+                raise UserError(self.closed_reason)
             self._runs[session] = run
         try:
             yield run.cancel
+        except BaseException as e:
+            run.done.outcome = "cancelled" if isinstance(e, GenerationCancelled) else "failed"
+            raise
+        else:
+            run.done.outcome = "cancelled" if run.cancel.honoured else "finished"
         finally:
             with self._lock:
                 if self._runs.get(session) is run:
                     del self._runs[session]
             run.done.set()
 
-    def cancel(self, session: str) -> threading.Event | None:
-        """Set the running job's flag (the pipeline stops at the end of its current step) and return the event
-        that is set once the job has returned; None when nothing runs in this session."""
+    def cancel(self, session: str) -> RunEnd | None:
+        """Set the running job's flag (the pipeline stops at the end of its current step, or after the VAE decode)
+        and return the event that is set once the job has returned; None when nothing runs in this session."""
         with self._lock:
             run = self._runs.get(session)
         if run is None:
             return None
         run.cancel.set()
         return run.done
+
+    def close(self, reason: str) -> dict[str, RunEnd]:
+        """Take no new job (`running` raises UserError(reason)) and cancel every running one: {session: its end}."""
+        with self._lock:
+            self.closed_reason = reason
+            runs = dict(self._runs)
+        for run in runs.values():
+            run.cancel.set()
+        return {session: run.done for session, run in runs.items()}
 
 
 @dataclass

@@ -44,7 +44,7 @@ VRAM_SAMPLES = 300  # live samples kept per page (10 min at the 2 s tick)
 TICK_S = 2.0
 CANCEL_WAIT_S = 120.0  # one step of the report workload takes ~6 s on an H100; a decode can take ~30 s
 # the Cancel click's note while the server answer is on its way (written in the page: see ui._wire_cancel)
-CANCELLING_NOTE = "Cancelling… the run stops at the end of its current step."
+CANCELLING_NOTE = "Cancelling… the run stops at the end of its current step (or right after the VAE decode)."
 
 
 @dataclass
@@ -152,6 +152,7 @@ def run_generate(ctx: AppContext, values: dict, session: str, progress) -> tuple
         if ctx.downloads is not None:  # first start: the checkpoint may still be on its way (outside GPU time)
             ctx.downloads.wait(progress)
         result = ctx.gpu_generate(cancel, request, opts, scored, progress)
+        cancel.honoured = isinstance(result, str)  # stopped on the flag: what the Cancel reply reports
     if isinstance(result, str):
         return {"status": f"Cancelled: {result}. Nothing was written; the app is ready for the next run."}, None
     info = result.to_json()
@@ -189,16 +190,23 @@ def generate_gpu_seconds(request, opts, scored: bool, progress) -> int:
 
 def cancel_handler(ctx: AppContext):
     """The Cancel buttons' handler: flags the running job of the caller's own session (`session_hash`: no other
-    session's job is reachable), then waits for the job to return and notes when it stopped. It writes its own
-    note, never the status box: the run's "Cancelled: ..." status and this reply travel separately, and neither
-    may overwrite the other. Wired outside the queue (`queue=False`), so it shows no toast."""
+    session's job is reachable), then waits for the job to return and says how it ended: cancelled only when it
+    stopped on the flag (nothing written); a job past its last check (writing, scoring) finishes and says so. It
+    writes its own note, never the status box: the run's own status and this reply travel separately, and
+    neither may overwrite the other. Wired outside the queue (`queue=False`), so it shows no toast."""
     def on_cancel(request: gr.Request) -> str:
         done = ctx.runs.cancel(request.session_hash)
         if done is None:
             return "Nothing is running in this session."
-        if done.wait(CANCEL_WAIT_S):
-            return f"Run cancelled at {time.strftime('%H:%M:%S')}."
-        return f"Cancel requested at {time.strftime('%H:%M:%S')}; the current step or decode is still running."
+        asked = time.strftime("%H:%M:%S")
+        if not done.wait(CANCEL_WAIT_S):
+            return (f"Cancel requested at {asked}; the run has not stopped yet (its current step or decode is "
+                    f"still running). Its status will say how it ended.")
+        if done.outcome == "cancelled":
+            return f"Run cancelled at {time.strftime('%H:%M:%S')}; nothing was written."
+        if done.outcome == "finished":
+            return f"Too late to cancel (asked at {asked}): the run had finished and its video was written."
+        return f"The run ended with an error before it could be cancelled (asked at {asked}); see its status."
 
     return on_cancel
 

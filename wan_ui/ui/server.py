@@ -19,7 +19,9 @@ from wan_ui.core.models import resolve_model
 from wan_ui.core.quality import BaselineCache, QualityScorer
 from wan_ui.parallel.serving import build_app_manager, parse_gpus, relaunch_command
 from wan_ui.ui.app import create_demo, launch_kwargs
+from wan_ui.ui.context import RunRegistry
 from wan_ui.ui.guard import LOG, LOG_NAME
+from wan_ui.ui.shutdown import STOP_TIMEOUT_S, clean_outputs, serve_until_stopped
 from wan_ui.ui.zerogpu import load_spaces
 
 
@@ -43,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", default=None, metavar="MODE",
                    help="with --gpu-mode parallel: auto | ulysses[=N] | ring[=N] | ulysses=U,ring=R | cfg "
                         "(default: auto)")
+    p.add_argument("--stop-timeout", type=float, default=STOP_TIMEOUT_S, metavar="S",
+                   help=f"on SIGTERM (docker stop) or Ctrl-C: seconds to wait for cancelled runs to stop before "
+                        f"exiting (default: {STOP_TIMEOUT_S:g})")
     p.add_argument("--no-save-settings", action="store_true",
                    help="do not write the last-used settings file (~/.config/wan_ui/last.json, or $WAN_UI_SETTINGS)")
     return p
@@ -100,11 +105,13 @@ def main(argv=None) -> int:
         return 2
     # a hub checkpoint downloads now, in the background, with its progress in the page's header
     downloads = ModelDownload(source, log=manager.log).start() if source.kind == "hub" else None
+    clean_outputs(args.outputs)  # what a killed run left (ui/shutdown.py)
+    runs = RunRegistry()  # the running jobs, cancelled on SIGTERM
     demo = create_demo(manager, model=args.model, scorer=QualityScorer(device=manager.device),
-                       baseline_cache=BaselineCache(), outputs=args.outputs,
+                       baseline_cache=BaselineCache(), outputs=args.outputs, runs=runs,
                        save_settings=not args.no_save_settings, downloads=downloads,
                        **({} if args.max_queue is None else {"max_queue": args.max_queue or None}))
     server_name = "0.0.0.0" if args.listen else os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
     demo.launch(server_name=server_name, server_port=args.port, share=args.share, auth=auth,
-                **launch_kwargs(args.outputs))
-    return 0
+                prevent_thread_lock=True, **launch_kwargs(args.outputs))
+    return serve_until_stopped(demo, runs, args.stop_timeout)
