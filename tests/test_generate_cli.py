@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from wan_ui.cli import main as cli_main
 from wan_ui.core.errors import GenerationCancelled
 from wan_ui.core.generate import generate
 from wan_ui.core.options import OptimizationSet
@@ -83,6 +84,10 @@ def test_cli_generate_json_snaps_frames(tmp_path, tiny_folder):
     assert read_video(data["video"])[0].shape[0] == 9
 
 
+CLI_ERROR_BASE = ["generate", "--model", "tiny", "--prompt", "x", "--width", "64", "--height", "64", "--frames",
+                  "9", "--steps", "1"]
+
+
 @pytest.mark.parametrize("args,fragment", [
     (["--width", "100"], "width must be a multiple of 16"),
     (["--set", "cache=huge"], "option cache must be one of"),
@@ -90,12 +95,24 @@ def test_cli_generate_json_snaps_frames(tmp_path, tiny_folder):
     (["--preset", "Turbo"], "unknown preset"),
     (["--prompt", ""], "prompt must not be empty"),
 ])
-def test_cli_user_errors_are_one_line(tmp_path, tiny_folder, args, fragment):
-    base = ["generate", "--model", "tiny", "--prompt", "x", "--width", "64", "--height", "64", "--frames", "9",
-            "--steps", "1"]
-    p = _cli(*(base + args), cwd=tmp_path)
+def test_cli_user_errors_are_one_line(tmp_path, tiny_folder, args, fragment, capsys, monkeypatch):
+    """In-process through main(argv): any exception would escape here (no traceback is possible unseen)."""
+    monkeypatch.chdir(tmp_path)
+    try:
+        code = cli_main([*CLI_ERROR_BASE, *args])
+    except SystemExit as e:  # argparse refuses a flag by exiting
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert fragment in err and "Traceback" not in err
+    assert err.strip().count("\n") == 0
+
+
+def test_cli_user_error_is_one_line_from_a_real_process(tmp_path, tiny_folder):
+    """The same through `python -m wan_ui`: no import-time warning or traceback joins the line."""
+    p = _cli(*CLI_ERROR_BASE, "--width", "100", cwd=tmp_path)
     assert p.returncode == 2
-    assert fragment in p.stderr and "Traceback" not in p.stderr
+    assert "width must be a multiple of 16" in p.stderr and "Traceback" not in p.stderr
     assert p.stderr.strip().count("\n") == 0
 
 

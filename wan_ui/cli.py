@@ -135,13 +135,16 @@ def cmd_generate(args) -> int:
     leader = runtime is None or runtime.dist.leader  # only rank 0 prints and writes
     log = (lambda m: print(f"[wan_ui] {m}", file=sys.stderr)) if leader else (lambda m: None)
     manager = ModelManager(device=runtime.dist.device if runtime else None, log=log, parallel=runtime)
-    req = _request(args, tiny_model=resolve_model(args.model, manager.hw.cuda).kind == TINY, log=log)
+    notes = []
+    req = _request(args, tiny_model=resolve_model(args.model, manager.hw.cuda).kind == TINY, log=notes.append)
     # fail fast on user mistakes, before any model work
     validate_request(req)
     check_available(opts, manager.hw)
     check_compatible(opts)
     if runtime is not None:
         runtime.check(opts)
+    for note in notes:
+        log(note)
     if not leader:
         _quiet_follower()
         generate(manager, args.model, req, opts, out_dir=None)
@@ -174,7 +177,7 @@ def _request(args, tiny_model: bool, log) -> GenerationRequest:
     base = default_request(tiny_model, args.prompt)
     fields = {name: getattr(args, name) for name in REQUEST_FLAGS.values() if name not in HINTED}
     unset = [name for name in TINY_MODEL_DEFAULTS if getattr(args, name) is None]
-    if tiny_model and unset:
+    if tiny_model and set(unset) - {"fps"}:  # said once the request is known to be valid (one line per mistake)
         log(f"note: {describe_defaults(True)}")
     fields.update({name: getattr(base, name) for name in unset if name in fields})
     return GenerationRequest(**fields, **_request_settings(args, base))
