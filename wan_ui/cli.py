@@ -71,6 +71,7 @@ def _progress_printer(enabled: bool):
         else:
             print(f"[wan_ui] {phase}...", file=sys.stderr)
 
+    on_progress.close = lambda: [bar.close() for bar in bars.values()]  # an open bar reprints itself at exit
     return on_progress
 
 
@@ -149,8 +150,13 @@ def cmd_generate(args) -> int:
         _quiet_follower()
         generate(manager, args.model, req, opts, out_dir=None)
         return 0
-    result = generate(manager, args.model, req, opts, out_dir=DEFAULT_OUTPUTS, out_path=args.out,
-                      on_progress=_progress_printer(not args.json or sys.stderr.isatty()))
+    progress = _progress_printer(not args.json or sys.stderr.isatty())
+    try:
+        result = generate(manager, args.model, req, opts, out_dir=DEFAULT_OUTPUTS, out_path=args.out,
+                          on_progress=progress)
+    finally:
+        if progress is not None:  # before any error line: a bar closed later would print after it
+            progress.close()
     if args.quality:
         try:
             score_result(result)
