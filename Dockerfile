@@ -2,11 +2,13 @@
 # then `python app.py`):
 #
 #   docker build -t wan-ui .
-#   docker run --gpus all -p 7860:7860 -v wan-outputs:/app/outputs -v wan-hf:/home/wan/.cache/huggingface wan-ui
+#   docker run --gpus all -p 127.0.0.1:7860:7860 -v wan-outputs:/app/outputs \
+#       -v wan-hf:/home/wan/.cache/huggingface wan-ui
 #
 # The first start downloads Wan-AI/Wan2.1-T2V-1.3B-Diffusers (~17 GB) into the Hugging Face cache volume, with
 # its progress in the page's header and the log; later starts reuse it. Without a GPU the app runs the tiny
-# random-weight model. Extra flags go after the image name: `... wan-ui python app.py --listen --auth user:pass`.
+# random-weight model. Extra flags go after the image name: `... wan-ui python app.py --listen --auth user:pass`
+# (that is how to serve a network).
 FROM nvidia/cuda:13.0.1-runtime-ubuntu24.04
 
 ENV DEBIAN_FRONTEND=noninteractive \
@@ -50,4 +52,7 @@ EXPOSE 7860
 HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:7860/', timeout=8)"]
 
-CMD ["python", "app.py", "--listen"]
+# --listen: the published port reaches the app only on 0.0.0.0 inside the container. The app refuses it without
+# --auth unless told --no-auth-i-know; the image has no password to give, so it says that, and `docker run -p`
+# decides who reaches the port (127.0.0.1:7860:7860 above: this machine only). README.md, "Deployment".
+CMD ["python", "app.py", "--listen", "--no-auth-i-know"]

@@ -15,6 +15,8 @@ import functools
 import math
 import numbers
 import re
+import reprlib
+import sys
 from dataclasses import MISSING, dataclass, field
 from typing import Any
 
@@ -25,6 +27,10 @@ _TRUE = ("true", "1", "on", "yes")
 _FALSE = ("false", "0", "off", "no")
 _NOT_A_NUMBER = object()  # _number's answer for text, bools, None, lists, NaN/inf for a whole-number field
 _FRACTION = object()  # _number's answer for 2.5 given to a whole-number field
+# How a message quotes a refused value: its repr, long text, numbers and lists cut in the middle (a 10,000-digit
+# "t,h,w" or a megabyte list from a settings file would otherwise be the whole message).
+_QUOTE = reprlib.Repr()
+_QUOTE.maxstring = _QUOTE.maxlong = _QUOTE.maxother = 60
 
 
 @dataclass(frozen=True)
@@ -94,35 +100,37 @@ class FieldSpec:
         if self.kind == "bool":
             v = _to_bool(value)
             if v is None:
-                raise self._error(f"must be bool (true or false), got {value!r}")
+                raise self._error(f"must be bool (true or false), got {_shown(value)}")
         elif not isinstance(value, str):
-            raise self._error(f"must be {self.allowed()}, got {value!r}")
+            raise self._error(f"must be {self.allowed()}, got {_shown(value)}")
         else:
             v = value
             if self.max_length is not None and len(v) > self.max_length:
                 raise self._error(f"must be at most {self.max_length} characters, got {len(v)}")
             if self.pattern is not None and not re.fullmatch(self.pattern, v):
-                raise self._error(f"has the wrong form ({self.help}), got {value!r}")
+                raise self._error(f"has the wrong form ({self.help}), got {_shown(value)}")
         if self.choices is not None and v not in self.choices:
-            raise self._error(f"must be one of {list(self.choices)}, got {value!r}")
+            raise self._error(f"must be one of {list(self.choices)}, got {_shown(value)}")
         return v
 
     def _check_number(self, value: Any) -> int | float:
         v = self._number(value)
         if self.choices is not None:
             if v is _NOT_A_NUMBER or v is _FRACTION or v not in self.choices:
-                raise self._error(f"must be one of {list(self.choices)}, got {value!r}")
+                raise self._error(f"must be one of {list(self.choices)}, got {_shown(value)}")
             return v
-        rule = f"must be {self.allowed()}, got {value!r}"
+        rule = f"must be {self.allowed()}, got {_shown(value)}"
         if v is _NOT_A_NUMBER:
-            raise self._error(rule if self.whole_rule else f"must be {self.allowed(exact=False)}, got {value!r}")
+            raise self._error(rule if self.whole_rule
+                              else f"must be {self.allowed(exact=False)}, got {_shown(value)}")
         if v is _FRACTION:
             raise self._error(rule if self.whole_rule else f"must be a whole number in {self.bounds_text()}, "
-                                                           f"got {value!r}")
+                                                           f"got {_shown(value)}")
         lo, hi = self.bounds
         inside = lo < v < hi if self.exclusive else lo <= v <= hi  # False for NaN
         if not inside:
-            raise self._error(rule if self.whole_rule else f"must be in {self.bounds_text()}, got {value!r}")
+            raise self._error(rule if self.whole_rule
+                              else f"must be in {self.bounds_text()}, got {_shown(value)}")
         if self.multiple_of and v % self.multiple_of:
             m = self.multiple_of
             nearest = min(max(round(v / m) * m, math.ceil(lo / m) * m), math.floor(hi / m) * m)
@@ -155,6 +163,13 @@ class FieldSpec:
         except OverflowError:  # float(10**400)
             return _NOT_A_NUMBER
         return _NOT_A_NUMBER
+
+
+def _shown(value: Any) -> str:
+    try:
+        return _QUOTE.repr(value)
+    except ValueError:  # an int past Python's 4,300-digit str conversion limit
+        return f"a number of more than {sys.get_int_max_str_digits()} digits"
 
 
 def _to_bool(value: Any) -> bool | None:

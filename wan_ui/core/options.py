@@ -338,9 +338,10 @@ class OptimizationSet:
     # the report size (`sparse.sparsity_report`; the attention's speed: docs/benchmarks/SPARSE.md, "Results"). Ours,
     # not published: STA (arXiv 2502.04507) picks per-head windows by a mask search on real weights; check LPIPS vs
     # dense.
+    # each at most 999 tiles (sparse.MAX_HALF_WIDTH; wider than any video's grid means dense)
     sparse_window: str = _opt("6,1,1", "attention", False,
-                              "window half-widths 't,h,w' in tiles (tile = 1 frame x 8 x 16 patches)",
-                              pattern=r"\s*\d+\s*,\s*\d+\s*,\s*\d+\s*", fidelity=_SPARSE_WINDOW,
+                              "window half-widths 't,h,w' in tiles, each 0-999 (tile = 1 frame x 8 x 16 patches)",
+                              pattern=r"\s*\d{1,3}\s*,\s*\d{1,3}\s*,\s*\d{1,3}\s*", fidelity=_SPARSE_WINDOW,
                               part_of="sparse_attention")
     sparse_dense_steps: int = _opt(-1, "attention", False,
                                    "first N steps dense (-1 = STA's Wan setting, 12 of 50 steps, scaled)",

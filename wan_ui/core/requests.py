@@ -72,6 +72,19 @@ class GenerationRequest:
         """Transformer sequence length: latent frames x (H/16) x (W/16)."""
         return self.latent_frames * (self.height // 16) * (self.width // 16)
 
+    @property
+    def forwards_per_step(self) -> int:
+        """Transformer forwards per denoising step: 2 with classifier-free guidance (guidance_scale > 1: a
+        conditional and an unconditional pass, as the pipeline decides), else 1."""
+        return 2 if self.guidance_scale > 1.0 else 1
+
+    def cost(self) -> int:
+        """What a request asks of the one job slot, in token-forwards: tokens per forward x steps x forwards per
+        step. Linear layers grow with it; attention grows with tokens^2, so at the largest frames the same cost
+        takes longer (docs/RELIABILITY.md, "Round two: errors and limits"). Options that skip work (caches, CFG
+        truncation) are not counted: the limit holds for any option set."""
+        return self.tokens_per_forward() * self.num_inference_steps * self.forwards_per_step
+
 
 def snap_frames(n: int) -> int:
     """Nearest 4k+1 at or above 1 (ties go up): 24 -> 25, 96 -> 97, 97 -> 97."""
@@ -98,6 +111,40 @@ def validate_request(req: GenerationRequest) -> GenerationRequest:
         notes.append(f"num_frames {frames} is not of the form 4k+1; snapped to {snapped}")
     values["num_frames"] = snapped
     return dataclasses.replace(req, notes=tuple(notes), **values)
+
+
+# Default largest cost per job (`--max-cost`). On a GPU: twice the profiling report's workload (1248x720, 97 frames,
+# 65 steps, CFG: 87,750 tokens x 65 x 2 = 11.4 M), which runs in about 7 min in bf16 on one H200
+# (docs/benchmarks/README.md); Wan's 480p default (3.3 M) fits 7 times. On a CPU: 512x512, 33 frames, 10 steps with
+# CFG (184,320) fits, about a minute on the tiny model on 2 cores; the real model on a CPU runs ~360 token-forwards
+# a second (one 480p step in ~3 min), so a job at the limit holds the slot ~10 min either way (measured:
+# docs/RELIABILITY.md).
+DEFAULT_MAX_COST_GPU = 25_000_000
+DEFAULT_MAX_COST_CPU = 200_000
+
+
+def default_max_cost(cuda: bool) -> int:
+    return DEFAULT_MAX_COST_GPU if cuda else DEFAULT_MAX_COST_CPU
+
+
+class CostLimitError(ValidationError):
+    """A request whose every field is in range but whose whole costs more than the server allows (`check_cost`)."""
+
+
+def check_cost(request: GenerationRequest, max_cost: int | None, runs: int = 1, what: str = "this request") -> None:
+    """Refuse a job that would hold the job slot too long: `runs` generations of `request` (a comparison runs one per
+    set) against `max_cost` token-forwards (None: no limit). The message says what to lower."""
+    cost = request.cost() * runs
+    if max_cost is None or cost <= max_cost:
+        return
+    times = f"{runs} x " if runs > 1 else ""
+    fewer = ", or compare fewer sets" if runs > 1 else ""
+    cfg = ", or guidance_scale <= 1 (CFG off halves it)" if request.forwards_per_step == 2 else ""
+    raise CostLimitError(
+        f"{what} costs {cost:,} token-forwards ({times}{request.tokens_per_forward():,} tokens per forward x "
+        f"{request.num_inference_steps} num_inference_steps x {request.forwards_per_step} forwards per step), more "
+        f"than this server's limit of {max_cost:,}: lower num_inference_steps, width, height or num_frames{cfg}{fewer}",
+        field="num_inference_steps")
 
 
 # The tiny random-weight model's own defaults: a video in about 10 s on a 2-core CPU. The real model's defaults

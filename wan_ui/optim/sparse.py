@@ -47,12 +47,17 @@ DEFAULT_TILE = (1, 8, 16)  # (frames, rows, cols) in patches: 128 tokens, one Fl
 STA_DENSE_STEP_FRACTION = 12 / 50
 
 
+# The widest half-width a window may ask for, in tiles: the largest video's grid is 65 x 16 x 8 tiles (257 frames,
+# 2048 x 2048), so a wider window is dense already; a number of many digits would overflow the mask's int64 indices.
+MAX_HALF_WIDTH = 999
+
+
 def parse_window(text: str) -> tuple[int, int, int]:
-    """"t,h,w" half-widths in tiles -> (t, h, w); each >= 0."""
+    """"t,h,w" half-widths in tiles -> (t, h, w); each in [0, MAX_HALF_WIDTH]."""
     parts = [p.strip() for p in str(text).split(",")]
-    if len(parts) != 3 or not all(p.isdigit() for p in parts):
-        raise ValidationError(f"sparse_window must be three whole numbers 't,h,w' (half-widths in tiles), "
-                              f"got {text!r}", field="sparse_window")
+    if len(parts) != 3 or not all(p.isascii() and p.isdigit() and len(p) <= 3 and int(p) <= MAX_HALF_WIDTH for p in parts):
+        raise ValidationError(f"sparse_window must be three whole numbers 't,h,w' (half-widths in tiles), each in "
+                              f"[0, {MAX_HALF_WIDTH}], got {str(text)[:40]!r}", field="sparse_window")
     return tuple(int(p) for p in parts)
 
 

@@ -37,6 +37,7 @@ from wan_ui.ui.generate_tab import (
 )
 from wan_ui.ui.guard import guarded
 from wan_ui.ui.history_tab import build_history_tab, entry_settings, history_views, video_settings
+from wan_ui.ui.limits import JoinCheck, ServerLimits, check_job_cost
 from wan_ui.ui.train_tab import build_train_tab, wire_train_tab
 from wan_ui.ui.values import OPTION_FIELDS, REQUEST_FIELDS, history_entry, values_from_settings
 from wan_ui.ui.zerogpu import gpu_function
@@ -50,16 +51,20 @@ RUN_INPUTS = (*REQUEST_FIELDS, "randomize_seed")  # what a generation or compari
 def create_demo(manager: ModelManager, model: str | None = None, scorer=None, baseline_cache=None,
                 outputs: str | Path = "outputs", settings_file: str | Path | None = None,
                 save_settings: bool = True, monitor: GpuMonitor | None = None, downloads=None,
-                max_queue: int | None = MAX_QUEUE, runs: RunRegistry | None = None) -> gr.Blocks:
+                max_queue: int | None = MAX_QUEUE, runs: RunRegistry | None = None,
+                limits: ServerLimits | None = None) -> gr.Blocks:
     """The app around one model manager (built by the caller, e.g. app.py). Queue: one GPU job at a time.
     downloads: a started model_download.ModelDownload (hub checkpoint), shown in the header until done.
-    runs: the registry of running jobs, when the caller cancels them itself (server.py, on SIGTERM)."""
+    runs: the registry of running jobs, when the caller cancels them itself (server.py, on SIGTERM).
+    limits: job cost, each user's share of the queue, Gradio's cache age (ui/limits.py; server.py's flags);
+    the default limits nothing. The upload and login bounds go to `launch` (launch_kwargs)."""
+    limits = limits or ServerLimits()
     ctx = AppContext(manager, model, scorer, baseline_cache, Path(outputs),
                      Path(settings_file) if settings_file else None, save_settings, monitor or GpuMonitor(),
                      runs=runs if runs is not None else RunRegistry(), downloads=downloads)
     ctx.gpu_generate = gpu_function(generate_task(ctx), generate_gpu_seconds)
     ctx.gpu_compare = gpu_function(compare_task(ctx), compare_gpu_seconds)
-    with gr.Blocks(title="Wan2.1 T2V 1.3B workbench") as demo:
+    with _Blocks(title="Wan2.1 T2V 1.3B workbench", delete_cache=limits.delete_cache()) as demo:
         _header(ctx)
         history = gr.State([])
         with gr.Tabs(elem_id="tabs") as tabs:
@@ -74,24 +79,51 @@ def create_demo(manager: ModelManager, model: str | None = None, scorer=None, ba
             with gr.Tab("Options", id="options"):
                 _build_options_tab(ctx)
         restore = _Restorer(gen, tabs)
-        _wire_generate(ctx, gen, hist, history)
-        _wire_compare(ctx, gen, cmp, compare_tab, hist, history)
+        joins = [JoinCheck(limits), JoinCheck(limits, comparison=True)]
+        _wire_generate(ctx, gen, hist, history, joins[0])
+        _wire_compare(ctx, gen, cmp, compare_tab, hist, history, joins[1])
         _wire_history(gen, hist, history, restore)
         wire_train_tab(ctx, train, train_tab)
-        demo.load(lambda: restore(load_settings(ctx.settings_path), f"Restored the last-used settings from "
-                                  f"{ctx.settings_path or settings_path()}."),
-                  outputs=restore.outputs, api_name="restore_last_settings", show_progress="hidden")
+
+        @guarded("restoring the last-used settings")
+        def on_open(request: gr.Request):  # the file by name: the page does not show where the server keeps it
+            path = ctx.settings_path or settings_path()
+            return restore(load_settings(path), f"Restored the last-used settings ({path.name}).")
+
+        demo.load(on_open, outputs=restore.outputs, api_name="restore_last_settings", show_progress="hidden")
+    for join in joins:
+        join.demo = demo
     # api_open=False: a queued event can't be POSTed to /gradio_api/run/... around the queue's bound and GPU slot
     # (Gradio opens those routes off Spaces); only the queue-less events (Cancel, presets, settings) answer there
     demo.queue(default_concurrency_limit=1, max_size=max_queue, api_open=False)
     return demo
 
 
-def launch_kwargs(outputs: str | Path = "outputs") -> dict:
-    """Theme and CSS go to `launch()` in Gradio 6; videos may be served from the outputs folder."""
+def launch_kwargs(outputs: str | Path = "outputs", limits: ServerLimits | None = None) -> dict:
+    """Theme and CSS go to `launch()` in Gradio 6; videos may be served from the outputs folder; the upload bound
+    and the login throttle of `limits`."""
     system_fonts = ["ui-sans-serif", "system-ui", "sans-serif"]  # no web fonts: the app also runs offline
     theme = gr.themes.Soft(font=system_fonts, font_mono=["ui-monospace", "monospace"])
-    return {"theme": theme, "css": app_css(), "allowed_paths": [str(Path(outputs).resolve())]}
+    return {"theme": theme, "css": app_css(), "allowed_paths": [str(Path(outputs).resolve())],
+            **(limits or ServerLimits()).launch_kwargs()}
+
+
+class _Blocks(gr.Blocks):
+    """gr.Blocks whose refusal of a call carrying fewer values than its event has inputs (a raw API call with
+    missing data) names the missing inputs. Gradio's own refusal is a ValueError, which an API caller sees only as
+    "The upstream Gradio app has raised an exception"."""
+
+    def validate_inputs(self, block_fn, inputs):
+        if len(inputs) < len(block_fn.inputs):
+            names = list(block_fn.input_parameter_names or [])
+            missing = [(names[i] if i < len(names) and names[i] else None) or
+                       getattr(block_fn.inputs[i], "label", None) or f"input {i + 1}"
+                       for i in range(len(inputs), len(block_fn.inputs))]
+            raise gr.Error(f"{block_fn.api_name or 'this event'} got {len(inputs)} of its {len(block_fn.inputs)} "
+                           f"input values; missing: {', '.join(map(str, missing))} (gradio_client's "
+                           f"Client.view_api() lists them in order)", title="Missing input values",
+                           print_exception=False)
+        super().validate_inputs(block_fn, inputs)
 
 
 # ---- layout pieces ------------------------------------------------------------------------------------------
@@ -150,22 +182,29 @@ def _history_updates(hist, history_state, history: list) -> dict:
     return {history_state: history, hist.gallery: gallery, hist.table: table}
 
 
-def _wire_generate(ctx: AppContext, gen, hist, history_state) -> None:
+def _wire_generate(ctx: AppContext, gen, hist, history_state, join: JoinCheck) -> None:
     run_inputs = gen.inputs.pick((*RUN_INPUTS, *OPTION_FIELDS, "quality"))
     option_widgets = gen.inputs.pick(OPTION_FIELDS)
 
     @guarded("generating")
     def on_generate(history, request: gr.Request, progress=gr.Progress(), **values):
+        check_job_cost(values, join.limits.max_cost)  # also checked when the job joined the queue (JoinCheck)
         shown, info = run_generate(ctx, values, request.session_hash, progress)
         history = history + [history_entry(info)] if info else history
         return {**gen.out.updates(shown), **_history_updates(hist, history_state, history)}
 
     gen.generate_btn.click(on_generate, inputs=[history_state], inputs_kwargs=run_inputs,
                            outputs=[*gen.out.pick(RUN_OUTPUTS).values(), history_state, hist.gallery, hist.table],
-                           api_name="generate", concurrency_limit=ctx.manager.slots, concurrency_id="gpu")
+                           api_name="generate", concurrency_limit=ctx.manager.slots, concurrency_id="gpu",
+                           validator=join.validator())
 
     _wire_cancel(ctx, gen.cancel_btn, gen.cancel_note, "cancel")
-    gen.inputs["preset"].input(lambda name, w, h, f: apply_preset(name, ctx, w, h, f),
+
+    @guarded("applying the preset")
+    def on_preset(name, width, height, num_frames, request: gr.Request):
+        return apply_preset(name, ctx, width, height, num_frames)
+
+    gen.inputs["preset"].input(on_preset,
                                [gen.inputs[k] for k in ("preset", "width", "height", "num_frames")],
                                [*(option_widgets[f] for f in OPTION_FIELDS),
                                 *(gen.inputs[f] for f in PRESET_REQUEST_FIELDS), gen.out["status"]],
@@ -189,11 +228,12 @@ def _wire_cancel(ctx: AppContext, button: gr.Button, note: gr.Markdown, api_name
                  show_progress="hidden")
 
 
-def _wire_compare(ctx: AppContext, gen, cmp, compare_tab, hist, history_state) -> None:
+def _wire_compare(ctx: AppContext, gen, cmp, compare_tab, hist, history_state, join: JoinCheck) -> None:
     run_inputs = gen.inputs.pick(RUN_INPUTS)
 
     @guarded("comparing")
     def on_compare(history, request: gr.Request, progress=gr.Progress(), **values):
+        check_job_cost(values, join.limits.max_cost, comparison=True)  # also when it joined the queue (JoinCheck)
         shown, comp = run_compare(ctx, values, request.session_hash, progress)
         if comp is not None:
             history = history + [history_entry(r.result.to_json(), f"compare: {r.name}") for r in comp.runs]
@@ -201,7 +241,7 @@ def _wire_compare(ctx: AppContext, gen, cmp, compare_tab, hist, history_state) -
 
     cmp.run_btn.click(on_compare, inputs=[history_state], inputs_kwargs={**run_inputs, **cmp.inputs},
                       outputs=[*cmp.out.values(), history_state, hist.gallery, hist.table], api_name="compare",
-                      concurrency_limit=ctx.manager.slots, concurrency_id="gpu")
+                      concurrency_limit=ctx.manager.slots, concurrency_id="gpu", validator=join.validator())
 
     _wire_cancel(ctx, cmp.cancel_btn, cmp.cancel_note, "cancel_compare")
     compare_tab.select(lambda **values: request_summary(values), inputs_kwargs=run_inputs, outputs=cmp.summary,

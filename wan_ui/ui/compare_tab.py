@@ -12,7 +12,7 @@ from wan_ui.core.errors import GenerationCancelled, UserError
 from wan_ui.ui.context import AppContext
 from wan_ui.ui.generate_tab import progress_reporter
 from wan_ui.ui.values import NO_SET, named_sets_from_values, preset_choices, request_from_values
-from wan_ui.ui.widgets import Widgets, user_errors_as_toasts
+from wan_ui.ui.widgets import FieldDropdown, Widgets, user_errors_as_toasts
 from wan_ui.ui.zerogpu import ZEROGPU_SPEED, check_zerogpu, estimate_comparison_seconds, on_zerogpu
 
 INITIAL_SETS = 2
@@ -41,7 +41,7 @@ def build_compare_tab(ctx: AppContext) -> CompareTab:
         with gr.Row(equal_height=True):
             for i in range(first, first + SETS_PER_ROW):
                 with gr.Column(min_width=220):
-                    inputs[f"set_{i}_preset"] = gr.Dropdown(
+                    inputs[f"set_{i}_preset"] = FieldDropdown(
                         choices, value=defaults[i - 1] if i <= INITIAL_SETS else NO_SET,
                         label=f"Set {i}" + (" (baseline)" if i == 1 else ""), elem_id=f"set-{i}-preset")
                     inputs[f"set_{i}_options"] = gr.Textbox(

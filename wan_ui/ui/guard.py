@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 
 import gradio as gr
 
@@ -24,6 +25,10 @@ from wan_ui.core.errors import UserError, first_line
 
 LOG = logging.getLogger("wan_ui")
 LOG_NAME = "wan_ui.log"  # in the app's outputs folder (ui/server.py sets up the handler)
+# An absolute path in a message ('/srv/app/loras/x.safetensors', "[Errno 28] ...: '/srv/app/outputs/.x.partial'"):
+# a '/' that starts a word, not part of a URL or of a relative path ('owner/repo', './x', '1/2'), with a second '/'
+# after it ('[/file]' in a syntax is no path)
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/[^\s'\"`,;()\[\]/]+/[^\s'\"`,;()\[\]]*")
 
 
 def from_page(request: gr.Request | None) -> bool:
@@ -34,16 +39,26 @@ def from_page(request: gr.Request | None) -> bool:
     return "Mozilla/" in agent and "gradio_client" not in agent
 
 
+def hide_paths(text: str) -> str:
+    """`text` with each absolute path shortened to its last part ('/srv/app/loras' -> '…/loras'): a message on the
+    page or to an API caller names a file or folder, never where the server keeps it (the log has the full text)."""
+    def short(m: re.Match) -> str:
+        name = m.group(0).rstrip("/").rsplit("/", 1)[-1]
+        return f"…/{name}" if name else m.group(0)
+
+    return _ABSOLUTE_PATH.sub(short, text)
+
+
 def describe(error: BaseException, where: str) -> tuple[str, str]:
-    """(title, one-line message) for a handler's failure."""
+    """(title, one-line message) for a handler's failure; absolute paths shown by name (hide_paths)."""
     if isinstance(error, UserError):
         title = f"Invalid {error.field.replace('_', ' ')}" if error.field else "Cannot run"
-        return title, str(error)
+        return title, hide_paths(str(error))
     if isinstance(error, gr.Error):  # already a message for the user (e.g. from the ZeroGPU worker)
-        return error.title or "Cannot run", error.message
+        return error.title or "Cannot run", hide_paths(error.message)
     return (f"Internal error while {where}",
-            f"Internal error while {where}: {type(error).__name__}: {first_line(error, 200)}. The full traceback "
-            f"is in the server's log ({LOG_NAME} in its outputs folder).")
+            f"Internal error while {where}: {type(error).__name__}: {hide_paths(first_line(error, 200))}. The full "
+            f"traceback is in the server's log ({LOG_NAME} in its outputs folder).")
 
 
 def guarded(where: str):

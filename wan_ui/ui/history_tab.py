@@ -8,8 +8,10 @@ import gradio as gr
 import pandas as pd
 
 from wan_ui.core.errors import UserError
+from wan_ui.core.fields import FieldSpec
 from wan_ui.core.settings_store import settings_from_video
 from wan_ui.ui.values import HISTORY_COLUMNS, history_caption, history_row, settings_of
+from wan_ui.ui.widgets import FieldNumber
 
 
 @dataclass
@@ -30,7 +32,7 @@ def build_history_tab() -> HistoryTab:
         with gr.Column(scale=3):
             gallery = gr.Gallery(label="Runs", columns=4, height=300, allow_preview=False, elem_id="history-gallery")
         with gr.Column(scale=2):
-            run_number = gr.Number(1, label="Run # (click a run)", precision=0, minimum=1, elem_id="history-run")
+            run_number = FieldNumber(1, label="Run # (click a run)", precision=0, minimum=1, elem_id="history-run")
             reuse_btn = gr.Button("Re-use settings", variant="primary", elem_id="reuse-btn")
             upload = gr.File(label="Load settings from a video (.mp4 from outputs, or its .json sidecar)",
                              file_types=[".mp4", ".json"], elem_id="settings-upload")
@@ -52,9 +54,8 @@ def entry_settings(history: list[dict], run_number) -> dict:
     """Settings of run #n (1-based) of this page."""
     if not history:
         raise UserError("no runs yet in this session; generate first or load a video's settings", field="run_number")
-    if run_number is None or not 1 <= int(run_number) <= len(history):
-        raise UserError(f"run_number must be in [1, {len(history)}], got {run_number!r}", field="run_number")
-    return settings_of(history[int(run_number) - 1]["info"])
+    n = FieldSpec("run_number", kind="int", bounds=(1, len(history))).check(run_number)  # 2.5, 'x': refused
+    return settings_of(history[n - 1]["info"])
 
 
 def video_settings(path) -> dict:

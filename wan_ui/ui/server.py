@@ -17,10 +17,18 @@ from wan_ui.core.hardware import configure_allocator
 from wan_ui.core.model_download import ModelDownload
 from wan_ui.core.models import resolve_model
 from wan_ui.core.quality import BaselineCache, QualityScorer
+from wan_ui.core.requests import DEFAULT_MAX_COST_CPU, DEFAULT_MAX_COST_GPU, default_max_cost
 from wan_ui.parallel.serving import build_app_manager, parse_gpus, relaunch_command
 from wan_ui.ui.app import create_demo, launch_kwargs
 from wan_ui.ui.context import RunRegistry
 from wan_ui.ui.guard import LOG, LOG_NAME
+from wan_ui.ui.limits import (
+    DEFAULT_CACHE_HOURS,
+    DEFAULT_JOBS_PER_USER,
+    DEFAULT_LOGINS_PER_MINUTE,
+    DEFAULT_UPLOAD_MB,
+    ServerLimits,
+)
 from wan_ui.ui.shutdown import STOP_TIMEOUT_S, clean_outputs, serve_until_stopped
 from wan_ui.ui.zerogpu import load_spaces
 
@@ -28,12 +36,16 @@ from wan_ui.ui.zerogpu import load_spaces
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Wan2.1-T2V-1.3B workbench (Gradio app)")
     p.add_argument("--listen", action="store_true", help="bind 0.0.0.0 (default: $GRADIO_SERVER_NAME, which "
-                   "Hugging Face Spaces set, else 127.0.0.1: this machine only)")
+                   "Hugging Face Spaces set, else 127.0.0.1: this machine only); needs --auth, or --no-auth-i-know")
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
-    p.add_argument("--share", action="store_true", help="open a public gradio.live link (off by default)")
+    p.add_argument("--share", action="store_true", help="open a public gradio.live link (off by default); needs "
+                   "--auth, or --no-auth-i-know")
     p.add_argument("--model", default=None, help="tiny | random-full | hub id | local folder "
                    "(default: the hub checkpoint with a CUDA GPU, else the tiny random-weight model)")
     p.add_argument("--auth", default=None, metavar="USER:PASS", help="require a login")
+    p.add_argument("--no-auth-i-know", action="store_true",
+                   help="serve --listen or --share without a login: anyone who reaches the port can use the GPU "
+                        "(e.g. in a container whose port only this machine reaches)")
     p.add_argument("--outputs", default="outputs", help="folder for videos and comparison tables")
     p.add_argument("--max-queue", type=int, default=None, metavar="N",
                    help="jobs that may wait in the queue before new ones are refused (default: 32; 0 = no bound)")
@@ -50,7 +62,54 @@ def build_parser() -> argparse.ArgumentParser:
                         f"exiting (default: {STOP_TIMEOUT_S:g})")
     p.add_argument("--no-save-settings", action="store_true",
                    help="do not write the last-used settings file (~/.config/wan_ui/last.json, or $WAN_UI_SETTINGS)")
+    add_limit_flags(p.add_argument_group("limits (0 = none; docs/RELIABILITY.md, 'Round two: errors and limits')"))
     return p
+
+
+def add_limit_flags(group) -> None:
+    group.add_argument("--max-cost", type=_count, default=None, metavar="N",
+                       help=f"largest job in token-forwards (tokens per forward x steps x 2 with CFG; a comparison "
+                            f"counts each set): larger ones are refused naming the fields to lower (default: "
+                            f"{DEFAULT_MAX_COST_GPU:,} with a GPU, {DEFAULT_MAX_COST_CPU:,} on a CPU)")
+    group.add_argument("--max-jobs-per-user", type=_count, default=None, metavar="N",
+                       help=f"GPU jobs one client address may have waiting or running (default: "
+                            f"{DEFAULT_JOBS_PER_USER}; 0 on a Hugging Face Space, where every visitor comes "
+                            f"through its proxy)")
+    group.add_argument("--max-upload-mb", type=_count, default=DEFAULT_UPLOAD_MB, metavar="MB",
+                       help=f"largest uploaded file (default: {DEFAULT_UPLOAD_MB})")
+    group.add_argument("--max-logins-per-minute", type=_count, default=DEFAULT_LOGINS_PER_MINUTE, metavar="N",
+                       help=f"failed logins per client address a minute before /login answers 429 (default: "
+                            f"{DEFAULT_LOGINS_PER_MINUTE})")
+    group.add_argument("--cache-hours", type=float, default=DEFAULT_CACHE_HOURS, metavar="H",
+                       help=f"Gradio's copies of result videos and uploads are deleted when older (default: "
+                            f"{DEFAULT_CACHE_HOURS}; 0 = kept until the server stops)")
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
+    return value
+
+
+def server_limits(args, cuda: bool) -> ServerLimits:
+    """The flags as ServerLimits; defaults that depend on the machine filled in, 0 meaning no limit."""
+    max_cost = default_max_cost(cuda) if args.max_cost is None else args.max_cost
+    share = args.max_jobs_per_user
+    if share is None:
+        share = 0 if os.environ.get("SPACE_ID") else DEFAULT_JOBS_PER_USER
+    return ServerLimits(max_cost=max_cost or None, jobs_per_user=share or None, upload_mb=args.max_upload_mb or None,
+                        logins_per_minute=args.max_logins_per_minute or None,
+                        cache_hours=args.cache_hours if args.cache_hours > 0 else None)
+
+
+def check_exposure(args) -> None:
+    """--listen or --share without a login is refused unless the user says --no-auth-i-know."""
+    if (args.listen or args.share) and args.auth is None and not args.no_auth_i_know:
+        flag = "--listen" if args.listen else "--share"
+        raise SystemExit(f"error: {flag} serves the app beyond this machine, and without --auth anyone who reaches it "
+                         f"can use the GPU: add --auth USER:PASS, or --no-auth-i-know if only trusted machines reach "
+                         f"the port (docker run -p 127.0.0.1:7860:7860, a private network)")
 
 
 def parse_auth(text: str | None) -> tuple[str, str] | None:
@@ -92,8 +151,9 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     auth = parse_auth(args.auth)
+    check_exposure(args)
     log_to_file(args.outputs)
-    load_spaces()  # on a ZeroGPU Space `spaces` must be imported before CUDA starts; elsewhere a no-op
+    spaces = load_spaces()  # on a ZeroGPU Space `spaces` must be imported before CUDA starts; elsewhere a no-op
 
     try:
         manager = build_manager(args, argv)
@@ -107,11 +167,13 @@ def main(argv=None) -> int:
     downloads = ModelDownload(source, log=manager.log).start() if source.kind == "hub" else None
     clean_outputs(args.outputs)  # what a killed run left (ui/shutdown.py)
     runs = RunRegistry()  # the running jobs, cancelled on SIGTERM
+    # ZeroGPU lends a GPU per call from a process that may show none
+    limits = server_limits(args, cuda=manager.hw.cuda or spaces is not None)
     demo = create_demo(manager, model=args.model, scorer=QualityScorer(device=manager.device),
-                       baseline_cache=BaselineCache(), outputs=args.outputs, runs=runs,
+                       baseline_cache=BaselineCache(), outputs=args.outputs, runs=runs, limits=limits,
                        save_settings=not args.no_save_settings, downloads=downloads,
                        **({} if args.max_queue is None else {"max_queue": args.max_queue or None}))
     server_name = "0.0.0.0" if args.listen else os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
     demo.launch(server_name=server_name, server_port=args.port, share=args.share, auth=auth,
-                prevent_thread_lock=True, **launch_kwargs(args.outputs))
+                prevent_thread_lock=True, **launch_kwargs(args.outputs, limits))
     return serve_until_stopped(demo, runs, args.stop_timeout)

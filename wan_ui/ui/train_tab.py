@@ -32,7 +32,7 @@ from wan_ui.train.job import (
 from wan_ui.train.levers import CHECKPOINT_MODES
 from wan_ui.ui.context import AppContext
 from wan_ui.ui.guard import guarded
-from wan_ui.ui.widgets import Widgets
+from wan_ui.ui.widgets import FieldNumber, FieldRadio, Widgets
 from wan_ui.ui.zerogpu import on_zerogpu
 
 TICK_S = 1.0  # how often an open page polls a running job
@@ -75,7 +75,7 @@ def build_train_tab(ctx: AppContext) -> TrainTab:
                                             info="written as NAME.safetensors in the LoRA folder")
             with gr.Row():
                 w["rank"] = _int_box("rank", d, "Rank")
-                w["lr"] = gr.Number(d["lr"], label="Learning rate", elem_id="train-lr",
+                w["lr"] = FieldNumber(d["lr"], label="Learning rate", elem_id="train-lr",
                                     info=f"in ({LR_RANGE[0]:g}, {LR_RANGE[1]:g}); 1e-4 is the usual LoRA value")
                 w["steps"] = _int_box("steps", d, "Steps", info="total; Resume continues up to it")
                 w["save_every"] = _int_box("save_every", d, "Checkpoint every", info="steps; 0 = at the end / Stop")
@@ -91,7 +91,7 @@ def build_train_tab(ctx: AppContext) -> TrainTab:
                                                     max_length=PROMPT_MAX, elem_id="train-validation-prompt",
                                                     info="the video made with the LoRA so far")
             with gr.Accordion("Speed levers", open=True, elem_id="train-levers"):
-                w["grad_checkpointing"] = gr.Radio(list(CHECKPOINT_MODES), value=d["grad_checkpointing"],
+                w["grad_checkpointing"] = FieldRadio(list(CHECKPOINT_MODES), value=d["grad_checkpointing"],
                                                    label="Gradient checkpointing", elem_id="train-grad-checkpointing",
                                                    info="full: least memory; selective: keeps self-attention "
                                                         "outputs (faster, +62 MB per block at 832x480x49)")
@@ -120,10 +120,10 @@ def build_train_tab(ctx: AppContext) -> TrainTab:
 
 
 def _int_box(name: str, defaults: dict, label: str, info: str = "") -> gr.Number:
-    """No minimum/maximum on the component: Gradio's own bound check would refuse a value without naming the
-    field; the range is in the info line and `config_from_values` says which field is out of it."""
+    """No minimum/maximum on the component: the range is in the info line; `config_from_values` refuses a value
+    out of it, a fraction or text naming the field (FieldNumber hands the value over as sent)."""
     lo, hi = INT_LIMITS[name]
-    return gr.Number(defaults[name], label=label, precision=0, info=f"{lo}-{hi}{'; ' if info else ''}{info}",
+    return FieldNumber(defaults[name], label=label, precision=0, info=f"{lo}-{hi}{'; ' if info else ''}{info}",
                      min_width=90, elem_id=f"train-{name.replace('_', '-')}")
 
 

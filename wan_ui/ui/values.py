@@ -13,11 +13,12 @@ import platform
 import random
 import time
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from wan_ui.core.compare import DEFAULTS_NAME, MAX_SETS, named_set
 from wan_ui.core.errors import UserError
-from wan_ui.core.fields import widget_range
+from wan_ui.core.fields import FieldSpec, widget_range
 from wan_ui.core.devices import describe_placement
 from wan_ui.core.options import (PRESETS, OptimizationSet, check_available, fidelity_info, fidelity_summary,
                                  options_table, preset)
@@ -26,6 +27,7 @@ from wan_ui.core.requests import REQUEST_SPECS, GenerationRequest, validate_requ
 # ---- widget names -------------------------------------------------------------------------------------
 REQUEST_FIELDS = tuple(f.name for f in dataclasses.fields(GenerationRequest) if f.name != "notes")
 OPTION_FIELDS = tuple(OptimizationSet.specs())
+SWITCH = FieldSpec(kind="bool")  # the UI's own checkboxes (switch_value), named per call
 
 # Resolution shortcuts; width/height stay editable ("Custom"). 1248x720 is what the report's UI called 720p.
 RESOLUTIONS: dict[str, tuple[int, int]] = {
@@ -55,9 +57,16 @@ def resolution_label(width, height) -> str:
 def request_from_values(values: dict, rng: random.Random | None = None) -> GenerationRequest:
     """Widget values -> validated request. With `randomize_seed`, a fresh seed is drawn (and shown after)."""
     fields = {name: values[name] for name in REQUEST_FIELDS if name in values}  # an emptied box: None, refused
-    if values.get("randomize_seed"):
+    if switch_value(values, "randomize_seed"):
         fields["seed"] = (rng or random.SystemRandom()).randint(*REQUEST_SPECS["seed"].bounds)
     return validate_request(GenerationRequest(**fields))
+
+
+def switch_value(values: dict, name: str) -> bool:
+    """A checkbox outside the dataclasses (randomize_seed, quality): true or false, also as text from an API call
+    ("true", "off"); anything else is refused naming it. Absent or None: off."""
+    value = values.get(name)
+    return False if value is None else dataclasses.replace(SWITCH, name=name).check(value)
 
 
 def options_from_values(values: dict) -> OptimizationSet:
@@ -68,6 +77,8 @@ def options_from_values(values: dict) -> OptimizationSet:
 # ---- settings -> widgets ------------------------------------------------------------------------------
 def values_from_settings(settings: dict) -> dict[str, Any]:
     """Saved settings ({"request": ..., "optimizations": ...}) -> widget values. Unknown keys are errors."""
+    if not isinstance(settings, dict) or not isinstance(settings.get("request"), dict):
+        raise UserError("settings must be an object with a 'request' object", field="settings_file")
     request = validate_request(GenerationRequest.from_dict({k: v for k, v in settings["request"].items()
                                                             if k != "notes"}))
     optimizations = settings.get("optimizations") or {}
@@ -192,8 +203,9 @@ def _fmt(v, fmt: str, na: str = "n/a") -> str:
 def status_line(info: dict) -> str:
     """One line after a run: what was made, how fast, what validation changed."""
     m = info["metrics"]
+    # the video by name (in the outputs folder): the page does not show where the server keeps its files
     line = (f"Done: {info['frames']} frames at {info['width']}x{info['height']} in {m['clip_latency_s']:.2f} s "
-            f"({m['throughput_fps']:.3f} fps), seed {info['seed']} → {info['video']}")
+            f"({m['throughput_fps']:.3f} fps), seed {info['seed']} → {Path(info['video']).name}")
     notes = [f"note: {n}" for n in info.get("notes", [])]
     if info.get("random_weights"):
         notes.append(f"model: {info['model_label']}")

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import Iterable
 
 import gradio as gr
+from gradio import component_meta
 
 from wan_ui.core.errors import UserError
 from wan_ui.core.fields import widget_range
@@ -23,6 +24,54 @@ from wan_ui.ui.values import (
     preset_choices,
     resolution_label,
 )
+
+
+# ---- components whose values the fields' specs check ---------------------------------------------------------
+# Gradio checks some values before a handler runs, and its refusals name no field: Number and Slider refuse a value
+# outside minimum/maximum ("Value 0 is less than minimum value 16."), a whole-number Number rounds 32.5 to 32
+# silently and fails on text ("abc") with an exception API callers see only as "The upstream Gradio app has raised
+# an exception"; Radio and Dropdown refuse a value that is not one of their choices, even the text "512" that the
+# API schema advertises for vae_tile (a Radio's schema type is "string" whatever its values). These components
+# hand the value to the handler as it was sent, where the field's FieldSpec (wan_ui/core/fields.py) converts it or
+# refuses it naming the field and its range. `is_template` makes Gradio draw each as its base component;
+# minimum/maximum/step still bound the page's spinner and slider. Subclasses, not a patched instance: Gradio
+# rebuilds a component from its class when a handler updates its properties.
+@contextmanager
+def _no_stub_files():
+    """Gradio's ComponentMeta writes a .pyi stub beside the module of every component class it creates (for custom
+    component packages); these need none, and a package must not write into its own folder when imported."""
+    write = component_meta.create_or_modify_pyi
+    component_meta.create_or_modify_pyi = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        component_meta.create_or_modify_pyi = write
+
+
+with _no_stub_files():
+    class FieldNumber(gr.Number):
+        is_template = True
+
+        def preprocess(self, payload):
+            return payload
+
+    class FieldSlider(gr.Slider):
+        is_template = True
+
+        def preprocess(self, payload):
+            return payload
+
+    class FieldRadio(gr.Radio):
+        is_template = True
+
+        def preprocess(self, payload):
+            return payload
+
+    class FieldDropdown(gr.Dropdown):
+        is_template = True
+
+        def preprocess(self, payload):
+            return payload
 
 
 class Widgets(dict):
@@ -57,7 +106,7 @@ def build_request_widgets(defaults: GenerationRequest | None = None) -> Widgets:
     w["negative_prompt"] = gr.Textbox(value=WAN_DEFAULT_NEGATIVE_PROMPT, label="Negative prompt (Wan's default)",
                                       lines=2, max_lines=4, elem_id="negative-prompt")
     with gr.Row():
-        w["resolution"] = gr.Dropdown([*RESOLUTIONS, CUSTOM], value=resolution_label(d.width, d.height),
+        w["resolution"] = FieldDropdown([*RESOLUTIONS, CUSTOM], value=resolution_label(d.width, d.height),
                                       label="Resolution", elem_id="resolution", scale=2)
         w["width"] = _int_box("width", d.width, "Width")
         w["height"] = _int_box("height", d.height, "Height")
@@ -69,10 +118,10 @@ def build_request_widgets(defaults: GenerationRequest | None = None) -> Widgets:
         w["seed"] = _int_box("seed", d.seed, "Seed")
         w["randomize_seed"] = gr.Checkbox(False, label="Randomize seed", elem_id="randomize-seed")
     with gr.Row():
-        w["guidance_scale"] = gr.Slider(value=d.guidance_scale, label="Guidance (CFG)", info="≤ 1 turns CFG off",
+        w["guidance_scale"] = FieldSlider(value=d.guidance_scale, label="Guidance (CFG)", info="≤ 1 turns CFG off",
                                         elem_id="guidance-scale",
                                         **widget_range(REQUEST_SPECS["guidance_scale"], step=0.5))
-        w["num_inference_steps"] = gr.Slider(value=d.num_inference_steps, label="Steps", elem_id="steps",
+        w["num_inference_steps"] = FieldSlider(value=d.num_inference_steps, label="Steps", elem_id="steps",
                                              **widget_range(REQUEST_SPECS["num_inference_steps"]))
     for name in ("width", "height"):
         w[name].input(lambda width, height: resolution_label(width, height), [w["width"], w["height"]],
@@ -84,7 +133,7 @@ def build_request_widgets(defaults: GenerationRequest | None = None) -> Widgets:
 
 def _int_box(name: str, value: int, label: str, info: str | None = None) -> gr.Number:
     """A whole-number box whose range and step (16 for sizes) are the request field's spec."""
-    return gr.Number(value, label=label, precision=0, info=info, elem_id=name.replace("_", "-"), min_width=90,
+    return FieldNumber(value, label=label, precision=0, info=info, elem_id=name.replace("_", "-"), min_width=90,
                      **widget_range(REQUEST_SPECS[name]))
 
 
@@ -102,7 +151,7 @@ FAMILY_LABELS = {"lora": "LoRA", "cfg": "CFG (classifier-free guidance)", "vae":
 def build_option_widgets(hw) -> Widgets:
     """One widget per OptimizationSet field, grouped by family, from `options.options_table` + a presets dropdown."""
     w = Widgets()
-    w["preset"] = gr.Dropdown(preset_choices(hw), value=DEFAULTS_PRESET, label="Preset",
+    w["preset"] = FieldDropdown(preset_choices(hw), value=DEFAULTS_PRESET, label="Preset",
                               info="fills the options below; change any afterwards. The Status box then names its "
                                    "lossy levers (docs/FIDELITY.md)", elem_id="preset")
     groups = option_widgets(hw)
@@ -120,9 +169,9 @@ def _option_component(spec: OptionWidget):
     if spec.kind == "checkbox":
         return gr.Checkbox(spec.default, **common)
     if spec.kind == "radio":
-        return gr.Radio(list(spec.choices), value=spec.default, **common)
+        return FieldRadio(list(spec.choices), value=spec.default, **common)
     if spec.kind == "dropdown":
-        return gr.Dropdown(list(spec.choices), value=spec.default, **common)
+        return FieldDropdown(list(spec.choices), value=spec.default, **common)
     if spec.kind == "number":
-        return gr.Number(spec.default, precision=spec.precision, **spec.range, **common)
+        return FieldNumber(spec.default, precision=spec.precision, **spec.range, **common)
     return gr.Textbox(spec.default, placeholder="e.g. path/to/lora.safetensors:0.8", **common)

@@ -1,0 +1,189 @@
+"""What one request, one user and one address may take of the server (`python app.py` flags; docs/RELIABILITY.md,
+"Round two: errors and limits").
+
+- the cost of a job, in token-forwards (`GenerationRequest.cost`; a comparison runs one generation per set);
+- each user's share of the queue: GPU jobs waiting or running per client address;
+- the size of an uploaded file (Gradio's `max_file_size`);
+- failed logins per client address per minute (`LoginThrottle`, an ASGI middleware in front of Gradio's /login:
+  Gradio calls an auth function with the user name and password only, so the address is read from the request);
+- how long Gradio keeps its copies of results and uploads (`gr.Blocks(delete_cache=...)`).
+
+The cost and the queue share are checked when a job joins the queue (`JoinCheck`, the events' Gradio `validator`),
+so a refused job never waits first; the handler checks the cost again when the job starts. A client address is
+the one uvicorn reports: behind a reverse proxy, set FORWARDED_ALLOW_IPS to the proxy's address so that uvicorn
+reports each client's own (uvicorn's docs, "Proxies and forwarded headers"); otherwise every user shares one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+import gradio as gr
+from starlette.middleware import Middleware
+
+from wan_ui.core.errors import UserError
+from wan_ui.core.requests import CostLimitError, check_cost
+from wan_ui.ui.values import named_sets_from_values, request_from_values
+
+DEFAULT_JOBS_PER_USER = 4  # of the queue's 32 places (ui/app.py MAX_QUEUE): 8 users can fill it, not one
+DEFAULT_UPLOAD_MB = 50  # settings uploads are this app's videos (a 832x480x81 mp4 is a few MB) or their .json
+DEFAULT_LOGINS_PER_MINUTE = 10  # failed logins per address: a person mistyping is never stopped, a guesser is
+DEFAULT_CACHE_HOURS = 24  # Gradio's copies of results outlive a working day's page, then go
+LOGIN_WINDOW_S = 60.0
+GPU_QUEUE = "gpu"  # the concurrency_id of /generate and /compare (ui/app.py)
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    max_cost: int | None = None  # token-forwards per job (GenerationRequest.cost x runs); None: no limit
+    jobs_per_user: int | None = None  # GPU jobs waiting or running per client address; None: no limit
+    upload_mb: float | None = None  # largest uploaded file, MB (10^6 bytes); None: Gradio's default (no limit)
+    logins_per_minute: int | None = None  # failed logins per client address in any 60 s; None: no limit
+    cache_hours: float | None = None  # Gradio's cached copies are deleted when older; None: kept until exit
+
+    def delete_cache(self) -> tuple[int, int] | None:
+        """`gr.Blocks(delete_cache=(frequency_s, age_s))`: look every tenth of the age (at most hourly)."""
+        if not self.cache_hours:
+            return None
+        age_s = max(1, round(self.cache_hours * 3600))
+        return min(3600, max(1, age_s // 10)), age_s
+
+    def launch_kwargs(self) -> dict:
+        """`demo.launch` keywords: the upload bound and the login throttle."""
+        kwargs = {}
+        if self.upload_mb:
+            kwargs["max_file_size"] = round(self.upload_mb * 1_000_000)
+        if self.logins_per_minute:
+            kwargs["app_kwargs"] = {"middleware": [Middleware(LoginThrottle, per_minute=self.logins_per_minute)]}
+        return kwargs
+
+
+# ---- when a job joins the queue ------------------------------------------------------------------------------
+def client_address(request) -> str:
+    """The client's address as the server sees it (a gr.Request or a Starlette request)."""
+    client = getattr(request, "client", None)
+    return getattr(client, "host", None) or "unknown"
+
+
+def jobs_of(demo: gr.Blocks, address: str, concurrency_id: str = GPU_QUEUE) -> int:
+    """GPU jobs of `address` waiting in `demo`'s queue or running. Gradio has no public view of its queue; this reads
+    the one of the pinned Gradio (requirements.txt), and tests/test_reliability_round2_errors_limits.py fails if
+    that changes."""
+    queue = demo._queue
+    waiting = queue.event_queue_per_concurrency_id.get(concurrency_id)
+    events = [*(waiting.queue if waiting else []), *(e for job in queue.active_jobs if job for e in job)]
+    return sum(1 for e in events if e.concurrency_id == concurrency_id and client_address(e.request) == address)
+
+
+class JoinCheck:
+    """The Gradio event `validator` of /generate and /compare (`JoinCheck(limits).validator()`): refuses a job before
+    it enters the queue when its address already holds `jobs_per_user` GPU jobs, or when it costs more than
+    `max_cost`; the message goes to the input it is about (the page shows it there, gradio_client raises it as a
+    ValidationError). Input errors are left to the handler, which names the field as it always does. `demo` is set
+    once the Blocks exist."""
+
+    def __init__(self, limits: ServerLimits, comparison: bool = False):
+        self.limits, self.comparison = limits, comparison
+        self.demo: gr.Blocks | None = None
+
+    def validator(self):
+        def check(history, request: gr.Request, **values):  # the handlers' inputs: the History state, then by name
+            refusal = self.refusal(values, request)
+            names = [None, *values]
+            if refusal is None:
+                return [None] * len(names)
+            field, message = refusal
+            return [gr.validate(False, message) if name == field else None for name in names]
+
+        return check
+
+    def refusal(self, values: dict, request) -> tuple[str, str] | None:
+        """(input the message is about, message), or None to let the job in."""
+        share = self.limits.jobs_per_user
+        if share and self.demo is not None and request is not None:
+            held = jobs_of(self.demo, client_address(request))
+            if held >= share:
+                return "prompt", (f"this address already has {held} GPU jobs waiting or running, this server's "
+                                  f"limit per user (--max-jobs-per-user {share}); wait for one to finish")
+        try:
+            check_job_cost(values, self.limits.max_cost, self.comparison)
+        except CostLimitError as e:
+            return "num_inference_steps", str(e)
+        except UserError:
+            pass  # a value out of its range: the handler says which
+        return None
+
+
+def check_job_cost(values: dict, max_cost: int | None, comparison: bool = False) -> None:
+    """A generation's (or comparison's) cost from the Generate tab's values against `max_cost`; an invalid value
+    raises its own UserError naming the field."""
+    if max_cost is None:
+        return
+    request = request_from_values({**values, "randomize_seed": False})
+    if comparison:
+        check_cost(request, max_cost, runs=max(1, len(named_sets_from_values(values))), what="this comparison")
+    else:
+        check_cost(request, max_cost)
+
+
+# ---- failed logins --------------------------------------------------------------------------------------------
+class LoginThrottle:
+    """ASGI middleware in front of Gradio's POST /login: an address with `per_minute` failed logins (any answer but
+    200) in the last 60 s gets 429 with the wait, without its password being checked, until the oldest failure is a
+    minute old. Successful logins are not counted."""
+
+    def __init__(self, app, per_minute: int, clock: Callable[[], float] = time.monotonic):
+        self.app, self.per_minute, self.clock = app, per_minute, clock
+        self._failures: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].rstrip("/").endswith("/login"):
+            await self.app(scope, receive, send)
+            return
+        address = (scope.get("client") or ("unknown",))[0]
+        wait_s = self._wait(address)
+        if wait_s:
+            await _answer(send, 429, {"detail": f"too many failed logins from this address: at most "
+                                                f"{self.per_minute} a minute; try again in {wait_s} s"},
+                          [(b"retry-after", str(wait_s).encode())])
+            return
+        status = {}
+
+        async def watch(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        await self.app(scope, receive, watch)
+        if status.get("code") != 200:
+            with self._lock:
+                self._failures.setdefault(address, deque()).append(self.clock())
+
+    def _wait(self, address: str) -> int:
+        """Seconds until `address` may try again (0: now)."""
+        now = self.clock()
+        with self._lock:
+            recent = self._failures.get(address)
+            while recent and now - recent[0] >= LOGIN_WINDOW_S:
+                recent.popleft()
+            if not recent:
+                self._failures.pop(address, None)
+                return 0
+            if len(recent) < self.per_minute:
+                return 0
+            return max(1, math.ceil(LOGIN_WINDOW_S - (now - recent[0])))
+
+
+async def _answer(send, status: int, body: dict, headers: list) -> None:
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": data})
