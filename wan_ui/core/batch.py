@@ -66,12 +66,14 @@ class BatchPlan:
 
 def parse_prompts(text: str | None) -> list[tuple[int, str]]:
     """Text, one prompt a line -> [(line number, prompt)]; blank lines and lines starting with '#' are skipped, so
-    line numbers match what the user sees."""
+    line numbers match what the user sees. No prompt at all is an error."""
     prompts = []
     for number, line in enumerate(str(text or "").splitlines(), 1):
         line = line.strip()
         if line and not line.startswith(COMMENT):
             prompts.append((number, line))
+    if not prompts:
+        raise ValidationError("prompts: give at least one prompt, one per line", field="prompts")
     return prompts
 
 
@@ -92,11 +94,10 @@ def read_prompts_file(path: str | Path) -> str:
 
 def plan_batch(prompts: str | list[str], request: GenerationRequest, options: OptimizationSet,
                seeds_per_prompt=1) -> BatchPlan:
-    """Prompts (text, one a line, or a list of lines) x seeds on `request`'s settings -> a checked BatchPlan."""
+    """Prompts (text, one a line, or a list of lines) x seeds on `request`'s settings (its prompt is replaced)
+    -> a checked BatchPlan."""
     text = "\n".join(prompts) if isinstance(prompts, (list, tuple)) else prompts
     lines = parse_prompts(text)
-    if not lines:
-        raise ValidationError("prompts: give at least one prompt, one per line", field="prompts")
     seeds = SEEDS_SPEC.check(seeds_per_prompt)
     count = len(lines) * seeds
     if count > MAX_ITEMS:
@@ -282,7 +283,7 @@ class BatchJob:
         return not self._stop.is_set()
 
     def _run_item(self, plan: BatchPlan, index: int, folder: Path) -> None:
-        line, prompt, seed = plan.items[index]
+        _, prompt, seed = plan.items[index]
         request = dataclasses.replace(plan.request, prompt=prompt, seed=seed)
         cancel = threading.Event()
         with self._lock:

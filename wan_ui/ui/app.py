@@ -4,7 +4,8 @@ format the result (the conversions are in ui_values and unit-tested).
 
 Endpoints (gradio_client `api_name`): /generate, /cancel, /compare, /cancel_compare, /apply_preset,
 /reuse_settings, /load_settings, /restore_last_settings, /gpu_stats, /options, /model_download (while
-the first start downloads the checkpoint), /train_start, /train_resume, /train_stop, /train_status.
+the first start downloads the checkpoint), /train_start, /train_resume, /train_stop, /train_status, /batch_start,
+/batch_status, /batch_pause, /batch_resume, /batch_skip, /batch_cancel.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from wan_ui.core.manager import ModelManager
 from wan_ui.core.options import PRESETS, options_table
 from wan_ui.core.settings_store import load_settings, settings_path
 from wan_ui.ui.assets import app_css
+from wan_ui.ui.batch_tab import build_batch_tab, wire_batch_tab
 from wan_ui.ui.compare_tab import build_compare_tab, compare_gpu_seconds, compare_task, request_summary, run_compare
 from wan_ui.ui.context import AppContext, RunRegistry
 from wan_ui.ui.generate_tab import (
@@ -72,6 +74,8 @@ def create_demo(manager: ModelManager, model: str | None = None, scorer=None, ba
                 gen = build_generate_tab(ctx)
             with gr.Tab("Compare", id="compare") as compare_tab:
                 cmp = build_compare_tab(ctx)
+            with gr.Tab("Batch", id="batch"):
+                batch = build_batch_tab(ctx)
             with gr.Tab("History", id="history"):
                 hist = build_history_tab()
             with gr.Tab("Train", id="train") as train_tab:
@@ -84,6 +88,7 @@ def create_demo(manager: ModelManager, model: str | None = None, scorer=None, ba
         _wire_compare(ctx, gen, cmp, compare_tab, hist, history, joins[1])
         _wire_history(gen, hist, history, restore)
         wire_train_tab(ctx, train, train_tab)
+        wire_batch_tab(ctx, batch, gen, hist, history, demo)
 
         @guarded("restoring the last-used settings")
         def on_open(request: gr.Request):  # the file by name: the page does not show where the server keeps it

@@ -1,4 +1,5 @@
-"""The History tab: this page's runs (gallery + table), re-using a run's settings, loading settings from a video."""
+"""The History tab: this page's runs (gallery + table) and the app's batch videos, re-using a run's settings, loading
+settings from a video."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pandas as pd
 from wan_ui.core.errors import UserError
 from wan_ui.core.fields import FieldSpec
 from wan_ui.core.settings_store import settings_from_video
-from wan_ui.ui.values import HISTORY_COLUMNS, history_caption, history_row, settings_of
+from wan_ui.ui.values import HISTORY_COLUMNS, history_caption, history_entry, history_row, settings_of
 from wan_ui.ui.widgets import FieldNumber
 
 
@@ -26,8 +27,9 @@ class HistoryTab:
 
 
 def build_history_tab() -> HistoryTab:
-    gr.Markdown("Runs since this page opened. Click one, then **Re-use settings** to load it into the Generate "
-                "tab; or load the settings stored in any video this app wrote.")
+    gr.Markdown("Runs since this page opened, and each finished video of the app's batch (Batch tab). Click one, "
+                "then **Re-use settings** to load it into the Generate tab; or load the settings stored in any video "
+                "this app wrote.")
     with gr.Row():
         with gr.Column(scale=3):
             gallery = gr.Gallery(label="Runs", columns=4, height=300, allow_preview=False, elem_id="history-gallery")
@@ -48,6 +50,19 @@ def history_views(history: list[dict]) -> tuple[list, pd.DataFrame]:
     gallery = [(e["info"]["video"], history_caption(n, e)) for n, e in enumerate(history, 1) if e["info"]["video"]]
     table = pd.DataFrame([history_row(n, e) for n, e in enumerate(history, 1)], columns=HISTORY_COLUMNS)
     return gallery, table
+
+
+def add_batch_items(history: list[dict], status) -> list[dict] | None:
+    """`history` with the finished videos of a batch (a core.batch.BatchStatus) it does not hold yet appended, in
+    batch order; None when it holds them all. Each entry keeps its batch item's key, so a page that polls again,
+    or whose History another event replaced, adds each video once."""
+    have = {entry.get("batch") for entry in history}
+    new = []
+    for item in status.items:
+        key = f"{status.batch_id}/{item.index}"
+        if item.state == "done" and key not in have:
+            new.append({**history_entry(item.result, f"batch {item.index}"), "batch": key})
+    return history + new if new else None
 
 
 def entry_settings(history: list[dict], run_number) -> dict:
