@@ -7,6 +7,7 @@ Builds the one model manager, quality scorer and baseline cache of this process 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -174,6 +175,6 @@ def main(argv=None) -> int:
                        save_settings=not args.no_save_settings, downloads=downloads,
                        **({} if args.max_queue is None else {"max_queue": args.max_queue or None}))
     server_name = "0.0.0.0" if args.listen else os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
-    demo.launch(server_name=server_name, server_port=args.port, share=args.share, auth=auth,
-                prevent_thread_lock=True, **launch_kwargs(args.outputs, limits))
-    return serve_until_stopped(demo, runs, args.stop_timeout)
+    launch = functools.partial(demo.launch, server_name=server_name, server_port=args.port, share=args.share,
+                               auth=auth, prevent_thread_lock=True, **launch_kwargs(args.outputs, limits))
+    return serve_until_stopped(demo, runs, launch, args.stop_timeout)  # until SIGTERM or Ctrl-C (ui/shutdown.py)

@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from wan_ui.core.video import remove_stale_files
@@ -81,13 +82,18 @@ class Shutdown:
         return all_ended
 
 
-def serve_until_stopped(demo, runs: RunRegistry, timeout_s: float = STOP_TIMEOUT_S) -> int:
-    """After `demo.launch(prevent_thread_lock=True)`: block until SIGTERM or Ctrl-C, then stop as the module
-    docstring says. Returns 0; exits with status 1 when a job outlived the bound."""
+def serve_until_stopped(demo, runs: RunRegistry, launch: Callable[[], object],
+                        timeout_s: float = STOP_TIMEOUT_S) -> int:
+    """Start the server with `launch()` (`demo.launch(..., prevent_thread_lock=True)`), block until SIGTERM or
+    Ctrl-C, then stop as the module docstring says. The handler is set before `launch()`, so a signal during the
+    start is not lost. Returns 0; exits with status 1 when a job outlived the bound."""
     shutdown = Shutdown(runs, timeout_s)
     in_main = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
     previous = signal.signal(signal.SIGTERM, shutdown.on_signal) if in_main else None
     try:
+        launch()
+        if in_main and signal.getsignal(signal.SIGTERM) != shutdown.on_signal:  # Gradio's SSR mode sets its own
+            previous = signal.signal(signal.SIGTERM, shutdown.on_signal)  # called after ours (end of this function)
         try:
             while getattr(demo, "is_running", False) and shutdown.requested is None:
                 time.sleep(POLL_S)
