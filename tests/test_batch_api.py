@@ -63,7 +63,7 @@ def test_start_poll_to_done_items_in_order_and_in_history(client, ui_app):  # no
         video = Path(item["video"])
         assert video.parent == folder and video.stat().st_size > 0
         assert json.loads(video.with_suffix(".json").read_text())["request"]["seed"] == item["seed"]
-    assert out["status"].startswith(f"**Done**: 4 of 4 videos written to `{folder}`")
+    assert out["status"].startswith(f"**Done**: 4 of 4 videos written to `{folder.name}`")
     assert [row[:5] for row in out["table"]["data"]] == [[1, 1, "a red fox in the snow", 3, "done"],
                                                          [2, 1, "a red fox in the snow", 4, "done"],
                                                          [3, 3, "a lighthouse in a storm", 3, "done"],
@@ -105,3 +105,17 @@ def test_a_bad_line_is_refused_naming_it_and_one_batch_at_a_time(client):
         client.predict(prompts="three", api_name="/batch_start", **SMALL)
     call(client, "/batch_cancel")
     poll(client, lambda o: o["json"]["phase"] == "cancelled", "the batch is cancelled")
+
+
+def test_the_server_cost_limit_applies_to_each_video(manager, tmp_path):
+    import gradio as gr
+
+    from wan_ui.ui.app import create_demo
+    from wan_ui.ui.limits import ServerLimits
+
+    # 64x64, 5 frames: 2 latent frames x 4 x 4 = 32 tokens, x 2 steps x 2 forwards (CFG) = 128 token-forwards a video
+    demo = create_demo(manager, model="tiny", outputs=tmp_path, save_settings=False,
+                       limits=ServerLimits(max_cost=127))
+    start = next(fn.fn for fn in demo.fns.values() if fn.api_name == "batch_start")
+    with pytest.raises(gr.Error, match=r"each video of this batch costs 128 token-forwards .* limit of 127"):
+        start(None, None, prompts="one\ntwo", seeds_per_prompt=1, guidance_scale=5.0, **SMALL)

@@ -88,7 +88,7 @@ def create_demo(manager: ModelManager, model: str | None = None, scorer=None, ba
         _wire_compare(ctx, gen, cmp, compare_tab, hist, history, joins[1])
         _wire_history(gen, hist, history, restore)
         wire_train_tab(ctx, train, train_tab)
-        wire_batch_tab(ctx, batch, gen, hist, history, demo)
+        wire_batch_tab(ctx, batch, gen, hist, history, demo, limits)
 
         @guarded("restoring the last-used settings")
         def on_open(request: gr.Request):  # the file by name: the page does not show where the server keeps it

@@ -27,9 +27,11 @@ from wan_ui.core.batch import (
     read_prompts_file,
 )
 from wan_ui.core.errors import UnavailableError, UserError
+from wan_ui.core.requests import check_cost
 from wan_ui.ui.context import AppContext
-from wan_ui.ui.guard import guarded
+from wan_ui.ui.guard import guarded, hide_paths
 from wan_ui.ui.history_tab import add_batch_items, history_views
+from wan_ui.ui.limits import ServerLimits
 from wan_ui.ui.values import OPTION_FIELDS, REQUEST_FIELDS, options_from_values, request_from_values
 from wan_ui.ui.widgets import Widgets
 from wan_ui.ui.zerogpu import on_zerogpu
@@ -63,9 +65,10 @@ def build_batch_tab(ctx: AppContext) -> BatchTab:
                 f"tab's current parameters and optimizations. Seeds: the Generate tab's seed, seed+1, … for every "
                 f"prompt (with *Randomize seed* the first one is drawn once per batch). At most {MAX_ITEMS} videos. "
                 f"**One batch at a time for the whole app**; it runs in the background, so a reloaded page finds it "
-                f"again. Each finished video is written to `{ctx.outputs}/batch-…/` with its JSON and shows in "
-                f"History. Generate and Compare share the GPU with it: a run started there waits for the current "
-                f"item. Quality metrics are not computed for batch videos.", elem_id="batch-intro")
+                f"again, and every page of the app sees (and can pause or cancel) the same batch. Each finished video is "
+                f"written to a `batch-…` folder in the outputs folder with its JSON and shows in History. Generate "
+                f"and Compare share the GPU with it: a run started there waits for the current item. Quality "
+                f"metrics are not computed for batch videos.", elem_id="batch-intro")
     w = Widgets()
     with gr.Row(equal_height=False):
         with gr.Column(scale=5):
@@ -101,16 +104,21 @@ def build_batch_tab(ctx: AppContext) -> BatchTab:
 
 
 # ---- wiring (called by app.create_demo) --------------------------------------------------------------------
-def wire_batch_tab(ctx: AppContext, tab: BatchTab, gen, hist, history_state: gr.State, demo: gr.Blocks) -> None:
+def wire_batch_tab(ctx: AppContext, tab: BatchTab, gen, hist, history_state: gr.State, demo: gr.Blocks,
+                   limits: ServerLimits | None = None) -> None:
     """gen: the Generate tab (its inputs are what every item runs on); hist, history_state: the History tab and
-    this page's runs, which receive the batch's finished videos."""
+    this page's runs, which receive the batch's finished videos; limits: the server's cost limit applies to each
+    video (an item holds the GPU for one video, then lets a waiting run go first)."""
+    max_cost = (limits or ServerLimits()).max_cost
     view_outputs = [*tab.out.values(), tab.timer, tab.shown]
     history_outputs = [history_state, hist.gallery, hist.table]
 
     @guarded("starting the batch")
     def on_start(shown, request: gr.Request, **values):
         check_can_batch(ctx)
-        return view(tab, tab.job.start(plan_from_values(values)), shown)
+        plan = plan_from_values(values)
+        check_cost(plan.request, max_cost, what="each video of this batch")
+        return view(tab, tab.job.start(plan), shown)
 
     # queued (errors reach gradio_client as AppError) but unlimited: starting returns at once
     tab.start_btn.click(on_start, inputs=[tab.shown],
@@ -205,9 +213,10 @@ def status_markdown(s: BatchStatus) -> str:
     if s.phase == "paused":
         return (f"**Paused** after {ended} of {n} ({counts['done']} written{others}). **Resume** to go on, "
                 f"**Cancel** to drop the rest.")
+    folder = Path(s.folder).name  # in the outputs folder: the page does not show where the server keeps files
     if s.phase == "done":
-        return f"**Done**: {counts['done']} of {n} videos written to `{s.folder}`{others}."
-    return f"**Cancelled**: {counts['done']} of {n} videos written to `{s.folder}`{others}."
+        return f"**Done**: {counts['done']} of {n} videos written to `{folder}`{others}."
+    return f"**Cancelled**: {counts['done']} of {n} videos written to `{folder}`{others}."
 
 
 def item_progress(item) -> str:
@@ -223,7 +232,7 @@ def item_status(item) -> str:
     if item.state == "running":
         return f"running: {item_progress(item)}"
     if item.state == "failed":
-        return f"failed: {item.error}"
+        return f"failed: {hide_paths(item.error)}"
     return item.state
 
 
