@@ -243,3 +243,21 @@ def test_a_failed_item_says_why_in_one_line_and_the_batch_goes_on(job, request_,
     status = job.start(plan_batch("one\ntwo\nthree", request_, OptimizationSet())) and job.wait(WAIT_S)
     assert status.phase == "done" and states(status) == ["done", "failed", "done"]
     assert status.items[1].error == "RuntimeError: injected failure" and status.items[1].video is None
+
+
+def test_the_app_shutting_down_cancels_the_running_item_and_ends_the_batch(manager, tmp_path, request_, monkeypatch,
+                                                                           one_thread):
+    from wan_ui.ui.context import RunRegistry
+
+    registry = RunRegistry()  # what the app's SIGTERM handler closes (ui/shutdown.py)
+    job = BatchJob(manager, "tiny", tmp_path, run_scope=lambda: registry.running("batch"))
+    gate = Gate(monkeypatch, hold=2)
+    job.start(plan_batch("one\ntwo\nthree", request_, OptimizationSet()))
+    gate.wait()
+    ends = registry.close("The app is shutting down (SIGTERM)")
+    gate.release()
+    status = job.wait(WAIT_S)
+    assert status.phase == "cancelled" and states(status) == ["done", "cancelled", "cancelled"]
+    assert ends["batch"].wait(WAIT_S) and ends["batch"].outcome == "cancelled"
+    assert status.items[2].error == "The app is shutting down (SIGTERM)" and gate.calls == 2
+    assert len(list(Path(status.folder).glob("*.mp4"))) == 1

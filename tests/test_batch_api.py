@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from ui_server import ui_app  # noqa: F401  (module-scoped fixture: one app for this module)
 
-SMALL = dict(width=64, height=64, num_frames=5, num_inference_steps=2, seed=3)
+SMALL = {"width": 64, "height": 64, "num_frames": 5, "num_inference_steps": 2, "seed": 3}
 VIEW = ("status", "table", "gallery", "json", "timer")
 POLL = (*VIEW, "history_gallery", "history_table")
 
@@ -119,3 +119,18 @@ def test_the_server_cost_limit_applies_to_each_video(manager, tmp_path):
     start = next(fn.fn for fn in demo.fns.values() if fn.api_name == "batch_start")
     with pytest.raises(gr.Error, match=r"each video of this batch costs 128 token-forwards .* limit of 127"):
         start(None, None, prompts="one\ntwo", seeds_per_prompt=1, guidance_scale=5.0, **SMALL)
+
+
+def test_no_batch_starts_while_the_app_shuts_down(manager, tmp_path):
+    import gradio as gr
+
+    from wan_ui.ui.app import create_demo
+    from wan_ui.ui.context import RunRegistry
+
+    runs = RunRegistry()
+    demo = create_demo(manager, model="tiny", outputs=tmp_path, save_settings=False, runs=runs)
+    runs.close("The app is shutting down (SIGTERM): it takes no new jobs.")
+    start = next(fn.fn for fn in demo.fns.values() if fn.api_name == "batch_start")
+    with pytest.raises(gr.Error, match="The app is shutting down"):
+        start(None, None, prompts="one", seeds_per_prompt=1, **SMALL)
+    assert not list(tmp_path.glob("batch-*"))

@@ -4,7 +4,6 @@ holds the two videos."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest

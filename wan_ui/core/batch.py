@@ -21,11 +21,13 @@ the batch's folder as soon as it ends. The job lives as long as the app, so a re
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -170,16 +172,22 @@ class BatchJob:
     """At most one batch per app, in a background thread; every method is safe to call from any thread.
 
     manager: a ModelManager or a ManagerPool (each item leases it as generate() does); outputs: the app's outputs
-    folder (each batch writes into a folder of its own there)."""
+    folder (each batch writes into a folder of its own there); run_scope: `with run_scope() as flag:` around each
+    item, giving the item's cancel flag (an Event) that others may set too, e.g. the app's run registry, which its
+    shutdown cancels; a scope that refuses to open (UserError: the app takes no new job) ends the batch. Default: a
+    flag of the item's own."""
 
-    def __init__(self, manager, model: str | None = None, outputs: str | Path = "outputs"):
+    def __init__(self, manager, model: str | None = None, outputs: str | Path = "outputs",
+                 run_scope: Callable[[], contextlib.AbstractContextManager[threading.Event]] | None = None):
         self._manager, self._model, self._outputs = manager, model, Path(outputs)
+        self._run_scope = run_scope or _own_flag
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._status = BatchStatus()
         self._go = threading.Event()  # set = not paused
         self._stop = threading.Event()  # set = cancel the rest
         self._item_cancel: threading.Event | None = None  # the running item's cancel flag (skip or cancel set it)
+        self._skipped = False  # Skip set the running item's flag (anything else that sets it cancels it)
 
     # ---- controls -----------------------------------------------------------------------------------------
     def start(self, plan: BatchPlan) -> BatchStatus:
@@ -229,6 +237,7 @@ class BatchJob:
         with self._lock:
             if self._item_cancel is None or self._status.phase == "cancelling":
                 return False
+            self._skipped = True
             self._item_cancel.set()
             return True
 
@@ -285,29 +294,41 @@ class BatchJob:
     def _run_item(self, plan: BatchPlan, index: int, folder: Path) -> None:
         _, prompt, seed = plan.items[index]
         request = dataclasses.replace(plan.request, prompt=prompt, seed=seed)
-        cancel = threading.Event()
-        with self._lock:
-            self._item_cancel = cancel
-            self._update(index, state="running", phase="waiting")
-        started = None
+        started, entered = None, False
         try:
-            with self._manager.lease(self._model, plan.options) as leased:
-                started = time.perf_counter()
-                if cancel.is_set():  # skipped or cancelled while it waited for the GPU
-                    raise GenerationCancelled("cancelled before it started")
-                result = generate(leased, self._model, request, plan.options,
-                                  out_path=folder / f"{index + 1:03d}-seed{seed}.mp4",
-                                  on_progress=lambda phase, done, total: self._on_progress(index, phase, done, total),
-                                  cancel=cancel)
+            with self._run_scope() as cancel, self._mark_running(index, cancel):
+                entered = True
+                with self._manager.lease(self._model, plan.options) as leased:
+                    started = time.perf_counter()
+                    if cancel.is_set():  # skipped or cancelled while it waited for the GPU
+                        raise GenerationCancelled("cancelled before it started")
+                    result = generate(leased, self._model, request, plan.options,
+                                      out_path=folder / f"{index + 1:03d}-seed{seed}.mp4",
+                                      on_progress=lambda phase, done, total: self._on_progress(index, phase, done,
+                                                                                               total),
+                                      cancel=cancel)
         except GenerationCancelled:
-            self._end_item(index, started, "cancelled" if self._stop.is_set() else "skipped")
+            with self._lock:
+                skipped = self._skipped and not self._stop.is_set()
+            self._end_item(index, started, "skipped" if skipped else "cancelled")
         except UserError as e:
+            if not entered:  # the scope refused the item (the app is shutting down): the batch ends here
+                self._stop.set()
+                self._end_item(index, None, "cancelled", error=first_line(e))
+                return
             self._end_item(index, started, "failed", error=first_line(e))
         except Exception as e:  # one item is gone, the batch goes on: say what happened, traceback in the log
             LOG.exception("batch item %d failed", index + 1)
             self._end_item(index, started, "failed", error=f"{type(e).__name__}: {first_line(e)}")
         else:
             self._end_item(index, started, "done", video=result.video_path, result=result.to_json())
+
+    @contextlib.contextmanager
+    def _mark_running(self, index: int, cancel: threading.Event):
+        with self._lock:
+            self._item_cancel, self._skipped = cancel, False
+            self._update(index, state="running", phase="waiting")
+        yield
 
     def _on_progress(self, index: int, phase: str, done: int, total: int) -> None:
         with self._lock:
@@ -326,3 +347,9 @@ class BatchJob:
         item = self._status.items[index]
         for name, value in values.items():
             setattr(item, name, value)
+
+
+@contextlib.contextmanager
+def _own_flag():
+    """The default run scope: a cancel flag only Skip and Cancel set."""
+    yield threading.Event()

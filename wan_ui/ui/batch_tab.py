@@ -37,6 +37,8 @@ from wan_ui.ui.widgets import Widgets
 from wan_ui.ui.zerogpu import on_zerogpu
 
 TICK_S = 1.0  # how often an open page polls a running batch
+# the batch's running item in the app's run registry (which the shutdown cancels); page sessions are Gradio's hashes
+BATCH_SESSION = "wan_ui-batch"
 PROMPT_CHARS = 60  # of a prompt in the table
 COLUMNS = ["#", "line", "prompt", "seed", "status", "seconds", "video"]
 # what a batch reads from the Generate tab: its parameters (prompt and seed replaced per item) and optimizations
@@ -60,7 +62,7 @@ class BatchTab:
 
 # ---- layout -----------------------------------------------------------------------------------------------
 def build_batch_tab(ctx: AppContext) -> BatchTab:
-    job = BatchJob(ctx.manager, ctx.model, ctx.outputs)
+    job = BatchJob(ctx.manager, ctx.model, ctx.outputs, run_scope=lambda: ctx.runs.running(BATCH_SESSION))
     gr.Markdown(f"Run a list of prompts, one per line (or a .txt file), with N seeds each, on the **Generate** "
                 f"tab's current parameters and optimizations. Seeds: the Generate tab's seed, seed+1, … for every "
                 f"prompt (with *Randomize seed* the first one is drawn once per batch). At most {MAX_ITEMS} videos. "
@@ -169,6 +171,8 @@ def control_handler(tab: BatchTab, verb: str):
 
 
 def check_can_batch(ctx: AppContext) -> None:
+    if ctx.runs.closed_reason is not None:
+        raise UserError(ctx.runs.closed_reason, field="batch")
     if on_zerogpu(ctx.gpu_generate):
         raise UnavailableError("a batch needs a GPU held while it runs in the background, and ZeroGPU lends one per "
                                "call: run the videos one by one from the Generate tab, or the app on a dedicated "
@@ -231,8 +235,8 @@ def item_progress(item) -> str:
 def item_status(item) -> str:
     if item.state == "running":
         return f"running: {item_progress(item)}"
-    if item.state == "failed":
-        return f"failed: {hide_paths(item.error)}"
+    if item.state in ("failed", "cancelled") and item.error:  # cancelled with a reason: the app shut down
+        return f"{item.state}: {hide_paths(item.error)}"
     return item.state
 
 
