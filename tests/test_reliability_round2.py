@@ -193,7 +193,9 @@ def bad_outs(tmp_path: Path) -> dict[str, tuple[str, str]]:
             "/proc/x.mp4": ("/proc is a kernel pseudo file system", "under /proc"),
             "/proc/self/x.mp4": ("/proc is a kernel pseudo file system", "deeper under /proc"),
             "/sys/x.mp4": ("/sys is a kernel pseudo file system", "under /sys"),
-            str(tmp_path / ("n" * 250 + ".mp4")): ("too long for this file system", "a name over NAME_MAX")}
+            str(tmp_path / ("n" * 240 + ".mp4")): ("too long for this file system", "its temporary name too long"),
+            str(tmp_path / ("n" * 252 + ".mp4")): ("too long for this file system", "a name over NAME_MAX"),
+            str(tmp_path / ("d" * 300) / "x.mp4"): ("File name too long", "a folder name over NAME_MAX")}
 
 
 def test_bad_out_values_are_refused_by_the_core_before_any_model_work(manager, tmp_path, monkeypatch):

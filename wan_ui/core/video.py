@@ -82,13 +82,13 @@ def check_output_path(path: str | Path, field: str = "out") -> Path:
     if path.suffix.lower() != VIDEO_SUFFIX:
         got = f"'{path.suffix}'" if path.suffix else "no suffix"
         raise OutputError(f"{path}: a video path must end in {VIDEO_SUFFIX} (got {got})", field=field)
+    limit = _name_max(path.parent)
+    if len(temporary_sibling(path, "partial").name.encode()) > limit:
+        raise OutputError(f"{path.name[:40]}...: the file name is too long for this file system (at most {limit} "
+                          f"bytes with the ~20 of its temporary name)", field=field)
+    check_output_folder(path.parent, field)
     if path.is_dir():
         raise OutputError(f"{path} is a folder; give a file name ending in {VIDEO_SUFFIX}", field=field)
-    folder = check_output_folder(path.parent, field)
-    limit = _name_max(folder)
-    if len(temporary_sibling(path, "partial").name.encode()) > limit:
-        raise OutputError(f"{path.name}: the file name is too long for this file system ({limit} bytes with the "
-                          f"temporary name's ~20 extra)", field=field)
     return path
 
 
@@ -101,12 +101,12 @@ def check_output_folder(folder: str | Path, field: str = "outputs") -> Path:
         if resolved == root or root in resolved.parents:
             raise OutputError(f"cannot write videos to {folder}: {root} is a kernel pseudo file system, not a disk; "
                               f"choose a folder on disk", field=field)
-    existing = _nearest_existing(resolved)
-    if not existing.is_dir():
-        raise OutputError(f"cannot write videos to {folder}: {existing} is a file, not a folder", field=field)
     try:
+        existing = _nearest_existing(resolved)
+        if not existing.is_dir():
+            raise OutputError(f"cannot write videos to {folder}: {existing} is a file, not a folder", field=field)
         _probe_write(existing)
-    except OSError as e:
+    except OSError as e:  # the probe refused, or a name the OS refuses (too long, a loop of links)
         raise storage_error(e, folder, field, checking=True) from None
     return folder
 
@@ -144,6 +144,7 @@ def _probe_write(folder: Path) -> None:
 
 
 def _name_max(folder: Path) -> int:
+    """The longest file name (bytes) the file system under `folder` takes."""
     try:
         return os.pathconf(_nearest_existing(folder.resolve()), "PC_NAME_MAX")
     except (OSError, ValueError):
