@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "wan_ui"
 
 # The layers the core (`wan_ui.core`) and the catalogue (`wan_ui.optim`) must never import.
-UPPER_LAYERS = ("wan_ui.ui", "wan_ui.bench", "wan_ui.train", "wan_ui.parallel", "wan_ui.cli", "wan_ui.__main__")
+UPPER_LAYERS = ("wan_ui.ui", "wan_ui.bench", "wan_ui.train", "wan_ui.tune", "wan_ui.parallel", "wan_ui.cli",
+                "wan_ui.__main__")
 LOWER_LAYERS = ("wan_ui.core", "wan_ui.optim")
 
 # Packages that may be imported inside a function: optional or heavy, needed only on one path.

@@ -233,16 +233,24 @@ def render_report(rows: list[BenchRow], charts_note: str | None = None, chart_fi
 
 
 # ---- 3. charts -------------------------------------------------------------------------------------------
-def draw_charts(out: Path, rows: list[BenchRow]) -> tuple[list[str], str | None]:
-    """latency.png (stacked phases per set, extrapolated hatched) and vram.png; ([], reason) without matplotlib."""
+def load_pyplot():
+    """(pyplot on the Agg backend, None), or (None, why not) where matplotlib is missing (the tuner draws with it
+    too)."""
     try:
         import matplotlib  # optional: charts only; the GPU machines may lack it (`--render` draws them later)
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt  # after use("Agg"): no display needed
     except ImportError:
-        return [], ("not drawn: matplotlib is not installed here; run `python -m wan_ui.bench --render DIR` "
-                    "where it is")
+        return None, "not drawn: matplotlib is not installed here"
+    return plt, None
+
+
+def draw_charts(out: Path, rows: list[BenchRow]) -> tuple[list[str], str | None]:
+    """latency.png (stacked phases per set, extrapolated hatched) and vram.png; ([], reason) without matplotlib."""
+    plt, missing = load_pyplot()
+    if plt is None:
+        return [], f"{missing}; run `python -m wan_ui.bench --render DIR` where it is"
     names = [f"{r.index + 1}. {r.set.name}" for r in rows]
     nums = [numbers(r) for r in rows]
     files = [_latency_chart(plt, out, rows, names, nums), _vram_chart(plt, out, rows, names, nums)]
@@ -278,7 +286,7 @@ def _latency_chart(plt, out, rows, names, nums) -> str:
               fontsize=7, loc="lower right")
     _axes(ax, y, names, "clip latency, s (stacked phases; hatched = extrapolated to the full step count)")
     ax.set_title(_title(rows, "Clip latency"), fontsize=10)
-    return _save(fig, plt, out / "latency.png")
+    return save_chart(fig, plt, out / "latency.png")
 
 
 def _axes(ax, y, names, xlabel) -> None:
@@ -307,10 +315,10 @@ def _vram_chart(plt, out, rows, names, nums) -> str:
     if not measured:
         ax.set_xlim(0, 1)
     ax.set_title(_title(rows, "Peak VRAM") + ("" if measured else " - not measured on CPU"), fontsize=10)
-    return _save(fig, plt, out / "vram.png")
+    return save_chart(fig, plt, out / "vram.png")
 
 
-def _save(fig, plt, path: Path) -> str:
+def save_chart(fig, plt, path: Path) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

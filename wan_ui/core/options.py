@@ -17,6 +17,7 @@ from wan_ui.core.errors import IncompatibleOptionsError, UnavailableError, Valid
 from wan_ui.core.fidelity import LOSSY, TAGS, ByValue, Case, Cases, Fidelity, always, worst
 from wan_ui.core.fields import FieldSpec, spec_field, specs_of
 from wan_ui.core.hardware import Hardware
+from wan_ui.core.user_presets import user_preset_names, user_preset_options
 from wan_ui.optim.lora import split_lora_spec
 
 
@@ -494,10 +495,17 @@ PRESETS: dict[str, dict[str, Any]] = {
 PRESETS.update(DISTILLED_PRESETS)
 
 
+def preset_names() -> list[str]:
+    """The built-in presets, then the user's own (core/user_presets.py; none when its file is broken)."""
+    return list(PRESETS) + [n for n in user_preset_names() if n not in PRESETS]
+
+
 def preset(name: str) -> OptimizationSet:
-    if name not in PRESETS:
-        raise ValidationError(f"unknown preset {name!r}; valid presets: {list(PRESETS)}", field="preset")
-    return OptimizationSet.from_dict(PRESETS[name])
+    """A built-in preset, else a user preset by that name (built-in names win)."""
+    values = PRESETS[name] if name in PRESETS else user_preset_options(name)
+    if values is None:
+        raise ValidationError(f"unknown preset {name!r}; valid presets: {preset_names()}", field="preset")
+    return OptimizationSet.from_dict(values)
 
 
 # ---- fidelity of a set: every lever that is not exact -------------------------------------------

@@ -41,3 +41,13 @@ def encode_prompt_cached(pipe, prompt: str, negative_prompt: str, use_cfg: bool,
 def cached_prompts(pipe) -> int:
     """How many prompts this pipeline holds encoded."""
     return len(getattr(pipe, "_wan_ui_prompt_cache", ()))
+
+
+def forget_prompts(pipe) -> int:
+    """Drop this pipeline's cached encodings (the tuner times every set with its prompts encoded afresh, as a new
+    prompt is); returns how many there were."""
+    cache = getattr(pipe, "_wan_ui_prompt_cache", None)
+    n = len(cache or ())
+    if cache:
+        cache.clear()
+    return n

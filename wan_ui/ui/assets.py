@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
+from wan_ui.core.prompts import ASSETS, DEFAULT_PROMPTS, read_prompts
 
 
-def example_prompts(path: Path = ASSETS / "prompts.txt") -> list[str]:
-    """The example prompts, one per line ('#' lines are comments), in file order."""
-    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
-    return [line for line in lines if line and not line.startswith("#")]
+def example_prompts(path: Path = DEFAULT_PROMPTS) -> list[str]:
+    """The example prompts, one per line ('#' lines are comments), in file order (core/prompts.py reads them)."""
+    return read_prompts(path)
 
 
 def app_css(path: Path = ASSETS / "app.css") -> str:

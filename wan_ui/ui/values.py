@@ -21,7 +21,7 @@ from wan_ui.core.errors import UserError
 from wan_ui.core.fields import FieldSpec, widget_range
 from wan_ui.core.devices import describe_placement
 from wan_ui.core.options import (PRESETS, OptimizationSet, check_available, fidelity_info, fidelity_summary,
-                                 options_table, preset)
+                                 options_table, preset, preset_names)
 from wan_ui.core.requests import REQUEST_SPECS, GenerationRequest, validate_request
 
 # ---- widget names -------------------------------------------------------------------------------------
@@ -116,7 +116,7 @@ def preset_fidelity_note(values: dict) -> str:
 def preset_choices(hw) -> list[tuple[str, str]]:
     """(label, value) for the presets dropdown; presets this machine cannot run say why in their label."""
     choices = [(DEFAULTS_PRESET, DEFAULTS_PRESET)]
-    for name in PRESETS:
+    for name in preset_names():  # the user's own presets (core/user_presets.py) after the built-in ones
         try:
             check_available(preset(name), hw)
             choices.append((name, name))

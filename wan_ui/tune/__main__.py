@@ -1,0 +1,3 @@
+from wan_ui.tune.cli import main
+
+raise SystemExit(main())
