@@ -83,6 +83,8 @@ class TuneConfig:
             raise ValidationError(f"max sets must be at least 1, got {self.max_sets}", field="max_sets")
         if self.preset_name is not None:
             self.preset_name = check_preset_name(self.preset_name, PRESETS)  # refused before any run
+        for item in self.starts:
+            parse_set(item)  # a mistake in a start is refused before any run too
 
     def requests(self) -> list[GenerationRequest]:
         """One validated request per prompt: the workload's, with the overrides."""
