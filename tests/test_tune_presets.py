@@ -11,8 +11,13 @@ from wan_ui.core.errors import ValidationError
 from wan_ui.core.hardware import Hardware
 from wan_ui.core.options import PRESETS, OptimizationSet, preset, preset_names
 from wan_ui.core.prompts import DEFAULT_PROMPTS, parse_prompts, read_prompts
-from wan_ui.core.user_presets import (load_user_presets, save_user_preset, user_preset_names, user_preset_options,
-                                      user_presets_path)
+from wan_ui.core.user_presets import (
+    load_user_presets,
+    save_user_preset,
+    user_preset_names,
+    user_preset_options,
+    user_presets_path,
+)
 from wan_ui.ui.assets import example_prompts
 from wan_ui.ui.values import preset_choices
 

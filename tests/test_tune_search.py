@@ -9,8 +9,18 @@ import pytest
 
 from wan_ui.core.errors import ValidationError
 from wan_ui.core.options import OptimizationSet, preset
-from wan_ui.tune.search import (Budget, Measurement, Trial, aggregate, backoffs, dominates, pareto_front, search,
-                                step_back, violation)
+from wan_ui.tune.search import (
+    Budget,
+    Measurement,
+    Trial,
+    aggregate,
+    backoffs,
+    dominates,
+    pareto_front,
+    search,
+    step_back,
+    violation,
+)
 
 MAG = OptimizationSet(cache="mag", cache_max_skips=4, cfg_truncation=0.5)
 

@@ -3,9 +3,9 @@ stopped there), report.md with pareto.png (latency against LPIPS / PSNR / SSIM /
 latency.png / vram.png and summary table for the front (`bench/report.py`, fed with `BenchRow`s).
 
 One JSON object per line, schema "wan_ui.tune/1": the set (its --sets item, every option, the options off their
-defaults, its fidelity class), its latency (upper median clip latency over the prompts, s) and speed-up over the baseline,
-the fidelity over the prompts as the budget reads it (`fidelity`: the worst prompt's, or the median) and per prompt,
-whether it is within the budget, on the front, the winner, and the run's context.
+defaults, its fidelity class), its latency (upper median clip latency over the prompts, s) and speed-up over the
+baseline, the fidelity over the prompts as the budget reads it (`fidelity`: the worst prompt's, or the median) and per
+prompt, whether it is within the budget, on the front, the winner, and the run's context.
 """
 
 from __future__ import annotations
@@ -83,7 +83,8 @@ def bench_row(t: Trial, position: int, context: dict) -> BenchRow:
                     random_weights=bool(context.get("random_weights")), hardware=context["hardware"],
                     date=context["date"], command=context["command"], metrics=metrics,
                     method=Method(repeats=0, runs_done=len(runs),
-                                  statistic="the prompt run with the upper median clip latency; quality over all prompts"),
+                                  statistic="the prompt run with the upper median clip latency; quality over all "
+                                            "prompts"),
                     quality=QualityInfo(enabled=True))
 
 
@@ -197,8 +198,8 @@ def render_report(result: SearchResult, context: dict, front: list[BenchRow], ch
               "each set's record is its prompt run with the upper median latency, its quality the values over all "
               "prompts as the budget reads them.", "", summary_table(front) if front else "n/a (nothing measured)", "",
               "## Every set measured", "",
-              "In the order measured; latency is the upper median clip latency over the prompts, fidelity as the budget "
-              "reads it (the worst prompt's, or the median). A set's name is a `python -m wan_ui.bench --sets` "
+              "In the order measured; latency is the upper median clip latency over the prompts, fidelity as the "
+              "budget reads it (the worst prompt's, or the median). A set's name is a `python -m wan_ui.bench --sets` "
               "item (quote it whole when it holds commas).", "",
               trials_table(result.trials, result.winner, base), ""]
     return "\n".join(lines).rstrip() + "\n"
