@@ -37,6 +37,7 @@ from wan_ui.core.options import (
     parse_set_args,
     preset,
     preset_description,
+    preset_names,
     worst_fidelity,
 )
 from wan_ui.core.quality import score_result
@@ -109,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help=cli_help(spec, f"{getattr(d, name)}; {getattr(tiny, name)} on the tiny model"))
         else:
             add_argument(g, spec, flag, default=getattr(d, name), required=name == "prompt")
-    g.add_argument("--preset", default=None, help="start from a preset (see `options`)")
+    g.add_argument("--preset", default=None, help="start from a preset, built-in or your own (see `presets`)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an option; repeatable")
     g.add_argument("--out", default=None, help=f"video path ending in .mp4, never overwritten (default: a unique "
                    f"name in ./{DEFAULT_OUTPUTS}); a folder that cannot take it is refused before any model work")
@@ -121,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "rank 0 writes the video and the JSON")
     o = sub.add_parser("options", help="list every optimization option")
     o.add_argument("--json", action="store_true")
-    sub.add_parser("presets", help="list presets")
+    sub.add_parser("presets", help="list presets (built-in, then your own)")
     return p
 
 
@@ -248,7 +249,9 @@ def cmd_options(args) -> int:
 
 
 def cmd_presets(args) -> int:
-    print(json.dumps(PRESETS, indent=1))
+    """The built-in presets, then the user's own (core/user_presets.py: what `python -m wan_ui.tune` saves)."""
+    print(json.dumps({name: PRESETS.get(name) or preset(name).diff_from_default() for name in preset_names()},
+                     indent=1))
     return 0
 
 
