@@ -77,7 +77,8 @@ class Shutdown:
             ended = end.wait(max(0.0, deadline - time.monotonic()))
             all_ended = all_ended and ended
             what = OUTCOMES.get(end.outcome, end.outcome) if ended else (
-                f"still running after {self.timeout_s:g} s; exiting without it (nothing of it is kept)")
+                f"still running after {self.timeout_s:g} s; exiting without it (nothing of it is kept: a partial file "
+                f"is removed at the next start)")
             say(f"{why}: running job {i} of {len(ends)} {what}", logging.INFO if ended else logging.WARNING)
         return all_ended
 
