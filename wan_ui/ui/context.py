@@ -31,6 +31,7 @@ class CancelFlag(threading.Event):
     def __init__(self):
         super().__init__()
         self.honoured = False
+        self.on_preview = None  # set when the page asked for a live preview: PreviewBoard.publisher(session)
 
 
 class RunEnd(threading.Event):
@@ -99,6 +100,39 @@ class RunRegistry:
         return {session: run.done for session, run in runs.items()}
 
 
+@dataclass(frozen=True)
+class Preview:
+    step: int  # denoising steps done
+    total: int  # steps of the run
+    image: object  # (h, w, 3) uint8: latent frames side by side (core/preview.py)
+    seconds: float  # what making this preview cost (kept out of the step times)
+
+
+class PreviewBoard:
+    """session id -> the latest live preview of its running generation. The generation publishes (from its step
+    callback, through CancelFlag.on_preview); the page's preview timer reads. A session's entry is dropped when its
+    next run starts."""
+
+    def __init__(self):
+        self._latest: dict[str, Preview] = {}
+        self._lock = threading.Lock()
+
+    def publisher(self, session: str, total: int):
+        def publish(step: int, image, seconds: float) -> None:
+            with self._lock:
+                self._latest[session] = Preview(step, total, image, seconds)
+
+        return publish
+
+    def latest(self, session: str) -> Preview | None:
+        with self._lock:
+            return self._latest.get(session)
+
+    def clear(self, session: str) -> None:
+        with self._lock:
+            self._latest.pop(session, None)
+
+
 @dataclass
 class AppContext:
     manager: ModelManager
@@ -110,6 +144,7 @@ class AppContext:
     save_settings: bool = True
     monitor: GpuMonitor = field(default_factory=GpuMonitor)
     runs: RunRegistry = field(default_factory=RunRegistry)
+    previews: PreviewBoard = field(default_factory=PreviewBoard)
     versions: dict = field(default_factory=versions)
     # the GPU part of a generation / comparison: ui_generate.generate_task / ui_compare.compare_task, wrapped by
     # zerogpu.gpu_function (under spaces.GPU on ZeroGPU); set by create_demo

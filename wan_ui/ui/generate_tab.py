@@ -42,6 +42,7 @@ RUN_OUTPUTS = ("video", "seed_used", "status", "hardware", "efficiency", "steps_
                "result_json")
 VRAM_SAMPLES = 300  # live samples kept per page (10 min at the 2 s tick)
 TICK_S = 2.0
+PREVIEW_TICK_S = 0.5  # seconds between the page's reads of the live preview (a dict lookup when nothing changed)
 CANCEL_WAIT_S = 120.0  # one step of the report workload takes ~6 s on an H100; a decode can take ~30 s
 # the Cancel click's note while the server answer is on its way (written in the page: see ui._wire_cancel)
 CANCELLING_NOTE = "Cancelling… the run stops at the end of its current step (or right after the VAE decode)."
@@ -56,6 +57,8 @@ class GenerateTab:
     cancel_note: gr.Markdown  # the Cancel click's acknowledgement (the run's own status says how it ended)
     timer: gr.Timer
     vram_samples: gr.State
+    preview_timer: gr.Timer
+    preview_note: gr.Markdown
 
 
 # ---- layout -----------------------------------------------------------------------------------------------
@@ -79,6 +82,16 @@ def build_generate_tab(ctx: AppContext) -> GenerateTab:
                 generate_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn", scale=3)
                 cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn", scale=1)
             cancel_note = gr.Markdown(elem_id="cancel-note")
+            with gr.Row(equal_height=False):
+                out["preview"] = gr.Image(label="Live preview (latent frames, a cheap colour map; not the video)",
+                                          interactive=False, height=140,
+                                          elem_id="live-preview", scale=3)
+                with gr.Column(scale=2, min_width=160):
+                    inputs["live_preview"] = gr.Checkbox(True, label="Live preview", elem_id="live-preview-on",
+                                                         info="about ten previews a run; the video is the same "
+                                                              "with it on or off")
+                    preview_note = gr.Markdown(elem_id="live-preview-note")
+            preview_timer = gr.Timer(PREVIEW_TICK_S)
             with gr.Row():
                 inputs["quality"] = gr.Checkbox(False, label="Compute quality metrics", elem_id="quality",
                                                 info="CLIP, LPIPS/PSNR/SSIM vs the no-optimization video of this "
@@ -90,7 +103,8 @@ def build_generate_tab(ctx: AppContext) -> GenerateTab:
             out.update(_build_metrics_panel(ctx))
             vram_samples = gr.State([])
             timer = gr.Timer(TICK_S, active=ctx.monitor.available)
-    return GenerateTab(inputs, out, generate_btn, cancel_btn, cancel_note, timer, vram_samples)
+    return GenerateTab(inputs, out, generate_btn, cancel_btn, cancel_note, timer, vram_samples, preview_timer,
+                       preview_note)
 
 
 def _build_metrics_panel(ctx: AppContext) -> Widgets:
@@ -151,6 +165,9 @@ def run_generate(ctx: AppContext, values: dict, session: str, progress) -> tuple
             check_zerogpu(opts)
         if ctx.downloads is not None:  # first start: the checkpoint may still be on its way (outside GPU time)
             ctx.downloads.wait(progress)
+        ctx.previews.clear(session)
+        if values.get("live_preview") and not on_zerogpu(ctx.gpu_generate):  # ZeroGPU's worker is another process
+            cancel.on_preview = ctx.previews.publisher(session, request.num_inference_steps)
         result = ctx.gpu_generate(cancel, request, opts, scored, progress)
         cancel.honoured = isinstance(result, str)  # stopped on the flag: what the Cancel reply reports
     if isinstance(result, str):
@@ -172,7 +189,8 @@ def generate_task(ctx: AppContext):
         with user_errors_as_toasts():  # a gr.Error crosses the worker boundary with its message
             try:
                 result = generate(ctx.manager, ctx.model, request, opts, out_dir=ctx.outputs,
-                                  on_progress=on_progress, cancel=cancel)
+                                  on_progress=on_progress, cancel=cancel,
+                                  on_preview=getattr(cancel, "on_preview", None))
             except GenerationCancelled as e:
                 return str(e)
             if scored:
@@ -209,6 +227,16 @@ def cancel_handler(ctx: AppContext):
         return f"The run ended with an error before it could be cancelled (asked at {asked}); see its status."
 
     return on_cancel
+
+
+def live_preview(ctx: AppContext, session: str, shown_step: int) -> tuple:
+    """Preview timer tick: (image, note, step shown) when a newer preview of this session's run exists, else skips."""
+    preview = ctx.previews.latest(session)
+    if preview is None or preview.step == shown_step:
+        return gr.skip(), gr.skip(), shown_step
+    note = (f"step {preview.step} of {preview.total} · this preview took {preview.seconds * 1000:.1f} ms "
+            f"(kept out of the step times)")
+    return preview.image, note, preview.step
 
 
 def live_gpu(ctx: AppContext, samples: list) -> tuple[str, pd.DataFrame, list]:
