@@ -96,10 +96,11 @@ def config_from_args(args, argv: list[str]) -> TuneConfig:
     overrides = {k: getattr(args, k) for k in ("width", "height", "num_frames", "num_inference_steps", "seed")
                  if getattr(args, k) is not None}
     preset = None if args.no_preset else (args.preset_name or default_preset_name(args.workload, budget))
-    return TuneConfig(args.workload, read_prompts(args.prompts), budget, expand_out(args.out, args.workload), model,
-                      tuple(args.start), overrides, args.time_budget, args.max_sets, args.warmup, preset,
-                      Path(args.baseline_cache) if args.baseline_cache else None,
-                      shlex.join(["python", "-m", "wan_ui.tune", *argv]))
+    return TuneConfig(args.workload, read_prompts(args.prompts), budget, expand_out(args.out, args.workload),
+                      model=model, starts=tuple(args.start), overrides=overrides, time_budget_s=args.time_budget,
+                      max_sets=args.max_sets, warmup=args.warmup, preset_name=preset,
+                      baseline_cache=Path(args.baseline_cache) if args.baseline_cache else None,
+                      command=shlex.join(["python", "-m", "wan_ui.tune", *argv]))
 
 
 def log(msg: str) -> None:

@@ -77,7 +77,7 @@ def bench_row(t: Trial, position: int, context: dict) -> BenchRow:
     return BenchRow(index=position, status="ok" if t.ok else t.measurement.status, error=t.measurement.error,
                     set=SetInfo(t.name, t.name, BenchSet(t.name, t.name, t.opts).slug, t.index == 0, t.opts.to_dict(),
                                 t.opts.diff_from_default()),
-                    workload=context["workload"], workload_description=WORKLOADS[context["workload"]].description,
+                    workload=context["workload"], workload_description=_described(context["workload"]),
                     request=request, steps_run=request["num_inference_steps"],
                     steps_full=request["num_inference_steps"], model=context["model"],
                     random_weights=bool(context.get("random_weights")), hardware=context["hardware"],
@@ -86,6 +86,11 @@ def bench_row(t: Trial, position: int, context: dict) -> BenchRow:
                                   statistic="the prompt run with the upper median clip latency; quality over all "
                                             "prompts"),
                     quality=QualityInfo(enabled=True))
+
+
+def _described(workload: str) -> str:
+    known = WORKLOADS.get(workload)
+    return known.description if known else "the request as given"
 
 
 def front_rows(result: SearchResult, context: dict) -> list[BenchRow]:

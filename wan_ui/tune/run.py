@@ -52,13 +52,15 @@ OVERRIDABLE = ("width", "height", "num_frames", "num_inference_steps", "seed", "
 
 @dataclass
 class TuneConfig:
-    workload: str  # requests.WORKLOADS key: the request every prompt runs with
+    workload: str  # requests.WORKLOADS key: the request every prompt runs with (with `request`: only its label)
     prompts: list[str]  # the prompt suite (core/prompts.py reads assets/prompts.txt)
     budget: Budget
     out: Path  # results.jsonl, trials.jsonl, report.md, charts, baselines/
     model: str | None = None  # as --model: tiny, random-full, a hub id or a folder (None: the real checkpoint)
-    starts: tuple[str, ...] = ()  # benchmark --sets items; () = DEFAULT_STARTS that run here
+    # benchmark --sets items, or (name, set) pairs (the app's Compare rows); () = DEFAULT_STARTS that run here
+    starts: tuple[str | tuple[str, OptimizationSet], ...] = ()
     overrides: dict = field(default_factory=dict)  # OVERRIDABLE request fields
+    request: GenerationRequest | None = None  # the request every prompt runs with instead of the workload's
     time_budget_s: float | None = None  # the whole search; checked before each set
     max_sets: int | None = None  # sets measured at most, the baseline included
     warmup: bool = True  # one untimed run of the first prompt before timing a set
@@ -67,7 +69,7 @@ class TuneConfig:
     command: str = ""  # the command line as typed, recorded in the outputs
 
     def __post_init__(self):
-        if self.workload not in WORKLOADS:
+        if self.request is None and self.workload not in WORKLOADS:
             raise ValidationError(f"unknown workload {self.workload!r}; one of {', '.join(WORKLOADS)}",
                                   field="workload")
         unknown = sorted(set(self.overrides) - set(OVERRIDABLE))
@@ -84,11 +86,12 @@ class TuneConfig:
         if self.preset_name is not None:
             self.preset_name = check_preset_name(self.preset_name, PRESETS)  # refused before any run
         for item in self.starts:
-            parse_set(item)  # a mistake in a start is refused before any run too
+            if isinstance(item, str):
+                parse_set(item)  # a mistake in a start is refused before any run too
 
     def requests(self) -> list[GenerationRequest]:
-        """One validated request per prompt: the workload's, with the overrides."""
-        base = dataclasses.replace(WORKLOADS[self.workload].request, **self.overrides)
+        """One validated request per prompt: `request` or the workload's, with the overrides."""
+        base = dataclasses.replace(self.request or WORKLOADS[self.workload].request, **self.overrides)
         return [validate_request(dataclasses.replace(base, prompt=p)) for p in self.prompts]
 
 
@@ -148,6 +151,7 @@ class Measurer:
         self.model_name = manager.key(model, OptimizationSet())[0]
         self.device = manager.hw.device_name
         self._baselines: list[tuple[np.ndarray, Metrics]] | None = None
+        self.sets = 0  # sets asked for so far: progress says which one runs
         self.random_weights: bool | None = None  # the video model's, once a run told
 
     def baselines(self) -> list[tuple[np.ndarray, Metrics]]:
@@ -191,6 +195,7 @@ class Measurer:
         return result
 
     def __call__(self, opts: OptimizationSet) -> Measurement:
+        self.sets += 1
         try:
             check_available(opts, self.manager.hw)
             check_compatible(opts)
@@ -213,10 +218,10 @@ class Measurer:
 
     def _measure(self, opts: OptimizationSet, baselines) -> list[Metrics]:
         if self.warmup:
-            self._run(self.requests[0], opts, "warm-up")
+            self._run(self.requests[0], opts, f"set {self.sets}, warm-up")
         runs = []
         for i, (request, (frames, _)) in enumerate(zip(self.requests, baselines)):
-            result = self._run(request, opts, f"prompt {i + 1}/{len(self.requests)}")
+            result = self._run(request, opts, f"set {self.sets}, prompt {i + 1}/{len(self.requests)}")
             score_result(result, self.scorer, reference=frames, reference_request=request)
             runs.append(result.metrics)
         return runs
@@ -231,21 +236,25 @@ class TuneOutcome:
     preset: str | None  # the user preset written, if any
 
 
-def start_sets(items: tuple[str, ...], hw, log: Callable[[str], None] = lambda m: None) -> list[BenchSet]:
-    """The starts as benchmark sets: the items given (each is measured, also one that cannot run here, which is
+def start_sets(items: tuple, hw, log: Callable[[str], None] = lambda m: None) -> list[tuple[str, OptimizationSet]]:
+    """The starts as (name, set): the items given (each is measured, also one that cannot run here, which is
     recorded as such), or DEFAULT_STARTS less those this machine cannot run."""
     if items:
-        return [parse_set(item) for item in items]
+        return [_named(parse_set(item)) if isinstance(item, str) else item for item in items]
     sets = []
     for name in DEFAULT_STARTS:
         bset = parse_set(name)
         try:
             check_available(bset.options, hw)
             check_compatible(bset.options)
-            sets.append(bset)
+            sets.append(_named(bset))
         except UserError as e:
             log(f"start {name!r} left out: {e}")
     return sets
+
+
+def _named(bset: BenchSet) -> tuple[str, OptimizationSet]:
+    return bset.spec, bset.options
 
 
 def run_tune(cfg: TuneConfig, manager: ModelManager, scorer: QualityScorer | None = None,
@@ -274,7 +283,7 @@ def run_tune(cfg: TuneConfig, manager: ModelManager, scorer: QualityScorer | Non
             on_trial(trial)
 
     trials_so_far: list[Trial] = []
-    result = search([(s.spec, s.options) for s in starts], measurer, cfg.budget, cfg.time_budget_s, cfg.max_sets,
+    result = search(starts, measurer, cfg.budget, cfg.time_budget_s, cfg.max_sets,
                     on_trial=seen)
     context.update(random_weights=measurer.random_weights, search_s=round(time.monotonic() - from_here, 1))
     preset = None
