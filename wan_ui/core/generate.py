@@ -25,7 +25,16 @@ import torch
 from wan_ui.core.devices import device_index, device_scope, is_cuda
 from wan_ui.core.errors import GenerationCancelled, GpuOutOfMemoryError
 from wan_ui.core.manager import LOW_VRAM_HINT, BuildInfo, ModelManager
-from wan_ui.core.metrics import Clock, Metrics, NvmlSampler, forward_counter, frame_metrics, warmup_from_steps
+from wan_ui.core.metrics import (
+    WARMUP_IN_RUN,
+    WARMUP_NONE_WARM,
+    Clock,
+    Metrics,
+    NvmlSampler,
+    forward_counter,
+    frame_metrics,
+    warmup_from_steps,
+)
 from wan_ui.core.options import OptimizationSet, option_notes
 from wan_ui.core.preview import Previewer, preview_every
 from wan_ui.core.prompt_cache import encode_prompt_cached
@@ -254,6 +263,7 @@ def _assemble_metrics(build, fresh, clock, steps, computed, request, opts, n_fra
     return Metrics(
         load_time_s=build.load_time_s, load_breakdown=dict(build.load_breakdown), rebuilt=build.rebuilt,
         warmup_time_s=warmup_from_steps(steps, step_kinds(request, opts)) if fresh else 0.0,
+        warmup_method=WARMUP_IN_RUN if fresh else WARMUP_NONE_WARM,
         clip_latency_s=clip,
         phases={f"{k}_s": v for k, v in clock.phases.items()},
         step_latencies_s=steps, frame_latency_s=frame_latency, throughput_fps=fps,

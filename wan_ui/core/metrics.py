@@ -16,6 +16,13 @@ from typing import Any
 
 import torch
 
+# `Metrics.warmup_method` of the app's own runs: estimated inside the first run after a (re)build or a run-time
+# change, or none at all on a pipeline a generation already warmed (`generate._assemble_metrics`)
+WARMUP_IN_RUN = "first step - median step (first generation after a build)"
+WARMUP_NONE_WARM = "none: the pipeline was already warm (a generation ran on it since its build or option change)"
+# what kind of run a warm-up figure describes, as a table says it beside the value (`warmup_kind`)
+WARMUP_KINDS = {WARMUP_IN_RUN: "first run after a build or option change", WARMUP_NONE_WARM: "pipeline already warm"}
+
 
 @dataclass
 class Metrics:
@@ -57,7 +64,7 @@ class Metrics:
     load_breakdown: dict = field(default_factory=dict)
     rebuilt: bool | None = None
     warmup_time_s: float | None = None
-    warmup_method: str = "first step - median step (first generation after a build)"
+    warmup_method: str = WARMUP_IN_RUN
     clip_latency_s: float | None = None
     phases: dict = field(default_factory=dict)  # text_encode_s, denoise_s, decode_s
     step_latencies_s: list = field(default_factory=list)
@@ -90,6 +97,12 @@ class Metrics:
         if self.forwards_planned is None or self.forwards_computed is None:
             return None
         return self.forwards_planned - self.forwards_computed
+
+
+def warmup_kind(metrics: dict) -> str | None:
+    """The kind of run a metrics dict's warm-up describes ("first run after a build or option change", "pipeline
+    already warm"), or None for another method (the benchmark's end-to-end one says its own)."""
+    return WARMUP_KINDS.get(metrics.get("warmup_method"))
 
 
 def frame_metrics(clip_latency_s: float, frames: int) -> tuple[float, float]:

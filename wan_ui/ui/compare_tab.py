@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import gradio as gr
 
-from wan_ui.core.compare import MAX_SETS, Comparison, run_comparison
+from wan_ui.core.compare import MAX_SETS, REPEATS_SPEC, Comparison, run_comparison
 from wan_ui.core.errors import GenerationCancelled, UserError
 from wan_ui.ui.context import AppContext
 from wan_ui.ui.generate_tab import progress_reporter
+from wan_ui.ui.tune_search import DEFAULT_BUDGET, DEFAULT_SECONDS
 from wan_ui.ui.values import NO_SET, named_sets_from_values, preset_choices, request_from_values
-from wan_ui.ui.widgets import FieldDropdown, Widgets, user_errors_as_toasts
+from wan_ui.ui.widgets import FieldDropdown, FieldNumber, Widgets, user_errors_as_toasts
 from wan_ui.ui.zerogpu import ZEROGPU_SPEED, check_zerogpu, estimate_comparison_seconds, on_zerogpu
 
 INITIAL_SETS = 2
@@ -21,12 +22,14 @@ SETS_PER_ROW = 3
 
 @dataclass
 class CompareTab:
-    inputs: Widgets  # set_i_preset, set_i_options, compare_quality
+    inputs: Widgets  # set_i_preset, set_i_options, compare_quality, compare_repeats
     out: Widgets  # status, video_i, table, chart, csv, markdown
     summary: gr.Markdown  # what the sets run on (the Generate tab's parameters)
     run_btn: gr.Button
     cancel_btn: gr.Button
     cancel_note: gr.Markdown
+    tune: Widgets = field(default_factory=Widgets)  # tune_budget, tune_seconds (ui/tune_search.py)
+    tune_btn: gr.Button | None = None  # "Find the fastest set within this budget"
 
 
 def build_compare_tab(ctx: AppContext) -> CompareTab:
@@ -50,9 +53,21 @@ def build_compare_tab(ctx: AppContext) -> CompareTab:
     with gr.Row():
         inputs["compare_quality"] = gr.Checkbox(False, label="Compute quality metrics",
                                                 interactive=ctx.scorer is not None, elem_id="compare-quality")
+        lo, hi = REPEATS_SPEC.bounds
+        inputs["compare_repeats"] = FieldNumber(1, label="Repeats", precision=0, min_width=90,
+                                                info=f"{lo}-{hi} timed runs per set: 2+ shows median and min–max",
+                                                elem_id="compare-repeats")
         run_btn = gr.Button("Run comparison", variant="primary", elem_id="compare-btn", scale=2)
         cancel_btn = gr.Button("Cancel", variant="stop", elem_id="compare-cancel-btn", scale=1)
     cancel_note = gr.Markdown(elem_id="compare-cancel-note")
+    tune = Widgets()
+    with gr.Row(equal_height=True):  # the tuner's search on this request (wan_ui/tune, docs/QUALITY.md)
+        tune["tune_budget"] = gr.Textbox(DEFAULT_BUDGET, label="Fidelity budget vs the unoptimized video", scale=2,
+                                         info="lpips, psnr, ssim, clip, clip_drop (docs/QUALITY.md); from the sets "
+                                              "after the first, or the fastest presets", elem_id="tune-budget")
+        tune["tune_seconds"] = gr.Number(DEFAULT_SECONDS, label="Search time, s", precision=0, elem_id="tune-seconds")
+        tune_btn = gr.Button("Find the fastest set within this budget", interactive=ctx.scorer is not None,
+                             elem_id="tune-btn")
     out["status"] = gr.Textbox(label="Status", interactive=False, lines=2, elem_id="compare-status")
     with gr.Row(elem_id="compare-videos"):
         for i in range(1, MAX_SETS + 1):
@@ -63,7 +78,7 @@ def build_compare_tab(ctx: AppContext) -> CompareTab:
     with gr.Row():
         out["csv"] = gr.File(label="Table (CSV)", interactive=False, elem_id="compare-csv")
         out["markdown"] = gr.File(label="Table (Markdown)", interactive=False, elem_id="compare-md")
-    return CompareTab(inputs, out, summary, run_btn, cancel_btn, cancel_note)
+    return CompareTab(inputs, out, summary, run_btn, cancel_btn, cancel_note, tune, tune_btn)
 
 
 def request_summary(values: dict) -> str:
@@ -81,12 +96,13 @@ def run_compare(ctx: AppContext, values: dict, session: str, progress) -> tuple[
     """Widget values -> comparison -> {output name: value}; (status only, None) when cancelled."""
     with user_errors_as_toasts(), ctx.runs.running(session) as cancel:
         request, sets = request_from_values(values), named_sets_from_values(values)
+        repeats = REPEATS_SPEC.check(values.get("compare_repeats", 1))
         if on_zerogpu(ctx.gpu_compare):
             for _, opts in sets:
                 check_zerogpu(opts)
         if ctx.downloads is not None:  # first start: the checkpoint may still be on its way (outside GPU time)
             ctx.downloads.wait(progress)
-        comp = ctx.gpu_compare(cancel, request, sets, bool(values.get("compare_quality")), progress)
+        comp = ctx.gpu_compare(cancel, request, sets, bool(values.get("compare_quality")), progress, repeats=repeats)
         cancel.honoured = isinstance(comp, str)  # stopped on the flag: what the Cancel reply reports
     if isinstance(comp, str):
         return {"status": f"Cancelled: {comp}. The app is ready for the next run."}, None
@@ -94,23 +110,26 @@ def run_compare(ctx: AppContext, values: dict, session: str, progress) -> tuple[
 
 
 def compare_task(ctx: AppContext):
-    """The GPU part of a comparison as one call `task(cancel, request, sets, quality, progress)` (see
+    """The GPU part of a comparison as one call `task(cancel, request, sets, quality, progress, repeats=1)` (see
     `ui_generate.generate_task`): the Comparison, or the cancel message as a str."""
-    def task(cancel, request, sets, quality: bool, progress):
+    def task(cancel, request, sets, quality: bool, progress, repeats: int = 1):
         with user_errors_as_toasts():
             try:
                 return run_comparison(ctx.manager, ctx.model, request, sets, scorer=ctx.scorer if quality else None,
                                       baseline_cache=ctx.baseline_cache, on_progress=progress_reporter(progress),
-                                      cancel=cancel, out_dir=ctx.outputs)
+                                      cancel=cancel, out_dir=ctx.outputs, repeats=repeats)
             except GenerationCancelled as e:
                 return str(e)
 
     return task
 
 
-def compare_gpu_seconds(request, sets, quality: bool, progress) -> int:
-    """ZeroGPU's `duration` for `compare_task`."""
-    return estimate_comparison_seconds(request, [opts for _, opts in sets], speed=ZEROGPU_SPEED, quality=quality)
+def compare_gpu_seconds(request, sets, quality: bool, progress, repeats: int = 1) -> int:
+    """ZeroGPU's `duration` for `compare_task`: with repeats, each set's timed runs and its warm-up run in a row
+    (the same set again reuses its pipeline)."""
+    runs = repeats + 1 if repeats > 1 else 1
+    return estimate_comparison_seconds(request, [opts for _, opts in sets for _ in range(runs)], speed=ZEROGPU_SPEED,
+                                       quality=quality)
 
 
 def comparison_display(ctx: AppContext, comp: Comparison) -> dict:
@@ -119,10 +138,11 @@ def comparison_display(ctx: AppContext, comp: Comparison) -> dict:
              for i, run in enumerate(comp.runs)}
     hidden = {f"video_{i}": gr.Video(None, visible=False) for i in range(len(comp.runs) + 1, MAX_SETS + 1)}
     r = comp.request
+    runs = f", {comp.repeats} timed runs each" if comp.repeats > 1 else ""
     return {**shown, **hidden, "table": comp.markdown(), "csv": str(csv_path), "markdown": str(md_path),
             "chart": comparison_figure(comp),
             "status": f"Compared {len(comp.runs)} sets at {r.width}x{r.height}, {r.num_frames} frames, "
-                      f"{r.num_inference_steps} steps, seed {r.seed}. Tables: {csv_path.parent}"}
+                      f"{r.num_inference_steps} steps, seed {r.seed}{runs}. Tables: {csv_path.parent}"}
 
 
 def comparison_figure(comp: Comparison):

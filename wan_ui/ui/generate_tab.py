@@ -34,7 +34,13 @@ from wan_ui.ui.values import (
     status_line,
     step_rows,
 )
-from wan_ui.ui.widgets import Widgets, build_option_widgets, build_request_widgets, user_errors_as_toasts
+from wan_ui.ui.widgets import (
+    Widgets,
+    build_option_widgets,
+    build_prompt_box,
+    build_request_widgets,
+    user_errors_as_toasts,
+)
 from wan_ui.ui.zerogpu import ZEROGPU_SPEED, check_zerogpu, estimate_gpu_seconds, on_zerogpu
 
 # what a run fills (the live GPU widgets are the timer's)
@@ -62,47 +68,64 @@ class GenerateTab:
 
 
 # ---- layout -----------------------------------------------------------------------------------------------
+# the page clears the Cancel note of the last run when the next one starts (a listener that runs only in the page)
+CLEAR_NOTE_JS = "() => ''"
+
+
 def build_generate_tab(ctx: AppContext) -> GenerateTab:
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=5, elem_id="parameters"):
-            gr.Markdown("### Parameters")
-            tiny = ctx.source.kind == TINY
-            if describe_defaults(tiny):
-                gr.Markdown(f"*{describe_defaults(tiny).capitalize()}.*", elem_id="model-defaults-note")
-            inputs = build_request_widgets(default_request(tiny, prompt=example_prompts()[0]))
-            gr.Examples([[p] for p in example_prompts()], inputs["prompt"], label="Example prompts",
-                        examples_per_page=6)
-            gr.Markdown("### Optimizations")
-            inputs.update(build_option_widgets(ctx.hw))
+    """Two rows. The first holds what every run needs: the prompt with Generate as the next control (the next Tab
+    stop) and, beside it, the video, its live preview and the status. The second: the parameters and optimizations,
+    and beside them the metrics panel. A phone stacks the columns, so the prompt, Generate and the video come before
+    the long optimization sections."""
+    tiny = ctx.source.kind == TINY
+    defaults = default_request(tiny, prompt=example_prompts()[0])
+    out, after_options = Widgets(), Widgets()  # after_options: kept after the options in `inputs`, as before
+    with gr.Row(equal_height=False, elem_id="generate-main"):
+        with gr.Column(scale=5, elem_id="prompt-column"):
+            prompt = build_prompt_box(defaults)
+            with gr.Row():
+                generate_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn", scale=3, min_width=80)
+                cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn", scale=1, min_width=80)
+            cancel_note = gr.Markdown(elem_id="cancel-note")
+            # a phone shows them after the video (assets/app.css); the page's Tab order keeps them here
+            gr.Examples([[p] for p in example_prompts()], prompt, label="Example prompts", examples_per_page=6,
+                        elem_id="generate-examples")
         with gr.Column(scale=6, elem_id="results"):
-            out = Widgets()
             out["video"] = gr.Video(label="Video", elem_id="video", autoplay=True, loop=True, height=360,
                                     interactive=False)
-            with gr.Row():
-                generate_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn", scale=3)
-                cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn", scale=1)
-            cancel_note = gr.Markdown(elem_id="cancel-note")
             with gr.Row(equal_height=False):
                 out["preview"] = gr.Image(label="Live preview (latent frames, a cheap colour map; not the video)",
                                           interactive=False, height=140,
                                           elem_id="live-preview", scale=3)
                 with gr.Column(scale=2, min_width=160):
-                    inputs["live_preview"] = gr.Checkbox(True, label="Live preview", elem_id="live-preview-on",
-                                                         info="about ten previews a run; the video is the same "
-                                                              "with it on or off")
+                    after_options["live_preview"] = gr.Checkbox(True, label="Live preview", elem_id="live-preview-on",
+                                                                info="about ten previews a run; the video is the "
+                                                                     "same with it on or off")
                     preview_note = gr.Markdown(elem_id="live-preview-note")
             preview_timer = gr.Timer(PREVIEW_TICK_S)
+            out["status"] = gr.Textbox(label="Status", lines=2, max_lines=6, interactive=False, elem_id="status")
+    with gr.Row(equal_height=False, elem_id="generate-details"):
+        with gr.Column(scale=5, elem_id="parameters"):
+            gr.Markdown("### Parameters")
+            if describe_defaults(tiny):
+                gr.Markdown(f"*{describe_defaults(tiny).capitalize()}.*", elem_id="model-defaults-note")
+            inputs = build_request_widgets(defaults, prompt)
+            gr.Markdown("### Optimizations")
+            inputs.update(build_option_widgets(ctx.hw))
+        with gr.Column(scale=6, elem_id="metrics"):
             with gr.Row():
-                inputs["quality"] = gr.Checkbox(False, label="Compute quality metrics", elem_id="quality",
-                                                info="CLIP, LPIPS/PSNR/SSIM vs the no-optimization video of this "
-                                                     "request (run once, cached), temporal LPIPS",
-                                                interactive=ctx.scorer is not None)
+                after_options["quality"] = gr.Checkbox(False, label="Compute quality metrics", elem_id="quality",
+                                                       info="CLIP, LPIPS/PSNR/SSIM vs the no-optimization video of "
+                                                            "this request (run once, cached), temporal LPIPS",
+                                                       interactive=ctx.scorer is not None)
                 out["seed_used"] = gr.Number(label="Seed used", interactive=False, precision=0,
                                              elem_id="seed-used")
-            out["status"] = gr.Textbox(label="Status", lines=2, max_lines=6, interactive=False, elem_id="status")
             out.update(_build_metrics_panel(ctx))
             vram_samples = gr.State([])
             timer = gr.Timer(TICK_S, active=ctx.monitor.available)
+    inputs.update(after_options)
+    generate_btn.click(None, outputs=cancel_note, js=CLEAR_NOTE_JS, queue=False, api_visibility="private",
+                       show_progress="hidden")
     return GenerateTab(inputs, out, generate_btn, cancel_btn, cancel_note, timer, vram_samples, preview_timer,
                        preview_note)
 
@@ -131,7 +154,8 @@ def _build_metrics_panel(ctx: AppContext) -> Widgets:
 
 # ---- handlers (wired in ui.py once every tab exists) --------------------------------------------------------
 def progress_reporter(progress):
-    """generate()'s on_progress(phase, done, total) -> gr.Progress (compare prefixes the phase with the set)."""
+    """generate()'s on_progress(phase, done, total) -> gr.Progress: the phase (encoding, denoising step i of n,
+    decoding, ...); a Compare run's phase comes prefixed with its set and run ("Fast (2/3), run 2 of 3: ...")."""
     names = {"loading": "loading the model (build or reuse)", "encoding": "encoding the prompt",
              "decoding": "decoding (VAE)", "writing": "writing the mp4"}
 
@@ -139,7 +163,7 @@ def progress_reporter(progress):
         tag, _, step = phase.rpartition(": ")
         prefix = f"{tag}: " if tag else ""
         if step == "denoising":
-            progress((done, total), desc=f"{prefix}step {done} of {total}", unit="steps")
+            progress((done, total), desc=f"{prefix}denoising, step {done} of {total}", unit="steps")
         else:
             progress(None, desc=prefix + names.get(step, step))
 
