@@ -97,12 +97,18 @@ def user_errors_as_toasts():
 
 
 # ---- parameters -----------------------------------------------------------------------------------------
-def build_request_widgets(defaults: GenerationRequest | None = None) -> Widgets:
+def build_prompt_box(defaults: GenerationRequest | None = None) -> gr.Textbox:
+    return gr.Textbox((defaults or GenerationRequest("")).prompt, label="Prompt", lines=3,
+                      placeholder="Describe the video…", elem_id="prompt")
+
+
+def build_request_widgets(defaults: GenerationRequest | None = None, prompt: gr.Textbox | None = None) -> Widgets:
     """Prompt, negative prompt, size, frames, fps, seed, guidance, steps, starting at `defaults` (the model's own:
-    requests.default_request; GenerationRequest's when None)."""
+    requests.default_request; GenerationRequest's when None). prompt: the prompt box when the caller placed it
+    elsewhere (the Generate tab puts its Generate button right after it); built here first otherwise."""
     d = defaults or GenerationRequest("")
     w = Widgets()
-    w["prompt"] = gr.Textbox(d.prompt, label="Prompt", lines=3, placeholder="Describe the video…", elem_id="prompt")
+    w["prompt"] = prompt or build_prompt_box(d)
     w["negative_prompt"] = gr.Textbox(value=WAN_DEFAULT_NEGATIVE_PROMPT, label="Negative prompt (Wan's default)",
                                       lines=2, max_lines=4, elem_id="negative-prompt")
     with gr.Row():
