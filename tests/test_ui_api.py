@@ -123,6 +123,37 @@ def test_compare_two_sets_gives_the_report_table_and_downloads(client):
                                                                      "compare: Defaults + cache=first_block"]
 
 
+def test_compare_with_repeats_shows_median_and_range_and_names_each_run(client, ui_app):  # noqa: F811
+    out = dict(zip(COMPARE_OUTPUTS, client.predict(
+        **{**SMALL, "num_frames": 5}, set_1_preset="Defaults", set_2_preset="Defaults",
+        set_2_options="cache=first_block", compare_repeats=2, api_name="/compare")))
+    lines = out["table"].splitlines()
+    assert lines[2].startswith("| Defaults |") and "s–" in lines[2] and "— first run after a build" in lines[2]
+    assert lines[3].startswith("| Defaults + cache=first_block |") and "s–" in lines[3]
+    assert "median (min–max) of each set's 2 timed runs" in out["table"]
+    assert ", 2 timed runs each." in out["status"]
+    header = Path(out["csv"]["path"]).read_text().splitlines()[0]
+    assert "Clip-wise Latency min" in header and "Clip-wise Latency within noise" in header
+    assert len(list(ui_app.outputs.glob("*.mp4"))) >= 2 and out["video_2"]["value"]["path"].endswith(".mp4")
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=r"repeats must be a whole number in \[1, 5\], got 6"):
+        client.predict(**SMALL, set_1_preset="Defaults", set_2_preset="CPU quick", compare_repeats=6,
+                       api_name="/compare")
+
+
+def test_progress_says_the_phase_and_a_comparisons_set_and_run():
+    from wan_ui.ui.generate_tab import progress_reporter
+
+    seen = []
+    report = progress_reporter(lambda value, desc, unit="": seen.append((value, desc)))
+    report("Fast (2/3), run 2 of 3: denoising", 1, 4)
+    report("Fast (2/3), run 2 of 3: decoding", 0, 1)
+    report("encoding", 0, 1)
+    assert seen == [((1, 4), "Fast (2/3), run 2 of 3: denoising, step 1 of 4"),
+                    (None, "Fast (2/3), run 2 of 3: decoding (VAE)"), (None, "encoding the prompt")]
+
+
 def test_settings_load_back_from_a_video_and_from_history(client, ui_app):  # noqa: F811
     from gradio_client import handle_file
 
