@@ -164,8 +164,9 @@ def launch_app(outputs: Path, max_queue: int | None, extra: list[str] = (), time
                log_path: Path | None = None) -> tuple[subprocess.Popen, str]:
     """`python app.py --model tiny` on a free port; returns (process, url) once the page answers."""
     port = free_port()
+    # one address plays every user here: no per-address share of the queue (--max-jobs-per-user 0)
     cmd = [sys.executable, str(ROOT / "app.py"), "--model", "tiny", "--port", str(port), "--outputs", str(outputs),
-           "--no-save-settings", *extra]
+           "--no-save-settings", "--max-jobs-per-user", "0", *extra]
     if max_queue is not None:
         cmd += ["--max-queue", str(max_queue)]
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",

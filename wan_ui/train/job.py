@@ -36,6 +36,7 @@ from wan_ui.train.config import TINY_MODEL_TRAINING, TrainConfig
 from wan_ui.train.data import discover_clips, format_skipped
 from wan_ui.train.levers import check_levers
 from wan_ui.train.loop import train
+from wan_ui.train.validate import validation_dir
 
 # ---- widget values -> TrainConfig ----------------------------------------------------------------------------
 # The number boxes, checked with TrainConfig's own specs before anything else (TrainConfig adds 4k+1 frames).
@@ -161,6 +162,7 @@ class TrainStatus:
     log: list[str] = field(default_factory=list)  # the trainer's messages (skipped clips, resume, stop)
     error: str | None = None
     summary: dict | None = None  # train.summarize() of this run, when it has ended
+    validation_dir: str | None = None  # where this run writes its validation videos (validate_every > 0)
 
     @property
     def running(self) -> bool:
@@ -202,7 +204,8 @@ class TrainJob:
                 Path(cfg.metrics_jsonl).unlink(missing_ok=True)
             self._stop = threading.Event()
             self._status = TrainStatus("preparing", Path(cfg.out).name, steps=cfg.steps, start_step=start_step,
-                                       records=earlier)
+                                       records=earlier,
+                                       validation_dir=str(validation_dir(cfg)) if cfg.validate_every else None)
             started = self._copy()  # as it starts ("preparing"), whatever the thread has done by the time we return
             self._thread = threading.Thread(target=self._run, args=(cfg, self._stop), name="wan_ui-train",
                                             daemon=True)

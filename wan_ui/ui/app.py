@@ -39,7 +39,7 @@ from wan_ui.ui.generate_tab import (
 )
 from wan_ui.ui.guard import guarded
 from wan_ui.ui.history_tab import build_history_tab, entry_settings, history_views, video_settings
-from wan_ui.ui.limits import JoinCheck, ServerLimits, check_job_cost
+from wan_ui.ui.limits import QueueGate, ServerLimits, check_job_cost
 from wan_ui.ui.train_tab import build_train_tab, wire_train_tab
 from wan_ui.ui.values import OPTION_FIELDS, REQUEST_FIELDS, history_entry, values_from_settings
 from wan_ui.ui.zerogpu import gpu_function
@@ -83,9 +83,8 @@ def create_demo(manager: ModelManager, model: str | None = None, scorer=None, ba
             with gr.Tab("Options", id="options"):
                 _build_options_tab(ctx)
         restore = _Restorer(gen, tabs)
-        joins = [JoinCheck(limits), JoinCheck(limits, comparison=True)]
-        _wire_generate(ctx, gen, hist, history, joins[0])
-        _wire_compare(ctx, gen, cmp, compare_tab, hist, history, joins[1])
+        _wire_generate(ctx, gen, hist, history, limits)
+        _wire_compare(ctx, gen, cmp, compare_tab, hist, history, limits)
         _wire_history(gen, hist, history, restore)
         wire_train_tab(ctx, train, train_tab)
         wire_batch_tab(ctx, batch, gen, hist, history, demo, limits)
@@ -96,11 +95,11 @@ def create_demo(manager: ModelManager, model: str | None = None, scorer=None, ba
             return restore(load_settings(path), f"Restored the last-used settings ({path.name}).")
 
         demo.load(on_open, outputs=restore.outputs, api_name="restore_last_settings", show_progress="hidden")
-    for join in joins:
-        join.demo = demo
     # api_open=False: a queued event can't be POSTed to /gradio_api/run/... around the queue's bound and GPU slot
     # (Gradio opens those routes off Spaces); only the queue-less events (Cancel, presets, settings) answer there
     demo.queue(default_concurrency_limit=1, max_size=max_queue, api_open=False)
+    if limits.max_cost or limits.jobs_per_user:
+        QueueGate(limits).install(demo)  # refused when they join, before waiting
     return demo
 
 
@@ -124,7 +123,8 @@ class _Blocks(gr.Blocks):
             missing = [(names[i] if i < len(names) and names[i] else None) or
                        getattr(block_fn.inputs[i], "label", None) or f"input {i + 1}"
                        for i in range(len(inputs), len(block_fn.inputs))]
-            raise gr.Error(f"{block_fn.api_name or 'this event'} got {len(inputs)} of its {len(block_fn.inputs)} "
+            event = f"/{block_fn.api_name}" if block_fn.api_name else "the event"  # the validator's has none
+            raise gr.Error(f"{event} got {len(inputs)} of its {len(block_fn.inputs)} "
                            f"input values; missing: {', '.join(map(str, missing))} (gradio_client's "
                            f"Client.view_api() lists them in order)", title="Missing input values",
                            print_exception=False)
@@ -187,21 +187,20 @@ def _history_updates(hist, history_state, history: list) -> dict:
     return {history_state: history, hist.gallery: gallery, hist.table: table}
 
 
-def _wire_generate(ctx: AppContext, gen, hist, history_state, join: JoinCheck) -> None:
+def _wire_generate(ctx: AppContext, gen, hist, history_state, limits: ServerLimits) -> None:
     run_inputs = gen.inputs.pick((*RUN_INPUTS, *OPTION_FIELDS, "quality"))
     option_widgets = gen.inputs.pick(OPTION_FIELDS)
 
     @guarded("generating")
     def on_generate(history, request: gr.Request, progress=gr.Progress(), **values):
-        check_job_cost(values, join.limits.max_cost)  # also checked when the job joined the queue (JoinCheck)
+        check_job_cost(values, limits.max_cost)  # also checked when the job joined the queue (QueueGate)
         shown, info = run_generate(ctx, values, request.session_hash, progress)
         history = history + [history_entry(info)] if info else history
         return {**gen.out.updates(shown), **_history_updates(hist, history_state, history)}
 
     gen.generate_btn.click(on_generate, inputs=[history_state], inputs_kwargs=run_inputs,
                            outputs=[*gen.out.pick(RUN_OUTPUTS).values(), history_state, hist.gallery, hist.table],
-                           api_name="generate", concurrency_limit=ctx.manager.slots, concurrency_id="gpu",
-                           validator=join.validator())
+                           api_name="generate", concurrency_limit=ctx.manager.slots, concurrency_id="gpu")
 
     _wire_cancel(ctx, gen.cancel_btn, gen.cancel_note, "cancel")
 
@@ -233,12 +232,12 @@ def _wire_cancel(ctx: AppContext, button: gr.Button, note: gr.Markdown, api_name
                  show_progress="hidden")
 
 
-def _wire_compare(ctx: AppContext, gen, cmp, compare_tab, hist, history_state, join: JoinCheck) -> None:
+def _wire_compare(ctx: AppContext, gen, cmp, compare_tab, hist, history_state, limits: ServerLimits) -> None:
     run_inputs = gen.inputs.pick(RUN_INPUTS)
 
     @guarded("comparing")
     def on_compare(history, request: gr.Request, progress=gr.Progress(), **values):
-        check_job_cost(values, join.limits.max_cost, comparison=True)  # also when it joined the queue (JoinCheck)
+        check_job_cost(values, limits.max_cost, comparison=True)  # also when it joined the queue (QueueGate)
         shown, comp = run_compare(ctx, values, request.session_hash, progress)
         if comp is not None:
             history = history + [history_entry(r.result.to_json(), f"compare: {r.name}") for r in comp.runs]
@@ -246,7 +245,7 @@ def _wire_compare(ctx: AppContext, gen, cmp, compare_tab, hist, history_state, j
 
     cmp.run_btn.click(on_compare, inputs=[history_state], inputs_kwargs={**run_inputs, **cmp.inputs},
                       outputs=[*cmp.out.values(), history_state, hist.gallery, hist.table], api_name="compare",
-                      concurrency_limit=ctx.manager.slots, concurrency_id="gpu", validator=join.validator())
+                      concurrency_limit=ctx.manager.slots, concurrency_id="gpu")
 
     _wire_cancel(ctx, cmp.cancel_btn, cmp.cancel_note, "cancel_compare")
     compare_tab.select(lambda **values: request_summary(values), inputs_kwargs=run_inputs, outputs=cmp.summary,

@@ -8,8 +8,8 @@
   Gradio calls an auth function with the user name and password only, so the address is read from the request);
 - how long Gradio keeps its copies of results and uploads (`gr.Blocks(delete_cache=...)`).
 
-The cost and the queue share are checked when a job joins the queue (`JoinCheck`, the events' Gradio `validator`),
-so a refused job never waits first; the handler checks the cost again when the job starts. A client address is
+The cost and the queue share are checked when a job joins the queue (`QueueGate`), so a refused job never waits
+first; the handler checks the cost again when the job starts. A client address is
 the one uvicorn reports: behind a reverse proxy, set FORWARDED_ALLOW_IPS to the proxy's address so that uvicorn
 reports each client's own (uvicorn's docs, "Proxies and forwarded headers"); otherwise every user shares one.
 """
@@ -29,6 +29,7 @@ from starlette.middleware import Middleware
 
 from wan_ui.core.errors import UserError
 from wan_ui.core.requests import CostLimitError, check_cost
+from wan_ui.ui.guard import from_page
 from wan_ui.ui.values import named_sets_from_values, request_from_values
 
 DEFAULT_JOBS_PER_USER = 4  # of the queue's 32 places (ui/app.py MAX_QUEUE): 8 users can fill it, not one
@@ -81,38 +82,61 @@ def jobs_of(demo: gr.Blocks, address: str, concurrency_id: str = GPU_QUEUE) -> i
     return sum(1 for e in events if e.concurrency_id == concurrency_id and client_address(e.request) == address)
 
 
-class JoinCheck:
-    """The Gradio event `validator` of /generate and /compare (`JoinCheck(limits).validator()`): refuses a job before
-    it enters the queue when its address already holds `jobs_per_user` GPU jobs, or when it costs more than
-    `max_cost`; the message goes to the input it is about (the page shows it there, gradio_client raises it as a
-    ValidationError). Input errors are left to the handler, which names the field as it always does. `demo` is set
-    once the Blocks exist."""
+class QueueGate:
+    """Admits a job of /generate or /compare into Gradio's queue or refuses it at once, before it waits: when its
+    client address already holds `jobs_per_user` GPU jobs, or when it costs more than `max_cost`. An API caller gets
+    what a Gradio event validator answers (HTTP 422 naming the input; gradio_client raises ValidationError); the
+    page gets HTTP 400 with the message, which it shows as an error toast (it shows this app's 422 nowhere). Input
+    errors are left to the handler, which names the field as it always does.
 
-    def __init__(self, limits: ServerLimits, comparison: bool = False):
-        self.limits, self.comparison = limits, comparison
-        self.demo: gr.Blocks | None = None
+    Installed over the queue's `push`: an event `validator=` (Gradio's public hook) runs in a worker thread after the
+    queue's size check and before the job is queued, so a burst of joins all passed both that bound and any count of
+    a user's jobs. This check runs before `push` without yielding to the event loop, and `push` then queues the job
+    without yielding either, so each join sees the jobs before it."""
 
-    def validator(self):
-        def check(history, request: gr.Request, **values):  # the handlers' inputs: the History state, then by name
-            refusal = self.refusal(values, request)
-            names = [None, *values]
-            if refusal is None:
-                return [None] * len(names)
-            field, message = refusal
-            return [gr.validate(False, message) if name == field else None for name in names]
+    GATED = {"generate": False, "compare": True}  # api_name -> whether it is a comparison (one run per set)
 
-        return check
+    def __init__(self, limits: ServerLimits):
+        self.limits = limits
 
-    def refusal(self, values: dict, request) -> tuple[str, str] | None:
-        """(input the message is about, message), or None to let the job in."""
+    def install(self, demo: gr.Blocks) -> None:
+        queue = demo._queue
+        push = queue.push
+
+        async def push_checked(body, request, username):
+            fn = demo.fns.get(body.fn_index) if body.fn_index is not None else None
+            refusal = self.refusal(demo, fn, list(body.data or []), request) if fn is not None else None
+            if refusal is not None and from_page(request):
+                return False, next(d["message"] for d in refusal if not d["is_valid"]), "error"
+            if refusal is not None:
+                return False, refusal, "validator_error"
+            return await push(body=body, request=request, username=username)
+
+        queue.push = push_checked
+
+    def refusal(self, demo: gr.Blocks, fn, data: list, request) -> list[dict] | None:
+        """Gradio's validation answer (one entry per input, the refused one with its message), or None."""
+        if fn.api_name not in self.GATED or len(data) < len(fn.inputs):
+            return None  # a short call: Gradio's check names what is missing (app._Blocks)
+        names = list(fn.input_parameter_names or [None] * len(fn.inputs))
+        found = self.check({n: v for n, v in zip(names, data) if n}, client_address(request), demo,
+                           self.GATED[fn.api_name])
+        if found is None:
+            return None
+        field, message = found
+        return [{"__type__": "validate", "is_valid": name != field, "message": message if name == field else "",
+                 "parameter_name": name or f"parameter_{i}"} for i, name in enumerate(names)]
+
+    def check(self, values: dict, address: str, demo: gr.Blocks, comparison: bool) -> tuple[str, str] | None:
+        """(input the refusal is about, message), or None to let the job in."""
         share = self.limits.jobs_per_user
-        if share and self.demo is not None and request is not None:
-            held = jobs_of(self.demo, client_address(request))
+        if share:
+            held = jobs_of(demo, address)
             if held >= share:
                 return "prompt", (f"this address already has {held} GPU jobs waiting or running, this server's "
                                   f"limit per user (--max-jobs-per-user {share}); wait for one to finish")
         try:
-            check_job_cost(values, self.limits.max_cost, self.comparison)
+            check_job_cost(values, self.limits.max_cost, comparison)
         except CostLimitError as e:
             return "num_inference_steps", str(e)
         except UserError:
