@@ -113,12 +113,12 @@ def validate_request(req: GenerationRequest) -> GenerationRequest:
     return dataclasses.replace(req, notes=tuple(notes), **values)
 
 
-# Default largest cost per job (`--max-cost`). On a GPU: twice the profiling report's workload (1248x720, 97 frames,
-# 65 steps, CFG: 87,750 tokens x 65 x 2 = 11.4 M), which runs in about 7 min in bf16 on one H200
-# (docs/benchmarks/README.md); Wan's 480p default (3.3 M) fits 7 times. On a CPU: 512x512, 33 frames, 10 steps with
-# CFG (184,320) fits, about a minute on the tiny model on 2 cores; the real model on a CPU runs ~360 token-forwards
-# a second (one 480p step in ~3 min), so a job at the limit holds the slot ~10 min either way (measured:
-# docs/RELIABILITY.md).
+# Default largest cost per job (`--max-cost`). On a GPU: about twice the profiling report's workload (1248x720, 97
+# frames, 65 steps, CFG: 87,750 tokens x 65 x 2 = 11.4 M; 428 s in bf16 on an H200, README.md); Wan's 480p default
+# (3.3 M) fits 7 times. On a CPU: 512x512, 33 frames, 10 steps with CFG (184,320) fits, about a minute on the tiny
+# model on 2 cores; the real model on a CPU runs ~360 token-forwards a second (one 480p step in ~3 min, below), so
+# ~9 min of it. Attention grows with tokens^2: what a job at the limit takes at the largest frames is in
+# docs/RELIABILITY.md, "Round two: errors and limits".
 DEFAULT_MAX_COST_GPU = 25_000_000
 DEFAULT_MAX_COST_CPU = 200_000
 
