@@ -4,6 +4,7 @@ by /generate, and bad input refused with the field and the allowed range while t
 from __future__ import annotations
 
 import time
+import zipfile
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from ui_server import ui_app  # noqa: F401  (module-scoped fixture: one app for 
 TRAIN = dict(data="squares", lora_name="ui_squares", rank=8, lr=1e-2, steps=4, width=64, height=64, frames=9,
              save_every=0, grad_checkpointing="off", bf16=False, compile=False, fp8_base=False,
              float8_training=False, adamw8bit=False)
-OUTPUTS = ("status", "metrics", "loss_plot", "log", "timer")
+OUTPUTS = ("status", "metrics", "loss_plot", "log", "validation", "timer")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -104,6 +105,50 @@ def test_bad_input_is_an_error_naming_the_field_and_the_app_stays_up(client, roo
         call(client, "/train_resume", **{**TRAIN, "lora_name": "never_trained"})
     assert not (roots[1] / "bad.safetensors").exists()
     assert call(client, "/train_status")["status"]  # the app answers
+
+
+def test_validation_videos_play_in_the_tab_as_the_run_writes_them(client, roots, tiny_folder):
+    call(client, "/train_start", **{**TRAIN, "lora_name": "ui_validated", "steps": 2, "validate_every": 1,
+                                    "validation_prompt": "a square"})
+    galleries = []
+
+    def done(out):
+        galleries.append(out["validation"])
+        return out["status"].startswith(("**Done**", "**Failed**"))
+
+    out = poll(client, done, "the run with validation videos is done")
+    assert out["status"].startswith("**Done**"), out["status"]
+    # the timer sends the gallery only when a new video appeared; other ticks leave it as it is (an empty update)
+    sent = [g for g in galleries if isinstance(g, list) and g]
+    assert [item["caption"] for item in sent[-1]] == ["step 2", "step 1"]  # newest first
+    assert all(item["video"]["path"].endswith(".mp4") for item in sent[-1])
+    assert 1 <= len(sent) <= 2 and {"__type__": "update"} in galleries
+    assert sorted(p.name for p in (roots[1] / "ui_validated_validation").glob("*.mp4")) == ["step-000001.mp4",
+                                                                                           "step-000002.mp4"]
+
+
+def test_clips_uploaded_from_the_browser_become_a_dataset_to_train_on(client, roots, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    source = write_dataset(tmp_path / "mine", 1)
+    status, chosen = client.predict(upload_files=[handle_file(str(p)) for p in sorted(source.iterdir())],
+                                    dataset_name="uploaded", api_name="/train_upload")
+    assert status.startswith("Uploaded 1 captioned clip(s)") and "`uploaded`" in status
+    assert chosen["value"] == "uploaded" and ["uploaded", "uploaded"] in chosen["choices"]  # the dropdown picks it
+    assert sorted(p.name for p in (roots[0] / "uploaded").iterdir()) == ["clip0.mp4", "clip0.txt"]
+
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as archive:
+        archive.write(source / "clip0.mp4", "clip0.mp4")
+        archive.writestr("../../escape.txt", "a caption")
+    with pytest.raises(AppError, match="unsafe name"):
+        client.predict(upload_files=[handle_file(str(evil))], dataset_name="evil", api_name="/train_upload")
+    with pytest.raises(AppError, match="already exists"):
+        client.predict(upload_files=[handle_file(str(source / "clip0.mp4"))], dataset_name="uploaded",
+                       api_name="/train_upload")
+    assert not (roots[0] / "evil").exists() and not (roots[0].parent / "escape.txt").exists()
+    assert sorted(p.name for p in roots[0].iterdir() if p.name.startswith(".")) == []  # no staging left
 
 
 def test_status_and_metrics_lines():

@@ -1,9 +1,11 @@
 """The Train tab: a LoRA fine-tuning run on your clips (`train_job.TrainJob` over `train.train`), its live loss
-curve and speed (step time, samples/s, peak VRAM, ETA), Stop and Resume.
+curve and speed (step time, samples/s, peak VRAM, ETA), its validation videos, Stop and Resume; clips uploaded from
+the browser into a new dataset folder (`train.upload.import_dataset`).
 
 Handlers are wiring: widget values -> `train_job.config_from_values` -> `TrainJob.start / stop / status` -> the
-formatters below (plain functions of a TrainStatus). A 1 s timer polls the job while a run is going.
-Endpoints: /train_start, /train_resume, /train_stop, /train_status.
+formatters below (plain functions of a TrainStatus). A 1 s timer polls the job while a run is going; it sends the
+validation gallery only when a new video has appeared (a video sent again would reload in the page).
+Endpoints: /train_start, /train_resume, /train_stop, /train_status, /train_upload.
 
 Generation keeps working while a run trains (the run is a thread of its own, outside the GPU queue): both
 share the device, so both are slower, and peak-VRAM readings of either include the other.
@@ -12,6 +14,7 @@ share the device, so both are slower, and peak-VRAM readings of either include t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
 import pandas as pd
@@ -30,6 +33,14 @@ from wan_ui.train.job import (
     train_data_dir,
 )
 from wan_ui.train.levers import CHECKPOINT_MODES
+from wan_ui.train.upload import (
+    CAPTION_SUFFIXES,
+    FOLDER_SPEC,
+    MAX_UPLOAD_BYTES,
+    UPLOAD_VIDEO_SUFFIXES,
+    ZIP_SUFFIX,
+    import_dataset,
+)
 from wan_ui.ui.context import AppContext
 from wan_ui.ui.guard import guarded
 from wan_ui.ui.widgets import FieldNumber, FieldRadio, Widgets
@@ -37,6 +48,7 @@ from wan_ui.ui.zerogpu import on_zerogpu
 
 TICK_S = 1.0  # how often an open page polls a running job
 LOG_LINES = 40  # trainer messages shown
+VALIDATION_SHOWN = 12  # newest validation videos in the gallery (one every validate_every steps)
 LEVER_LABELS = {  # checkbox label, what it does (docs/TRAINING.md has the measured effect of each)
     "bf16": ("bf16", "bf16 base weights + autocast; LoRA weights stay fp32 (~2x faster than fp32)"),
     "compile": ("torch.compile (regional)", "the repeated block compiled once; the first step pays the compile"),
@@ -49,11 +61,14 @@ LEVER_LABELS = {  # checkbox label, what it does (docs/TRAINING.md has the measu
 @dataclass
 class TrainTab:
     inputs: Widgets  # named as train_job.FIELDS
-    out: Widgets  # status, metrics, loss_plot, log
+    out: Widgets  # status, metrics, loss_plot, log, validation
     start_btn: gr.Button
     resume_btn: gr.Button
     stop_btn: gr.Button
     timer: gr.Timer
+    upload: Widgets  # upload_files, dataset_name, upload_status
+    upload_btn: gr.Button
+    shown: gr.State  # the validation videos this page shows (the timer sends the gallery only when they change)
 
 
 # ---- layout -----------------------------------------------------------------------------------------------
@@ -73,6 +88,7 @@ def build_train_tab(ctx: AppContext) -> TrainTab:
                                         info="a folder inside the training data folder", elem_id="train-data")
                 w["lora_name"] = gr.Textbox(d["lora_name"], label="LoRA name", elem_id="train-lora-name",
                                             info="written as NAME.safetensors in the LoRA folder")
+            upload, upload_btn = _build_upload()
             with gr.Row():
                 w["rank"] = _int_box("rank", d, "Rank")
                 w["lr"] = FieldNumber(d["lr"], label="Learning rate", elem_id="train-lr",
@@ -115,8 +131,29 @@ def build_train_tab(ctx: AppContext) -> TrainTab:
             out["loss_plot"] = gr.LinePlot(loss_frame([]), x="step", y="loss", title="Training loss", height=260,
                                            elem_id="train-loss-plot")
             out["log"] = gr.Textbox(label="Log", lines=5, max_lines=12, interactive=False, elem_id="train-log")
+            out["validation"] = gr.Gallery(label="Validation videos (newest first)", columns=3, height=300,
+                                           interactive=False, elem_id="train-validation")
     timer = gr.Timer(TICK_S, active=False)
-    return TrainTab(w, out, start_btn, resume_btn, stop_btn, timer)
+    return TrainTab(w, out, start_btn, resume_btn, stop_btn, timer, upload, upload_btn, gr.State([]))
+
+
+def _build_upload() -> tuple[Widgets, gr.Button]:
+    """Clips and captions (or a zip of them) into a new dataset folder; the checks are train/upload.py's."""
+    up = Widgets()
+    types = [*UPLOAD_VIDEO_SUFFIXES, *CAPTION_SUFFIXES, ZIP_SUFFIX]
+    with gr.Accordion("Upload clips into a new dataset folder", open=False, elem_id="train-upload"):
+        up["upload_files"] = gr.File(file_count="multiple", file_types=types, type="filepath",
+                                     label=f"Clips ({' '.join(UPLOAD_VIDEO_SUFFIXES)}) with a .txt caption of the same "
+                                           f"name, or a metadata.jsonl, or a .zip of them",
+                                     elem_id="train-upload-files")
+        with gr.Row(equal_height=True):
+            up["dataset_name"] = gr.Textbox(label="New dataset folder", max_lines=1, placeholder="my_clips",
+                                            elem_id="train-upload-name",
+                                            info=f"{FOLDER_SPEC.help}; at most {MAX_UPLOAD_BYTES / 1e9:g} GB in all, "
+                                                 f"each file within the server's upload limit")
+            upload_btn = gr.Button("Upload", elem_id="train-upload-btn", scale=0, min_width=120)
+        up["upload_status"] = gr.Markdown(elem_id="train-upload-status")
+    return up, upload_btn
 
 
 def _int_box(name: str, defaults: dict, label: str, info: str = "") -> gr.Number:
@@ -137,13 +174,17 @@ def wire_train_tab(ctx: AppContext, tab: TrainTab, tab_item: gr.Tab) -> None:
     # queue-less: a queue full of generations must not refuse a Stop (it only sets the run's stop event)
     tab.stop_btn.click(lambda: stop_view(ctx), outputs=outputs, api_name="train_stop", queue=False,
                        show_progress="hidden")
-    tab.timer.tick(lambda: view(tab, ctx.trainer.status()), outputs=outputs, api_name="train_status", queue=False,
-                   show_progress="hidden")
+    tab.timer.tick(lambda shown: tick_view(tab, ctx.trainer.status(), shown), inputs=tab.shown,
+                   outputs=[*outputs, tab.shown], api_name="train_status", queue=False, show_progress="hidden")
     # opening the tab: fresh dataset choices, and the state of a run started from another page
     tab_item.select(lambda: {tab.inputs["data"]: gr.Dropdown(choices=dataset_folders()),
                              **view(tab, ctx.trainer.status())},
                     outputs=[tab.inputs["data"], *outputs], queue=False, api_visibility="private",
                     show_progress="hidden")
+    # one upload at a time: each writes a new folder, and two of one name must not race
+    tab.upload_btn.click(upload_handler(), inputs_kwargs=tab.upload.pick(("upload_files", "dataset_name")),
+                         outputs=[tab.upload["upload_status"], tab.inputs["data"]], api_name="train_upload",
+                         concurrency_limit=1, show_progress="minimal")
 
 
 def start_handler(ctx: AppContext, resume: bool):
@@ -152,9 +193,22 @@ def start_handler(ctx: AppContext, resume: bool):
         check_can_train(ctx)
         cfg = config_from_values(values, model=ctx.model, device=ctx.manager.device, resume=resume)
         status = ctx.trainer.start(cfg, ctx.hw)
+        if status.validation_dir:
+            # served from where the trainer writes them, wherever the LoRA folder is; the folder holds only this
+            # run's validation videos (Gradio keeps the list of such folders for the process)
+            gr.set_static_paths([status.validation_dir])
         return view_of(status)
 
     return on_start
+
+
+def upload_handler():
+    @guarded("uploading clips")
+    def on_upload(request: gr.Request, upload_files=None, dataset_name=""):
+        imported = import_dataset(upload_files or [], dataset_name)
+        return imported.summary(), gr.Dropdown(choices=dataset_folders(), value=imported.folder.name)
+
+    return on_upload
 
 
 def check_can_train(ctx: AppContext) -> None:
@@ -172,13 +226,23 @@ def stop_view(ctx: AppContext) -> list:
 
 
 def view_of(status: TrainStatus) -> list:
-    """The outputs' values in order (status, metrics, loss_plot, log, then the timer: ticking while a run goes)."""
+    """The outputs' values in order (status, metrics, loss_plot, log, validation, then the timer: ticking while a
+    run goes)."""
     return [status_markdown(status), metrics_markdown(status), loss_frame(status.records), log_text(status),
-            gr.Timer(active=status.running)]
+            validation_videos(status), gr.Timer(active=status.running)]
 
 
 def view(tab: TrainTab, status: TrainStatus) -> dict:
     return dict(zip([*tab.out.values(), tab.timer], view_of(status)))
+
+
+def tick_view(tab: TrainTab, status: TrainStatus, shown: list) -> dict:
+    """The timer's view: the gallery only when its videos changed since this page last got them."""
+    values = view(tab, status)
+    videos = values[tab.out["validation"]]
+    if videos == shown:
+        values[tab.out["validation"]] = gr.skip()
+    return {**values, tab.shown: videos}
 
 
 # ---- formatting (plain functions of a TrainStatus) ----------------------------------------------------------
@@ -232,3 +296,13 @@ def loss_frame(records: list[dict]) -> pd.DataFrame:
 
 def log_text(s: TrainStatus) -> str:
     return "\n".join(s.log[-LOG_LINES:])
+
+
+def validation_videos(s: TrainStatus) -> list[tuple[str, str]]:
+    """(video, "step N") of the run's validation videos, newest first (at most VALIDATION_SHOWN). Their names are
+    step-NNNNNN.mp4 (train/validate.py); a video being written has a hidden temporary name until it is complete."""
+    folder = Path(s.validation_dir) if s.validation_dir else None
+    if folder is None or not folder.is_dir():
+        return []
+    videos = sorted(folder.glob("step-*.mp4"), reverse=True)[:VALIDATION_SHOWN]
+    return [(str(v), f"step {int(v.stem.removeprefix('step-'))}") for v in videos if v.stem[5:].isdigit()]
