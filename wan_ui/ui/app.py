@@ -41,6 +41,7 @@ from wan_ui.ui.guard import guarded
 from wan_ui.ui.history_tab import build_history_tab, entry_settings, history_views, video_settings
 from wan_ui.ui.limits import QueueGate, ServerLimits, check_job_cost
 from wan_ui.ui.train_tab import build_train_tab, wire_train_tab
+from wan_ui.ui.tune_search import wire_tune
 from wan_ui.ui.values import OPTION_FIELDS, REQUEST_FIELDS, history_entry, values_from_settings
 from wan_ui.ui.zerogpu import gpu_function
 
@@ -248,6 +249,7 @@ def _wire_compare(ctx: AppContext, gen, cmp, compare_tab, hist, history_state, l
                       concurrency_limit=ctx.manager.slots, concurrency_id="gpu")
 
     _wire_cancel(ctx, cmp.cancel_btn, cmp.cancel_note, "cancel_compare")
+    wire_tune(ctx, cmp, run_inputs, limits.max_cost)  # "Find the fastest set within this budget" (/tune)
     compare_tab.select(lambda **values: request_summary(values), inputs_kwargs=run_inputs, outputs=cmp.summary,
                        queue=False, api_visibility="private", show_progress="hidden")
 

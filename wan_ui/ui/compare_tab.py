@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import gradio as gr
 
@@ -11,6 +11,7 @@ from wan_ui.core.compare import MAX_SETS, REPEATS_SPEC, Comparison, run_comparis
 from wan_ui.core.errors import GenerationCancelled, UserError
 from wan_ui.ui.context import AppContext
 from wan_ui.ui.generate_tab import progress_reporter
+from wan_ui.ui.tune_search import DEFAULT_BUDGET, DEFAULT_SECONDS
 from wan_ui.ui.values import NO_SET, named_sets_from_values, preset_choices, request_from_values
 from wan_ui.ui.widgets import FieldDropdown, FieldNumber, Widgets, user_errors_as_toasts
 from wan_ui.ui.zerogpu import ZEROGPU_SPEED, check_zerogpu, estimate_comparison_seconds, on_zerogpu
@@ -27,6 +28,8 @@ class CompareTab:
     run_btn: gr.Button
     cancel_btn: gr.Button
     cancel_note: gr.Markdown
+    tune: Widgets = field(default_factory=Widgets)  # tune_budget, tune_seconds (ui/tune_search.py)
+    tune_btn: gr.Button | None = None  # "Find the fastest set within this budget"
 
 
 def build_compare_tab(ctx: AppContext) -> CompareTab:
@@ -57,6 +60,14 @@ def build_compare_tab(ctx: AppContext) -> CompareTab:
         run_btn = gr.Button("Run comparison", variant="primary", elem_id="compare-btn", scale=2)
         cancel_btn = gr.Button("Cancel", variant="stop", elem_id="compare-cancel-btn", scale=1)
     cancel_note = gr.Markdown(elem_id="compare-cancel-note")
+    tune = Widgets()
+    with gr.Row(equal_height=True):  # the tuner's search on this request (wan_ui/tune, docs/QUALITY.md)
+        tune["tune_budget"] = gr.Textbox(DEFAULT_BUDGET, label="Fidelity budget vs the unoptimized video", scale=2,
+                                         info="lpips, psnr, ssim, clip, clip_drop (docs/QUALITY.md); from the sets "
+                                              "after the first, or the fastest presets", elem_id="tune-budget")
+        tune["tune_seconds"] = gr.Number(DEFAULT_SECONDS, label="Search time, s", precision=0, elem_id="tune-seconds")
+        tune_btn = gr.Button("Find the fastest set within this budget", interactive=ctx.scorer is not None,
+                             elem_id="tune-btn")
     out["status"] = gr.Textbox(label="Status", interactive=False, lines=2, elem_id="compare-status")
     with gr.Row(elem_id="compare-videos"):
         for i in range(1, MAX_SETS + 1):
@@ -67,7 +78,7 @@ def build_compare_tab(ctx: AppContext) -> CompareTab:
     with gr.Row():
         out["csv"] = gr.File(label="Table (CSV)", interactive=False, elem_id="compare-csv")
         out["markdown"] = gr.File(label="Table (Markdown)", interactive=False, elem_id="compare-md")
-    return CompareTab(inputs, out, summary, run_btn, cancel_btn, cancel_note)
+    return CompareTab(inputs, out, summary, run_btn, cancel_btn, cancel_note, tune, tune_btn)
 
 
 def request_summary(values: dict) -> str:
