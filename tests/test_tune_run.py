@@ -153,6 +153,19 @@ def test_a_budgeted_metric_that_cannot_be_scored_stops_the_tuner(tiny_folder, tm
     assert not store.exists()
 
 
+def test_a_baseline_that_cannot_run_stops_the_tuner_saying_so(tiny_folder, tmp_path, store, monkeypatch):
+    def out_of_memory(manager, model, request, opts, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(tune_run, "generate", out_of_memory)
+    monkeypatch.setattr(tune_run, "forget_prompts", lambda pipe: 0)
+    cfg = TuneConfig("smoke", ["a fox"], Budget.parse("psnr>=30"), tmp_path / "t", model="tiny", overrides=TINY,
+                     preset_name="Never written")
+    with pytest.raises(UserError, match="baseline could not run .*CUDA out of memory.* smaller size"):
+        run_tune(cfg, ModelManager(device="cpu", log=lambda m: None), QualityScorer(QualityConfig.random_weights()))
+    assert not store.exists()
+
+
 @pytest.mark.parametrize("extra, says", [
     (["--budget", "lpips>=0.1"], "better lower"),
     (["--preset-name", "Fast"], "built-in preset"),

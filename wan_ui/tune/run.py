@@ -34,6 +34,7 @@ from wan_ui.core.errors import GenerationCancelled, UserError, ValidationError
 from wan_ui.core.generate import ProgressFn, generate
 from wan_ui.core.manager import ModelManager
 from wan_ui.core.metrics import Metrics
+from wan_ui.core.models import resolve_model
 from wan_ui.core.options import PRESETS, OptimizationSet, check_available, check_compatible
 from wan_ui.core.prompt_cache import forget_prompts
 from wan_ui.core.quality import BaselineCache, QualityConfig, QualityScorer, score_result
@@ -116,7 +117,7 @@ class BaselineStore:
         try:
             record = json.loads(stem.with_suffix(".json").read_text())
             frames = np.load(stem.with_suffix(".npy"))
-        except (OSError, ValueError):  # not there yet, or a half-written pair: run the baseline again
+        except (OSError, ValueError, KeyError, TypeError):  # not there yet, half-written or not ours: run it again
             return None
         known = {f.name for f in dataclasses.fields(Metrics)}
         return frames, Metrics(**{k: v for k, v in record["metrics"].items() if k in known})
@@ -148,24 +149,30 @@ class Measurer:
                  log: Callable[[str], None] = lambda m: None):
         self.manager, self.model, self.requests, self.scorer, self.store = manager, model, requests, scorer, store
         self.required, self.warmup, self.cancel, self.on_progress, self.log = required, warmup, cancel, on_progress, log
-        self.model_name = manager.key(model, OptimizationSet())[0]
+        source = resolve_model(model, manager.hw.cuda)
+        self.model_name, self.random_weights = source.name, source.random_weights
         self.device = manager.hw.device_name
         self._baselines: list[tuple[np.ndarray, Metrics]] | None = None
         self.sets = 0  # sets asked for so far: progress says which one runs
-        self.random_weights: bool | None = None  # the video model's, once a run told
 
     def baselines(self) -> list[tuple[np.ndarray, Metrics]]:
         """(frames, scored Metrics) of the baseline of every prompt: from the store, else run, scored and stored."""
         if self._baselines is None:
             found = [self.store.get(self.model_name, r, self.device) for r in self.requests]
-            if any(f is None for f in found) and self.warmup:
-                self._run(self.requests[0], OptimizationSet(), "baseline warm-up")
-            for i, request in enumerate(self.requests):
-                if found[i] is None:
-                    result = self._run(request, OptimizationSet(), f"baseline, prompt {i + 1}")
-                    score_result(result, self.scorer, reference=result.frames, reference_request=request)
-                    self.store.put(self.model_name, request, self.device, result.frames, result.metrics)
-                    found[i] = (result.frames, result.metrics)
+            try:
+                if any(f is None for f in found) and self.warmup:
+                    self._run(self.requests[0], OptimizationSet(), "baseline warm-up")
+                for i, request in enumerate(self.requests):
+                    if found[i] is None:
+                        result = self._run(request, OptimizationSet(), f"baseline, prompt {i + 1}")
+                        score_result(result, self.scorer, reference=result.frames, reference_request=request)
+                        self.store.put(self.model_name, request, self.device, result.frames, result.metrics)
+                        found[i] = (result.frames, result.metrics)
+            except GenerationCancelled:
+                raise
+            except Exception as e:  # noqa: BLE001 - without its baseline no set can be scored: the tuner stops
+                raise UserError(f"the unoptimized baseline could not run ({error_line(e)}); every set is compared "
+                                f"with it: try a smaller size, fewer frames or steps", field="baseline") from None
             self._baselines = found
             self._check_required(found[0][1])
         return self._baselines
@@ -189,10 +196,8 @@ class Measurer:
         request = request_for_set(request, opts)
         with self.manager.lease(self.model, opts) as leased:  # the pipeline this run gets, its options applied
             forget_prompts(leased.get(self.model, opts, request)[0])
-        result = generate(self.manager, self.model, request, opts, out_dir=None, on_progress=progress,
-                          cancel=self.cancel)
-        self.random_weights = result.build.random_weights
-        return result
+        return generate(self.manager, self.model, request, opts, out_dir=None, on_progress=progress,
+                        cancel=self.cancel)
 
     def __call__(self, opts: OptimizationSet) -> Measurement:
         self.sets += 1
@@ -207,7 +212,7 @@ class Measurer:
         except GenerationCancelled:
             raise
         except UserError as e:
-            if e.field == "budget":
+            if e.field in ("budget", "baseline"):  # the tuner's own stop, not this set's result
                 raise
             return Measurement(status_of(e), error=error_line(e))
         except Exception as e:  # noqa: BLE001 - an OOM or a failing kernel is this set's result, not the tuner's
@@ -262,7 +267,7 @@ def run_tune(cfg: TuneConfig, manager: ModelManager, scorer: QualityScorer | Non
              on_progress: ProgressFn | None = None, log: Callable[[str], None] = lambda m: None,
              charts: bool = True) -> TuneOutcome:
     """Search, write the outputs (`tune.report.write_outputs`) and the winner's user preset."""
-    from_here = time.monotonic()
+    started = time.monotonic()
     requests = cfg.requests()
     starts = start_sets(cfg.starts, manager.hw, log)
     scorer = scorer or QualityScorer(QualityConfig(), device=manager.device)
@@ -285,7 +290,7 @@ def run_tune(cfg: TuneConfig, manager: ModelManager, scorer: QualityScorer | Non
     trials_so_far: list[Trial] = []
     result = search(starts, measurer, cfg.budget, cfg.time_budget_s, cfg.max_sets,
                     on_trial=seen)
-    context.update(random_weights=measurer.random_weights, search_s=round(time.monotonic() - from_here, 1))
+    context.update(random_weights=measurer.random_weights, search_s=round(time.monotonic() - started, 1))
     preset = None
     if cfg.preset_name and result.winner is not None:
         save_user_preset(cfg.preset_name, result.winner.opts.diff_from_default(), builtin=PRESETS,
