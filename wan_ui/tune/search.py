@@ -138,6 +138,8 @@ def violation(per_prompt: list[dict], budget: Budget) -> float:
 
 
 # ---- 2. the levers and their steps back ------------------------------------------------------------------
+# The step sizes are ours (nobody publishes a back-off schedule): coarse enough that each step moves the video by
+# a measurable amount, fine enough that a budget can stop between a lever's published setting and off.
 CFG_STEP = 0.25  # cfg_truncation: 0.5 -> 0.75 -> 1 (every step)
 THRESHOLD_FACTOR = 2 / 3  # a cache threshold: 0.12 -> 0.08 -> 0.053 ...
 MIN_THRESHOLD = 0.01  # below it a threshold skips almost nothing: turning the cache off is the next step

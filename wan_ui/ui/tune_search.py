@@ -27,7 +27,7 @@ from wan_ui.ui.widgets import user_errors_as_toasts
 from wan_ui.ui.zerogpu import on_zerogpu
 
 DEFAULT_BUDGET = "lpips<=0.10,psnr>=25"  # stricter than MagCache's published setting (docs/QUALITY.md)
-DEFAULT_SECONDS = 900  # the search's time budget on the page, s: about ten sets of a fast preset at 480p
+DEFAULT_SECONDS = 900  # the search's time budget on the page, s (15 min; the CLI's search has none by default)
 MAX_SECONDS = 3600  # one job holds the GPU at most this long
 
 
