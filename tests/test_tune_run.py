@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
+import sys
 
 import pytest
 
@@ -183,3 +185,11 @@ def test_mistakes_are_one_line_before_any_model_work(tmp_path, prompts, store, m
     assert tune_cli.main(tune(tmp_path / "t", prompts) + extra) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and says in err[0]
+
+
+def test_the_tuner_keeps_gradio_and_the_metric_models_out_of_its_imports():
+    code = ("import sys, wan_ui.tune.cli; "
+            "bad = [m for m in ('gradio', 'wan_ui.ui', 'lpips', 'open_clip', 'matplotlib') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
