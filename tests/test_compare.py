@@ -13,7 +13,7 @@ from wan_ui.core.compare import CompareRun, Comparison, named_set, run_compariso
 from wan_ui.core.errors import GenerationCancelled, UnavailableError, ValidationError
 from wan_ui.core.metrics import WARMUP_IN_RUN, Metrics
 from wan_ui.core.options import OptimizationSet, preset
-from wan_ui.core.requests import GenerationRequest
+from wan_ui.core.requests import GenerationRequest, validate_request
 
 SMALL_REQUEST = GenerationRequest("a cat", width=64, height=64, num_frames=9, num_inference_steps=3)
 
@@ -272,3 +272,21 @@ def test_one_timed_run_has_no_range_and_no_noise_claim():
     rows = comp.markdown().splitlines()
     assert rows[2].endswith("| 1.000s (1.00x) |")  # A: its one timed run, no range
     assert rows[3].endswith("| 1.000s (1.000s–1.000s) (1.00x) |")  # B's range against no range: no noise claim
+
+
+def test_a_comparisons_cost_counts_every_run_of_every_set():
+    """The server's cost bound (--max-cost) sees the warm-up run and the timed runs of each set, not one run."""
+    from wan_ui.core.compare import runs_per_set
+    from wan_ui.core.requests import CostLimitError
+    from wan_ui.ui.limits import check_job_cost
+
+    assert [runs_per_set(r) for r in (1, 2, 5)] == [1, 3, 6]
+    values = {"prompt": "a cat", "width": 64, "height": 64, "num_frames": 5, "num_inference_steps": 2,
+              "set_1_preset": "Defaults", "set_2_preset": "CPU quick"}
+    one = validate_request(GenerationRequest(**{k: values[k] for k in list(values)[:5]})).cost()
+    check_job_cost({**values, "compare_repeats": 1}, 2 * one, comparison=True)
+    check_job_cost({**values, "compare_repeats": 2}, 6 * one, comparison=True)
+    with pytest.raises(CostLimitError, match="this comparison costs .* \\(6 x "):
+        check_job_cost({**values, "compare_repeats": 2}, 6 * one - 1, comparison=True)
+    with pytest.raises(ValidationError, match="repeats must be a whole number"):
+        check_job_cost({**values, "compare_repeats": 9}, 6 * one, comparison=True)

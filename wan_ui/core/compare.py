@@ -50,6 +50,13 @@ REPEATS_SPEC = FieldSpec("repeats", kind="int", bounds=(1, 5), whole_rule=True,
                          help="runs of each set; with 2 or more the timing rows show median and min–max")
 
 
+def runs_per_set(repeats: int) -> int:
+    """The most generations one set of a comparison takes: its timed runs, and a warm-up run before them when it
+    needs one (`run_comparison`); what a comparison's cost and GPU time are counted with."""
+    repeats = REPEATS_SPEC.check(repeats)
+    return repeats + 1 if repeats > 1 else 1
+
+
 def named_set(preset_name: str | None, overrides: str = "") -> tuple[str, OptimizationSet]:
     """A preset (or the defaults) plus 'key=value, key=value' overrides -> (display name, set)."""
     base = OptimizationSet() if preset_name in (None, "", DEFAULTS_NAME) else preset(preset_name)

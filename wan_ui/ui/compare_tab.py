@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import gradio as gr
 
-from wan_ui.core.compare import MAX_SETS, REPEATS_SPEC, Comparison, run_comparison
+from wan_ui.core.compare import MAX_SETS, REPEATS_SPEC, Comparison, run_comparison, runs_per_set
 from wan_ui.core.errors import GenerationCancelled, UserError
 from wan_ui.ui.context import AppContext
 from wan_ui.ui.generate_tab import progress_reporter
@@ -125,9 +125,9 @@ def compare_task(ctx: AppContext):
 
 
 def compare_gpu_seconds(request, sets, quality: bool, progress, repeats: int = 1) -> int:
-    """ZeroGPU's `duration` for `compare_task`: with repeats, each set's timed runs and its warm-up run in a row
-    (the same set again reuses its pipeline)."""
-    runs = repeats + 1 if repeats > 1 else 1
+    """ZeroGPU's `duration` for `compare_task`: with repeats, each set's warm-up run and timed runs in a row (the
+    same set again reuses its pipeline)."""
+    runs = runs_per_set(repeats)
     return estimate_comparison_seconds(request, [opts for _, opts in sets for _ in range(runs)], speed=ZEROGPU_SPEED,
                                        quality=quality)
 

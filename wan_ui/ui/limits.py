@@ -27,6 +27,7 @@ from typing import Callable
 import gradio as gr
 from starlette.middleware import Middleware
 
+from wan_ui.core.compare import runs_per_set
 from wan_ui.core.errors import UserError
 from wan_ui.core.requests import CostLimitError, check_cost
 from wan_ui.ui.guard import from_page
@@ -150,8 +151,9 @@ def check_job_cost(values: dict, max_cost: int | None, comparison: bool = False)
     if max_cost is None:
         return
     request = request_from_values({**values, "randomize_seed": False})
-    if comparison:
-        check_cost(request, max_cost, runs=max(1, len(named_sets_from_values(values))), what="this comparison")
+    if comparison:  # one generation per set and run (Compare's repeats, with a warm-up run)
+        runs = max(1, len(named_sets_from_values(values))) * runs_per_set(values.get("compare_repeats", 1))
+        check_cost(request, max_cost, runs=runs, what="this comparison")
     else:
         check_cost(request, max_cost)
 
