@@ -124,7 +124,7 @@ class _Blocks(gr.Blocks):
             missing = [(names[i] if i < len(names) and names[i] else None) or
                        getattr(block_fn.inputs[i], "label", None) or f"input {i + 1}"
                        for i in range(len(inputs), len(block_fn.inputs))]
-            event = f"/{block_fn.api_name}" if block_fn.api_name else "the event"  # the validator's has none
+            event = f"/{block_fn.api_name}" if block_fn.api_name else "the event"  # a private event has none
             raise gr.Error(f"{event} got {len(inputs)} of its {len(block_fn.inputs)} "
                            f"input values; missing: {', '.join(map(str, missing))} (gradio_client's "
                            f"Client.view_api() lists them in order)", title="Missing input values",
