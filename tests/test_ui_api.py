@@ -10,13 +10,13 @@ import pytest
 from ui_server import ui_app  # noqa: F401  (module-scoped fixture: one app for this module)
 
 from wan_ui.core.options import preset
+from wan_ui.ui import compare_tab
 from wan_ui.ui.generate_tab import RUN_OUTPUTS
 from wan_ui.ui.values import HISTORY_COLUMNS, OPTION_FIELDS
 
 SMALL = dict(prompt="a lighthouse in a storm", width=64, height=64, num_frames=9, num_inference_steps=2, seed=11)
 GENERATE_OUTPUTS = (*RUN_OUTPUTS, "gallery", "table")
-COMPARE_OUTPUTS = ("status", *(f"video_{i}" for i in range(1, 7)), "table", "chart", "csv", "markdown", "gallery",
-                   "history_table")
+COMPARE_OUTPUTS = (*compare_tab.OUTPUTS, "gallery", "history_table")
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,9 @@ def test_compare_two_sets_gives_the_report_table_and_downloads(client):
     assert "Ratios are to the first set" in Path(out["markdown"]["path"]).read_text()
     assert out["video_1"]["label"] == "Defaults" and out["video_1"]["value"]["path"].endswith(".mp4")
     assert out["video_3"]["visible"] is False
-    assert out["chart"]["type"] == "matplotlib" and out["chart"]["plot"].startswith("data:image/")
+    chart = out["chart"]["value"]  # the clip-wise latency of each set, an interactive bar chart
+    assert chart["mark"] == "bar" and [row[2] for row in chart["data"]] == ["Defaults", "Defaults + cache=first_block"]
+    assert out["chart_clip_score"]["visible"] is False  # no quality metrics asked for: no CLIP chart
     assert [row[2] for row in out["history_table"]["data"]][-2:] == ["compare: Defaults",
                                                                      "compare: Defaults + cache=first_block"]
 

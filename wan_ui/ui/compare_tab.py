@@ -6,11 +6,13 @@ import time
 from dataclasses import dataclass, field
 
 import gradio as gr
+import pandas as pd
 
 from wan_ui.core.compare import MAX_SETS, REPEATS_SPEC, Comparison, run_comparison, runs_per_set
 from wan_ui.core.errors import GenerationCancelled, UserError
+from wan_ui.core.report import REPORT_ROWS, summary_cell
 from wan_ui.ui.context import AppContext
-from wan_ui.ui.generate_tab import progress_reporter
+from wan_ui.ui.generate_tab import CLEAR_NOTE_JS, progress_reporter
 from wan_ui.ui.tune_search import DEFAULT_BUDGET, DEFAULT_SECONDS
 from wan_ui.ui.values import NO_SET, named_sets_from_values, preset_choices, request_from_values
 from wan_ui.ui.widgets import FieldDropdown, FieldNumber, Widgets, user_errors_as_toasts
@@ -18,12 +20,42 @@ from wan_ui.ui.zerogpu import ZEROGPU_SPEED, check_zerogpu, estimate_comparison_
 
 INITIAL_SETS = 2
 SETS_PER_ROW = 3
+# One bar chart per report row (core/report.py) but the frame-wise latency (the clip-wise one over the frame count:
+# the same bars), lower-is-better rows first, the clip-wise latency first of all. Its output keeps the name "chart";
+# the others come after the downloads, so the outputs before them keep their places in the /compare API's answer.
+CHART_ROWS = sorted((row for row in REPORT_ROWS if row[1] != "frame_latency_s"),
+                    key=lambda row: (not row[4], row[1] != "clip_latency_s"))
+CHARTS = {("chart" if row[1] == "clip_latency_s" else f"chart_{row[1]}"): row for row in CHART_ROWS}
+OUTPUTS = ("status", *(f"video_{i}" for i in range(1, MAX_SETS + 1)), "table", "chart", "csv", "markdown",
+           *(name for name in CHARTS if name != "chart"))
+CHART_BAR_PX, CHART_FRAME_PX = 34, 140  # a chart's height: per set (its label's line and gaps), label and axis
+# characters of a set's name on a chart's axis (the whole name is in the tooltip, the table and the video's label):
+# about 120 px of 12 px text, which leaves a phone's chart room for its bars
+AXIS_NAME_CHARS = 18
+# Gradio's Markdown draws the table without per-cell labels; a phone shows each row as a card (assets/app.css) with
+# its column's name beside each value, so the page copies each header's text onto its column's cells. An observer
+# relabels whenever a comparison or a search writes a new table.
+LABEL_CELLS_JS = """() => {
+  const root = document.getElementById("compare-table");
+  if (!root) return;
+  const label = () => root.querySelectorAll("table").forEach((table) => {
+    const heads = [...table.querySelectorAll("thead th")].map((th) => th.textContent.trim());
+    table.querySelectorAll("tbody tr").forEach((row) => [...row.children].forEach((cell, i) => {
+      if (heads[i] && cell.dataset.label !== heads[i]) cell.dataset.label = heads[i];
+    }));
+  });
+  if (!root.dataset.labelled) {
+    root.dataset.labelled = "yes";
+    new MutationObserver(label).observe(root, {childList: true, subtree: true});
+  }
+  label();
+}"""
 
 
 @dataclass
 class CompareTab:
     inputs: Widgets  # set_i_preset, set_i_options, compare_quality, compare_repeats
-    out: Widgets  # status, video_i, table, chart, csv, markdown
+    out: Widgets  # OUTPUTS: status, video_i, table, chart, csv, markdown, the other charts
     summary: gr.Markdown  # what the sets run on (the Generate tab's parameters)
     run_btn: gr.Button
     cancel_btn: gr.Button
@@ -74,11 +106,38 @@ def build_compare_tab(ctx: AppContext) -> CompareTab:
             out[f"video_{i}"] = gr.Video(label=f"Set {i}", visible=False, interactive=False, autoplay=True,
                                          loop=True, elem_id=f"compare-video-{i}", min_width=120, height=260)
     out["table"] = gr.Markdown(elem_id="compare-table")
-    out["chart"] = gr.Plot(show_label=False, elem_id="compare-chart")
+    out.update(_build_charts())
     with gr.Row():
         out["csv"] = gr.File(label="Table (CSV)", interactive=False, elem_id="compare-csv")
         out["markdown"] = gr.File(label="Table (Markdown)", interactive=False, elem_id="compare-md")
+    out = Widgets({name: out[name] for name in OUTPUTS})  # the order of the /compare API's answer
+    out["table"].change(None, js=LABEL_CELLS_JS, queue=False, api_visibility="private", show_progress="hidden")
+    for button in (run_btn, tune_btn):  # a new run starts: the last one's Cancel note is stale
+        button.click(None, outputs=cancel_note, js=CLEAR_NOTE_JS, queue=False, api_visibility="private",
+                     show_progress="hidden")
     return CompareTab(inputs, out, summary, run_btn, cancel_btn, cancel_note, tune, tune_btn)
+
+
+def _build_charts() -> Widgets:
+    """The report rows' bar charts (hidden until a comparison fills them): the lower-is-better ones in one row, the
+    higher-is-better ones in the next, each titled with which it is. Bars run sideways: each set's name on its own
+    line of the axis, never over another's."""
+    charts = Widgets()
+    for lower in (True, False):
+        with gr.Row(elem_id=f"compare-charts-{'lower' if lower else 'higher'}", elem_classes="compare-charts"):
+            for name, (label, key, unit, _, row_lower) in CHARTS.items():
+                if row_lower == lower:
+                    # the title as the block's label: Vega centres a plot's own title over the bars and cuts
+                    # what passes the edge, on a phone most of it
+                    charts[name] = gr.BarPlot(x=_axis(label, unit), y="set", y_title="Set", tooltip="all",
+                                              label=f"{label} · {'lower' if lower else 'higher'} is better",
+                                              show_label=True, x_lim=[0, None], visible=False, min_width=240,
+                                              elem_id="compare-chart" if name == "chart" else f"compare-{name}")
+    return charts
+
+
+def _axis(label: str, unit: str) -> str:
+    return f"{label} ({unit})" if unit else label
 
 
 def request_summary(values: dict) -> str:
@@ -140,31 +199,34 @@ def comparison_display(ctx: AppContext, comp: Comparison) -> dict:
     r = comp.request
     runs = f", {comp.repeats} timed runs each" if comp.repeats > 1 else ""
     return {**shown, **hidden, "table": comp.markdown(), "csv": str(csv_path), "markdown": str(md_path),
-            "chart": comparison_figure(comp),
+            **comparison_charts(comp),
             "status": f"Compared {len(comp.runs)} sets at {r.width}x{r.height}, {r.num_frames} frames, "
                       f"{r.num_inference_steps} steps, seed {r.seed}{runs}. Tables: {csv_path.parent}"}
 
 
-def comparison_figure(comp: Comparison):
-    """Bar charts: clip-wise latency per set, and each report metric's ratio to the baseline, grouped by set.
-    Drawn with matplotlib's object API (no pyplot state: handlers run in threads)."""
-    from matplotlib.figure import Figure  # charts only when a comparison is drawn
+def comparison_charts(comp: Comparison) -> dict:
+    """{chart name: gr.BarPlot update}: each report row's values per set, shown when some set has a number. A bar's
+    label is "i · set name", cut to AXIS_NAME_CHARS (the axis sorts its labels, so the number keeps the sets in
+    order); hovering it shows the whole name and the table's cell: the value, its range over repeats, the ratio to
+    the baseline."""
+    named, baseline = comp.named_metrics, comp.baseline
+    updates = {}
+    for name, (label, key, unit, fmt, _) in CHARTS.items():
+        rows = [{"set": _axis_name(i, set_name), _axis(label, unit): m[key], "name": set_name,
+                 "in the table": summary_cell(m, baseline, key, fmt)}
+                for i, (set_name, m) in enumerate(named, start=1) if _is_number(m.get(key))]
+        if rows:
+            updates[name] = gr.BarPlot(pd.DataFrame(rows), visible=True,
+                                       height=CHART_FRAME_PX + CHART_BAR_PX * len(named))
+        else:
+            updates[name] = gr.BarPlot(None, visible=False)
+    return updates
 
-    names = [name for name, _ in comp.named_metrics]
-    fig = Figure(figsize=(11, 3.6), layout="constrained")
-    latency, ratios = fig.subplots(1, 2, width_ratios=[1, 2])
-    latency.bar(names, [m["clip_latency_s"] for _, m in comp.named_metrics], color=[f"C{i}" for i in range(len(names))])
-    latency.set(title="Clip-wise latency", ylabel="seconds")
-    latency.tick_params(axis="x", labelrotation=20)
-    rows = comp.ratio_rows()
-    metrics = list(dict.fromkeys(r["metric"] for r in rows))
-    width = 0.8 / max(1, len(names))
-    for i, name in enumerate(names):
-        values = {r["metric"]: r["ratio"] for r in rows if r["set"] == name}
-        xs = [m + (i - (len(names) - 1) / 2) * width for m in range(len(metrics))]
-        ratios.bar(xs, [values.get(metric, 0.0) for metric in metrics], width, label=name, color=f"C{i}")
-    ratios.axhline(1.0, color="black", linewidth=0.8)
-    ratios.set(title=f"Ratio to the baseline ({names[0]}; 1 = same)", xticks=range(len(metrics)))
-    ratios.set_xticklabels(metrics, rotation=20, ha="right")
-    ratios.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    return fig
+
+def _axis_name(number: int, name: str) -> str:
+    label = f"{number} · {name}"
+    return label if len(label) <= AXIS_NAME_CHARS else label[:AXIS_NAME_CHARS - 1] + "…"
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
