@@ -40,6 +40,7 @@ from wan_ui.ui.generate_tab import (
 from wan_ui.ui.guard import guarded
 from wan_ui.ui.history_tab import build_history_tab, entry_settings, history_views, video_settings
 from wan_ui.ui.limits import QueueGate, ServerLimits, check_job_cost
+from wan_ui.ui.options_tab import build_options_table
 from wan_ui.ui.train_tab import build_train_tab, wire_train_tab
 from wan_ui.ui.tune_search import wire_tune
 from wan_ui.ui.values import OPTION_FIELDS, REQUEST_FIELDS, history_entry, values_from_settings
@@ -153,10 +154,13 @@ def _download_status(downloads) -> None:
 
 
 def _build_options_tab(ctx: AppContext) -> None:
-    gr.Markdown("Every optimization option, its family, whether changing it rebuilds the pipeline, and what this "
-                "machine can run (`python -m wan_ui options --json` prints the same).")
-    refresh = gr.Button("Refresh", elem_id="options-btn")
-    table = gr.JSON(_options_json(ctx), label="Options and presets", elem_id="options-json")
+    gr.Markdown("Every optimization option: its family, whether changing it rebuilds the pipeline, its values and "
+                "default, how far each value takes the video from the reference, and what this machine can run "
+                "(`python -m wan_ui options --json` prints the same).")
+    build_options_table(ctx.hw)
+    with gr.Accordion("As JSON, with the presets (the /options endpoint)", open=False, elem_id="acc-options-json"):
+        refresh = gr.Button("Refresh", elem_id="options-btn")
+        table = gr.JSON(_options_json(ctx), label="Options and presets", elem_id="options-json")
     refresh.click(lambda: _options_json(ctx), outputs=table, api_name="options", queue=False)
 
 
