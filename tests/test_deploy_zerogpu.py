@@ -298,7 +298,7 @@ def test_quality_metrics_are_written_into_the_sidecar_and_the_mp4(manager, tmp_p
     assert before["metrics"]["clip_score"] is None
     measure_quality(manager, "tiny", result, object(), BaselineCache())
     sidecar = json.loads(video.with_suffix(".json").read_text())
-    embedded = _embedded_metadata(video)  # what an uploaded mp4 (no sidecar) loads back from
+    embedded = json.loads(_embedded_metadata(video))  # what an uploaded mp4 (no sidecar) loads back from (its text)
     for meta in (sidecar, embedded):
         assert meta["metrics"]["clip_score"] == 0.31 and meta["metrics"]["lpips_temporal"] == 0.02
         assert meta["created"] == before["created"] and meta["request"]["seed"] == 3

@@ -194,7 +194,7 @@ def test_progress_reporter_maps_phases_to_gradio_progress():
     report("loading", 0, 1)
     report("denoising", 3, 20)
     report("Fast (2/3): decoding", 0, 1)
-    assert calls == [(None, "loading the model (build or reuse)"), ((3, 20), "step 3 of 20"),
+    assert calls == [(None, "loading the model (build or reuse)"), ((3, 20), "denoising, step 3 of 20"),
                      (None, "Fast (2/3): decoding (VAE)")]
 
 
