@@ -44,6 +44,7 @@ from wan_ui.bench.sets import BenchSet
 from wan_ui.core.generate import generate
 from wan_ui.core.manager import ModelManager
 from wan_ui.core.options import OptimizationSet, parse_set_args
+from wan_ui.core.report import fmt_or_na
 from wan_ui.core.requests import WORKLOADS, GenerationRequest
 from wan_ui.parallel.dist import init_distributed, torchrun_world_size
 from wan_ui.parallel.plan import ParallelConfig
@@ -238,10 +239,6 @@ def _ratio(a, b) -> float | None:
     return a / b if a and b else None
 
 
-def _fmt(v, fmt: str, none: str = "n/a") -> str:
-    return none if v is None else fmt.format(v)
-
-
 def report_markdown(rows: list[ModeComparison], target: float = TARGET_SPEEDUP) -> str:
     first = rows[0].record.row
     hw = first.hardware
@@ -269,10 +266,10 @@ def _mode_line(c: ModeComparison, is_first: bool, target: float) -> str:
     hit = c.clip_speedup is not None and c.clip_speedup >= target
     peak = row.metrics.peak_vram_mb if row.metrics else None
     return (f"| {r.name} | {row.world_size} | {(r.plan or {}).get('mode', 'none')} ({r.requested}) | "
-            f"{_fmt(row.clip_latency_s, '{:.1f} s')} | {_fmt(c.clip_speedup, '{:.2f}x')} | "
-            f"{_fmt(row.step_median_s, '{:.2f} s')} | {_fmt(c.step_speedup, '{:.2f}x')} | "
-            f"{_fmt(r.forward_s, '{:.2f} s')} | {_fmt(c.forward_speedup, '{:.2f}x')} | "
-            f"{_fmt(peak, '{:.0f} MiB')} | {_fmt(c.forward_rel_err, '{:.4f}')} | {frames} | "
+            f"{fmt_or_na(row.clip_latency_s, '{:.1f} s')} | {fmt_or_na(c.clip_speedup, '{:.2f}x')} | "
+            f"{fmt_or_na(row.step_median_s, '{:.2f} s')} | {fmt_or_na(c.step_speedup, '{:.2f}x')} | "
+            f"{fmt_or_na(r.forward_s, '{:.2f} s')} | {fmt_or_na(c.forward_speedup, '{:.2f}x')} | "
+            f"{fmt_or_na(peak, '{:.0f} MiB')} | {fmt_or_na(c.forward_rel_err, '{:.4f}')} | {frames} | "
             f"{'yes' if c.match else '**no**'} | {'—' if is_first else 'met' if hit else '**missed**'} |")
 
 
@@ -307,9 +304,9 @@ def main(argv=None) -> int:
     _quiet()
     record = run_mode(args, shlex.join(["python", "-m", "wan_ui.bench.parallel", *argv]))
     if record is not None:
-        print(f"{record.name}: clip {_fmt(record.row.clip_latency_s, '{:.1f} s')} "
-              f"(step median {_fmt(record.row.step_median_s, '{:.2f} s')}), forward "
-              f"{_fmt(record.forward_s, '{:.2f} s')}, plan {record.plan}", flush=True)
+        print(f"{record.name}: clip {fmt_or_na(record.row.clip_latency_s, '{:.1f} s')} "
+              f"(step median {fmt_or_na(record.row.step_median_s, '{:.2f} s')}), forward "
+              f"{fmt_or_na(record.forward_s, '{:.2f} s')}, plan {record.plan}", flush=True)
     return 0
 
 

@@ -51,6 +51,11 @@ EXTRA_ROWS: list[Row] = [
 ]
 
 
+def fmt_or_na(value: Any, fmt: str, na: str = "n/a") -> str:
+    """`fmt.format(value)`, or `na` for a value that was not measured (None)."""
+    return na if value is None else fmt.format(value)
+
+
 def format_value(metrics: dict, key: str, fmt: str, na: str = "n/a") -> str:
     v = metrics.get(key)
     if v is None:

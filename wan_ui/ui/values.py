@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from wan_ui.core.compare import DEFAULTS_NAME, MAX_SETS, named_set
+from wan_ui.core.devices import describe_placement
 from wan_ui.core.errors import UserError
 from wan_ui.core.fields import FieldSpec, widget_range
-from wan_ui.core.devices import describe_placement
 from wan_ui.core.options import (PRESETS, OptimizationSet, check_available, fidelity_info, fidelity_summary,
                                  options_table, preset, preset_names)
+from wan_ui.core.report import fmt_or_na
 from wan_ui.core.requests import REQUEST_SPECS, GenerationRequest, validate_request
 
 # ---- widget names -------------------------------------------------------------------------------------
@@ -196,10 +197,6 @@ def _group_reasons(name: str, unavailable: dict[str, str]) -> str:
 
 
 # ---- result -> display --------------------------------------------------------------------------------
-def _fmt(v, fmt: str, na: str = "n/a") -> str:
-    return na if v is None else fmt.format(v)
-
-
 def status_line(info: dict) -> str:
     """One line after a run: what was made, how fast, what validation changed."""
     m = info["metrics"]
@@ -217,8 +214,8 @@ def hardware_markdown(m: dict) -> str:
         return f"**This run:** peak GPU memory n/a — {m.get('vram_note') or 'not measured'}"
     phases = ", ".join(f"{k} {v:,.0f} MiB" for k, v in (m.get("phase_peak_vram_mb") or {}).items())
     return (f"**This run:** peak allocated **{m['peak_vram_mb']:,.0f} MiB**, reserved "
-            f"{_fmt(m.get('peak_reserved_mb'), '{:,.0f} MiB')}, NVML peak used "
-            f"{_fmt(m.get('nvml_peak_used_mb'), '{:,.0f} MiB')}" + (f"  \nper phase: {phases}" if phases else ""))
+            f"{fmt_or_na(m.get('peak_reserved_mb'), '{:,.0f} MiB')}, NVML peak used "
+            f"{fmt_or_na(m.get('nvml_peak_used_mb'), '{:,.0f} MiB')}" + (f"  \nper phase: {phases}" if phases else ""))
 
 
 def efficiency_markdown(m: dict) -> str:
@@ -228,13 +225,13 @@ def efficiency_markdown(m: dict) -> str:
     skipped = (m["forwards_planned"] - m["forwards_computed"]
                if m.get("forwards_planned") is not None and m.get("forwards_computed") is not None else None)
     rows = [
-        ("Warm-up", _fmt(m.get("warmup_time_s"), "{:.3f} s") + f" — {m.get('warmup_method', '')}"),
-        ("Clip-wise latency", _fmt(m.get("clip_latency_s"), "{:.3f} s") + (f" ({phases})" if phases else "")),
-        ("Frame-wise latency", _fmt(m.get("frame_latency_s"), "{:.4f} s")),
-        ("Throughput", _fmt(m.get("throughput_fps"), "{:.3f} fps")),
+        ("Warm-up", fmt_or_na(m.get("warmup_time_s"), "{:.3f} s") + f" — {m.get('warmup_method', '')}"),
+        ("Clip-wise latency", fmt_or_na(m.get("clip_latency_s"), "{:.3f} s") + (f" ({phases})" if phases else "")),
+        ("Frame-wise latency", fmt_or_na(m.get("frame_latency_s"), "{:.4f} s")),
+        ("Throughput", fmt_or_na(m.get("throughput_fps"), "{:.3f} fps")),
         ("Denoising steps", f"{len(steps)}" + (f", median {sorted(steps)[len(steps) // 2]:.3f} s" if steps else "")),
-        ("Transformer forwards", f"{_fmt(m.get('forwards_computed'), '{}')} computed of "
-                                 f"{_fmt(m.get('forwards_planned'), '{}')} planned"
+        ("Transformer forwards", f"{fmt_or_na(m.get('forwards_computed'), '{}')} computed of "
+                                 f"{fmt_or_na(m.get('forwards_planned'), '{}')} planned"
                                  + (f" ({skipped} skipped by the cache)" if skipped else "")),
     ]
     return _table(rows)
@@ -249,7 +246,7 @@ QUALITY_ROWS = (("CLIP score", "clip_score", "{:.3f}"), ("LPIPS vs baseline", "l
 def accuracy_markdown(m: dict, scored: bool) -> str:
     """Each quality metric, or 'n/a: why' (not requested, metric model unavailable, no baseline)."""
     why = "not computed (tick 'compute quality metrics')" if not scored else "not available (see note)"
-    rows = [(label, _fmt(m.get(key), fmt, f"n/a: {why}")) for label, key, fmt in QUALITY_ROWS]
+    rows = [(label, fmt_or_na(m.get(key), fmt, f"n/a: {why}")) for label, key, fmt in QUALITY_ROWS]
     note = m.get("quality_note")
     return _table(rows) + (f"\n\n*Note: {note}*" if note else "")
 
@@ -263,7 +260,7 @@ def others_markdown(info: dict, versions: dict[str, str]) -> str:
     reapplied = ", ".join(info.get("reapplied") or []) or "none (unchanged)"
     rows = [
         ("Model", f"{info['model']} — {info['model_label']}"),
-        ("Load time", _fmt(m.get("load_time_s"), "{:.3f} s") + (f" ({breakdown})" if breakdown else "")),
+        ("Load time", fmt_or_na(m.get("load_time_s"), "{:.3f} s") + (f" ({breakdown})" if breakdown else "")),
         ("Manager", reused),
         ("Run-time families re-applied", reapplied),
         ("Device", info["device"]),

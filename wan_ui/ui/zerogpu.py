@@ -7,7 +7,7 @@ takes plain values (a request, an `OptimizationSet`, a `gr.Progress`) and reache
 closure (the worker is a fork of the app and is reused while idle, so a built pipeline stays resident there).
 
 `estimate_gpu_seconds(request, options)` is pure (no torch, no GPU): per-forward times measured on an H200
-(`../shared/WORKLOADS.md` "Measured floors", `docs/benchmarks/h200-20261126-official480/report.md`), scaled
+(docs/benchmarks/README.md, "Seconds per transformer forward against the floors"), scaled
 by the token count, plus decode, model load and compile warm-up, with a safety margin.
 
 Without the `spaces` package (or outside ZeroGPU, where `spaces.GPU` returns the function unchanged),
@@ -40,24 +40,24 @@ def _fit_forward_time(p1: tuple[int, float], p2: tuple[int, float]) -> tuple[flo
     return t1 / n1 - b * n1, b
 
 
-# Seconds per transformer forward (one CFG branch), bf16, SDPA, full H200 (WORKLOADS.md "Measured floors"):
+# Seconds per transformer forward (one CFG branch), bf16, SDPA, full H200 (docs/benchmarks/README.md, the floors):
 # 0.614 s at 32,760 tokens (official480: 21 x 30 x 52), 3.20 s at 87,750 tokens (report: 25 x 45 x 78).
 # Fitted: 8.2e-6 s/token + 3.2e-10 s/token^2 -> attention is ~80 % of a forward at the report's size.
 FORWARD_A, FORWARD_B = _fit_forward_time((32_760, 0.614), (87_750, 3.20))
 
-# Per-forward time relative to bf16 (H200, official480; docs/benchmarks/h200-20261126-official480/report.md).
+# Per-forward time relative to bf16 (H200, official480; docs/benchmarks/ "official480" report and the floors).
 PRECISION_FACTOR = {"bf16": 1.0, "fp16": 1.0, "fp32": 10.1}  # fp32: 6.252 s vs 0.620 s per forward
-QUANTIZATION_FACTOR = {"torchao_fp8": 1.24,  # eager FP8 rowwise: 0.761 s vs 0.614 s (WORKLOADS.md)
+QUANTIZATION_FACTOR = {"torchao_fp8": 1.24,  # eager FP8 rowwise: 0.761 s vs 0.614 s (the floors)
                        "bnb_nf4": 1.04, "bnb_int8": 1.04}  # "Report best" (NF4 + fp16): 0.644 s vs 0.620 s
 OFFLOAD_FACTOR = {"group_block": 1.08, "group_leaf": 1.08,  # "Low VRAM" (group_leaf): 0.667 s vs 0.620 s
                   "model": 1.1,  # not measured: whole-model moves between text encoder, transformer and VAE
                   "sequential": 3.0}  # not measured: every layer crosses PCIe each forward; a guess, kept high
 # VAE decode, seconds per output pixel x frame: fp32 10.0 s and bf16 1.8 s at official480 (832 x 480 x 81 =
-# 32.3 M), 26.9 s and 4.9 s at the report's 87.2 M (WORKLOADS.md); tiled bf16 with the VAE resident (H200,
-# 2026-11-26, docs/benchmarks/README.md): 256 px tiles 4.3 s (official480) and 10.1 s (report), 512 px tiles 3.2 s
+# 32.3 M), 26.9 s and 4.9 s at the report's 87.2 M (the floors); tiled bf16 with the VAE resident (H200,
+# docs/benchmarks/README.md, "VAE decode"): 256 px tiles 4.3 s (official480) and 10.1 s (report), 512 px tiles 3.2 s
 # and 8.3 s inside the "Low VRAM" runs; 384 px interpolated.
 DECODE_S_PER_PIXEL = {"fp32": 3.1e-7, "bf16": 5.6e-8, "tiled256": 1.33e-7, "tiled384": 1.15e-7, "tiled512": 9.8e-8}
-# First-call compile time: regional bf16 12-80 s, regional FP8 168 s (report.md), full-model 248 s (WORKLOADS.md).
+# First-call compile time: regional bf16 12-80 s, regional FP8 168 s (report.md), full-model 248 s (the floors).
 COMPILE_S = {"none": 0.0, "regional": 80.0, "full": 250.0}
 COMPILE_FP8_S = 170.0
 LOAD_S = 15.0  # building the pipeline in a fresh worker: 2.2 s (bf16) to 10.9 s (Low VRAM) measured, + disk
