@@ -49,7 +49,7 @@ RUN_OUTPUTS = ("video", "seed_used", "status", "hardware", "efficiency", "steps_
 VRAM_SAMPLES = 300  # live samples kept per page (10 min at the 2 s tick)
 TICK_S = 2.0
 PREVIEW_TICK_S = 0.5  # seconds between the page's reads of the live preview (a dict lookup when nothing changed)
-CANCEL_WAIT_S = 120.0  # one step of the report workload takes ~6 s on an H100; a decode can take ~30 s
+CANCEL_WAIT_S = 120.0  # a cancel lands at the next step end: seconds for a report-size step, up to ~30 s for a decode
 # the Cancel click's note while the server answer is on its way (written in the page: see ui._wire_cancel)
 CANCELLING_NOTE = "Cancelling… the run stops at the end of its current step (or right after the VAE decode)."
 
