@@ -34,6 +34,7 @@ from wan_ui.ui.generate_tab import (
     generate_gpu_seconds,
     generate_task,
     live_gpu,
+    live_preview,
     matching_preset,
     run_generate,
 )
@@ -193,7 +194,7 @@ def _history_updates(hist, history_state, history: list) -> dict:
 
 
 def _wire_generate(ctx: AppContext, gen, hist, history_state, limits: ServerLimits) -> None:
-    run_inputs = gen.inputs.pick((*RUN_INPUTS, *OPTION_FIELDS, "quality"))
+    run_inputs = gen.inputs.pick((*RUN_INPUTS, *OPTION_FIELDS, "quality", "live_preview"))
     option_widgets = gen.inputs.pick(OPTION_FIELDS)
 
     @guarded("generating")
@@ -221,6 +222,13 @@ def _wire_generate(ctx: AppContext, gen, hist, history_state, limits: ServerLimi
     gr.on([w.input for w in option_widgets.values()], lambda **values: matching_preset(values),
           inputs_kwargs=option_widgets, outputs=gen.inputs["preset"], queue=False, api_visibility="private",
           show_progress="hidden")
+    shown = gr.State(0)  # the step of the preview on the page
+
+    def on_preview_tick(shown_step, request: gr.Request):
+        return live_preview(ctx, request.session_hash, shown_step)
+
+    gen.preview_timer.tick(on_preview_tick, shown, [gen.out["preview"], gen.preview_note, shown],
+                           api_visibility="private", queue=False, show_progress="hidden")
     gen.timer.tick(lambda samples: live_gpu(ctx, samples), gen.vram_samples,
                    [gen.out["gpu_live"], gen.out["vram_plot"], gen.vram_samples], api_name="gpu_stats",
                    queue=False, show_progress="hidden")
