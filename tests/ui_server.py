@@ -99,3 +99,13 @@ def set_number(page, elem_id: str, value: int) -> None:
     box = page.locator(f"#{elem_id} input[type=number]")
     box.fill(str(value))
     box.press("Tab")
+
+
+def open_tab(page, name: str) -> None:
+    """Click a tab; on a narrow page Gradio moves the tabs that do not fit behind its "More tabs" button."""
+    tab = page.get_by_role("tab", name=name)
+    if tab.count() and tab.is_visible():
+        tab.click()
+        return
+    page.get_by_label("More tabs").click()
+    page.locator(".overflow-dropdown button", has_text=name).click()

@@ -36,11 +36,9 @@ def _values_text(row: dict) -> str:
 
 
 def _availability(row: dict) -> str:
-    """'yes', 'no: <why>' when no value runs here, or 'all but: <why each value does not>'."""
+    """'yes', or 'all but: <why each value that cannot run here cannot>' (every option's default runs anywhere)."""
     reasons = list(row["unavailable_values"].values())
-    if not reasons:
-        return "yes"
-    return f"no: {reasons[0]}" if not row["available"] else f"all but: {'; '.join(reasons)}"
+    return f"all but: {' · '.join(reasons)}" if reasons else "yes"
 
 
 def filter_options(frame: pd.DataFrame, query: str | None) -> pd.DataFrame:
