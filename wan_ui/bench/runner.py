@@ -26,7 +26,7 @@ from wan_ui.bench.report import read_results, summary_table, write_outputs
 from wan_ui.bench.rows import BenchRow
 from wan_ui.bench.scoring import make_quality
 from wan_ui.bench.sets import BenchSet, parse_sets, preset_aliases
-from wan_ui.core.errors import IncompatibleOptionsError, UnavailableError, UserError, ValidationError
+from wan_ui.core.errors import IncompatibleOptionsError, UnavailableError, ValidationError, run_as_cli
 from wan_ui.core.hardware import configure_allocator, probe_hardware
 from wan_ui.core.manager import ModelManager
 from wan_ui.core.models import HUB_ID, TINY, resolve_model
@@ -173,14 +173,7 @@ def main(argv=None) -> int:
     configure_allocator()  # expandable segments unless the user configured the allocator (hardware.py)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    try:
-        return _main(args, argv)
-    except UserError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 1
+    return run_as_cli(lambda: _main(args, argv))
 
 
 def _main(args, argv: list[str]) -> int:

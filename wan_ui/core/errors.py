@@ -1,5 +1,7 @@
 """Errors a user can cause and fix. The CLI prints them as one line; the UI shows them in a banner."""
 
+import sys
+
 
 class UserError(ValueError):
     """Bad input or an impossible request. `field` names what to change."""
@@ -49,3 +51,15 @@ def first_line(error: BaseException, limit: int = 300) -> str:
     what a one-line report shows of a library's multi-line error (the full text goes to the log)."""
     text = str(error).strip()
     return text.splitlines()[0][:limit] if text else ""
+
+
+def run_as_cli(body) -> int:
+    """A command's exit status: `body()`'s, 2 with one line on stderr for a user mistake, 1 for Ctrl-C."""
+    try:
+        return body()
+    except UserError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 1

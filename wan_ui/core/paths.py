@@ -27,3 +27,10 @@ def confine(src: str, root: Path, field: str, what: str, root_name: str) -> Path
     if not real.is_relative_to(root):
         raise ValidationError(f"{what} {src!r} is outside {root_name} {root}", field=field)
     return real
+
+
+def user_config_file(name: str, env_var: str) -> Path:
+    """A file of the user's wan_ui configuration: $env_var when set, else $XDG_CONFIG_HOME (or ~/.config)/wan_ui/name."""
+    if os.environ.get(env_var):
+        return Path(os.environ[env_var])
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "wan_ui" / name

@@ -8,7 +8,6 @@ video, its sidecar and the last-used file all load through `settings_from_*` int
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -17,6 +16,7 @@ import imageio_ffmpeg
 
 from wan_ui.core.errors import ValidationError
 from wan_ui.core.files import write_text_atomic
+from wan_ui.core.paths import user_config_file
 
 ENV_PATH = "WAN_UI_SETTINGS"  # overrides the file's location (tests, several profiles)
 # What a settings file may be. Ours nest 3 levels ({"metrics": {"phases": {...}}} in a sidecar) and weigh a few KB
@@ -27,10 +27,7 @@ MAX_BYTES = 1_000_000
 
 
 def settings_path() -> Path:
-    if os.environ.get(ENV_PATH):
-        return Path(os.environ[ENV_PATH])
-    config = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-    return config / "wan_ui" / "last.json"
+    return user_config_file("last.json", ENV_PATH)
 
 
 def save_settings(settings: dict, path: str | Path | None = None) -> Path:

@@ -12,12 +12,12 @@ imports it): the values are checked when a preset is built, and callers pass the
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 from wan_ui.core.errors import ValidationError
 from wan_ui.core.files import write_text_atomic
+from wan_ui.core.paths import user_config_file
 
 ENV_PATH = "WAN_UI_PRESETS"  # overrides the file's location (tests, several profiles)
 SCHEMA = "wan_ui.presets/1"
@@ -30,10 +30,7 @@ MAX_BYTES = 1_000_000
 
 
 def user_presets_path() -> Path:
-    if os.environ.get(ENV_PATH):
-        return Path(os.environ[ENV_PATH])
-    config = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-    return config / "wan_ui" / "presets.json"
+    return user_config_file("presets.json", ENV_PATH)
 
 
 def load_user_presets(path: str | Path | None = None) -> dict[str, dict]:

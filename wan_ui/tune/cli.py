@@ -19,7 +19,7 @@ from pathlib import Path
 
 from wan_ui.bench.measure import prepare_process
 from wan_ui.bench.runner import default_model, expand_out
-from wan_ui.core.errors import UserError
+from wan_ui.core.errors import run_as_cli
 from wan_ui.core.hardware import configure_allocator
 from wan_ui.core.manager import ModelManager
 from wan_ui.core.models import resolve_model
@@ -111,19 +111,16 @@ def main(argv=None) -> int:
     configure_allocator()  # expandable segments unless the user configured the allocator (hardware.py)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    try:
-        cfg = config_from_args(args, argv)  # every mistake in the flags is refused here, before any model work
-        cfg.requests()  # a request out of range too
-        prepare_process(args.progress)
-        manager = ModelManager(device=args.device, log=log)
-        config = QualityConfig.random_weights() if args.metric_models == "random" else QualityConfig()
-        outcome = run_tune(cfg, manager, QualityScorer(config, device=manager.device), log=log)
-    except UserError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 1
+    return run_as_cli(lambda: _tune(args, argv))
+
+
+def _tune(args, argv: list[str]) -> int:
+    cfg = config_from_args(args, argv)  # every mistake in the flags is refused here, before any model work
+    cfg.requests()  # a request out of range too
+    prepare_process(args.progress)
+    manager = ModelManager(device=args.device, log=log)
+    config = QualityConfig.random_weights() if args.metric_models == "random" else QualityConfig()
+    outcome = run_tune(cfg, manager, QualityScorer(config, device=manager.device), log=log)
     result, winner = outcome.result, outcome.result.winner
     if winner is None:
         print(f"no set is within {result.budget}, not even the baseline; see {outcome.files['report']}")
