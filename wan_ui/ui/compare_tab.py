@@ -120,7 +120,7 @@ def build_compare_tab(ctx: AppContext) -> CompareTab:
 
 def _build_charts() -> Widgets:
     """The report rows' bar charts (hidden until a comparison fills them): the lower-is-better ones in one row, the
-    higher-is-better ones in the next, each titled with which it is. Bars run sideways: each set's name on its own
+    higher-is-better ones in the next, each labelled with which it is. Bars run sideways: each set's name on its own
     line of the axis, never over another's."""
     charts = Widgets()
     for lower in (True, False):
