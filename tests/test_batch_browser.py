@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from ui_server import browser_page, set_number, ui_app  # noqa: F401  (ui_app: module-scoped, one app per module)
+from ui_server import browser_page, open_tab, set_number, ui_app  # noqa: F401  (ui_app: module-scoped, one app per module)
 
 pytestmark = pytest.mark.browser
 
@@ -18,16 +18,6 @@ VIEWPORTS = {"desktop": {"width": 1440, "height": 900}, "phone": {"width": 390, 
 # 64x64, 5 frames: tiny; 40 steps make an item last a few seconds on a CPU, so the reload lands while the batch
 # runs (the test checks that the reloaded page saw it running)
 SIZE = (("width", 64), ("height", 64), ("num-frames", 5), ("steps", 40))
-
-
-def open_tab(page, name: str) -> None:
-    """Click a tab; on a narrow page Gradio moves the tabs that do not fit behind its "More tabs" button."""
-    tab = page.get_by_role("tab", name=name)
-    if tab.count() and tab.is_visible():
-        tab.click()
-        return
-    page.get_by_label("More tabs").click()
-    page.locator(".overflow-dropdown button", has_text=name).click()
 
 
 def wait_until_ready(page) -> None:

@@ -7,7 +7,7 @@ import re
 
 import pytest
 from train_files import write_dataset
-from ui_server import browser_page, ui_app  # noqa: F401  (ui_app: module-scoped, one app per module)
+from ui_server import browser_page, open_tab, ui_app  # noqa: F401  (ui_app: module-scoped, one app per module)
 
 pytestmark = pytest.mark.browser
 VIEWPORTS = {"desktop": {"width": 1440, "height": 900}, "phone": {"width": 390, "height": 844}}
@@ -29,12 +29,7 @@ def test_train_with_the_defaults_on_a_small_folder_of_clips(roots, ui_app, viewp
 
     with browser_page(ui_app.url) as page:
         page.set_viewport_size(VIEWPORTS[viewport])
-        tab = page.get_by_role("tab", name="Train")
-        if tab.count() and tab.is_visible():
-            tab.click()
-        else:  # on a phone Gradio folds the tabs that do not fit behind its "More tabs" button
-            page.get_by_label("More tabs").click()
-            page.locator(".overflow-dropdown button", has_text="Train").click()
+        open_tab(page, "Train")  # on a phone, behind Gradio's "More tabs" button
         page.locator("#train-data input").fill("squares")
         page.keyboard.press("Enter")
         name = f"first_{viewport}"  # this run's own LoRA name: the status must be about this run
