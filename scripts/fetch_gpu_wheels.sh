@@ -8,6 +8,9 @@
 # metrics are optional and read "n/a" with the reason when absent).
 #
 # Usage: scripts/fetch_gpu_wheels.sh [OUT_DIR]     (default: .whl, git-ignored)
+#        FA4=1 scripts/fetch_gpu_wheels.sh .gpuwhl3   FlexAttention's FlashAttention-4 backend only (about 10 MB):
+#        flash-attn-4 and the CUTLASS DSL without its CUDA 13 library wheel (92 MB, over a call's 64 MiB carry);
+#        the -libs-base wheel's CUDA 12 build runs under the CUDA 13 driver (issue 22; docs/benchmarks/README.md).
 # On the GPU box (docs/benchmarks/README.md):
 #   pip install --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 set -euo pipefail
@@ -29,7 +32,12 @@ PKGS=(
   # manylinux2014 wheel is 29.5 MB with the same write_frames API.
   "imageio-ffmpeg==0.6.0"
 )
-if [[ "${SKIP_FFMPEG:-0}" == "1" ]]; then
+if [[ "${FA4:-0}" == "1" ]]; then
+  # Versions named by issue 22 (flash-attn-4 4.0.0b36, CUTLASS DSL 4.8.1); the rest are flash-attn-4's imports.
+  PKGS=("flash-attn-4==4.0.0b36" "nvidia-cutlass-dsl==4.8.1" "nvidia-cutlass-dsl-libs-base==4.8.1"
+        "nvidia-cutlass-dsl-libs-core==4.8.1" "quack-kernels==0.6.5" "apache-tvm-ffi==0.1.15.post2"
+        "torch-c-dlpack-ext==0.1.5")
+elif [[ "${SKIP_FFMPEG:-0}" == "1" ]]; then
   PKGS=("${PKGS[@]:0:4}")        # saves ~30 MB when only the benchmark will run
 fi
 

@@ -7,7 +7,8 @@ few `kernel_options` (block sizes, warps, stages, TMA) and inductor's max-autotu
 variant's output is compared with the default's (max abs difference): a config changes speed, never the result.
 Writes $OUT/flex_tune.json.
 
-Usage (wheels on PYTHONPATH as in scripts/gpu_call.sh):
+Usage (wheels on PYTHONPATH as in scripts/gpu_call.sh; the "flash" variant also needs flash-attn-4 and
+nvidia-cutlass-dsl, scripts/fetch_gpu_wheels.sh --fa4):
     python scripts/gpu_flex_tune.py [--budget 420] [--grids official480,report]
 CPU dry run (eager flex, tiny grid): OUT=/tmp/ft python scripts/gpu_flex_tune.py --grids tiny --iters 1
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -36,6 +38,9 @@ VARIANTS = {
     "m128_n64_w8_s3": {"kernel_options": {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3}},
     "m64_n128_w4_s3": {"kernel_options": {"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4, "num_stages": 3}},
     "max_autotune": {"mode": "max-autotune-no-cudagraphs"},
+    # FlexAttention's FlashAttention-4 backend (CuTe DSL; Hopper and Blackwell; needs the flash-attn-4 package):
+    # the same BlockMask, another kernel, so the output may differ by bf16 rounding only.
+    "flash": {"kernel_options": {"BACKEND": "FLASH"}},
 }
 
 
@@ -69,12 +74,27 @@ def time_variant(q, k, v, mask, spec: dict, iters: int) -> tuple[float, float, t
     return statistics.median(times), first, out
 
 
+def time_dense(q, iters: int) -> dict:
+    """Dense attention over the video's tokens (no padding) through SDPA's default choice: the reference."""
+    times = []
+    for _ in range(iters + 1):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        torch.nn.functional.scaled_dot_product_attention(q, q, q)
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    return {"median_s": statistics.median(times[1:])}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--grids", default="official480,report")
     ap.add_argument("--window", default="3,1,1")
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--budget", type=float, default=420.0, help="seconds; later variants are skipped past it")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS))
+    ap.add_argument("--dense", action="store_true", help="also time dense SDPA on the unpadded tokens (reference)")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     cuda = torch.cuda.is_available()
@@ -90,7 +110,11 @@ def main() -> int:
         q, k, v = (torch.randn(1, 12, layout.padded_len, 128, device=device, dtype=torch.bfloat16, generator=g)
                    for _ in range(3))
         rows, ref = {}, None
-        for name, spec in VARIANTS.items():
+        if args.dense and cuda:
+            rows["dense_sdpa"] = time_dense(q[:, :, :math.prod(GRIDS[grid_name])], args.iters)
+            print(f"[{grid_name}] dense_sdpa: {rows['dense_sdpa']['median_s'] * 1000:.2f} ms", flush=True)
+        for name in args.variants.split(","):
+            spec = VARIANTS[name]
             if time.perf_counter() - t_start > args.budget:
                 rows[name] = {"skipped": "time budget"}
                 continue
@@ -100,7 +124,7 @@ def main() -> int:
                 rows[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
                 print(f"[{grid_name}] {name}: {rows[name]['error'][:200]}", flush=True)
                 continue
-            ref = out if ref is None else ref
+            ref = out if ref is None else ref  # the first variant that ran is the reference
             rows[name] = {"median_s": median, "first_call_s": first, "max_abs_diff_vs_default":
                           (out.float() - ref.float()).abs().max().item(), "spec": spec}
             base = rows["default"].get("median_s") if "default" in rows else None
