@@ -29,6 +29,7 @@ OPTIONAL = {
     "playwright": "the browser of the screenshot script and its tests",
     "spaces": "Hugging Face ZeroGPU, present only on a Space",
     "pynvml": "NVML, read only on machines with an NVIDIA driver",
+    "ray": "a Ray cluster, connected only by --ray (app and benchmark); optional at run time (issue 24)",
 }
 
 
