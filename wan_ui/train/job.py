@@ -5,6 +5,8 @@ The run is `train.train(config, on_step, stop)` in a thread of its own:
     `status()` copies for the UI's timer to draw;
   - Stop sets the `stop` event: the loop ends after its current step and saves a checkpoint and the LoRA, the
     path Ctrl-C takes in the CLI;
+  - the run's scope (`run_scope`, the app's run registry) gives it a second flag, which the app's shutdown (SIGTERM
+    or Ctrl-C) sets: the run stops the same way, and its status says the app stopped it (`stopped_by_app`);
   - Resume starts a run with `resume="latest"`: the newest checkpoint of the chosen LoRA name, up to the new
     step count; its loss curve starts with the earlier run's steps (read back from the metrics JSONL).
 
@@ -17,6 +19,7 @@ validation (`TrainConfig`, `check_levers`) before the thread starts, so a bad va
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -26,6 +29,7 @@ import threading
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from wan_ui.core.errors import UserError, ValidationError, first_line
 from wan_ui.core.fields import specs_of
@@ -163,6 +167,7 @@ class TrainStatus:
     error: str | None = None
     summary: dict | None = None  # train.summarize() of this run, when it has ended
     validation_dir: str | None = None  # where this run writes its validation videos (validate_every > 0)
+    stopped_by_app: bool = False  # the app's shutdown stopped (or is stopping) the run, not the Stop button
 
     @property
     def running(self) -> bool:
@@ -177,15 +182,22 @@ class TrainJob:
     """At most one training run per app, in a background thread; `status()` is safe to call from any thread.
 
     load_lock: the model manager's lock, held while the run loads models (concurrent from_pretrained calls
-    clash); generation keeps running meanwhile, it only waits for the lock when it must (re)build a pipeline."""
+    clash); generation keeps running meanwhile, it only waits for the lock when it must (re)build a pipeline.
+    run_scope: `with run_scope() as flag:` around the run, giving a flag (an Event) that others may set to stop it
+    as Stop does, e.g. the app's run registry, which its shutdown closes (a scope that refuses to open, a
+    UserError, fails the run with its message); the run sets `flag.honoured` and `flag.kept` when it stopped on it.
+    Default: a flag of the run's own."""
 
     LOG_LINES = 200
 
-    def __init__(self, load_lock=None):
+    def __init__(self, load_lock=None,
+                 run_scope: Callable[[], contextlib.AbstractContextManager[threading.Event]] | None = None):
         self._lock = threading.Lock()
         self._load_lock = load_lock
+        self._run_scope = run_scope or _own_flag
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._app_stop: threading.Event | None = None  # the running run's flag from run_scope
         self._status = TrainStatus()
 
     def start(self, cfg: TrainConfig, hw) -> TrainStatus:
@@ -228,7 +240,9 @@ class TrainJob:
 
     def _copy(self) -> TrainStatus:  # with the lock held
         s = self._status
-        return dataclasses.replace(s, records=list(s.records), log=list(s.log))
+        by_app = s.stopped_by_app or (s.running and self._app_stop is not None and self._app_stop.is_set())
+        phase = "stopping" if by_app and s.running else s.phase  # the flag was set: the run ends after its step
+        return dataclasses.replace(s, phase=phase, stopped_by_app=by_app, records=list(s.records), log=list(s.log))
 
     def wait(self, timeout: float | None = None) -> TrainStatus:
         """Block until the run has ended (or `timeout` seconds); return the status."""
@@ -239,18 +253,45 @@ class TrainJob:
 
     # ---- the thread ---------------------------------------------------------------------------------------
     def _run(self, cfg: TrainConfig, stop: threading.Event) -> None:
+        entered = False
         try:
-            result = train(cfg, on_step=self._on_step, stop=stop, log=self._log, load_lock=self._load_lock)
+            with self._run_scope() as app_stop:
+                entered = True
+                self._train(cfg, stop, app_stop)
+        except UserError as e:
+            if not entered:  # the scope refused the run (the app is shutting down)
+                self._end("failed", error=str(e))
+        except Exception:  # _train has reported it in the status; the scope recorded the run as failed
+            pass
+        finally:
+            with self._lock:
+                self._app_stop = None
+
+    def _train(self, cfg: TrainConfig, stop: threading.Event, app_stop: threading.Event) -> None:
+        """The run inside its scope. Its end is in the status before the scope closes, so whoever waits on the scope
+        (the app's shutdown) finds it there; an error is re-raised for the scope to record."""
+        with self._lock:
+            self._app_stop = app_stop
+        try:
+            result = train(cfg, on_step=self._on_step, stop=_Either(stop, app_stop), log=self._log,
+                           load_lock=self._load_lock)
         except UserError as e:
             self._end("failed", error=str(e))
+            raise
         except Exception as e:  # the run is gone, the app is not: say what happened
             traceback.print_exc(file=sys.stderr)
             hint = " (out of GPU memory: lower width/height/frames, or turn on gradient checkpointing)" \
                 if "out of memory" in str(e).lower() else ""
             self._end("failed", error=f"{type(e).__name__}: {first_line(e)}{hint}")
-        else:
-            self._end("stopped" if result.stopped else "done", lora_path=result.lora_path,
-                      checkpoint=result.checkpoint, summary=result.summary)
+            raise
+        if result.stopped and app_stop.is_set():  # what the app's shutdown reports of this run
+            app_stop.honoured = True
+            app_stop.kept = _kept(result)
+            self._log(f"stopped by the app's shutdown at step {result.steps_done}: "
+                      f"{'saved ' + app_stop.kept if app_stop.kept else 'nothing was written'}; Resume continues "
+                      f"once the app is back")
+        self._end("stopped" if result.stopped else "done", lora_path=result.lora_path,
+                  checkpoint=result.checkpoint, summary=result.summary)
 
     def _on_step(self, record: dict) -> None:
         with self._lock:
@@ -264,7 +305,32 @@ class TrainJob:
 
     def _end(self, phase: str, **values) -> None:
         with self._lock:
-            self._status = dataclasses.replace(self._status, phase=phase, **values)
+            by_app = self._app_stop is not None and self._app_stop.is_set() and phase == "stopped"
+            self._status = dataclasses.replace(self._status, phase=phase, stopped_by_app=by_app, **values)
+
+
+class _Either:
+    """The loop's stop event (it only asks `is_set()`): set when either the Stop button's event or the run scope's
+    flag is."""
+
+    def __init__(self, *events: threading.Event):
+        self.events = events
+
+    def is_set(self) -> bool:
+        return any(event.is_set() for event in self.events)
+
+
+def _kept(result) -> str | None:
+    """What a stopped run saved, by name (train.finish writes the checkpoint and then the LoRA, each atomically)."""
+    saved = [f"checkpoint {Path(result.checkpoint).parent.name}/{Path(result.checkpoint).name}"
+             if result.checkpoint else None, f"LoRA {Path(result.lora_path).name}" if result.lora_path else None]
+    return " and ".join(s for s in saved if s) or None
+
+
+@contextlib.contextmanager
+def _own_flag():
+    """The default run scope: a flag nobody else sets."""
+    yield threading.Event()
 
 
 def check_start(cfg: TrainConfig, hw) -> int:

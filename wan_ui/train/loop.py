@@ -67,9 +67,10 @@ class TrainResult:
 
 def train(cfg: TrainConfig, on_step: StepCallback | None = None, stop: threading.Event | None = None,
           log=print, load_lock=None) -> TrainResult:
-    """on_step: called with each step record; stop: set it to end the run after the current step (a checkpoint and
-    the LoRA are saved, as on Ctrl-C); load_lock: held while models load (phases 1-2) when another thread of
-    this process may load models too (the app's ModelManager.load_lock: concurrent from_pretrained calls clash)."""
+    """on_step: called with each step record; stop: set it (anything with `is_set()`) to end the run after the
+    current step (a checkpoint and the LoRA are saved, as on Ctrl-C, and no validation video is made on the way out);
+    load_lock: held while models load (phases 1-2) when another thread of this process may load models too (the
+    app's ModelManager.load_lock: concurrent from_pretrained calls clash)."""
     hw = probe_hardware()
     device = cfg.device or hw.device
     check_levers(cfg, hw if is_cuda(device) else dataclasses.replace(hw, cuda=False))
@@ -162,7 +163,7 @@ class _Loop:
             while self.step < cfg.steps:
                 # checked before each step: a stop that came during data preparation or loading ends the run
                 # before its first step
-                if self.stop is not None and self.stop.is_set():
+                if self.stop_requested():
                     self.stopped = True
                     self.log(f"stop requested at step {self.step}: saving a checkpoint and the LoRA")
                     break
@@ -173,12 +174,19 @@ class _Loop:
                 self.metrics.write(record)
                 if self.on_step:
                     self.on_step(record)
+                # stopping: finish() saves the checkpoint, and a validation video would hold the stop up by a
+                # video's length (the app's shutdown waits --stop-timeout at most)
+                if self.stop_requested():
+                    continue
                 if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
                     self.save_checkpoint()
                 if self.validator and self.step % cfg.validate_every == 0:
                     self.validate()
         finally:
             bar.close()
+
+    def stop_requested(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
 
     def one_step(self, tokens: int) -> dict:
         """Draw a batch, its noise and timesteps, take one optimizer step; return the step's metrics record."""

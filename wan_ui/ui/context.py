@@ -4,7 +4,7 @@ Nothing here is module-level: one `AppContext` per demo. Per-user values (histor
 in `gr.State`; the cross-request objects are `RunRegistry`, the cancel flag of each session's running job,
 because the Cancel click arrives as a separate request while the generation is still running (the app's
 shutdown cancels them all through it), and the app's one `TrainJob` (a training run outlives the request that
-started it).
+started it; it runs in the registry too, under TRAIN_SESSION, so the shutdown stops it).
 """
 
 from __future__ import annotations
@@ -22,25 +22,34 @@ from wan_ui.core.models import resolve_model
 from wan_ui.train.job import TrainJob
 from wan_ui.ui.values import versions
 
+# the training run's entry in the run registry (the batch's is batch_tab.BATCH_SESSION); page sessions are Gradio's
+# hashes, which never take this form
+TRAIN_SESSION = "wan_ui-train"
+
 
 class CancelFlag(threading.Event):
     """A job's cancel flag, set by the Cancel click or the app's shutdown. The job's owner sets `honoured` when the
     job stopped on it (the core raised GenerationCancelled: nothing written). A job past its last check (writing
-    the video, scoring it) ends normally with the flag set: the Cancel came too late, and its reply says so."""
+    the video, scoring it) ends normally with the flag set: the Cancel came too late, and its reply says so. A job
+    that stops on the flag by saving its work (a training run: a checkpoint to resume from) also names what it
+    kept in `kept`."""
 
     def __init__(self):
         super().__init__()
         self.honoured = False
+        self.kept: str | None = None  # what a job stopped on the flag saved; None: nothing was written
         self.on_preview = None  # set when the page asked for a live preview: PreviewBoard.publisher(session)
 
 
 class RunEnd(threading.Event):
     """Set when the job has returned; `outcome` then says how it ended: "cancelled" (stopped on its flag, nothing
-    written), "finished" (its output was written, a cancel came too late) or "failed" (an error)."""
+    written), "stopped" (stopped on its flag after saving `kept`), "finished" (its output was written, a cancel came
+    too late) or "failed" (an error)."""
 
     def __init__(self):
         super().__init__()
         self.outcome: str | None = None
+        self.kept: str | None = None  # "stopped": what the job saved as it stopped
 
 
 @dataclass(frozen=True)
@@ -73,7 +82,8 @@ class RunRegistry:
             run.done.outcome = "cancelled" if isinstance(e, GenerationCancelled) else "failed"
             raise
         else:
-            run.done.outcome = "cancelled" if run.cancel.honoured else "finished"
+            run.done.outcome = "finished" if not run.cancel.honoured else "stopped" if run.cancel.kept else "cancelled"
+            run.done.kept = run.cancel.kept if run.cancel.honoured else None
         finally:
             with self._lock:
                 if self._runs.get(session) is run:
@@ -155,7 +165,8 @@ class AppContext:
 
     def __post_init__(self):
         if self.trainer is None:  # its model loads take the manager's lock: concurrent from_pretrained calls clash
-            self.trainer = TrainJob(load_lock=getattr(self.manager, "load_lock", None))
+            self.trainer = TrainJob(load_lock=getattr(self.manager, "load_lock", None),
+                                    run_scope=lambda: self.runs.running(TRAIN_SESSION))
 
     @property
     def hw(self):

@@ -4,7 +4,8 @@ On SIGTERM (what `docker stop` and systemd send) or Ctrl-C, `serve_until_stopped
   1. closes the run registry: a generation or comparison that would start now is refused with "The app is
      shutting down ...";
   2. cancels every running one through its flag (it stops at the end of its current step, or right after the VAE
-     decode, and writes nothing) and waits for them, `timeout_s` at most in all (`--stop-timeout`);
+     decode, and writes nothing; a LoRA training run stops after its current step and saves a checkpoint to resume
+     from and its LoRA) and waits for them, `timeout_s` at most in all (`--stop-timeout`);
   3. logs what became of each (logger "wan_ui": stderr and <outputs>/wan_ui.log), closes the server and returns 0;
      when a job is still running at the bound it exits at once with status 1 (its temporary files are removed by
      the next start's `clean_outputs`).
@@ -32,6 +33,7 @@ STOP_TIMEOUT_S = 20.0
 RESULT_GRACE_S = 1.0
 POLL_S = 0.1  # how often the main thread looks for a stop request (Gradio's own block_thread polls as often)
 OUTCOMES = {"cancelled": "cancelled; nothing was written",
+            "stopped": "stopped after its current step and saved {kept}",  # a training run: resumable
             "finished": "had already finished (its video was written) when the cancel came",
             "failed": "ended with an error (see above)"}
 
@@ -76,7 +78,7 @@ class Shutdown:
         for i, end in enumerate(ends, 1):
             ended = end.wait(max(0.0, deadline - time.monotonic()))
             all_ended = all_ended and ended
-            what = OUTCOMES.get(end.outcome, end.outcome) if ended else (
+            what = OUTCOMES.get(end.outcome, str(end.outcome)).format(kept=end.kept) if ended else (
                 f"still running after {self.timeout_s:g} s; exiting without it (nothing of it is kept: a partial file "
                 f"is removed at the next start)")
             say(f"{why}: running job {i} of {len(ends)} {what}", logging.INFO if ended else logging.WARNING)

@@ -212,6 +212,8 @@ def upload_handler():
 
 
 def check_can_train(ctx: AppContext) -> None:
+    if ctx.runs.closed_reason is not None:  # the app's shutdown has begun
+        raise UserError(ctx.runs.closed_reason, field="train")
     if on_zerogpu(ctx.gpu_generate):
         raise UnavailableError("training needs a GPU held for the whole run, and ZeroGPU lends one per call for "
                                "minutes: run the app on a dedicated GPU, or use python -m wan_ui.train", field="train")
@@ -257,15 +259,18 @@ def status_markdown(s: TrainStatus) -> str:
                 f"loading the transformer…")
     if s.phase == "training":
         return f"**Training** `{s.lora_name}`: step {done} of {s.steps}."
+    by_app = " by the app's shutdown" if s.stopped_by_app else ""  # SIGTERM or Ctrl-C to the server
     if s.phase == "stopping":
-        return f"**Stopping** `{s.lora_name}` after step {done}: saving a checkpoint and the LoRA…"
+        why = " (the app is shutting down)" if s.stopped_by_app else ""
+        return f"**Stopping** `{s.lora_name}` after step {done}{why}: saving a checkpoint and the LoRA…"
     if s.phase == "done":
         return f"**Done**: `{s.lora_name}` trained to step {done}, written to `{s.lora_path}`. {use}"
     if s.phase == "stopped" and s.lora_path:
-        return (f"**Stopped** at step {done} of {s.steps}: checkpoint `{s.checkpoint or '(unchanged)'}` and LoRA "
-                f"`{s.lora_path}` saved. {use} **Resume** continues to the step count you set.")
+        again = " once the app is back" if s.stopped_by_app else ""
+        return (f"**Stopped{by_app}** at step {done} of {s.steps}: checkpoint `{s.checkpoint or '(unchanged)'}` "
+                f"and LoRA `{s.lora_path}` saved. {use} **Resume**{again} continues to the step count you set.")
     if s.phase == "stopped":
-        return f"**Stopped** before the first step of `{s.lora_name}`: nothing was trained or written."
+        return f"**Stopped{by_app}** before the first step of `{s.lora_name}`: nothing was trained or written."
     return f"**Failed** (`{s.lora_name}`): {s.error}"
 
 
