@@ -79,11 +79,18 @@ def test_train_stop_resume_and_use_the_lora(client, roots, tiny_folder):
         assert row in out["metrics"]
     assert plotted_steps(out) == list(range(1, at + 1))
     assert f"stop requested at step {at}" in out["log"]
+    # files by their place in the LoRA folder, never the server's layout
+    assert f"checkpoint `ui_squares_checkpoints/step-{at:06d}` and LoRA `ui_squares.safetensors` saved in the LoRA " \
+           f"folder" in out["status"]
+    assert not any(str(root) in out[name] for root in roots for name in ("status", "log")), out
 
     resumed = call(client, "/train_resume", **{**TRAIN, "steps": at + 2})
     assert resumed["status"].startswith(f"**Preparing** `ui_squares.safetensors`, resuming at step {at}:")
     out = poll(client, lambda o: o["status"].startswith("**Done**"), "the resumed run is done")
-    assert plotted_steps(out) == list(range(1, at + 3)) and f"at step {at}" in out["log"]
+    assert plotted_steps(out) == list(range(1, at + 3))
+    assert f"resumed from ui_squares_checkpoints/step-{at:06d} at step {at}" in out["log"]
+    assert "written to `ui_squares.safetensors` in the LoRA folder" in out["status"]
+    assert not any(str(root) in out[name] for root in roots for name in ("status", "log")), out
     assert (roots[1] / "ui_squares.safetensors").is_file()
 
     generated = client.predict(prompt="a square", width=64, height=64, num_frames=9, num_inference_steps=2,
@@ -159,8 +166,30 @@ def test_status_and_metrics_lines():
     assert status_markdown(TrainStatus()).startswith("No run yet.") and metrics_markdown(TrainStatus()) == ""
     assert "before the first step" in status_markdown(TrainStatus("stopped", "x.safetensors"))
     assert status_markdown(TrainStatus("failed", "x.safetensors", error="boom")) == "**Failed** (`x.safetensors`): boom"
+
     record = {"step": 3, "loss": 0.25, "step_time_s": 1.5, "samples_per_s": 0.67, "tokens_per_s": 13520,
               "peak_vram_mb": 9011.2, "eta_s": 4500}
     shown = metrics_markdown(TrainStatus("training", "x.safetensors", steps=3000, records=[record]))
     for row in ("| Step | 3 of 3000 |", "| Peak VRAM (step) | 9011 MiB |", "| ETA | 1 h 15 min |"):
         assert row in shown
+
+
+def test_the_tab_shows_files_by_their_place_in_its_folders_never_the_servers_layout(roots):
+    from wan_ui.train.job import TrainStatus
+    from wan_ui.ui.train_tab import log_text, status_markdown
+
+    data, loras = roots
+    stopped = TrainStatus("stopped", "x.safetensors", lora_path=str(loras / "x.safetensors"), steps=9,
+                          checkpoint=str(loras / "x_checkpoints" / "step-000003"), records=[{"step": 3}],
+                          log=[f"resumed from {loras}/x_checkpoints/step-000002 at step 2",
+                               f"validation video: {loras}/x_validation/step-000003.mp4"])
+    assert status_markdown(stopped).startswith("**Stopped** at step 3 of 9: checkpoint `x_checkpoints/step-000003` "
+                                               "and LoRA `x.safetensors` saved in the LoRA folder.")
+    assert log_text(stopped) == ("resumed from x_checkpoints/step-000002 at step 2\n"
+                                 "validation video: x_validation/step-000003.mp4")
+    failed = TrainStatus("failed", "x.safetensors", error=f"no usable clips in {data}/broken; 1 skipped: "
+                                                          f"{data}/broken/a.mp4 (unreadable video)")
+    assert status_markdown(failed) == ("**Failed** (`x.safetensors`): no usable clips in broken; 1 skipped: "
+                                       "broken/a.mp4 (unreadable video)")
+    elsewhere = TrainStatus("failed", "x.safetensors", error="cannot read /srv/models/tiny/model_index.json")
+    assert status_markdown(elsewhere).endswith("cannot read …/model_index.json")  # outside both: by its name

@@ -13,6 +13,7 @@ share the device, so both are slower, and peak-VRAM readings of either include t
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +43,7 @@ from wan_ui.train.upload import (
     import_dataset,
 )
 from wan_ui.ui.context import AppContext
-from wan_ui.ui.guard import guarded
+from wan_ui.ui.guard import guarded, hide_paths
 from wan_ui.ui.widgets import FieldNumber, FieldRadio, Widgets
 from wan_ui.ui.zerogpu import on_zerogpu
 
@@ -75,9 +76,11 @@ class TrainTab:
 def build_train_tab(ctx: AppContext) -> TrainTab:
     why = lever_availability(ctx.hw)
     d = default_values(ctx.hw.cuda, why)
-    gr.Markdown(f"Fine-tune a LoRA on your clips. Dataset folders live in `{train_data_dir()}` "
-                f"(`$WAN_UI_TRAIN_DIR`): clips with a `.txt` caption beside each, or a `metadata.jsonl`. The LoRA is "
-                f"written to `{lora_dir()}` (`$WAN_UI_LORA_DIR`), where the Generate tab's LoRA field finds it. "
+    # the folders by name: the page never shows where the server keeps its files
+    gr.Markdown(f"Fine-tune a LoRA on your clips. Dataset folders live in the training data folder "
+                f"`{train_data_dir().name}` (`$WAN_UI_TRAIN_DIR`): clips with a `.txt` caption beside each, or a "
+                f"`metadata.jsonl`. The LoRA is written to the LoRA folder `{lora_dir().name}` (`$WAN_UI_LORA_DIR`), "
+                f"where the Generate tab's LoRA field finds it. "
                 f"One run at a time; generation keeps working meanwhile (both share the device, so both are slower). "
                 f"Details: docs/TRAINING.md.")
     w = Widgets()
@@ -264,14 +267,26 @@ def status_markdown(s: TrainStatus) -> str:
         why = " (the app is shutting down)" if s.stopped_by_app else ""
         return f"**Stopping** `{s.lora_name}` after step {done}{why}: saving a checkpoint and the LoRA…"
     if s.phase == "done":
-        return f"**Done**: `{s.lora_name}` trained to step {done}, written to `{s.lora_path}`. {use}"
+        return (f"**Done**: `{s.lora_name}` trained to step {done}, written to `{shown_paths(s.lora_path)}` in the "
+                f"LoRA folder. {use}")
     if s.phase == "stopped" and s.lora_path:
         again = " once the app is back" if s.stopped_by_app else ""
-        return (f"**Stopped{by_app}** at step {done} of {s.steps}: checkpoint `{s.checkpoint or '(unchanged)'}` "
-                f"and LoRA `{s.lora_path}` saved. {use} **Resume**{again} continues to the step count you set.")
+        checkpoint = shown_paths(s.checkpoint) if s.checkpoint else "(unchanged)"
+        return (f"**Stopped{by_app}** at step {done} of {s.steps}: checkpoint `{checkpoint}` and LoRA "
+                f"`{shown_paths(s.lora_path)}` saved in the LoRA folder. {use} **Resume**{again} continues to the "
+                f"step count you set.")
     if s.phase == "stopped":
         return f"**Stopped{by_app}** before the first step of `{s.lora_name}`: nothing was trained or written."
-    return f"**Failed** (`{s.lora_name}`): {s.error}"
+    return f"**Failed** (`{s.lora_name}`): {shown_paths(s.error or '')}"
+
+
+def shown_paths(text: str) -> str:
+    """`text` as the page shows it: a path inside the LoRA folder or the training data folder relative to that
+    folder ('my_lora_checkpoints/step-000100'), any other absolute path by its last part (guard.hide_paths). The
+    page names files, never where the server keeps them (its log has the full text)."""
+    for root in sorted({str(lora_dir()), str(train_data_dir())}, key=len, reverse=True):  # a nested one first
+        text = text.replace(root.rstrip(os.sep) + os.sep, "")
+    return hide_paths(text)
 
 
 def metrics_markdown(s: TrainStatus) -> str:
@@ -300,7 +315,7 @@ def loss_frame(records: list[dict]) -> pd.DataFrame:
 
 
 def log_text(s: TrainStatus) -> str:
-    return "\n".join(s.log[-LOG_LINES:])
+    return "\n".join(shown_paths(line) for line in s.log[-LOG_LINES:])
 
 
 def validation_videos(s: TrainStatus) -> list[tuple[str, str]]:
