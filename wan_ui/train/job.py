@@ -27,9 +27,9 @@ import re
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from wan_ui.core.errors import UserError, ValidationError, first_line
 from wan_ui.core.fields import specs_of
@@ -253,15 +253,12 @@ class TrainJob:
 
     # ---- the thread ---------------------------------------------------------------------------------------
     def _run(self, cfg: TrainConfig, stop: threading.Event) -> None:
-        entered = False
         try:
             with self._run_scope() as app_stop:
-                entered = True
                 self._train(cfg, stop, app_stop)
-        except UserError as e:
-            if not entered:  # the scope refused the run (the app is shutting down)
-                self._end("failed", error=str(e))
-        except Exception:  # _train has reported it in the status; the scope recorded the run as failed
+        except UserError as e:  # the scope refused to open: the app is shutting down
+            self._end("failed", error=str(e))
+        except _Reported:  # in the status already; the scope has recorded the run as failed
             pass
         finally:
             with self._lock:
@@ -269,7 +266,7 @@ class TrainJob:
 
     def _train(self, cfg: TrainConfig, stop: threading.Event, app_stop: threading.Event) -> None:
         """The run inside its scope. Its end is in the status before the scope closes, so whoever waits on the scope
-        (the app's shutdown) finds it there; an error is re-raised for the scope to record."""
+        (the app's shutdown) finds it there; a failure leaves the scope as _Reported, which it records as such."""
         with self._lock:
             self._app_stop = app_stop
         try:
@@ -277,13 +274,13 @@ class TrainJob:
                            load_lock=self._load_lock)
         except UserError as e:
             self._end("failed", error=str(e))
-            raise
+            raise _Reported from e
         except Exception as e:  # the run is gone, the app is not: say what happened
             traceback.print_exc(file=sys.stderr)
             hint = " (out of GPU memory: lower width/height/frames, or turn on gradient checkpointing)" \
                 if "out of memory" in str(e).lower() else ""
             self._end("failed", error=f"{type(e).__name__}: {first_line(e)}{hint}")
-            raise
+            raise _Reported from e
         if result.stopped and app_stop.is_set():  # what the app's shutdown reports of this run
             app_stop.honoured = True
             app_stop.kept = _kept(result)
@@ -307,6 +304,10 @@ class TrainJob:
         with self._lock:
             by_app = self._app_stop is not None and self._app_stop.is_set() and phase == "stopped"
             self._status = dataclasses.replace(self._status, phase=phase, stopped_by_app=by_app, **values)
+
+
+class _Reported(Exception):
+    """A run's failure, already in its status: raised through the run scope, which records the run as failed."""
 
 
 class _Either:
