@@ -7,16 +7,14 @@ import time
 from pathlib import Path
 
 import pytest
-from ui_server import ui_app  # noqa: F401  (module-scoped fixture: one app for this module)
+from ui_server import compare_answer, ui_app  # noqa: F401  (ui_app: a module-scoped fixture, one app per module)
 
 from wan_ui.core.options import preset
-from wan_ui.ui import compare_tab
 from wan_ui.ui.generate_tab import RUN_OUTPUTS
 from wan_ui.ui.values import HISTORY_COLUMNS, OPTION_FIELDS
 
 SMALL = dict(prompt="a lighthouse in a storm", width=64, height=64, num_frames=9, num_inference_steps=2, seed=11)
 GENERATE_OUTPUTS = (*RUN_OUTPUTS, "gallery", "table")
-COMPARE_OUTPUTS = (*compare_tab.OUTPUTS, "gallery", "history_table")
 
 
 @pytest.fixture(scope="module")
@@ -108,9 +106,9 @@ def test_low_vram_preset_is_sized_and_says_why(client):
 
 
 def test_compare_two_sets_gives_the_report_table_and_downloads(client):
-    out = dict(zip(COMPARE_OUTPUTS, client.predict(
+    out = compare_answer(client.predict(
         **SMALL, set_1_preset="Defaults", set_2_preset="Defaults", set_2_options="cache=first_block",
-        api_name="/compare")))
+        api_name="/compare"))
     lines = out["table"].splitlines()
     assert lines[0].startswith("| Set | Load Time |") and lines[2].startswith("| Defaults |")
     assert lines[3].startswith("| Defaults + cache=first_block |") and "x)" in lines[3]
@@ -126,9 +124,9 @@ def test_compare_two_sets_gives_the_report_table_and_downloads(client):
 
 
 def test_compare_with_repeats_shows_median_and_range_and_names_each_run(client, ui_app):  # noqa: F811
-    out = dict(zip(COMPARE_OUTPUTS, client.predict(
+    out = compare_answer(client.predict(
         **{**SMALL, "num_frames": 5}, set_1_preset="Defaults", set_2_preset="Defaults",
-        set_2_options="cache=first_block", compare_repeats=2, api_name="/compare")))
+        set_2_options="cache=first_block", compare_repeats=2, api_name="/compare"))
     lines = out["table"].splitlines()
     assert lines[2].startswith("| Defaults |") and "s–" in lines[2] and "— first run after a build" in lines[2]
     assert lines[3].startswith("| Defaults + cache=first_block |") and "s–" in lines[3]

@@ -15,6 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from wan_ui.ui import compare_tab
+
+# The /compare API's answer, in order: the Compare tab's outputs (compare_tab.OUTPUTS), then the History tab's gallery
+# and table (app._wire_compare; the page's history is a gr.State, which the API does not return)
+COMPARE_API_OUTPUTS = (*compare_tab.OUTPUTS, "gallery", "history_table")
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
@@ -28,6 +33,13 @@ class LaunchedApp:
     settings_file: Path
     manager: object
     demo: object
+
+
+def compare_answer(answer) -> dict:
+    """/compare's answer by output name; its length is checked, so an output added or moved fails here instead of
+    shifting every name after it."""
+    assert len(answer) == len(COMPARE_API_OUTPUTS), (len(answer), COMPARE_API_OUTPUTS)
+    return dict(zip(COMPARE_API_OUTPUTS, answer))
 
 
 def free_port() -> int:
