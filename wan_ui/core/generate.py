@@ -6,7 +6,8 @@
   3. denoise with diffusers' own loop (`pipe(..., output_type="latent")`), observed through
      `callback_on_step_end` for per-step timing, progress, cancellation, CFG truncation and
      sparse attention's dense steps;
-  4. decode the latents with the VAE (one call without a hook: a cancel during it is honoured right after it);
+  4. decode the latents with the VAE, or the tiny decoder of `vae_decoder=tiny` (one call without a hook: a cancel
+     during it is honoured right after it);
   5. write the mp4, then its sidecar (outside the timed clip latency), and return frames, path and metrics.
 The output path or folder is checked first, before any model work (video.check_output_path / check_output_folder).
 """
@@ -44,6 +45,7 @@ from wan_ui.optim.cache import forwards_computed_mag, forwards_per_step, mag_sch
 from wan_ui.optim.cfg import make_cfg_step_hook, planned_forwards
 from wan_ui.optim.cfg_batch import prepare_cfg_batch
 from wan_ui.optim.sparse import dense_steps_for, make_sparse_step_hook
+from wan_ui.optim.tiny_decoder import tiny_decoder_of
 
 # on_progress(phase, done, total): phase in "loading", "encoding", "denoising", "decoding", "writing"
 ProgressFn = Callable[[str, int, int], None]
@@ -103,7 +105,11 @@ class _StepObserver:
 
 
 def decode_latents(pipe, latents: torch.Tensor) -> np.ndarray:
-    """Latents (B, C, T, H, W) -> frames (F, H, W, 3) uint8, as the Wan pipeline decodes them."""
+    """Latents (B, C, T, H, W) -> frames (F, H, W, 3) uint8, as the Wan pipeline decodes them, or with the tiny
+    decoder when the `vae_decoder` option put one on the pipeline (it takes the normalized latents as they are)."""
+    tiny = tiny_decoder_of(pipe)
+    if tiny is not None:
+        return to_uint8_frames(tiny.decode(latents)[0])
     vae = pipe.vae
     device = pipe._execution_device
     latents = latents.to(device, dtype=vae.dtype)

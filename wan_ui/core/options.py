@@ -295,6 +295,14 @@ _CHANNELS_LAST = _by_value(
     (False, _exact("VAE weights contiguous")),
     (True, _close("channels-last VAE", "other conv kernels: 1.6e-2 from the bf16 decode (measured); within 1 level "
                   "of 255 in fp32 (tests/test_vae_options.py)", _VAE_BENCH)))
+# TAEHV (wan_ui/core/tiny_vae.py): its author publishes the quality cost with the weights
+_VAE_DECODER = _by_value(
+    ("full", _exact("full VAE decode", "Wan's own VAE")),
+    ("tiny", _published("tiny decoder (TAEHV)", "TAEHV's decoder for Wan 2.1 (taew2_1) in place of Wan's VAE: "
+                        "'slightly lower quality' than the full VAE, by its author, who compares them on the MoViRec "
+                        "benchmark (huggingface.co/datasets/madebyollin/movirec); random weights on the random-weight "
+                        "models; not measured here", "madebyollin/taehv README (TAEHV: Tiny AutoEncoder for Hunyuan "
+                        "Video)")))
 
 
 @dataclass(frozen=True)
@@ -382,6 +390,10 @@ class OptimizationSet:
                          fidelity=_VAE_TILE, part_of="vae_tiling")
     vae_channels_last: bool = _opt(False, "vae", False, "channels-last (NDHWC) VAE conv weights: 10 % faster bf16 "
                                    "decode (docs/benchmarks/README.md)", (False, True), fidelity=_CHANNELS_LAST)
+    # a tiny TAEHV-class decoder instead of the VAE's (wan_ui/optim/tiny_decoder.py): weights by hub id
+    # (madebyollin/taehv/taew2_1.pth, or $WAN_UI_TINY_VAE), random ones on the random-weight models
+    vae_decoder: str = _opt("full", "vae", False, "decoder of the final video: full = Wan's VAE, tiny = TAEHV's tiny "
+                            "decoder (a few MB: a faster decode, lower quality)", ("full", "tiny"), fidelity=_VAE_DECODER)
 
     # ---- introspection -------------------------------------------------------------------------
     @staticmethod

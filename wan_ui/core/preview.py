@@ -10,6 +10,11 @@ How the map is fitted, once per loaded pipeline (so it matches the weights in us
 (the mode of its latent distribution, no sampling), and the least-squares fit maps each 16-channel latent pixel to
 the mean colour of the 8x8 image block it covers. The fit takes one small VAE encode (well under a second on a
 GPU). The preview only reads the latents: the final video is bit-identical with it on or off (tested).
+
+With `vae_decoder=tiny` on a GPU the preview comes from the tiny decoder instead (each shown latent frame decoded
+alone, then shrunk to the linear map's size): real decoded colours and detail for milliseconds a tick. On a CPU the
+linear map stays: there the tiny decoder takes seconds per preview even at the tiny model's size (measured:
+docs/benchmarks/README.md, "Tiny decoder"), longer than the steps it would show.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from wan_ui.core.tiny_vae import SPACE_FACTOR, TinyVideoDecoder
+from wan_ui.optim.tiny_decoder import tiny_decoder_of
 
 FIT_SIZE = 64  # pixels per side of the synthetic fitting images (8 x 8 latent pixels each)
 FIT_IMAGES = 24  # 12 flat colours + 12 smooth fields: 1,536 latent pixels for 17 unknowns per colour channel
@@ -39,21 +47,50 @@ class LatentToRGB:
     def frames(self, latents: torch.Tensor, count: int = PREVIEW_FRAMES) -> np.ndarray:
         """(B, 16, T, h, w) -> (n, h, w, 3) uint8 for up to `count` latent frames spread over T."""
         x = latents[0].detach().float().cpu()  # (16, T, h, w)
-        picks = sorted({round(i * (x.shape[1] - 1) / max(count - 1, 1)) for i in range(count)})
+        picks = picked_frames(x.shape[1], count)
         z = x[:, picks] * self.std.view(-1, 1, 1, 1) + self.mean.view(-1, 1, 1, 1)
         rgb = torch.einsum("ck,kthw->thwc", self.weight, z) + self.bias
         return (rgb.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
 
     def strip(self, latents: torch.Tensor, scale: int = 2) -> np.ndarray:
         """The preview image: the picked frames side by side, each upscaled `scale` x (nearest), 2 px apart."""
-        frames = self.frames(latents)
-        n, h, w, _ = frames.shape
-        gap = 2
-        out = np.full((h * scale, n * w * scale + (n - 1) * gap, 3), 255, np.uint8)
-        for i, frame in enumerate(frames):
-            big = frame.repeat(scale, axis=0).repeat(scale, axis=1)
-            out[:, i * (w * scale + gap): i * (w * scale + gap) + w * scale] = big
-        return out
+        return side_by_side(self.frames(latents), scale)
+
+
+def picked_frames(latent_frames: int, count: int = PREVIEW_FRAMES) -> list[int]:
+    """Up to `count` latent frame indices spread over the video, first and last included."""
+    return sorted({round(i * (latent_frames - 1) / max(count - 1, 1)) for i in range(count)})
+
+
+def side_by_side(frames: np.ndarray, scale: int) -> np.ndarray:
+    """(n, h, w, 3) uint8 -> one image: the frames side by side, each upscaled `scale` x (nearest), 2 px apart."""
+    n, h, w, _ = frames.shape
+    gap = 2
+    out = np.full((h * scale, n * w * scale + (n - 1) * gap, 3), 255, np.uint8)
+    for i, frame in enumerate(frames):
+        big = frame.repeat(scale, axis=0).repeat(scale, axis=1)
+        out[:, i * (w * scale + gap): i * (w * scale + gap) + w * scale] = big
+    return out
+
+
+@dataclass(frozen=True)
+class TinyDecoderPreview:
+    """Preview frames from the tiny decoder (`vae_decoder=tiny`): the same strip as LatentToRGB's, decoded."""
+
+    decoder: TinyVideoDecoder
+
+    def frames(self, latents: torch.Tensor, count: int = PREVIEW_FRAMES) -> np.ndarray:
+        """(B, 16, T, h, w) -> (n, 2h, 2w, 3) uint8: each picked latent frame decoded alone (a batch of one-frame
+        videos: no memory of the frames between), its frame at 8x shrunk 4x by averaging."""
+        z = latents[0].detach()  # (16, T, h, w)
+        picks = picked_frames(z.shape[1], count)
+        video = self.decoder.decode(z[:, picks].transpose(0, 1).unsqueeze(2))  # (n, 3, 1, 8h, 8w) in [-1, 1]
+        small = F.avg_pool2d(video[:, :, 0].float(), SPACE_FACTOR // 2)  # (n, 3, 2h, 2w)
+        return ((small + 1) * 127.5).clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+    def strip(self, latents: torch.Tensor, scale: int = 2) -> np.ndarray:
+        """The linear map's strip at `scale` 2: the same size (the frames are 2x the latent's already)."""
+        return side_by_side(self.frames(latents), max(1, scale // 2))
 
 
 def fitting_images(seed: int = 0) -> torch.Tensor:
@@ -85,9 +122,13 @@ def fit_latent_to_rgb(vae) -> LatentToRGB:
                        torch.tensor(cfg.latents_std, dtype=torch.float32))
 
 
-def previewer_for(pipe) -> LatentToRGB:
-    """The pipeline's fitted map, fitted at its first preview and kept on the pipeline (a rebuilt pipeline, with
-    other weights, fits its own)."""
+def previewer_for(pipe) -> LatentToRGB | TinyDecoderPreview:
+    """The tiny decoder's preview when the pipeline decodes with one on a GPU (module docstring), else the
+    pipeline's fitted map, fitted at its first preview and kept on the pipeline (a rebuilt pipeline, with other
+    weights, fits its own)."""
+    tiny = tiny_decoder_of(pipe)
+    if tiny is not None and tiny.stem.weight.is_cuda:
+        return TinyDecoderPreview(tiny)
     fitted = getattr(pipe, "_wan_ui_preview_map", None)
     if fitted is None:
         fitted = fit_latent_to_rgb(pipe.vae)

@@ -2,7 +2,7 @@
 
 Load-time families contribute `from_pretrained` kwargs (precision, quantization) or build steps (FP8 storage,
 compile, placement/offload), applied in this order: weights -> FP8 storage -> compile -> offload (registry.py says
-why). Run-time families (LoRA, scheduler, attention, sparse attention, cache, CFG batch, VAE) have
+why). Run-time families (LoRA, scheduler, attention, sparse attention, cache, CFG batch, VAE, tiny decoder) have
 `apply_*`/`remove_*` and are re-applied by the model manager when their fields change, in that order; each apply
 returns a typed undo record that the registry hands back to its remove (state.py). CFG tricks act inside the step
 callback (see `cfg.py`).
@@ -17,6 +17,8 @@ process keeps alive:
   (`cfg.planned_forwards`) and computes: the forward counter sees nothing inside compiled blocks, so under
   `compile` MagCache's schedule is replayed (`cache.mag_schedule`, `cache.forwards_computed_mag`); `step_kinds`
   groups steps by cache decision and dense/sparse attention to measure warm-up per kind of step.
+- `wan_ui.core.generate` and `wan_ui.core.preview`: the decode, and the live preview on a GPU, use the tiny decoder
+  that `vae_decoder=tiny` put on the pipeline (`tiny_decoder.tiny_decoder_of`): it replaces a call, not a module.
 - `wan_ui.core.manager`: evicting a pipeline built with `compile` also drops torch.compile's code cache, which
   holds the compiled blocks and their weights.
 - `wan_ui.bench`: extrapolating a shortened run replays MagCache's schedule (`extrapolate.py`, `report.py`), and

@@ -9,14 +9,28 @@ Load-time (the model manager builds a new pipeline when these fields change):
   onload/prefetch hook, so streaming stays outside the graph.
 Run-time (applied to a built pipeline; removed and re-applied when their fields change):
   RUNTIME — one `RuntimeFamily` each, in the fixed order LoRA -> scheduler -> attention -> sparse attention ->
-  cache -> CFG batch -> VAE. A change in one family re-applies it and every family after it, so hooks always stack
-  in the same order. Each apply step returns its family's typed undo record (state.py), which the registry keeps
-  in `PipelineState.runtime` with the signature it was applied with, and hands back to the family's remove step.
+  cache -> CFG batch -> VAE -> VAE decoder (the tiny decoder). A change in one family re-applies it and every
+  family after it, so hooks always stack in the same order. Each apply step returns its family's typed undo record
+  (state.py), which the registry keeps in `PipelineState.runtime` with the signature it was applied with, and hands
+  back to the family's remove step.
 """
 
 from __future__ import annotations
 
-from wan_ui.optim import attention, cache, cfg_batch, compile, lora, offload, precision, quantization, scheduler, sparse, vae
+from wan_ui.optim import (
+    attention,
+    cache,
+    cfg_batch,
+    compile,
+    lora,
+    offload,
+    precision,
+    quantization,
+    scheduler,
+    sparse,
+    tiny_decoder,
+    vae,
+)
 from wan_ui.optim.state import Applied, RuntimeFamily, state_of
 
 LOAD_KWARGS = [precision.load_kwargs, quantization.load_kwargs]
@@ -36,6 +50,9 @@ RUNTIME = (
     RuntimeFamily("cache", cache.apply_cache, cache.remove_cache, cache.signature),
     RuntimeFamily("cfg_batch", cfg_batch.apply_cfg_batch, cfg_batch.remove_cfg_batch, lambda o, r: o.cfg_batch),
     RuntimeFamily("vae", vae.apply_vae, vae.remove_vae, _fields("vae")),
+    # the tiny decoder replaces the VAE's decode; it leaves the VAE itself as the vae family set it
+    RuntimeFamily("vae_decoder", tiny_decoder.apply_tiny_decoder, tiny_decoder.remove_tiny_decoder,
+                  lambda o, r: o.vae_decoder),
 )
 
 
