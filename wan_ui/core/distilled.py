@@ -78,6 +78,21 @@ DISTILLED.append(replace(DISTILLED[1], name="Self-Forcing DMD 4-step (sparse)",
                          options={**_KERNELS, "sparse_attention": "sta", "sparse_window": "3,1,1"},
                          source=DISTILLED[1].source + "; sparse self-attention (sliding tile window, ours) on steps 2-4"))
 
+
+def _with_tiny_decoder(d: DistilledLora) -> DistilledLora:
+    """`d` decoding with TAEHV's tiny decoder instead of Wan's VAE (the `vae_decoder` option), named after it:
+    "X (tiny decoder)", "X (sparse, tiny decoder)". Channels-last VAE weights are dropped: the VAE does not decode."""
+    name = f"{d.name[:-1]}, tiny decoder)" if d.name.endswith(")") else f"{d.name} (tiny decoder)"
+    options = {k: v for k, v in d.options.items() if k != "vae_channels_last"}
+    return replace(d, name=name, options={**options, "vae_decoder": "tiny"},
+                   source=d.source + "; TAEHV's tiny decoder (madebyollin/taehv, taew2_1) instead of Wan's VAE")
+
+
+# The Self-Forcing presets with the tiny decoder: the VAE decode is a large share of the sparse preset's 480p clip
+# (docs/benchmarks/README.md). Its quality cost is TAEHV's author's published one; the benchmark compares each with
+# its full-VAE twin.
+DISTILLED.extend([_with_tiny_decoder(d) for d in DISTILLED[1:3]])
+
 DISTILLED_PRESETS: dict[str, dict[str, Any]] = {d.name: d.preset_options() for d in DISTILLED}
 # preset name -> GenerationRequest fields the preset needs (applied where the user did not set them)
 PRESET_REQUEST_HINTS: dict[str, dict[str, Any]] = {d.name: d.request_hints() for d in DISTILLED}
