@@ -18,7 +18,8 @@ from wan_ui.core.metrics import Metrics
 from wan_ui.core.options import PRESETS, OptimizationSet, fidelity_info, options_table
 from wan_ui.core.report import REPORT_ROWS
 from wan_ui.core.requests import GenerationRequest
-from wan_ui.ui.compare_tab import AXIS_NAME_CHARS, CHARTS, OUTPUTS, comparison_charts
+from wan_ui.ui.compare_charts import AXIS_NAME_CHARS, CHARTS
+from wan_ui.ui.compare_tab import OUTPUTS, comparison_charts
 from wan_ui.ui.options_tab import COLUMNS, filter_options, options_frame
 
 VIEWPORTS = {"desktop": {"width": 1440, "height": 900}, "phone": {"width": 390, "height": 844}}

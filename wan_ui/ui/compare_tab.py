@@ -6,11 +6,11 @@ import time
 from dataclasses import dataclass, field
 
 import gradio as gr
-import pandas as pd
 
 from wan_ui.core.compare import MAX_SETS, REPEATS_SPEC, Comparison, run_comparison, runs_per_set
 from wan_ui.core.errors import GenerationCancelled, UserError
-from wan_ui.core.report import REPORT_ROWS, summary_cell
+from wan_ui.core.report import summary_cell
+from wan_ui.ui.compare_charts import CHARTS, bar_charts, build_charts
 from wan_ui.ui.context import AppContext
 from wan_ui.ui.generate_tab import CLEAR_NOTE_JS, progress_reporter
 from wan_ui.ui.tune_search import DEFAULT_BUDGET, DEFAULT_SECONDS
@@ -20,18 +20,8 @@ from wan_ui.ui.zerogpu import ZEROGPU_SPEED, check_zerogpu, estimate_comparison_
 
 INITIAL_SETS = 2
 SETS_PER_ROW = 3
-# One bar chart per report row (core/report.py) but the frame-wise latency (the clip-wise one over the frame count:
-# the same bars), lower-is-better rows first, the clip-wise latency first of all. Its output keeps the name "chart";
-# the others come after the downloads, so the outputs before them keep their places in the /compare API's answer.
-CHART_ROWS = sorted((row for row in REPORT_ROWS if row[1] != "frame_latency_s"),
-                    key=lambda row: (not row[4], row[1] != "clip_latency_s"))
-CHARTS = {("chart" if row[1] == "clip_latency_s" else f"chart_{row[1]}"): row for row in CHART_ROWS}
 OUTPUTS = ("status", *(f"video_{i}" for i in range(1, MAX_SETS + 1)), "table", "chart", "csv", "markdown",
-           *(name for name in CHARTS if name != "chart"))
-CHART_BAR_PX, CHART_FRAME_PX = 34, 140  # a chart's height: per set (its label's line and gaps), label and axis
-# characters of a set's name on a chart's axis (the whole name is in the tooltip, the table and the video's label):
-# about 120 px of 12 px text, which leaves a phone's chart room for its bars
-AXIS_NAME_CHARS = 18
+           *(name for name in CHARTS if name != "chart"))  # the charts after "chart": compare_charts.CHARTS
 # Gradio's Markdown draws the table without per-cell labels; a phone shows each row as a card (assets/app.css) with
 # its column's name beside each value, so the page copies each header's text onto its column's cells. An observer
 # relabels whenever a comparison or a search writes a new table.
@@ -106,7 +96,7 @@ def build_compare_tab(ctx: AppContext) -> CompareTab:
             out[f"video_{i}"] = gr.Video(label=f"Set {i}", visible=False, interactive=False, autoplay=True,
                                          loop=True, elem_id=f"compare-video-{i}", min_width=120, height=260)
     out["table"] = gr.Markdown(elem_id="compare-table")
-    out.update(_build_charts())
+    out.update(build_charts())
     with gr.Row():
         out["csv"] = gr.File(label="Table (CSV)", interactive=False, elem_id="compare-csv")
         out["markdown"] = gr.File(label="Table (Markdown)", interactive=False, elem_id="compare-md")
@@ -116,28 +106,6 @@ def build_compare_tab(ctx: AppContext) -> CompareTab:
         button.click(None, outputs=cancel_note, js=CLEAR_NOTE_JS, queue=False, api_visibility="private",
                      show_progress="hidden")
     return CompareTab(inputs, out, summary, run_btn, cancel_btn, cancel_note, tune, tune_btn)
-
-
-def _build_charts() -> Widgets:
-    """The report rows' bar charts (hidden until a comparison fills them): the lower-is-better ones in one row, the
-    higher-is-better ones in the next, each labelled with which it is. Bars run sideways: each set's name on its own
-    line of the axis, never over another's."""
-    charts = Widgets()
-    for lower in (True, False):
-        with gr.Row(elem_id=f"compare-charts-{'lower' if lower else 'higher'}", elem_classes="compare-charts"):
-            for name, (label, key, unit, _, row_lower) in CHARTS.items():
-                if row_lower == lower:
-                    # the title as the block's label: Vega centres a plot's own title over the bars and cuts
-                    # what passes the edge, on a phone most of it
-                    charts[name] = gr.BarPlot(x=_axis(label, unit), y="set", y_title="Set", tooltip="all",
-                                              label=f"{label} · {'lower' if lower else 'higher'} is better",
-                                              show_label=True, x_lim=[0, None], visible=False, min_width=240,
-                                              elem_id="compare-chart" if name == "chart" else f"compare-{name}")
-    return charts
-
-
-def _axis(label: str, unit: str) -> str:
-    return f"{label} ({unit})" if unit else label
 
 
 def request_summary(values: dict) -> str:
@@ -205,28 +173,8 @@ def comparison_display(ctx: AppContext, comp: Comparison) -> dict:
 
 
 def comparison_charts(comp: Comparison) -> dict:
-    """{chart name: gr.BarPlot update}: each report row's values per set, shown when some set has a number. A bar's
-    label is "i · set name", cut to AXIS_NAME_CHARS (the axis sorts its labels, so the number keeps the sets in
-    order); hovering it shows the whole name and the table's cell: the value, its range over repeats, the ratio to
-    the baseline."""
-    named, baseline = comp.named_metrics, comp.baseline
-    updates = {}
-    for name, (label, key, unit, fmt, _) in CHARTS.items():
-        rows = [{"set": _axis_name(i, set_name), _axis(label, unit): m[key], "name": set_name,
-                 "in the table": summary_cell(m, baseline, key, fmt)}
-                for i, (set_name, m) in enumerate(named, start=1) if _is_number(m.get(key))]
-        if rows:
-            updates[name] = gr.BarPlot(pd.DataFrame(rows), visible=True,
-                                       height=CHART_FRAME_PX + CHART_BAR_PX * len(named))
-        else:
-            updates[name] = gr.BarPlot(None, visible=False)
-    return updates
-
-
-def _axis_name(number: int, name: str) -> str:
-    label = f"{number} · {name}"
-    return label if len(label) <= AXIS_NAME_CHARS else label[:AXIS_NAME_CHARS - 1] + "…"
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """{chart name: gr.BarPlot update}: each report row's values per set (compare_charts.bar_charts); hovering a bar
+    shows the table's cell: the value, its range over repeats, the ratio to the baseline."""
+    baseline = comp.baseline
+    return bar_charts([(i, name, m) for i, (name, m) in enumerate(comp.named_metrics, start=1)],
+                      lambda m, key, fmt: summary_cell(m, baseline, key, fmt))

@@ -3,7 +3,8 @@
 The search is the CLI's (`python -m wan_ui.tune`, docs/QUALITY.md) on one prompt, the one on the Generate tab; its
 starts are the Compare rows after the first (the baseline row), or the fastest presets this machine runs when those
 rows hold none. Its report lands in the outputs folder; the winner's options are shown as `key=value` text for a
-Compare row. No user preset is written: the app's presets file is the server's, shared by every user.
+Compare row. No user preset is written: the app's presets file is the server's, shared by every user. The search's
+results replace the last comparison's on the tab: its table, and charts drawn from the sets the search measured.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from pathlib import Path
 
 import gradio as gr
 
+from wan_ui.core.compare import MAX_SETS
 from wan_ui.core.errors import GenerationCancelled, UserError
 from wan_ui.core.options import OptimizationSet
 from wan_ui.core.requests import check_cost
 from wan_ui.tune.report import trials_table
 from wan_ui.tune.run import TuneConfig, TuneOutcome, run_tune
-from wan_ui.tune.search import Budget
+from wan_ui.tune.search import Budget, Trial
+from wan_ui.ui.compare_charts import bar_charts
 from wan_ui.ui.context import AppContext
 from wan_ui.ui.generate_tab import progress_reporter
 from wan_ui.ui.guard import guarded
@@ -68,8 +71,10 @@ def run_tune_search(ctx: AppContext, values: dict, session: str, progress, max_c
 
 
 def tune_display(outcome: TuneOutcome, outputs: Path) -> dict:
-    """The status line, the table of every set measured, and the report (named inside the outputs folder: the page
-    does not show where the server keeps its files)."""
+    """The status line, the table of every set measured, the report (named inside the outputs folder: the page
+    does not show where the server keeps its files), and the Compare tab's other outputs made to match the table:
+    the charts drawn from the sets measured (search_charts), the last comparison's videos hidden and its CSV
+    dropped."""
     result, w = outcome.result, outcome.result.winner
     base = result.trials[0].latency_s
     if w is None:
@@ -84,12 +89,35 @@ def tune_display(outcome: TuneOutcome, outputs: Path) -> dict:
     report = Path(outcome.files["report"])
     shown = report.relative_to(outputs) if report.is_relative_to(outputs) else report.name
     return {"status": f"{head} {len(result.trials)} sets measured.{stopped} Report: {shown} in the outputs folder",
-            "table": trials_table(result.trials, w, base), "markdown": outcome.files["report"]}
+            "table": trials_table(result.trials, w, base), "markdown": outcome.files["report"], "csv": None,
+            **{f"video_{i}": gr.Video(None, visible=False) for i in range(1, MAX_SETS + 1)},
+            **search_charts(result.trials, base)}
+
+
+# the search table's columns a Compare chart can show: the chart's metric key (core/report.py) -> (the trial's value,
+# its cell's format in the table: tune/report.trials_table)
+SEARCH_CHART_VALUES = {"clip_latency_s": (lambda t: t.latency_s, "{:.3f} s"),  # "Latency", over the prompts
+                       "lpips_vs_baseline": (lambda t: t.fidelity.get("lpips"), "{:.4g}"),  # "LPIPS" vs the baseline
+                       "clip_score": (lambda t: t.fidelity.get("clip"), "{:.4g}")}  # "CLIP": video vs its prompt
+
+
+def search_charts(trials: list[Trial], baseline_s: float | None) -> dict:
+    """The Compare charts for the search's table: each set measured (numbered as in the table's '#') with its
+    latency, LPIPS and CLIP score; the charts of what the table does not hold (load, warm-up, VRAM, throughput)
+    hidden. A bar's tooltip says what the table's cells say."""
+    def cell(m: dict, key: str, fmt: str) -> str:
+        text = SEARCH_CHART_VALUES[key][1].format(m[key])
+        return f"{text}, speed-up {baseline_s / m[key]:.2f}x" if key == "clip_latency_s" and baseline_s else text
+
+    sets = [(t.index, t.name, {key: value(t) for key, (value, _) in SEARCH_CHART_VALUES.items()})
+            for t in trials if t.ok]
+    return bar_charts(sets, cell)
 
 
 def wire_tune(ctx: AppContext, cmp, run_inputs, max_cost: int | None = None) -> None:
     """The button's click: the Generate tab's request, the Compare rows and the budget widgets in; the Compare tab's
-    status, table and Markdown file out (/tune); it takes the GPU slot as a comparison does."""
+    outputs out (/tune: status, table, report file, charts; the videos hidden, the CSV dropped); it takes the GPU
+    slot as a comparison does."""
 
     @guarded("searching for the fastest set")
     def on_tune(request: gr.Request, progress=gr.Progress(), **values):
