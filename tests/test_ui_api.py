@@ -132,6 +132,8 @@ def test_compare_with_repeats_shows_median_and_range_and_names_each_run(client, 
     assert lines[3].startswith("| Defaults + cache=first_block |") and "s–" in lines[3]
     assert "median (min–max) of each set's 2 timed runs" in out["table"]
     assert ", 2 timed runs each." in out["status"]
+    folder = out["status"].split("Tables: ")[1].removesuffix(" in the outputs folder")  # by name, not the path
+    assert (ui_app.outputs / folder / "comparison.csv").is_file() and str(ui_app.outputs) not in out["status"]
     header = Path(out["csv"]["path"]).read_text().splitlines()[0]
     assert "Clip-wise Latency min" in header and "Clip-wise Latency within noise" in header
     assert len(list(ui_app.outputs.glob("*.mp4"))) >= 2 and out["video_2"]["value"]["path"].endswith(".mp4")

@@ -169,7 +169,8 @@ def comparison_display(ctx: AppContext, comp: Comparison) -> dict:
     return {**shown, **hidden, "table": comp.markdown(), "csv": str(csv_path), "markdown": str(md_path),
             **comparison_charts(comp),
             "status": f"Compared {len(comp.runs)} sets at {r.width}x{r.height}, {r.num_frames} frames, "
-                      f"{r.num_inference_steps} steps, seed {r.seed}{runs}. Tables: {csv_path.parent}"}
+                      f"{r.num_inference_steps} steps, seed {r.seed}{runs}. Tables: {csv_path.parent.name} in the outputs "
+                      f"folder"}  # by name: the page does not show where the server keeps its files
 
 
 def comparison_charts(comp: Comparison) -> dict:
