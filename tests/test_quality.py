@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from wan_ui.core import quality
 from wan_ui.core.quality import (PSNR_CAP_DB, BaselineCache, MetricUnavailable, QualityConfig, QualityScorer,
                             baseline_frames, psnr_vs_baseline, sample_indices, score_result, ssim_vs_baseline)
 
@@ -86,6 +87,22 @@ def test_psnr_identical_is_the_documented_cap_and_known_mse_matches_formula():
     half[1] += np.uint8(10)
     expected = (PSNR_CAP_DB + 10 * math.log10(255**2 / 100)) / 2
     assert psnr_vs_baseline(half, PROMPT, video[:2]) == pytest.approx(expected, abs=1e-9)
+
+
+def test_psnr_and_ssim_of_a_long_video_are_the_mean_of_its_frames(monkeypatch):
+    """Videos over METRIC_PIXELS are scored piecewise: every frame counts once, with equal weight, as if whole."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    monkeypatch.setattr(quality, "METRIC_PIXELS", 3 * 32 * 48)  # pieces of 3 frames
+    frames = 3 * 2 + 2  # two whole pieces and a short one
+    video = _video(frames, 32, 48)
+    noisy = np.concatenate([_noisy(video[:frames // 2], 4), _noisy(video[frames // 2:], 24)])
+    per_psnr = [psnr_vs_baseline(noisy[i:i + 1], PROMPT, video[i:i + 1]) for i in range(frames)]
+    assert psnr_vs_baseline(noisy, PROMPT, video) == pytest.approx(np.mean(per_psnr), abs=1e-9)
+    as64 = lambda v: torch.from_numpy(v).permute(0, 3, 1, 2).double()  # noqa: E731
+    whole = structural_similarity_index_measure(as64(noisy), as64(video), gaussian_kernel=True, sigma=1.5,
+                                                kernel_size=11, data_range=255.0, k1=0.01, k2=0.03)
+    assert ssim_vs_baseline(noisy, PROMPT, video) == pytest.approx(float(whole), abs=1e-9)
 
 
 def test_psnr_and_ssim_decrease_with_noise():

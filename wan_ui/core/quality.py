@@ -138,6 +138,18 @@ def _writable(frames: np.ndarray) -> np.ndarray:
     return np.require(frames, requirements=["C", "W"])
 
 
+# Pixels per piece of a video for PSNR and SSIM (frames x height x width): a long video never sits in memory as one
+# float64 tensor. torchmetrics' SSIM unfolds its 11x11 window on the CPU, ~2.4 KB per pixel in float64 (2.9 GB for
+# one 832x480 frame), so a whole 81-frame clip at once needed more host memory than a 128 GB GPU machine has.
+# float32 would be 15x lighter but its E[x^2] - E[x]^2 cancels to 1e-5 off (identical videos score 0.99998).
+METRIC_PIXELS = 1 << 20
+
+
+def _pieces(frames: np.ndarray) -> range:
+    """Start indices of the pieces of METRIC_PIXELS (at least one frame each)."""
+    return range(0, frames.shape[0], max(1, METRIC_PIXELS // (frames.shape[1] * frames.shape[2])))
+
+
 def psnr_vs_baseline(frames: np.ndarray, prompt: str, reference: np.ndarray | None) -> float | None:
     """Mean over frames of PSNR_i = 10 * log10(255**2 / MSE_i), MSE_i over all pixels and RGB channels of frame i
     against reference frame i (8-bit range, no colour conversion). Each PSNR_i is capped at PSNR_CAP_DB = 100 dB,
@@ -145,25 +157,31 @@ def psnr_vs_baseline(frames: np.ndarray, prompt: str, reference: np.ndarray | No
     if reference is None:
         return None
     _check_reference(frames, reference)
-    mse = (_as_float(frames) - _as_float(reference)).pow(2).mean(dim=(1, 2, 3))  # (F,)
+    step = _pieces(frames).step
+    mse = torch.cat([(_as_float(frames[s:s + step]) - _as_float(reference[s:s + step])).pow(2).mean(dim=(1, 2, 3))
+                     for s in _pieces(frames)])  # (F,)
     floor = 255.0**2 / 10 ** (PSNR_CAP_DB / 10)  # the MSE at which PSNR reaches the cap
     psnr = 10 * torch.log10(255.0**2 / mse.clamp_min(floor))
     return float(psnr.mean())
 
 
-def ssim_vs_baseline(frames: np.ndarray, prompt: str, reference: np.ndarray | None) -> float | None:
+def ssim_vs_baseline(frames: np.ndarray, prompt: str, reference: np.ndarray | None,
+                     device: str = "cpu") -> float | None:
     """Mean over frames of SSIM (Wang et al. 2004, https://doi.org/10.1109/TIP.2003.819861) of frame i against
     reference frame i: RGB in [0, 255] (data_range 255), 11x11 Gaussian window with sigma 1.5, K1 = 0.01,
     K2 = 0.03, computed per channel and averaged (torchmetrics `structural_similarity_index_measure`).
-    Identical videos score 1.0. None without a reference."""
+    Identical videos score 1.0. None without a reference. Computed in float64 on `device` (the scorer's: on a GPU it
+    takes well under a second per clip, on a CPU seconds per 480p frame), METRIC_PIXELS at a time."""
     if reference is None:
         return None
     _check_reference(frames, reference)
     from torchmetrics.functional.image import structural_similarity_index_measure  # only when metrics run
 
-    per_frame = structural_similarity_index_measure(
-        _as_float(frames), _as_float(reference), gaussian_kernel=True, sigma=1.5, kernel_size=11,
-        data_range=255.0, k1=0.01, k2=0.03, reduction="none")  # (F,)
+    step = _pieces(frames).step
+    per_frame = torch.cat([structural_similarity_index_measure(
+        _as_float(frames[s:s + step]).to(device), _as_float(reference[s:s + step]).to(device), gaussian_kernel=True,
+        sigma=1.5, kernel_size=11, data_range=255.0, k1=0.01, k2=0.03, reduction="none").cpu()
+        for s in _pieces(frames)])  # (F,)
     return float(per_frame.mean())
 
 
@@ -230,7 +248,9 @@ class QualityScorer:
 
     # model-free: the module's functions, so the scorer offers all five under one signature
     psnr_vs_baseline = staticmethod(psnr_vs_baseline)
-    ssim_vs_baseline = staticmethod(ssim_vs_baseline)
+
+    def ssim_vs_baseline(self, frames: np.ndarray, prompt: str, reference: np.ndarray | None) -> float | None:
+        return ssim_vs_baseline(frames, prompt, reference, self.device)
 
     def _lpips_pairs(self, a: np.ndarray, b: np.ndarray) -> torch.Tensor:
         """LPIPS of each pair (a_i, b_i), (N,) float32, in batches of LPIPS_BATCH."""
