@@ -187,6 +187,118 @@ def test_a_burst_of_joins_from_one_address_gets_one_place(limited_app, monkeypat
     assert "event: complete" in stream and "Done:" in stream
 
 
+def wait_for(condition, what: str, timeout_s: float = 60) -> None:
+    deadline = time.time() + timeout_s
+    while not condition():
+        if time.time() > deadline:
+            pytest.fail(f"timed out waiting until {what}")
+        time.sleep(0.02)
+
+
+def test_a_running_batch_is_one_job_in_its_owners_share(limited_app, monkeypatch):
+    """The Batch tab runs outside the queue: its running batch takes one place of its owner's share, and a user who
+    holds the share cannot start one (the app's one batch, one video at a time: each video counting would make a
+    batch larger than the share impossible)."""
+    from gradio_client.exceptions import AppError
+
+    from wan_ui.core import batch
+    from wan_ui.ui import generate_tab
+
+    url, _ = limited_app
+    client = client_of(url)
+    release, item = threading.Event(), threading.Event()
+    real = batch.generate
+
+    def held_item(*args, **kwargs):
+        item.set()
+        release.wait(60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(batch, "generate", held_item)
+    try:
+        client.predict(**SMALL, prompts="one\ntwo", api_name="/batch_start")
+        assert item.wait(60)
+        message = refused_on_join(client, **SMALL)
+        assert message.endswith("- prompt: this address already has 1 GPU jobs waiting or running (a running batch "
+                                "counts as one), this server's limit per user (--max-jobs-per-user 1); wait for one "
+                                "to finish")
+    finally:
+        release.set()
+    wait_for(lambda: client.predict(api_name="/batch_status")[3]["phase"] == "done", "the batch is done")
+    assert generate(client)["status"].startswith("Done")  # its place is free again
+
+    started, release = threading.Event(), threading.Event()
+    real_generate = generate_tab.generate
+    monkeypatch.setattr(generate_tab, "generate", lambda *a, **k: (started.set(), release.wait(60),
+                                                                   real_generate(*a, **k))[2])
+    job = client.submit(**SMALL, api_name="/generate")
+    try:
+        assert started.wait(60)
+        with pytest.raises(AppError, match=r"this address already has 1 GPU jobs waiting or running, this server's "
+                                           r"limit per user \(--max-jobs-per-user 1\); wait for one to finish"):
+            client.predict(**SMALL, prompts="three", api_name="/batch_start")
+    finally:
+        release.set()
+    assert dict(zip(RUN_OUTPUTS, job.result(timeout=120)))["status"].startswith("Done")
+
+
+@pytest.fixture(scope="module")
+def users_app(tiny_folder, tmp_path_factory):
+    """The app behind a login of two users (ann, bob) with a share of one GPU job per user."""
+    from wan_ui.core.manager import ModelManager
+    from wan_ui.ui.app import create_demo, launch_kwargs
+
+    limits = ServerLimits(jobs_per_user=1)
+    outputs = tmp_path_factory.mktemp("users") / "outputs"
+    demo = create_demo(ModelManager(device="cpu", log=lambda m: None), model="tiny", outputs=outputs,
+                       save_settings=False, limits=limits)
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+                            auth=[("ann", "a-pass"), ("bob", "b-pass")], **launch_kwargs(outputs, limits))
+    yield url
+    demo.close()
+
+
+def test_logged_in_users_each_get_their_share_from_one_address(users_app, monkeypatch):
+    from gradio_client import Client
+
+    from wan_ui.ui import generate_tab
+
+    started, release = threading.Event(), threading.Event()
+    real = generate_tab.generate
+    monkeypatch.setattr(generate_tab, "generate", lambda *a, **k: (started.set(), release.wait(60), real(*a, **k))[2])
+    ann, bob = (Client(users_app, auth=auth, verbose=False, download_files=False)
+                for auth in (("ann", "a-pass"), ("bob", "b-pass")))
+    first = ann.submit(**SMALL, api_name="/generate")
+    try:
+        assert started.wait(60)
+        assert refused_on_join(ann, **SMALL).endswith(  # ann's second job, from another session
+            "- prompt: user ann already has 1 GPU jobs waiting or running, this server's limit per user "
+            "(--max-jobs-per-user 1); wait for one to finish")
+        second = bob.submit(**SMALL, api_name="/generate")  # same address, another user: bob's own share
+    finally:
+        release.set()
+    for job in (first, second):
+        assert dict(zip(RUN_OUTPUTS, job.result(timeout=120)))["status"].startswith("Done")
+
+
+def test_whose_share_a_job_counts_in():
+    from types import SimpleNamespace
+
+    from wan_ui.ui.limits import BackgroundJobs, user_key
+
+    page = SimpleNamespace(client=SimpleNamespace(host="10.0.0.7"), username=None)
+    assert user_key(page) == ("address", "10.0.0.7")
+    assert user_key(SimpleNamespace(client=page.client, username="ann")) == ("user", "ann")
+    assert user_key(page, username="bob") == ("user", "bob")  # as the queue passes it
+    jobs, running = BackgroundJobs(), [True]
+    jobs.started("batch", ("user", "ann"), lambda: running[0])
+    assert jobs.held(("user", "ann")) == 1 and jobs.held(("user", "bob")) == 0
+    running[0] = False
+    assert jobs.held(("user", "ann")) == 0  # an ended batch holds no place
+    jobs.started("batch", ("user", "bob"), lambda: True)  # the app's next batch is someone else's
+    assert jobs.held(("user", "ann")) == 0 and jobs.held(("user", "bob")) == 1
+
+
 # ---- uploads and Gradio's cache ---------------------------------------------------------------------------------
 def test_an_upload_over_the_bound_is_refused(limited_app, tmp_path):
     from gradio_client import handle_file

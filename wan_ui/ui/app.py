@@ -102,7 +102,7 @@ def create_demo(manager: ModelManager, model: str | None = None, scorer=None, ba
     # (Gradio opens those routes off Spaces); only the queue-less events (Cancel, presets, settings) answer there
     demo.queue(default_concurrency_limit=1, max_size=max_queue, api_open=False)
     if limits.max_cost or limits.jobs_per_user:
-        QueueGate(limits).install(demo)  # refused when they join, before waiting
+        QueueGate(limits, ctx.background).install(demo)  # refused when they join, before waiting
     return demo
 
 

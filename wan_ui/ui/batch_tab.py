@@ -31,7 +31,7 @@ from wan_ui.core.requests import check_cost
 from wan_ui.ui.context import AppContext
 from wan_ui.ui.guard import guarded, hide_paths
 from wan_ui.ui.history_tab import add_batch_items, history_views
-from wan_ui.ui.limits import ServerLimits
+from wan_ui.ui.limits import ServerLimits, check_share, user_key
 from wan_ui.ui.values import OPTION_FIELDS, REQUEST_FIELDS, options_from_values, request_from_values
 from wan_ui.ui.widgets import Widgets
 from wan_ui.ui.zerogpu import on_zerogpu
@@ -110,7 +110,9 @@ def wire_batch_tab(ctx: AppContext, tab: BatchTab, gen, hist, history_state: gr.
                    limits: ServerLimits | None = None) -> None:
     """gen: the Generate tab (its inputs are what every item runs on); hist, history_state: the History tab and
     this page's runs, which receive the batch's finished videos; limits: the server's cost limit applies to each
-    video (an item holds the GPU for one video, then lets a waiting run go first)."""
+    video (an item holds the GPU for one video, then lets a waiting run go first), and the running batch counts as
+    one GPU job in the share of the user who started it (--max-jobs-per-user: a user holding their share cannot
+    start one, and one running takes a place of their share)."""
     max_cost = (limits or ServerLimits()).max_cost
     view_outputs = [*tab.out.values(), tab.timer, tab.shown]
     history_outputs = [history_state, hist.gallery, hist.table]
@@ -120,7 +122,11 @@ def wire_batch_tab(ctx: AppContext, tab: BatchTab, gen, hist, history_state: gr.
         check_can_batch(ctx)
         plan = plan_from_values(values)
         check_cost(plan.request, max_cost, what="each video of this batch")
-        return view(tab, tab.job.start(plan), shown)
+        # the running batch is one GPU job of whoever started it (limits.BackgroundJobs)
+        check_share(limits or ServerLimits(), demo, request, ctx.background, field="batch")
+        started = tab.job.start(plan)
+        ctx.background.started("batch", user_key(request), lambda: tab.job.status().running)
+        return view(tab, started, shown)
 
     # queued (errors reach gradio_client as AppError) but unlimited: starting returns at once
     tab.start_btn.click(on_start, inputs=[tab.shown],

@@ -1,7 +1,8 @@
 """What the UI's handlers share: the app-level objects `app.py` builds once and passes to `create_demo`.
 
 Nothing here is module-level: one `AppContext` per demo. Per-user values (history, live VRAM samples) live
-in `gr.State`; the cross-request objects are `RunRegistry`, the cancel flag of each session's running job,
+in `gr.State`; the cross-request objects are `BackgroundJobs` (who started the running batch: it counts in their
+share of the GPU, limits.py), `RunRegistry`, the cancel flag of each session's running job,
 because the Cancel click arrives as a separate request while the generation is still running (the app's
 shutdown cancels them all through it), and the app's one `TrainJob` (a training run outlives the request that
 started it; it runs in the registry too, under TRAIN_SESSION, so the shutdown stops it).
@@ -20,6 +21,7 @@ from wan_ui.core.gpu_monitor import GpuMonitor
 from wan_ui.core.manager import ModelManager
 from wan_ui.core.models import resolve_model
 from wan_ui.train.job import TrainJob
+from wan_ui.ui.limits import BackgroundJobs
 from wan_ui.ui.values import versions
 
 # the training run's entry in the run registry (the batch's is batch_tab.BATCH_SESSION); page sessions are Gradio's
@@ -162,6 +164,7 @@ class AppContext:
     gpu_compare: Callable | None = None
     downloads: object | None = None  # model_download.ModelDownload of a hub checkpoint fetched at start, or None
     trainer: TrainJob | None = None  # the app's one LoRA training job (Train tab); None: one is made here
+    background: BackgroundJobs = field(default_factory=BackgroundJobs)  # whose batch runs: it counts in their share
 
     def __post_init__(self):
         if self.trainer is None:  # its model loads take the manager's lock: concurrent from_pretrained calls clash

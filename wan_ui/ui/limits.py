@@ -2,16 +2,18 @@
 "Round two: errors and limits").
 
 - the cost of a job, in token-forwards (`GenerationRequest.cost`; a comparison runs one generation per set);
-- each user's share of the queue: GPU jobs waiting or running per client address;
+- each user's share of the GPU: jobs waiting or running per user, the Batch tab's running batch counting as one job
+  of the user who started it (`BackgroundJobs`); a user is the logged-in name with --auth, else the client address;
 - the size of an uploaded file (Gradio's `max_file_size`);
 - failed logins per client address per minute (`LoginThrottle`, an ASGI middleware in front of Gradio's /login:
   Gradio calls an auth function with the user name and password only, so the address is read from the request);
 - how long Gradio keeps its copies of results and uploads (`gr.Blocks(delete_cache=...)`).
 
-The cost and the queue share are checked when a job joins the queue (`QueueGate`), so a refused job never waits
-first; the handler checks the cost again when the job starts. A client address is
-the one uvicorn reports: behind a reverse proxy, set FORWARDED_ALLOW_IPS to the proxy's address so that uvicorn
-reports each client's own (uvicorn's docs, "Proxies and forwarded headers"); otherwise every user shares one.
+The cost and the share are checked when a job joins the queue (`QueueGate`), so a refused job never waits first;
+the handler checks the cost again when the job starts; a batch's start checks the share itself (`check_share`: it
+runs outside the queue). A client address is the one uvicorn reports: behind a reverse proxy, set
+FORWARDED_ALLOW_IPS to the proxy's address so that uvicorn reports each client's own (uvicorn's docs, "Proxies and
+forwarded headers"); otherwise every user without a login shares one.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import gradio as gr
 from starlette.middleware import Middleware
@@ -44,7 +46,7 @@ GPU_QUEUE = "gpu"  # the concurrency_id of /generate and /compare (ui/app.py)
 @dataclass(frozen=True)
 class ServerLimits:
     max_cost: int | None = None  # token-forwards per job (GenerationRequest.cost x runs); None: no limit
-    jobs_per_user: int | None = None  # GPU jobs waiting or running per client address; None: no limit
+    jobs_per_user: int | None = None  # GPU jobs waiting or running per user (user_key); None: no limit
     upload_mb: float | None = None  # largest uploaded file, MB (10^6 bytes); None: Gradio's default (no limit)
     logins_per_minute: int | None = None  # failed logins per client address in any 60 s; None: no limit
     cache_hours: float | None = None  # Gradio's cached copies are deleted when older; None: kept until exit
@@ -66,26 +68,82 @@ class ServerLimits:
         return kwargs
 
 
-# ---- when a job joins the queue ------------------------------------------------------------------------------
+# ---- whose job it is -----------------------------------------------------------------------------------------
 def client_address(request) -> str:
     """The client's address as the server sees it (a gr.Request or a Starlette request)."""
     client = getattr(request, "client", None)
     return getattr(client, "host", None) or "unknown"
 
 
-def jobs_of(demo: gr.Blocks, address: str, concurrency_id: str = GPU_QUEUE) -> int:
-    """GPU jobs of `address` waiting in `demo`'s queue or running. Gradio has no public view of its queue; this reads
-    the one of the pinned Gradio (requirements.txt), and tests/test_reliability_round2_errors_limits.py fails if
-    that changes."""
+def user_key(request, username: str | None = None) -> tuple[str, str]:
+    """Whose share a job counts in: ("user", name) for a logged-in user (--auth; Gradio passes the name, or a
+    gr.Request carries it), else ("address", the client address): behind one proxy or NAT every user without a
+    login shares one address."""
+    name = username if username is not None else getattr(request, "username", None)
+    return ("user", str(name)) if name else ("address", client_address(request))
+
+
+def jobs_of(demo: gr.Blocks, key: tuple[str, str], concurrency_id: str = GPU_QUEUE) -> int:
+    """GPU jobs of the user `key` (user_key) waiting in `demo`'s queue or running. Gradio has no public view of its
+    queue; this reads the one of the pinned Gradio (requirements.txt), and
+    tests/test_reliability_round2_errors_limits.py fails if that changes."""
     queue = demo._queue
     waiting = queue.event_queue_per_concurrency_id.get(concurrency_id)
     events = [*(waiting.queue if waiting else []), *(e for job in queue.active_jobs if job for e in job)]
-    return sum(1 for e in events if e.concurrency_id == concurrency_id and client_address(e.request) == address)
+    return sum(1 for e in events if e.concurrency_id == concurrency_id and user_key(e.request, e.username) == key)
 
 
+class BackgroundJobs:
+    """The app's GPU work outside the queue, by the user who started it: the Batch tab's batch (one per app, run in
+    a thread of its own, one video at a time). A running batch counts as one job in its owner's share: it holds the
+    GPU for one video at a time and lets a waiting run go first between videos, so counting each of its (up to 100)
+    videos would make any batch larger than the share impossible, while not counting it would let a user queue a
+    full share beside a batch."""
+
+    def __init__(self):
+        self._owners: dict[str, tuple[tuple[str, str], Callable[[], bool]]] = {}
+        self._lock = threading.Lock()
+
+    def started(self, kind: str, key: tuple[str, str], running: Callable[[], bool]) -> None:
+        """`key` started the app's one job of `kind` ("batch"); it counts while `running()` says so."""
+        with self._lock:
+            self._owners[kind] = (key, running)
+
+    def held(self, key: tuple[str, str]) -> int:
+        with self._lock:
+            owners = list(self._owners.values())
+        return sum(1 for owner, running in owners if owner == key and running())
+
+
+def share_refusal(limits: ServerLimits, demo: gr.Blocks, key: tuple[str, str],
+                  background: BackgroundJobs | None = None) -> str | None:
+    """Why `key` may not add a GPU job now (it holds its share: jobs in the queue plus a running batch), or None."""
+    share = limits.jobs_per_user
+    if not share:
+        return None
+    outside = background.held(key) if background is not None else 0
+    held = jobs_of(demo, key) + outside
+    if held < share:
+        return None
+    who = "this address" if key[0] == "address" else f"user {key[1]}"
+    batch = " (a running batch counts as one)" if outside else ""
+    return (f"{who} already has {held} GPU jobs waiting or running{batch}, this server's limit per user "
+            f"(--max-jobs-per-user {share}); wait for one to finish")
+
+
+def check_share(limits: ServerLimits, demo: gr.Blocks, request, background: BackgroundJobs | None = None,
+                field: str = "batch") -> None:
+    """share_refusal as a UserError naming `field`: for a job that starts outside the queue (a batch)."""
+    refusal = share_refusal(limits, demo, user_key(request), background)
+    if refusal is not None:
+        raise UserError(refusal, field=field)
+
+
+# ---- when a job joins the queue ------------------------------------------------------------------------------
 class QueueGate:
     """Admits a job of /generate or /compare into Gradio's queue or refuses it at once, before it waits: when its
-    client address already holds `jobs_per_user` GPU jobs, or when it costs more than `max_cost`. An API caller gets
+    user (user_key) already holds `jobs_per_user` GPU jobs (a running batch of theirs included: `background`), or
+    when it costs more than `max_cost`. An API caller gets
     what a Gradio event validator answers (HTTP 422 naming the input; gradio_client raises ValidationError); the
     page gets HTTP 400 with the message, which it shows as an error toast (it shows this app's 422 nowhere). Input
     errors are left to the handler, which names the field as it always does.
@@ -97,8 +155,8 @@ class QueueGate:
 
     GATED = {"generate": False, "compare": True}  # api_name -> whether it is a comparison (one run per set)
 
-    def __init__(self, limits: ServerLimits):
-        self.limits = limits
+    def __init__(self, limits: ServerLimits, background: BackgroundJobs | None = None):
+        self.limits, self.background = limits, background
 
     def install(self, demo: gr.Blocks) -> None:
         queue = demo._queue
@@ -106,7 +164,7 @@ class QueueGate:
 
         async def push_checked(body, request, username):
             fn = demo.fns.get(body.fn_index) if body.fn_index is not None else None
-            refusal = self.refusal(demo, fn, list(body.data or []), request) if fn is not None else None
+            refusal = self.refusal(demo, fn, list(body.data or []), request, username) if fn is not None else None
             if refusal is not None and from_page(request):
                 return False, next(d["message"] for d in refusal if not d["is_valid"]), "error"
             if refusal is not None:
@@ -115,12 +173,12 @@ class QueueGate:
 
         queue.push = push_checked
 
-    def refusal(self, demo: gr.Blocks, fn, data: list, request) -> list[dict] | None:
+    def refusal(self, demo: gr.Blocks, fn, data: list, request, username: str | None = None) -> list[dict] | None:
         """Gradio's validation answer (one entry per input, the refused one with its message), or None."""
         if fn.api_name not in self.GATED or len(data) < len(fn.inputs):
             return None  # a short call: Gradio's check names what is missing (app._Blocks)
         names = list(fn.input_parameter_names or [None] * len(fn.inputs))
-        found = self.check({n: v for n, v in zip(names, data) if n}, client_address(request), demo,
+        found = self.check({n: v for n, v in zip(names, data) if n}, user_key(request, username), demo,
                            self.GATED[fn.api_name])
         if found is None:
             return None
@@ -128,14 +186,11 @@ class QueueGate:
         return [{"__type__": "validate", "is_valid": name != field, "message": message if name == field else "",
                  "parameter_name": name or f"parameter_{i}"} for i, name in enumerate(names)]
 
-    def check(self, values: dict, address: str, demo: gr.Blocks, comparison: bool) -> tuple[str, str] | None:
-        """(input the refusal is about, message), or None to let the job in."""
-        share = self.limits.jobs_per_user
-        if share:
-            held = jobs_of(demo, address)
-            if held >= share:
-                return "prompt", (f"this address already has {held} GPU jobs waiting or running, this server's "
-                                  f"limit per user (--max-jobs-per-user {share}); wait for one to finish")
+    def check(self, values: dict, key: tuple[str, str], demo: gr.Blocks, comparison: bool) -> tuple[str, str] | None:
+        """(input the refusal is about, message), or None to let the job in. key: the user (user_key)."""
+        refusal = share_refusal(self.limits, demo, key, self.background)
+        if refusal is not None:
+            return "prompt", refusal
         try:
             check_job_cost(values, self.limits.max_cost, comparison)
         except CostLimitError as e:
