@@ -36,9 +36,21 @@ def describe_placement(placement: dict | None, device: str | None = None) -> str
         devices = ", ".join(placement.get("devices") or [])
         return f"pool of {placement['gpus']} GPUs ({devices}): one pipeline per GPU, each job on a free one" + \
             (f"; this run on {device}" if device else "")
+    if mode == "ray":  # a cluster worker's own placement (wan_ui/cluster/worker.py)
+        return (f"Ray cluster of {placement['workers']} workers: one pipeline per worker, each job on a free one; "
+                f"this run on worker {placement['worker'] + 1}")
     n = placement.get("world_size")
     if mode == "cfg":
         return f"one video on {n} GPUs: CFG-parallel (cond branch on rank 0, uncond on rank 1)"
     kinds = [f"Ulysses {placement['ulysses_degree']}" if placement.get("ulysses_degree", 1) > 1 else "",
              f"ring {placement['ring_degree']}" if placement.get("ring_degree", 1) > 1 else ""]
     return f"one video on {n} GPUs: {' x '.join(k for k in kinds if k)} ({placement.get('reason', '')})"
+
+
+def describe_host(placement: dict | None, device: str | None = None) -> str:
+    """One line for the Others panel: which machine and GPU ran a job. A Ray worker's node and card, else this
+    host's device ('this host, cuda:0')."""
+    if not placement or placement.get("mode") != "ray":
+        return f"this host, {device}" if device else "this host"
+    card = f"GPU {','.join(placement['gpus'])} ({placement['gpu_name']})" if placement.get("gpus") else "CPU"
+    return f"node {placement['hostname']} ({placement['node_ip']}, Ray node {placement['node_id'][:12]}), {card}"

@@ -40,7 +40,14 @@ from wan_ui.core.options import OptimizationSet, option_notes
 from wan_ui.core.preview import Previewer, preview_every
 from wan_ui.core.prompt_cache import encode_prompt_cached
 from wan_ui.core.requests import GenerationRequest, validate_request
-from wan_ui.core.video import check_output_folder, check_output_path, rewrite_metadata, unique_path, write_video
+from wan_ui.core.video import (
+    check_output_folder,
+    check_output_path,
+    rewrite_metadata,
+    unique_path,
+    write_encoded_video,
+    write_video,
+)
 from wan_ui.optim.cache import forwards_computed_mag, forwards_per_step, mag_schedule
 from wan_ui.optim.cfg import make_cfg_step_hook, planned_forwards
 from wan_ui.optim.cfg_batch import prepare_cfg_batch
@@ -175,7 +182,8 @@ def generate(manager: ModelManager, model: str | None, request: GenerationReques
              out_dir: str | Path | None = "outputs", out_path: str | Path | None = None,
              on_progress: ProgressFn | None = None, cancel: threading.Event | None = None,
              nvml_hz: float = 10.0, on_preview: PreviewFn | None = None) -> Result:
-    """`manager`: a ModelManager, or a gpu_pool.ManagerPool that lends a free GPU's manager for this run.
+    """`manager`: a ModelManager, or a gpu_pool.ManagerPool that lends a free GPU's manager for this run (a
+    cluster's RayPool lends a worker, which runs the whole job: `_generate_remote`).
     `on_preview(step, image, seconds)`: the live preview (core/preview.py), about ten times per run; None = off.
     `out_path` (a .mp4 file), else `out_dir` (a folder; both None: nothing is written) is checked before any model
     work: an OutputError says what is wrong with it."""
@@ -184,10 +192,32 @@ def generate(manager: ModelManager, model: str | None, request: GenerationReques
         out_path = check_output_path(out_path)
     elif out_dir is not None:
         check_output_folder(out_dir)
-    with manager.lease(model, opts) as leased, device_scope(leased.device):
-        cancel = leased.start_job(model, request, opts, cancel)  # a serving parallel app's other ranks join in
-        return _generate_on(leased, model, request, opts, out_dir, out_path, on_progress, cancel, nvml_hz,
-                            on_preview)
+    with manager.lease(model, opts) as leased:
+        if hasattr(leased, "run_remote"):  # a worker of a Ray cluster (wan_ui/cluster): the whole job runs there
+            return _generate_remote(leased, model, request, opts, out_dir, out_path, on_progress, cancel,
+                                    on_preview)
+        with device_scope(leased.device):
+            cancel = leased.start_job(model, request, opts, cancel)  # a serving parallel app's other ranks join in
+            return _generate_on(leased, model, request, opts, out_dir, out_path, on_progress, cancel, nvml_hz,
+                                on_preview)
+
+
+def _generate_remote(worker, model, request: GenerationRequest, opts: OptimizationSet, out_dir, out_path,
+                     on_progress, cancel, on_preview) -> Result:
+    """The job on a worker in another process, maybe another machine: `worker.run_remote` runs phases 1-7 there,
+    relays progress and previews, forwards a cancel, and returns the Result (frames, build info, metrics) with, when
+    a video is asked for, the mp4 it encoded and its sidecar's metadata. Both are written here, under the name and
+    with the atomic writes of a local run."""
+    write = out_dir is not None or out_path is not None
+    result, video = worker.run_remote(model, request, opts, write=write, on_progress=on_progress, cancel=cancel,
+                                      on_preview=on_preview)
+    if video is not None:
+        if on_progress:
+            on_progress("writing", 0, 1)
+        data, metadata = video
+        path = Path(out_path) if out_path else unique_path(out_dir, request.seed)
+        result.video_path = str(write_encoded_video(data, path, metadata))
+    return result
 
 
 def _generate_on(manager: ModelManager, model, request: GenerationRequest, opts: OptimizationSet, out_dir,

@@ -9,7 +9,8 @@ video's settings can be loaded back.
    (imageio-ffmpeg's writer neither raises nor reports ffmpeg's exit status when ffmpeg fails after the frames
    were sent: it leaves a 0- or 48-byte file), renames it into place, and only then writes the sidecar, also
    atomically; when the sidecar fails the video goes too. A full disk, a missing permission or a read-only file
-   system is a `StorageError` naming the path; any other encoder failure an `EncoderError`.
+   system is a `StorageError` naming the path; any other encoder failure an `EncoderError`. `write_encoded_video`
+   does the same with an mp4 a cluster worker encoded (wan_ui/cluster).
 3. `remove_stale_files` deletes what a killed process left: our own temporary names only (the app calls it at
    start-up on its outputs folder).
 """
@@ -164,16 +165,41 @@ def write_video(frames: np.ndarray, path: str | Path, fps: int, metadata: dict |
             if problem is not None:
                 raise _encoder_failed(path, tmp.parent, problem)
         if metadata is not None:
-            try:
-                write_text_atomic(path.with_suffix(".json"), json.dumps(metadata, indent=2, ensure_ascii=False))
-            except BaseException:
-                path.unlink(missing_ok=True)  # a video without its settings sidecar is not kept either
-                raise
+            _write_sidecar(path, metadata)
     except OutputError:
         raise
     except OSError as e:  # mkdir, the sidecar, a rename
         raise storage_error(e, path, field=None) from e
     return path
+
+
+def write_encoded_video(data: bytes, path: str | Path, metadata: dict) -> Path:
+    """An mp4 encoded elsewhere (a Ray worker, wan_ui/cluster: `data`, with `metadata` already in its comment tag)
+    written here as `write_video` writes its own: to a temporary sibling, checked complete, renamed into place, then
+    its sidecar. On any failure neither is left."""
+    path = free_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path, "partial") as tmp:
+            tmp.write_bytes(data)
+            problem = mp4_problem(tmp)
+            if problem is not None:
+                raise EncoderError(f"the video received for {path} is not a complete mp4 ({problem}); nothing was "
+                                   f"kept")
+        _write_sidecar(path, metadata)
+    except OutputError:
+        raise
+    except OSError as e:  # mkdir, the write, the sidecar, a rename
+        raise storage_error(e, path, field=None) from e
+    return path
+
+
+def _write_sidecar(path: Path, metadata: dict) -> None:
+    try:
+        write_text_atomic(path.with_suffix(".json"), json.dumps(metadata, indent=2, ensure_ascii=False))
+    except BaseException:
+        path.unlink(missing_ok=True)  # a video without its settings sidecar is not kept either
+        raise
 
 
 def _encode(frames: np.ndarray, tmp: Path, path: Path, fps: int, metadata: dict | None) -> None:
