@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "wan_ui"
 
 # The layers the core (`wan_ui.core`) and the catalogue (`wan_ui.optim`) must never import.
-UPPER_LAYERS = ("wan_ui.ui", "wan_ui.bench", "wan_ui.train", "wan_ui.tune", "wan_ui.parallel", "wan_ui.cli",
-                "wan_ui.__main__")
+UPPER_LAYERS = ("wan_ui.ui", "wan_ui.bench", "wan_ui.train", "wan_ui.tune", "wan_ui.parallel", "wan_ui.cluster",
+                "wan_ui.cli", "wan_ui.__main__")
 LOWER_LAYERS = ("wan_ui.core", "wan_ui.optim")
 
 # Packages that may be imported inside a function: optional or heavy, needed only on one path.
@@ -78,7 +78,7 @@ GRAPH = {name: {t for t, *_ in imports_of(path) if t in MODULES and t != name} f
 
 
 def test_the_package_has_its_layers():
-    for layer in ("core", "optim", "parallel", "ui", "bench", "train"):
+    for layer in ("core", "optim", "parallel", "cluster", "ui", "bench", "train"):
         assert f"wan_ui.{layer}" in MODULES, f"wan_ui/{layer}/ is missing"
     flat = [n for n in MODULES if n.count(".") == 1 and n not in ("wan_ui.cli", "wan_ui.__main__")
             and not (PACKAGE / n.split(".")[1]).is_dir()]
