@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from wan_ui.cluster.serving import build_ray_pool
 from wan_ui.core.errors import UserError
 from wan_ui.core.hardware import configure_allocator
 from wan_ui.core.model_download import ModelDownload
@@ -50,8 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outputs", default="outputs", help="folder for videos and comparison tables")
     p.add_argument("--max-queue", type=int, default=None, metavar="N",
                    help="jobs that may wait in the queue before new ones are refused (default: 32; 0 = no bound)")
-    p.add_argument("--gpus", default=None, metavar="LIST",
-                   help="GPU indices to use, e.g. 0,1 (default: one GPU, or the CPU without one)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--gpus", default=None, metavar="LIST",
+                       help="GPU indices to use, e.g. 0,1 (default: one GPU, or the CPU without one)")
+    where.add_argument("--ray", default=None, metavar="ADDRESS",
+                       help="run every job on a Ray cluster's GPUs, one worker per GPU: auto (the cluster this "
+                            "machine joined with `ray start`), HOST:PORT of its head, ray://HOST:10001, or local "
+                            "(start one here); needs `pip install ray` (docs/SCALING.md)")
+    p.add_argument("--ray-workers", type=int, default=None, metavar="N",
+                   help="with --ray: at most N workers (default: one per GPU of the cluster; 1 without GPUs)")
     p.add_argument("--gpu-mode", default="pool", choices=("pool", "parallel"),
                    help="with --gpus: pool = one pipeline per GPU, each job on a free one (more users at once); "
                         "parallel = every job across all of them (one video faster; restarts under torchrun)")
@@ -123,13 +131,18 @@ def parse_auth(text: str | None) -> tuple[str, str] | None:
 
 
 def build_manager(args, argv: list[str]):
-    """One manager, a pool of one per GPU, or this rank's share of a parallel app (None on ranks > 0, which ran
-    the UI's jobs until it stopped). `--gpu-mode parallel` outside torchrun restarts itself as N processes."""
+    """One manager, a pool of one per GPU, a pool of a Ray cluster's workers (--ray), or this rank's share of a
+    parallel app (None on ranks > 0, which ran the UI's jobs until it stopped). `--gpu-mode parallel` outside
+    torchrun restarts itself as N processes."""
+    log = lambda m: print(f"[wan_ui] {m}", file=sys.stderr)  # noqa: E731
+    if args.ray:
+        return build_ray_pool(args.ray, args.ray_workers, log=log)
+    if args.ray_workers is not None:
+        raise UserError("--ray-workers needs --ray ADDRESS", field="ray_workers")
     gpus = parse_gpus(args.gpus)
     if gpus and args.gpu_mode == "parallel" and "WORLD_SIZE" not in os.environ:
         cmd, env = relaunch_command([os.path.abspath(sys.argv[0]), *argv], gpus)
         os.execvpe(cmd[0], cmd, env)
-    log = lambda m: print(f"[wan_ui] {m}", file=sys.stderr)  # noqa: E731
     return build_app_manager(gpus, args.gpu_mode, args.parallel, log=log)
 
 
@@ -165,7 +178,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     # a hub checkpoint downloads now, in the background, with its progress in the page's header
-    downloads = ModelDownload(source, log=manager.log).start() if source.kind == "hub" else None
+    # (with --ray each worker's node downloads it on its first job: docs/SCALING.md)
+    downloads = ModelDownload(source, log=manager.log).start() if source.kind == "hub" and not args.ray else None
     clean_outputs(args.outputs)  # what a killed run left (ui/shutdown.py)
     runs = RunRegistry()  # the running jobs, cancelled on SIGTERM
     # ZeroGPU lends a GPU per call from a process that may show none

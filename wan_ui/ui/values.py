@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from wan_ui.core.compare import DEFAULTS_NAME, MAX_SETS, named_set
-from wan_ui.core.devices import describe_placement
+from wan_ui.core.devices import describe_host, describe_placement
 from wan_ui.core.errors import UserError
 from wan_ui.core.fields import FieldSpec, widget_range
 from wan_ui.core.options import (PRESETS, OptimizationSet, check_available, fidelity_info, fidelity_summary,
@@ -265,6 +265,7 @@ def others_markdown(info: dict, versions: dict[str, str]) -> str:
         ("Run-time families re-applied", reapplied),
         ("Device", info["device"]),
         ("GPUs", describe_placement(info.get("parallel"), info["device"])),
+        ("Ran on", describe_host(info.get("parallel"), info["device"])),
         ("Options changed from defaults", _diff_text(info.get("optimizations") or {})),
         ("Versions", " · ".join(f"{k} {v}" for k, v in versions.items())),
     ]
