@@ -72,14 +72,54 @@ def test_cost_is_tokens_times_steps_times_forwards_per_step():
     assert report.cost() == 87_750 * 65 * 2 and official.cost() == 32_760 * 50 * 2
     assert dataclasses.replace(report, guidance_scale=1.0).cost() == 87_750 * 65  # CFG off: one forward a step
     check_cost(report, DEFAULT_MAX_COST_GPU)  # the report's workload and Wan's 480p default run on a GPU
-    assert DEFAULT_MAX_COST_GPU // official.cost() == 7
+    assert DEFAULT_MAX_COST_GPU == 2 * report.cost() and DEFAULT_MAX_COST_GPU // official.cost() == 6
     with pytest.raises(CostLimitError, match=r"^this request costs 3,276,000 token-forwards \(32,760 tokens per "
                                              r"forward x 50 num_inference_steps x 2 forwards per step\), more than "
-                                             r"this server's limit of 200,000: lower num_inference_steps, width, "
-                                             r"height or num_frames, or guidance_scale <= 1 \(CFG off halves it\)$"):
+                                             r"this server's limit of 200,000 \(--max-cost\): lower "
+                                             r"num_inference_steps, width, height or num_frames, or guidance_scale "
+                                             r"<= 1 \(CFG off halves it\)$"):
         check_cost(official, DEFAULT_MAX_COST_CPU)
     check_cost(GenerationRequest("x", **TINY_MODEL_DEFAULTS), DEFAULT_MAX_COST_CPU)  # the CPU's first click runs
     check_cost(report, None)  # no limit
+
+
+def test_the_gpu_default_bounds_a_jobs_time_at_every_size():
+    """Above the report's size each token-forward counts tokens / 87,750 times (attention grows with tokens^2), so
+    a job the GPU default admits denoises at most twice as long as the report's workload at any size, by the
+    per-forward times fitted to the H200 floors (ui/zerogpu.py); the linear cost let the largest frames hold the
+    card for hours."""
+    from wan_ui.ui.zerogpu import FORWARD_A, FORWARD_B
+
+    def denoise_s(r: GenerationRequest) -> float:
+        tokens = r.tokens_per_forward()
+        return r.num_inference_steps * r.forwards_per_step * (FORWARD_A * tokens + FORWARD_B * tokens ** 2)
+
+    report = WORKLOADS["report"].request
+    bound_s = 2 * denoise_s(report)
+    admitted = 0
+    for width, height in ((256, 256), (832, 480), (1248, 720), (1280, 1280), (2048, 2048)):
+        for frames in (17, 81, 97, 257):
+            for guidance in (1.0, 5.0):
+                one = GenerationRequest("x", width=width, height=height, num_frames=frames, guidance_scale=guidance,
+                                        num_inference_steps=1)
+                steps = min(200, DEFAULT_MAX_COST_GPU // one.cost())  # the most the default admits
+                if steps:
+                    longest = dataclasses.replace(one, num_inference_steps=steps)
+                    check_cost(longest, DEFAULT_MAX_COST_GPU)
+                    assert denoise_s(longest) <= bound_s * 1.001, (width, height, frames, guidance, steps)
+                    admitted += 1
+    assert admitted >= 30
+    largest = GenerationRequest("x", width=2048, height=2048, num_frames=257, num_inference_steps=1)
+    linear = largest.tokens_per_forward() * 2  # what the cost was before: 23 steps of it fit 25 M, ~2.4 h
+    assert 25_000_000 // linear * denoise_s(largest) > 2 * 3600
+    with pytest.raises(CostLimitError, match=r"^this request costs 25,849,340 token-forwards \(1,064,960 tokens "
+                                             r"per forward x 1 num_inference_steps x 2 forwards per step x 12.14 for "
+                                             r"attention above 87,750 tokens\), more than this server's limit of "
+                                             r"22,815,000 \(--max-cost\): lower"):
+        check_cost(largest, DEFAULT_MAX_COST_GPU)
+    check_cost(dataclasses.replace(largest, guidance_scale=1.0), DEFAULT_MAX_COST_GPU)  # one forward still runs
+    tiny = GenerationRequest("x", **TINY_MODEL_DEFAULTS)
+    assert tiny.attention_factor() == 1.0 and tiny.cost() == 720 * 8 * 2  # below the report's size: unchanged
 
 
 def test_a_costly_job_is_refused_when_it_joins_naming_the_fields(limited_app):
@@ -90,8 +130,8 @@ def test_a_costly_job_is_refused_when_it_joins_naming_the_fields(limited_app):
                                          "num_inference_steps": 8, "guidance_scale": 5.0})
     assert message == ("1 parameter(s) failed validation:\n- num_inference_steps: this request costs 20,480 "
                        "token-forwards (1,280 tokens per forward x 8 num_inference_steps x 2 forwards per step), more "
-                       "than this server's limit of 5,000: lower num_inference_steps, width, height or num_frames, or "
-                       "guidance_scale <= 1 (CFG off halves it)")
+                       "than this server's limit of 5,000 (--max-cost): lower num_inference_steps, width, height or "
+                       "num_frames, or guidance_scale <= 1 (CFG off halves it)")
     assert set(outputs.glob("*")) == before  # nothing ran
     # two sets of a request that runs alone: a comparison runs one per set
     cheap = {**SMALL, "width": 64, "height": 64, "num_frames": 17, "num_inference_steps": 32, "guidance_scale": 1.0}
@@ -415,6 +455,6 @@ def test_the_limits_have_flags_and_defaults_by_machine(launches, monkeypatch, ca
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for default in ("25,000,000 with a GPU, 200,000 on a CPU", "(default: 4;", "(default: 50)", "(default: 10)",
+    for default in ("22,815,000 with a GPU, 200,000 on a CPU", "(default: 4;", "(default: 50)", "(default: 10)",
                     "(default: 24;", "--no-auth-i-know"):
         assert default in text

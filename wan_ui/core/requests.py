@@ -78,12 +78,18 @@ class GenerationRequest:
         conditional and an unconditional pass, as the pipeline decides), else 1."""
         return 2 if self.guidance_scale > 1.0 else 1
 
+    def attention_factor(self) -> float:
+        """How many times `cost` counts each token-forward: 1 up to ATTENTION_TOKENS tokens per forward, then
+        tokens / ATTENTION_TOKENS (see there)."""
+        return max(1.0, self.tokens_per_forward() / ATTENTION_TOKENS)
+
     def cost(self) -> int:
         """What a request asks of the one job slot, in token-forwards: tokens per forward x steps x forwards per
-        step. Linear layers grow with it; attention grows with tokens^2, so at the largest frames the same cost
-        takes longer (docs/RELIABILITY.md, "Round two: errors and limits"). Options that skip work (caches, CFG
+        step, each counted attention_factor() times above the report's size, so that a cost bounds the time at
+        every size (docs/RELIABILITY.md, "Round two: errors and limits"). Options that skip work (caches, CFG
         truncation) are not counted: the limit holds for any option set."""
-        return self.tokens_per_forward() * self.num_inference_steps * self.forwards_per_step
+        return round(self.tokens_per_forward() * self.attention_factor() * self.num_inference_steps
+                     * self.forwards_per_step)
 
 
 def snap_frames(n: int) -> int:
@@ -113,20 +119,6 @@ def validate_request(req: GenerationRequest) -> GenerationRequest:
     return dataclasses.replace(req, notes=tuple(notes), **values)
 
 
-# Default largest cost per job (`--max-cost`). On a GPU: about twice the profiling report's workload (1248x720, 97
-# frames, 65 steps, CFG: 87,750 tokens x 65 x 2 = 11.4 M; 428 s in bf16 on an H200, README.md); Wan's 480p default
-# (3.3 M) fits 7 times. On a CPU: 512x512, 33 frames, 10 steps with CFG (184,320) fits, about a minute on the tiny
-# model on 2 cores; the real model on a CPU runs ~360 token-forwards a second (one 480p step in ~3 min, below), so
-# ~9 min of it. Attention grows with tokens^2: what a job at the limit takes at the largest frames is in
-# docs/RELIABILITY.md, "Round two: errors and limits".
-DEFAULT_MAX_COST_GPU = 25_000_000
-DEFAULT_MAX_COST_CPU = 200_000
-
-
-def default_max_cost(cuda: bool) -> int:
-    return DEFAULT_MAX_COST_GPU if cuda else DEFAULT_MAX_COST_CPU
-
-
 class CostLimitError(ValidationError):
     """A request whose every field is in range but whose whole costs more than the server allows (`check_cost`)."""
 
@@ -140,11 +132,13 @@ def check_cost(request: GenerationRequest, max_cost: int | None, runs: int = 1, 
     times = f"{runs} x " if runs > 1 else ""
     fewer = ", or compare fewer sets" if runs > 1 else ""
     cfg = ", or guidance_scale <= 1 (CFG off halves it)" if request.forwards_per_step == 2 else ""
+    factor = request.attention_factor()
+    attention = f" x {factor:.2f} for attention above {ATTENTION_TOKENS:,} tokens" if factor > 1 else ""
     raise CostLimitError(
         f"{what} costs {cost:,} token-forwards ({times}{request.tokens_per_forward():,} tokens per forward x "
-        f"{request.num_inference_steps} num_inference_steps x {request.forwards_per_step} forwards per step), more "
-        f"than this server's limit of {max_cost:,}: lower num_inference_steps, width, height or num_frames{cfg}{fewer}",
-        field="num_inference_steps")
+        f"{request.num_inference_steps} num_inference_steps x {request.forwards_per_step} forwards per "
+        f"step{attention}), more than this server's limit of {max_cost:,} (--max-cost): lower num_inference_steps, "
+        f"width, height or num_frames{cfg}{fewer}", field="num_inference_steps")
 
 
 # The tiny random-weight model's own defaults: a video in about 10 s on a 2-core CPU. The real model's defaults
@@ -198,3 +192,26 @@ WORKLOADS: dict[str, Workload] = {
         "CPU tests and CI: 64x64, 9 frames, 2 steps on the tiny model",
     ),
 }
+
+
+# ---- what one job may cost (`python app.py --max-cost`) ----------------------------------------------------------
+# A transformer forward of N tokens takes about a*N + b*N^2 seconds: linear layers grow with N, attention with N^2
+# (ui/zerogpu.py fits a and b to the H200 floors of ../shared/WORKLOADS.md; attention is most of a forward at the
+# report's size). A cost linear in N bounds the time only up to a size: at the largest frames a job that the linear
+# cost admitted held an H200 for hours (docs/RELIABILITY.md, "Round two: errors and limits"). So `cost` counts a
+# token-forward N / ATTENTION_TOKENS times above the report's size. For any a, b >= 0 the time per cost unit is then
+# at most the report's at every size, so a job's cost over the report's bounds its time over the report's (same
+# options, same card).
+ATTENTION_TOKENS = WORKLOADS["report"].request.tokens_per_forward()  # 25 x 45 x 78 = 87,750 (WORKLOADS.md)
+# Default largest cost per job. On a GPU: twice the largest documented workload, the profiling report's (1248x720,
+# 97 frames, 65 steps, CFG: 87,750 x 65 x 2 = 11.4 M): a job at the default holds the card at most about twice as
+# long as the report's workload in the same options, at any size, plus its VAE decode (not counted; its time per
+# size: README.md and docs/RELIABILITY.md); Wan's 480p default (3.3 M) fits 6 times. On a CPU: 512x512, 33 frames,
+# 10 steps with CFG (184,320) fits, about a minute on the tiny model (docs/RELIABILITY.md), minutes of the real
+# model (its CPU speed: TINY_MODEL_DEFAULTS above).
+DEFAULT_MAX_COST_GPU = 2 * WORKLOADS["report"].request.cost()
+DEFAULT_MAX_COST_CPU = 200_000
+
+
+def default_max_cost(cuda: bool) -> int:
+    return DEFAULT_MAX_COST_GPU if cuda else DEFAULT_MAX_COST_CPU
