@@ -15,7 +15,9 @@ from wan_ui.core.generate import generate
 from wan_ui.optim import sparse
 from wan_ui.optim.sparse import (SparseContext, SparseWanAttnProcessor, TileLayout, build_block_mask,
                                  dense_steps_for, parse_window, sparse_attention, sparsity_report, window_density)
-from wan_ui.core.options import OptimizationSet, check_compatible, parse_set_args
+from wan_ui.core.errors import UnavailableError
+from wan_ui.core.hardware import Hardware
+from wan_ui.core.options import OptimizationSet, check_available, check_compatible, parse_set_args
 from wan_ui.core.requests import WORKLOADS
 
 GRID, TILE = (3, 5, 6), (1, 2, 4)  # 90 tokens; tiles (3, 3, 2) of 8 tokens = 144 padded: padding in h and w
@@ -201,6 +203,31 @@ def test_sparse_wraps_chunked_attention_for_its_dense_steps(manager, smoke_reque
     proc = pipe.transformer.blocks[1].attn1.processor
     assert isinstance(proc, SparseWanAttnProcessor) and isinstance(proc.dense_processor, ChunkedWanAttnProcessor)
     assert generate(manager, "tiny", smoke_request, opts, out_dir=None).frames.shape == (9, 64, 64, 3)
+
+
+def test_flash_kernel_is_offered_only_where_it_can_run():
+    """sparse_kernel=flash needs CUDA, flash-attn-4 and Hopper or newer: each missing piece is named."""
+    flash = OptimizationSet().with_(sparse_attention="sta", sparse_kernel="flash")
+    h100 = Hardware(True, "H100", (9, 0), 80000.0, frozenset({"triton", "flash_attn.cute"}))
+    check_available(flash, h100)
+    for hw, says in ((Hardware(False, "cpu", None, None, frozenset()), "needs a CUDA GPU"),
+                     (Hardware(True, "H100", (9, 0), 80000.0, frozenset({"triton", "flash_attn"})), "flash-attn-4"),
+                     (Hardware(True, "A100", (8, 0), 80000.0, frozenset({"triton", "flash_attn.cute"})), "8.0")):
+        with pytest.raises(UnavailableError, match=says) as e:
+            check_available(flash, hw)
+        assert e.value.field == "sparse_kernel"
+
+
+def test_kernel_is_part_of_the_sparse_signature_and_the_cpu_has_one_kernel():
+    """A kernel change re-applies the sparse family (its signature changes); on the CPU there is no FLASH kernel,
+    so a tensor call with either kernel gives the same result."""
+    opts = OptimizationSet().with_(sparse_attention="sta")
+    assert sparse.signature(opts, None) != sparse.signature(opts.with_(sparse_kernel="flash"), None)
+    layout = TileLayout((2, 4, 4), (1, 2, 2))
+    mask = build_block_mask(layout, (0, 1, 1), "cpu")
+    q, k, v = (torch.randn(1, 32, 2, 8, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    assert torch.equal(sparse.sparse_attention(q, k, v, layout, mask, "triton"),
+                       sparse.sparse_attention(q, k, v, layout, mask, "flash"))
 
 
 def test_generate_completes_with_default_sparse_settings(manager, smoke_request):

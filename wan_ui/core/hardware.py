@@ -27,11 +27,19 @@ class Hardware:
 
 
 OPTIONAL_PACKAGES = ("bitsandbytes", "torchao", "sageattention", "xformers", "flash_attn", "pynvml", "open_clip",
-                     "lpips", "spaces", "triton")
+                     "lpips", "spaces", "triton", "flash_attn.cute")  # flash_attn.cute: FlashAttention-4 (flash-attn-4)
+
+
+def _found(module: str) -> bool:
+    """Whether `module` is installed, without importing it (a dotted name's parent is imported by find_spec)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # the parent package is missing
+        return False
 
 
 def probe_hardware() -> Hardware:
-    pkgs = frozenset(p for p in OPTIONAL_PACKAGES if importlib.util.find_spec(p) is not None)
+    pkgs = frozenset(p for p in OPTIONAL_PACKAGES if _found(p))
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         return Hardware(True, props.name, (props.major, props.minor), props.total_memory / 2**20, pkgs)

@@ -180,6 +180,10 @@ _SPARSE_LAYERS = Cases((
     Case("any other count", always, _ours("{value} dense blocks", "Radial Attention keeps 1 layer dense, Sparse "
                                           "VideoGen 3 % of layers")),
 ))
+_SPARSE_KERNEL = _by_value(
+    ("triton", _exact("FlexAttention's Triton kernel", "the sparse attention's default kernel")),
+    ("flash", _close("FlexAttention's FlashAttention-4 kernel", "the same block mask in another kernel: bf16 "
+                     "accumulation order only", "docs/benchmarks/README.md, \"FlashAttention-4 backend\"")))
 _SCHEDULER = _by_value(
     ("unipc", _exact("UniPC", "the model's own scheduler")),
     ("dpmpp", _published("DPM++ sampler", "another multistep solver: a different video of the same quality class",
@@ -358,6 +362,11 @@ class OptimizationSet:
     # Radial Attention keeps 1 layer dense, Sparse VideoGen 3 % of layers (1 of Wan 1.3B's 30)
     sparse_dense_layers: int = _opt(1, "attention", False, "first N transformer blocks keep dense attention",
                                     bounds=(0, 64), fidelity=_SPARSE_LAYERS, part_of="sparse_attention")
+    # FlexAttention's FlashAttention-4 backend (wan_ui/optim/sparse.py, "Kernel"): Hopper/Blackwell, flash-attn-4
+    sparse_kernel: str = _opt("triton", "attention", False,
+                              "sparse attention kernel: triton (FlexAttention's default) or flash (its "
+                              "FlashAttention-4 backend; Hopper or Blackwell GPU, package flash-attn-4)",
+                              ("triton", "flash"), fidelity=_SPARSE_KERNEL, part_of="sparse_attention")
     # scheduler
     scheduler: str = _opt("unipc", "scheduler", False, "sampler", ("unipc", "dpmpp", "euler"),
                           fidelity=_SCHEDULER)
@@ -625,6 +634,15 @@ def value_availability(name: str, value: Any, hw: Hardware) -> str | None:
                    f"{hw.capability[0]}.{hw.capability[1]}"
     if name == "quantization" and value == "torchao_fp8" and not hw.cuda:
         return f"{name}={value} needs a CUDA GPU with compute capability >= 8.9; this machine has none"
+    if name == "sparse_kernel" and value == "flash":
+        if not hw.cuda:
+            return f"{name}={value} needs a CUDA GPU (Hopper or Blackwell); this machine has none"
+        if not hw.has("flash_attn.cute"):
+            return f"{name}={value} needs the Python package 'flash-attn-4' (module flash_attn.cute), which is not " \
+                   "installed"
+        if hw.capability < (9, 0):
+            return f"{name}={value} needs a Hopper or Blackwell GPU (compute capability >= 9.0); " \
+                   f"{hw.device_name} has {hw.capability[0]}.{hw.capability[1]}"
     if name == "compile" and value != "none" and hw.cuda:  # inductor's GPU kernels are Triton kernels
         if not hw.has("triton"):
             return f"{name}={value} on a GPU needs the Python package 'triton', which is not installed"

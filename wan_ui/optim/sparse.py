@@ -25,6 +25,12 @@ which `remove_sparse` puts back; `prepare_sparse` finds the context through the 
 
 On CUDA, flex_attention is compiled once, lazily (eager flex materialises the scores); inside a compiled
 block it is traced with the block. On CPU it runs eagerly (unfused; fine at test sizes).
+
+Kernel (`sparse_kernel`): "triton", FlexAttention's default inductor template, or "flash", its FlashAttention-4
+backend (`kernel_options={"BACKEND": "FLASH"}`: CuTe DSL kernels for Hopper and Blackwell from the `flash-attn-4`
+package, the same BlockMask). PyTorch's FlexAttention + FlashAttention-4 announcement reports 1.2-3.2x over the
+Triton backend; ours: docs/benchmarks/README.md, "FlashAttention-4 backend". Same mask, same math: the two differ by
+accumulation order (bf16 rounding) only. On CPU "flash" has no kernel and runs as "triton" does (eagerly).
 """
 
 from __future__ import annotations
@@ -153,27 +159,33 @@ def window_density(tiles: tuple[int, int, int], window: tuple[int, int, int]) ->
 
 
 # ---- the kernel -----------------------------------------------------------------------------------------
+KERNELS = ("triton", "flash")
+# FlexAttention's kernel_options per `sparse_kernel`: None = the default (Triton) template
+KERNEL_OPTIONS = {"triton": None, "flash": {"BACKEND": "FLASH"}}
+
+
 @functools.lru_cache(maxsize=None)
 def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
-def _flex(q, k, v, block_mask):
-    if torch.compiler.is_compiling():
-        return flex_attention(q, k, v, block_mask=block_mask)  # traced and fused with the compiled block
+def _flex(q, k, v, block_mask, kernel: str = "triton"):
+    options = KERNEL_OPTIONS[kernel] if q.is_cuda else None  # no FLASH kernel on the CPU
+    if torch.compiler.is_compiling():  # traced and fused with the compiled block
+        return flex_attention(q, k, v, block_mask=block_mask, kernel_options=options)
     if q.is_cuda:
-        return _compiled_flex()(q, k, v, block_mask=block_mask)
+        return _compiled_flex()(q, k, v, block_mask=block_mask, kernel_options=options)
     with warnings.catch_warnings():  # CPU: the unfused path is what we want at test sizes
         warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
         return flex_attention(q, k, v, block_mask=block_mask)
 
 
-def sparse_attention(q, k, v, layout: TileLayout, block_mask) -> torch.Tensor:
+def sparse_attention(q, k, v, layout: TileLayout, block_mask, kernel: str = "triton") -> torch.Tensor:
     """q, k, v (B, L, H, D) frame-major -> (B, L, H, D), attention restricted to the tile window."""
     # (B, H, Lp, D), contiguous: inductor's CPU flex lowering fails on these views otherwise (torch 2.14); in a
     # compiled block the pad, reorder and transpose fuse into one copy
     q, k, v = (layout.to_tiles(t).transpose(1, 2).contiguous() for t in (q, k, v))
-    out = _flex(q, k, v, block_mask).transpose(1, 2)  # (B, Lp, H, D)
+    out = _flex(q, k, v, block_mask, kernel).transpose(1, 2)  # (B, Lp, H, D)
     return layout.from_tiles(out)
 
 
@@ -184,6 +196,7 @@ class SparseContext:
 
     window: tuple[int, int, int]
     tile: tuple[int, int, int] = DEFAULT_TILE
+    kernel: str = "triton"  # `sparse_kernel`: FlexAttention's backend
     dense: bool = False  # flipped per step by the step hook
     layout: TileLayout | None = None
     block_mask: object = None
@@ -215,7 +228,7 @@ class SparseWanAttnProcessor:
         v = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
         if rotary_emb is not None:
             q, k = _rope(q, *rotary_emb), _rope(k, *rotary_emb)
-        out = sparse_attention(q, k, v, layout, self.ctx.block_mask).flatten(2, 3).type_as(q)
+        out = sparse_attention(q, k, v, layout, self.ctx.block_mask, self.ctx.kernel).flatten(2, 3).type_as(q)
         return attn.to_out[1](attn.to_out[0](out))
 
 
@@ -229,7 +242,7 @@ class SparseUndo(Undo):
 def apply_sparse(pipe, opts, request=None) -> SparseUndo | None:
     if opts.sparse_attention == "none":
         return None
-    ctx = SparseContext(parse_window(opts.sparse_window), DEFAULT_TILE)
+    ctx = SparseContext(parse_window(opts.sparse_window), DEFAULT_TILE, kernel=opts.sparse_kernel)
     with undo_on_error(pipe, remove_sparse, SparseUndo(ctx)) as undo:
         for i, block in enumerate(pipe.transformer.blocks):
             if i >= opts.sparse_dense_layers:
@@ -248,7 +261,7 @@ def remove_sparse(pipe, undo: SparseUndo) -> None:
 
 def signature(opts, request) -> tuple:
     # dense steps are read per run by the step hook; they need no re-apply
-    return (opts.sparse_attention, opts.sparse_window, opts.sparse_dense_layers)
+    return (opts.sparse_attention, opts.sparse_window, opts.sparse_dense_layers, opts.sparse_kernel)
 
 
 def prepare_sparse(pipe, height: int, width: int, num_frames: int) -> SparseContext | None:
