@@ -15,6 +15,8 @@ from wan_ui.bench.sets import BenchSet
 from wan_ui.core.distilled import request_for_set
 from wan_ui.core.requests import WORKLOADS, GenerationRequest
 
+MIN_SET_S = 30.0  # with less time budget left a set is not started (a child's imports and load alone take ~20 s)
+
 
 @dataclass
 class BenchConfig:

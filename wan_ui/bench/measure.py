@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import os
+import socket
 import statistics
 import time
 
@@ -36,6 +37,7 @@ from wan_ui.core.generate import generate
 from wan_ui.core.hardware import configure_allocator
 from wan_ui.core.metrics import Metrics
 from wan_ui.core.models import resolve_model
+from wan_ui.core.options import check_available, check_compatible
 from wan_ui.core.requests import WORKLOADS, GenerationRequest
 
 SPARSE_STEPS_NOTE = "sparse attention: measured at full length (its dense steps scale with the step count)"
@@ -69,7 +71,8 @@ def base_row(cfg: BenchConfig, bset: BenchSet, index: int) -> BenchRow:
 
 def new_row(cfg: BenchConfig, bset: BenchSet, index: int, request: GenerationRequest, steps_full: int,
             steps_note: str | None = None) -> BenchRow:
-    """A pending row for `request` (the parallel benchmark chooses its own); reads the hardware and versions."""
+    """A pending row for `request` (the parallel benchmark chooses its own); reads the hardware, versions and the
+    machine (hostname, visible cards) of this process."""
     source = resolve_model(cfg.model, cuda=(cfg.device or "") == "cuda")
     return BenchRow(
         index=index,
@@ -80,7 +83,22 @@ def new_row(cfg: BenchConfig, bset: BenchSet, index: int, request: GenerationReq
         steps_note=steps_note, model=source.name, model_label=source.label, random_weights=source.random_weights,
         hardware=hardware_record(), versions=package_versions(), date=now_iso(), command=cfg.command,
         method=Method(repeats=bset.repeats if bset.repeats is not None else cfg.repeats,
-                      process_per_set=cfg.process_per_set))
+                      process_per_set=cfg.process_per_set),
+        node=socket.gethostname(), cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+def precheck(cfg: BenchConfig, bset: BenchSet, index: int, hw) -> BenchRow | None:
+    """A row for a set that cannot run on `hw` (missing package, no CUDA, incompatible options), without loading;
+    None when it can run. The runner checks on its own machine, a Ray worker (ray_runner.py) on its node."""
+    try:
+        check_available(bset.options, hw)
+        check_compatible(bset.options)
+        return None
+    except (UnavailableError, IncompatibleOptionsError) as e:
+        row = base_row(cfg, bset, index)
+        row.status = "unavailable" if isinstance(e, UnavailableError) else "incompatible"
+        row.error = str(e)
+        return row
 
 
 # ---- 2. runs -> row ------------------------------------------------------------------------------------------

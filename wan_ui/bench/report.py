@@ -165,6 +165,7 @@ def _header(rows: list[BenchRow], charts_note: str | None, chart_files: list[str
              f"run - median; peak memory stats reset before every run; process per set: "
              f"{'yes' if m.process_per_set else 'no'} |",
              f"| Baseline of every ratio | the first set, **{r0.set.name}** |",
+             *_nodes_line(rows),
              f"| Command | `{r0.command}` |", ""]
     if any(r.random_weights for r in rows):
         lines += ["> **Random weights.** This model has the real architecture with random weights: speed and memory "
@@ -187,6 +188,22 @@ def _header(rows: list[BenchRow], charts_note: str | None, chart_files: list[str
     return lines
 
 
+def _nodes_line(rows: list[BenchRow]) -> list[str]:
+    """A header line naming the machines when the sets ran on more than one (a Ray cluster, ray_runner.py)."""
+    nodes = sorted({r.node for r in rows if r.node})
+    return [f"| Nodes | {len(nodes)}: {', '.join(nodes)} (each set's node and card under its heading) |"] \
+        if len(nodes) > 1 else []
+
+
+def ran_on(row: BenchRow) -> str:
+    """'node gpu-3, NVIDIA H200 (CUDA_VISIBLE_DEVICES=2)': where the set ran; '' for a row that does not say."""
+    if not row.node:
+        return ""
+    card = row.hardware.get("gpu_name") or "CPU"
+    cards = f" (CUDA_VISIBLE_DEVICES={row.cuda_visible_devices})" if row.cuda_visible_devices else ""
+    return f"node {row.node}, {card}{cards}"
+
+
 def _set_section(row: BenchRow, base_cells: dict | None) -> list[str]:
     s = row.set
     changed = ", ".join(f"{k}={v}" for k, v in s.changed.items()) or "defaults"
@@ -194,7 +211,8 @@ def _set_section(row: BenchRow, base_cells: dict | None) -> list[str]:
     done = f"{runs} (1 warm-up + {runs - 1} timed)" if runs else "none"
     lines = [f"## {row.index + 1}. {s.name}", "",
              f"`{s.spec}` · options: {changed} · status **{row.status}** · runs: {done} "
-             f"· wall {row.wall_s or 0:.1f} s", "", f"Fidelity (docs/FIDELITY.md): {fidelity(row)[1]}", ""]
+             f"· wall {row.wall_s or 0:.1f} s" + (f" · ran on {ran_on(row)}" if row.node else ""), "",
+             f"Fidelity (docs/FIDELITY.md): {fidelity(row)[1]}", ""]
     if row.error:
         lines += [f"> {row.status}: {row.error}", ""]
     if row.metrics is None:

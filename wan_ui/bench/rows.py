@@ -4,9 +4,9 @@
 (schema "wan_ui.bench/1"). A row written before a field existed loads with that field's default (`world_size` 1,
 `parallel_mode` "none", `steps_note` None, `option_notes` []); a key this module does not know is an error (a file
 written by a newer version would otherwise lose data when rewritten). A few keys are written only when they carry
-a value (`bench`, `wall_s`, `quality.error`, `bench.warmup_raw_s`, `bench.clip_latency_spread_s`), so every
-results.jsonl already on disk reads and writes back unchanged. Times are seconds, memory MiB (2**20 bytes), as in
-`wan_ui/core/metrics.py`.
+a value (`bench`, `wall_s`, `node`, `cuda_visible_devices`, `quality.error`, `bench.warmup_raw_s`,
+`bench.clip_latency_spread_s`), so every results.jsonl already on disk reads and writes back unchanged. Times are
+seconds, memory MiB (2**20 bytes), as in `wan_ui/core/metrics.py`.
 
 The runner, the child processes, the report, the extrapolation and the parallel benchmark all pass `BenchRow`s;
 JSON appears only at the file and process boundaries.
@@ -122,6 +122,9 @@ class BenchRow:
     wall_s: float | None = field(default=None, metadata=OMIT_NONE)  # the set's wall time, build included, s
     world_size: int = 1  # GPUs that generated the video together
     parallel_mode: str = "none"  # the parallel plan's mode (ulysses, ring, cfg, ...); "none" on one GPU
+    node: str | None = field(default=None, metadata=OMIT_NONE)  # hostname of the machine that ran the set
+    # CUDA_VISIBLE_DEVICES the set ran under (which card(s) of the node; Ray sets it per task); None: not set
+    cuda_visible_devices: str | None = field(default=None, metadata=OMIT_NONE)
 
     # ---- JSON -------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict:

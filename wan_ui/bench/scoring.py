@@ -1,10 +1,12 @@
 """Quality columns of the benchmark: optional, lazy, scored after timing.
 
 The baseline set (the first) saves its video in OUT/frames/ so every other set, in this process or a child
-process, is compared with it. A set is compared with it when the baseline ran the set's reference request: the
-request the set would run without a distilled LoRA's steps and guidance (`config.request_for(...,
-distilled=False)`), so a 4-step CFG-1 set is measured against the workload's own steps and CFG, the video the
-user would have got; each row's `metrics.reference_steps` / `reference_guidance` say which request that was.
+process, is compared with it (across a Ray cluster the video travels through Ray's object store to each worker's
+own OUT/frames/: `reference_payload`, `install_reference`). A set is compared with it when the baseline ran the
+set's reference request: the request the set would run without a distilled LoRA's steps and guidance
+(`config.request_for(..., distilled=False)`), so a 4-step CFG-1 set is measured against the workload's own steps
+and CFG, the video the user would have got; each row's `metrics.reference_steps` / `reference_guidance` say which
+request that was.
 The metric models (lpips, open_clip) load only when a row is scored (`core.quality` imports them lazily).
 """
 
@@ -56,6 +58,20 @@ class QualityPlan:
             return None, "n/a (baseline ran another request)"
         return np.load(frames), None
 
+    def reference_payload(self) -> tuple[np.ndarray, dict] | None:
+        """(the baseline's frames, the request they ran) as saved by the baseline set, or None when it saved none:
+        what a Ray worker ships back so sets on other machines are scored against it (ray_runner.py)."""
+        meta, frames = self.folder / "baseline.json", self.folder / "baseline.npy"
+        if not (meta.is_file() and frames.is_file()):
+            return None
+        return np.load(frames), json.loads(meta.read_text())
+
+    def install_reference(self, frames: np.ndarray, request: dict) -> None:
+        """Save a baseline video made elsewhere (another process or machine) where `score` looks for it."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        np.save(self.folder / "baseline.npy", frames)
+        (self.folder / "baseline.json").write_text(json.dumps(request))
+
     def reference_request(self, row: BenchRow):
         """The request whose baseline video this row is compared with (`config.request_for`, distilled=False);
         the set is rebuilt from its spec, as a child process does."""
@@ -77,9 +93,7 @@ class QualityPlan:
             if why:
                 row.quality.na.update({k: why for k in VS_BASELINE_KEYS})
             if is_base:
-                self.folder.mkdir(parents=True, exist_ok=True)
-                np.save(self.folder / "baseline.npy", result.frames)
-                (self.folder / "baseline.json").write_text(json.dumps(row.request))
+                self.install_reference(result.frames, row.request)
         except Exception as e:  # a metric model that cannot load must not lose the timing
             row.quality.error = f"{type(e).__name__}: {e}"[:240]
             log(f"quality scoring failed for {row.set.name!r}: {row.quality.error}")
