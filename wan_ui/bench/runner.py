@@ -2,7 +2,7 @@
 
 Each set is built, warmed up and timed as `measure.py` describes, in this process or, with `--process-per-set`,
 in a fresh Python process per set (`child.py`: an honest cold load, and one set's crash, OOM or timeout cannot
-take the others down). Every set gives one `rows.BenchRow`, also for a set that could not run.
+take the others down), or with `--ray ADDRESS` in such a process on any GPU of a Ray cluster (`ray_runner.py`). Every set gives one `rows.BenchRow`, also for a set that could not run.
 
 Outputs in --out: results.jsonl (one line per set), report.md (the report's tables), latency.png, vram.png.
 The first set is the baseline of every ratio. See docs/benchmarks/README.md.
@@ -19,21 +19,20 @@ import time
 from pathlib import Path
 
 from wan_ui.bench.child import run_child
-from wan_ui.bench.config import BenchConfig, log
+from wan_ui.bench.config import MIN_SET_S, BenchConfig, log
 from wan_ui.bench.env import card_label, command_line, hardware_record
-from wan_ui.bench.measure import base_row, measure_set, prepare_process
+from wan_ui.bench.measure import base_row, measure_set, precheck, prepare_process
+from wan_ui.bench.ray_runner import run_on_ray
 from wan_ui.bench.report import read_results, summary_table, write_outputs
 from wan_ui.bench.rows import BenchRow
 from wan_ui.bench.scoring import make_quality
 from wan_ui.bench.sets import BenchSet, parse_sets, preset_aliases
-from wan_ui.core.errors import IncompatibleOptionsError, UnavailableError, ValidationError, run_as_cli
+from wan_ui.core.errors import ValidationError, run_as_cli
 from wan_ui.core.hardware import configure_allocator, probe_hardware
 from wan_ui.core.manager import ModelManager
 from wan_ui.core.models import HUB_ID, TINY, resolve_model
-from wan_ui.core.options import PRESETS, check_available, check_compatible
+from wan_ui.core.options import PRESETS
 from wan_ui.core.requests import WORKLOADS
-
-MIN_SET_S = 30.0  # with less time budget left a set is not started (a child's imports and load alone take ~20 s)
 
 SET_HELP = """\
 sets (--sets, comma-separated; repeat --sets to add more):
@@ -51,6 +50,8 @@ examples:
   python -m wan_ui.bench --workload smoke --model tiny --sets baseline,cpu-quick --repeats 1 --out /tmp/b
   python -m wan_ui.bench --workload official480 --model random-full --steps 5 --process-per-set \\
       --sets 'fp32: baseline+steps=2+repeats=0, bf16: default, mag: cache=mag, low-vram'
+  python -m wan_ui.bench --ray auto --workload official480 --model random-full --steps 5 \\
+      --sets 'baseline, fast, low-vram, report-best'    # one set per GPU of the Ray cluster (docs/SCALING.md)
 """
 
 
@@ -78,12 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--process-per-set", action="store_true",
                    help="run each set in a fresh Python process (honest cold load; a crash stays in its row; "
                         "see wan_ui/bench/child.py)")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="spread the sets over a Ray cluster's GPUs, one set per GPU process (implies "
+                        "--process-per-set): ADDRESS is auto (the cluster this machine belongs to), local (start "
+                        "one here), HOST:PORT or ray://HOST:10001; rows merge into one --out here (see "
+                        "docs/SCALING.md; needs the ray package)")
     p.add_argument("--quality", action=argparse.BooleanOptionalAction, default=None,
                    help="score CLIP / LPIPS / PSNR / SSIM after timing (default: on for real weights; never for "
                         "random weights, whose columns read 'n/a (random weights)')")
     p.add_argument("--device", choices=("cuda", "cpu"), default=None, help="default: cuda when available")
     p.add_argument("--set-timeout", type=float, default=None, metavar="S",
-                   help="with --process-per-set: kill a set after S seconds (its finished runs are kept)")
+                   help="with --process-per-set or --ray: kill a set after S seconds (its finished runs are "
+                        "kept)")
     p.add_argument("--time-budget", type=float, default=None, metavar="S",
                    help="whole benchmark in S seconds: sets that cannot start in time are recorded as skipped")
     p.add_argument("--render", default=None, metavar="DIR",
@@ -110,24 +117,12 @@ def config_from_args(args, argv: list[str]) -> BenchConfig:
     model = args.model or default_model(args.workload)
     resolve_model(model)  # a bad --model is a one-line error before anything runs
     return BenchConfig(args.workload, model, expand_out(args.out, args.workload), args.steps, args.repeats,
-                       args.quality, args.device, args.process_per_set, args.set_timeout, args.time_budget,
+                       args.quality, args.device, args.process_per_set or bool(args.ray), args.set_timeout,
+                       args.time_budget,
                        args.progress, command_line(argv))
 
 
 # ---- 2. all sets ---------------------------------------------------------------------------------------------
-def precheck(cfg: BenchConfig, bset: BenchSet, index: int, hw) -> BenchRow | None:
-    """A row for a set that cannot run here (missing package, no CUDA, incompatible options), without loading."""
-    try:
-        check_available(bset.options, hw)
-        check_compatible(bset.options)
-        return None
-    except (UnavailableError, IncompatibleOptionsError) as e:
-        row = base_row(cfg, bset, index)
-        row.status = "unavailable" if isinstance(e, UnavailableError) else "incompatible"
-        row.error = str(e)
-        return row
-
-
 class InProcess:
     """Sets measured in this process share one manager and one quality plan (built on the first set)."""
 
@@ -187,7 +182,7 @@ def _main(args, argv: list[str]) -> int:
     sets = parse_sets(args.sets or ["baseline"])  # bad sets and a bad --model fail here, before anything runs
     cfg = config_from_args(args, argv)
     prepare_process(args.progress)
-    rows = run_benchmark(cfg, sets)
+    rows = run_on_ray(cfg, sets, args.ray) if args.ray else run_benchmark(cfg, sets)
     print(summary_table(rows))
     print(f"\nwrote {cfg.out / 'results.jsonl'}, {cfg.out / 'report.md'} and charts", file=sys.stderr)
     return 0 if any(r.status == "ok" for r in rows) else 1
