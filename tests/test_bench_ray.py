@@ -23,6 +23,7 @@ from wan_ui.bench.ray_runner import TaskPool
 from wan_ui.bench.rows import BenchRow
 from wan_ui.bench.runner import build_parser, main
 from wan_ui.bench.scoring import QualityPlan
+from wan_ui.bench.sets import parse_sets
 
 HOST = socket.gethostname()
 
@@ -140,6 +141,29 @@ def test_the_baselines_video_travels_through_the_object_store(cluster, tmp_path)
     assert np.array_equal(np.load(head / "frames" / "baseline.npy"), frames)  # the driver keeps a copy too
     empty = ray_runner.Outcome(0, None, None, "WorkerCrashedError: ...")
     assert ray_runner._share_reference(ray, QualityPlan(_cfg(head), False, "cpu"), empty) is None
+
+
+REQUEST = {"width": 8, "height": 8, "num_frames": 2, "guidance_scale": 5.0, "seed": 0}
+
+
+def _fake_set(job, timeout_s, until, reference):
+    """A set that measures nothing (`measure_on_worker`'s contract, no model): the baseline returns a video as its
+    reference, every other set says in its row which reference its task was handed."""
+    yield {"where": {"node": socket.gethostname()}}
+    index = job["index"]
+    handed = None if reference is None else list(reference[0].shape)
+    row = {"index": index, "status": "ok", "request": REQUEST, "steps_note": f"handed {handed}",
+           "set": {"name": job["spec"], "spec": job["spec"], "is_baseline": index == 0}}
+    video = (np.full((2, 8, 8, 3), 7, np.uint8), REQUEST) if index == 0 else None
+    yield {"row": row, "reference": video}
+
+
+def test_with_quality_on_the_others_start_after_the_baseline_with_its_video(cluster, tmp_path, monkeypatch):
+    monkeypatch.setattr(ray_runner, "make_quality", lambda cfg, device: QualityPlan(cfg, False, device))  # real weights
+    sets = parse_sets(["baseline, a: cpu-quick, b: defaults"])
+    rows = ray_runner.run_on_ray(_cfg(tmp_path), sets, "auto", task=_fake_set)
+    assert [r.steps_note for r in rows] == ["handed None", "handed [2, 8, 8, 3]", "handed [2, 8, 8, 3]"]
+    assert np.array_equal(np.load(tmp_path / "frames" / "baseline.npy"), np.full((2, 8, 8, 3), 7, np.uint8))
 
 
 def test_without_ray_or_a_cluster_the_error_names_ray(cluster, tmp_path, monkeypatch, capsys):
