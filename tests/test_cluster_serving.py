@@ -147,9 +147,17 @@ def test_cancel_stops_the_workers_denoising_loop(pool, tmp_path):
     assert result.frames.shape[0] == 5 and previews[-1][0] == 2 and previews[-1][1][2] == 3
 
 
-def test_cluster_flags_say_what_is_wrong():
+def test_cluster_flags_say_what_is_wrong(monkeypatch):
     from wan_ui.cluster.serving import probe, worker_count
+    from wan_ui.cluster.worker import import_ray
+    from wan_ui.core.devices import describe_host
     from wan_ui.ui.server import build_parser
+
+    assert describe_host(None, "cuda:0") == "this host, cuda:0"  # the Others panel of a run on the app's host
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    with pytest.raises(UnavailableError, match=r"--ray needs Ray, which is not installed here: pip install"):
+        import_ray()
+    monkeypatch.undo()
 
     assert worker_count({"GPU": 8.0, "CPU": 64.0}, None) == (8, True)
     assert worker_count({"GPU": 8.0, "CPU": 64.0}, 3) == (3, True)
