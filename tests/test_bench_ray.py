@@ -170,10 +170,10 @@ def test_without_ray_or_a_cluster_the_error_names_ray(cluster, tmp_path, monkeyp
     argv = ["--sets", "baseline", "--out", str(tmp_path), "--model", "tiny"]
     monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as a process that is not connected yet
     assert main(["--ray", "127.0.0.1:1", *argv]) == 2
-    assert "--ray 127.0.0.1:1: nothing answers there" in capsys.readouterr().err
+    assert "--ray 127.0.0.1:1: nothing answers at 127.0.0.1:1" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "ray", None)  # as where the package is not installed
     assert main(["--ray", "auto", *argv]) == 2
-    assert "--ray needs the `ray` package" in capsys.readouterr().err
+    assert "--ray needs Ray, which is not installed here" in capsys.readouterr().err
 
 
 def test_the_benchmark_without_ray_never_imports_it():

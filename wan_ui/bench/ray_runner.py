@@ -26,7 +26,9 @@ min(set timeout, budget left when the set starts) and records a set that starts 
 budget left as skipped. The driver cancels a task that overruns that limit by GRACE_S (a hung worker), and a task
 still waiting for a GPU GRACE_S after the budget ends.
 
-`ray` is optional: it is imported in `connect` only, so `python -m wan_ui.bench` without --ray never loads it.
+Connecting is the app's (`wan_ui.cluster.serving.connect`: a TCP probe of the address first, this package shipped to
+every node with Ray's `py_modules`, so workers and their child processes run the driver's version of wan_ui).
+`ray` is optional: it is imported only then, so `python -m wan_ui.bench` without --ray never loads it.
 """
 
 from __future__ import annotations
@@ -48,53 +50,15 @@ from wan_ui.bench.report import write_outputs
 from wan_ui.bench.rows import BenchRow
 from wan_ui.bench.scoring import make_quality
 from wan_ui.bench.sets import BenchSet, parse_set
+from wan_ui.cluster.serving import connect
+from wan_ui.cluster.worker import import_ray
 from wan_ui.core.errors import UnavailableError, first_line
 from wan_ui.core.hardware import probe_hardware
 
-CONNECT_TIMEOUT_S = 10.0  # for the first TCP connection to the cluster's address (a LAN answers in milliseconds)
 GRACE_S = 60.0  # beyond its own limit a task may take this long to return: a worker start, the child's kill, the row
 
 
 # ---- 1. the cluster ------------------------------------------------------------------------------------------
-def connect(address: str):
-    """(the `ray` module, connected, and whether this call started the connection). ADDRESS as `ray.init` takes it:
-    `auto` (the cluster this machine belongs to), `local` (start one here), `HOST:PORT` or `ray://HOST:10001`. A
-    process already connected (a test's cluster, a notebook) keeps its connection."""
-    try:
-        import ray  # optional: only --ray needs it (requirements.txt pins it); the plain benchmark never loads it
-    except ImportError as e:
-        raise UnavailableError(f"--ray needs the `ray` package, which is not installed here ({e}); install it "
-                               f"with `pip install -r requirements.txt` or use the benchmark without --ray",
-                               field="ray") from None
-    if ray.is_initialized():
-        return ray, False
-    unreachable = _unreachable(address)
-    if unreachable:
-        raise UnavailableError(f"--ray {address}: nothing answers there ({unreachable}); start the cluster with "
-                               f"`ray start --head` (docs/SCALING.md) or pass its address", field="ray")
-    try:
-        ray.init(address=address)
-    except Exception as e:  # noqa: BLE001 - ray raises ConnectionError, RuntimeError or ValueError here
-        raise UnavailableError(f"--ray {address}: cannot reach a Ray cluster ({type(e).__name__}: {first_line(e)}); "
-                               f"start one with `ray start --head` (docs/SCALING.md) or pass its address",
-                               field="ray") from None
-    return ray, True
-
-
-def _unreachable(address: str) -> str | None:
-    """Why no TCP connection opens to a HOST:PORT (or ray://HOST:PORT) address; None when one does, or for `auto`
-    and `local`, which ray.init resolves itself. Checked first because ray.init retries an address where nothing
-    listens without end (Ray 2.60 logs 'Failed to get cluster ID from GCS server' and tries again)."""
-    host, sep, port = address.removeprefix("ray://").rpartition(":")
-    if not sep or not port.isdigit():
-        return None
-    try:
-        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
-    except OSError as e:
-        return f"{type(e).__name__}: {e}"
-    return None
-
-
 def cluster_device(ray, asked: str | None) -> str:
     """The sets' device: `asked`, else cuda when the cluster has a GPU anywhere (this machine may have none)."""
     gpus = ray.cluster_resources().get("GPU", 0)
@@ -238,7 +202,8 @@ def run_on_ray(cfg: BenchConfig, sets: list[BenchSet], address: str, task: Calla
     """Every set as a Ray task on the cluster at `address`; the rows merged into cfg.out in --sets order (rewritten
     as each arrives). `task`: the generator each set runs on its worker (default `measure_on_worker`, whose
     contract another must keep)."""
-    ray, started = connect(address)
+    started = not import_ray().is_initialized()
+    ray = connect(address)  # the app's: probes the address, ships this package to the workers (py_modules)
     try:
         return _run(ray, cfg, sets, task or measure_on_worker)
     finally:
