@@ -94,7 +94,7 @@ def test_the_search_keeps_the_rows_holding_every_word():
     assert filter_options(frame, "LOSSY  cache")["Option"].tolist() == ["cache", "cache_threshold",
                                                                           "cache_max_skips"]
     assert filter_options(frame, "needs a cuda gpu")["Option"].tolist() == [
-        "quantization", "text_encoder_quantization", "offload", "attention_backend"]
+        "quantization", "text_encoder_quantization", "offload", "attention_backend", "sparse_kernel"]
     assert filter_options(frame, "").equals(frame) and filter_options(frame, None).equals(frame)
     assert filter_options(frame, "no-such-word").empty
 
