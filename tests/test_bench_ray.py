@@ -17,6 +17,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from ray_cluster import loopback_cluster
 from wan_ui.bench import child, ray_runner
 from wan_ui.bench.config import BenchConfig
 from wan_ui.bench.ray_runner import TaskPool
@@ -30,14 +31,14 @@ HOST = socket.gethostname()
 
 @pytest.fixture(scope="module")
 def cluster(tiny_folder):
-    """A local Ray cluster of 2 CPUs: two sets run at once, one per worker process. Started after the tiny model
-    is built, so the workers inherit its cache folder (WAN_UI_CACHE) and build nothing."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    # this file's task functions travel by value: the workers' sys.path has the repository, not tests/
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    yield ray
-    ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
-    ray.shutdown()
+    """A local Ray cluster of 2 CPUs on 127.0.0.1 only (tests/ray_cluster.py): two sets run at once, one per worker
+    process. Started after the tiny model is built, so the workers inherit its cache folder (WAN_UI_CACHE) and build
+    nothing."""
+    with loopback_cluster() as ray:
+        # this file's task functions travel by value: the workers' sys.path has the repository, not tests/
+        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+        yield ray
+        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
 def _faulty(job, *args):

@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from ray_cluster import loopback_cluster
 from ui_server import free_port
 
 from wan_ui.core.errors import GenerationCancelled, UnavailableError, ValidationError
@@ -31,20 +32,12 @@ LONG = GenerationRequest("a lighthouse in a storm", width=256, height=256, num_f
 
 @pytest.fixture(scope="module")
 def cluster(tiny_folder):
-    """Ray on 127.0.0.1 only: with clustering off, Ray takes the loopback address as the node's (its workers
-    inherit the variable; the constant is set too in case another test imported ray already)."""
+    """Ray on 127.0.0.1 only (tests/ray_cluster.py), with the package shipped to the workers as `python app.py
+    --ray` ships it."""
     from wan_ui.cluster.serving import code_env
 
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    ray = pytest.importorskip("ray")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ray._private.ray_constants, "ENABLE_RAY_CLUSTER", False)
-        # the package shipped to the workers as `python app.py --ray` ships it
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=code_env())
-    assert ray.util.get_node_ip_address() == "127.0.0.1"
-    yield ray
-    ray.shutdown()
-    os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+    with loopback_cluster(runtime_env=code_env()) as ray:
+        yield ray
 
 
 @pytest.fixture(scope="module")

@@ -50,8 +50,9 @@ INPUT_BOUND = 3.0  # the soft clamp of the latents: tanh(x / 3) * 3
 TRIM = 3  # frames dropped at the start: 4 (k + 1) -> 1 + 4k, Wan's frame count
 SPACE_FACTOR = 2 ** len(STAGE_WIDTHS)  # 8x, Wan's spatial factor
 # Latent frames decoded per call (each carries the memory of the one before): bounds the activations, which at
-# full width hold 4 output frames per latent frame. The decode is the same for any chunk (tested).
-TIME_CHUNK = 8
+# full width hold 4 output frames per latent frame. The decode is the same for any chunk (tested); 4 was as fast as
+# 8 or 21 and held the least memory (docs/benchmarks/README.md, "Tiny decoder").
+TIME_CHUNK = 4
 
 DEFAULT_SOURCE = "madebyollin/taehv/taew2_1.pth"  # hub repo + file: the TAEHV weights for Wan 2.1's latent
 SOURCE_ENV = "WAN_UI_TINY_VAE"  # a local .pth / .safetensors file, or another hub id owner/repo/file
