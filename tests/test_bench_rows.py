@@ -17,7 +17,9 @@ from wan_ui.core.errors import ValidationError
 from wan_ui.core.metrics import Metrics
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
-RESULTS = sorted(DOCS.glob("**/results.jsonl"))
+# the benchmark's results files (the tuner writes its own results.jsonl, schema wan_ui.tune/1, beside its report)
+RESULTS = sorted(p for p in DOCS.glob("**/results.jsonl")
+                 if json.loads(p.read_text().splitlines()[0]).get("schema") != "wan_ui.tune/1")
 # fields added after the committed files were written: they load with their defaults
 ADDED_TOP = {"world_size", "parallel_mode", "steps_note"}
 ADDED_METRICS = {"option_notes", "phase_peak_reserved_mb", "reference_steps", "reference_guidance"}
