@@ -37,7 +37,8 @@ def describe_placement(placement: dict | None, device: str | None = None) -> str
         return f"pool of {placement['gpus']} GPUs ({devices}): one pipeline per GPU, each job on a free one" + \
             (f"; this run on {device}" if device else "")
     if mode == "ray":  # a cluster worker's own placement (wan_ui/cluster/worker.py)
-        return (f"Ray cluster of {placement['workers']} workers: one pipeline per worker, each job on a free one; "
+        n = placement["workers"]
+        return (f"Ray cluster of {n} worker{'s' if n != 1 else ''}: one pipeline per worker, each job on a free one; "
                 f"this run on worker {placement['worker'] + 1}")
     n = placement.get("world_size")
     if mode == "cfg":
