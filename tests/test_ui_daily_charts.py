@@ -161,6 +161,10 @@ def test_the_options_tab_is_a_table_with_a_search_box_and_the_json_stays(page, u
     assert [h.strip() for h in heads.all_inner_texts()][:len(COLUMNS)] == list(COLUMNS)
     rows = page.locator("#options-table [role=row][data-index]")
     expect(rows.first).to_contain_text("precision")
+    # readable at both sizes: on a phone the table scrolls sideways instead of squeezing a column to a few letters
+    cells = rows.first.locator("[role=gridcell], td")
+    widths = [cells.nth(i).bounding_box()["width"] for i in range(len(COLUMNS))]
+    assert min(widths) >= 60, dict(zip(COLUMNS, widths))
     page.locator("#options-search input").fill("lossy cache")
     expected = filter_options(options_frame(ui_app.manager.hw), "lossy cache")["Option"].tolist()
     expect(rows).to_have_count(len(expected))
