@@ -19,6 +19,7 @@ from pathlib import Path
 
 from wan_ui.bench.measure import prepare_process
 from wan_ui.bench.runner import default_model, expand_out
+from wan_ui.cluster.serving import build_ray_pool
 from wan_ui.core.errors import run_as_cli
 from wan_ui.core.hardware import configure_allocator
 from wan_ui.core.manager import ModelManager
@@ -76,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-preset", action="store_true", help="do not save the winner as a user preset")
     p.add_argument("--baseline-cache", default=None, metavar="DIR",
                    help="where the baseline videos are kept between runs (default: OUT/baselines)")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="run each set's prompts at once on a Ray cluster's GPUs, one per worker: auto, local, "
+                        "HOST:PORT or ray://HOST:10001 (docs/SCALING.md; needs the ray package)")
+    p.add_argument("--ray-workers", type=int, default=None, metavar="N",
+                   help="with --ray: at most N workers (default: one per GPU of the cluster)")
     p.add_argument("--no-warmup", dest="warmup", action="store_false",
                    help="time each set's first run (default: one untimed warm-up run per set)")
     p.add_argument("--metric-models", choices=("pretrained", "random"), default="pretrained",
@@ -118,7 +124,9 @@ def _tune(args, argv: list[str]) -> int:
     cfg = config_from_args(args, argv)  # every mistake in the flags is refused here, before any model work
     cfg.requests()  # a request out of range too
     prepare_process(args.progress)
-    manager = ModelManager(device=args.device, log=log)
+    # --ray: the prompts of each set run at once, one per worker of the cluster (docs/SCALING.md)
+    manager = build_ray_pool(args.ray, args.ray_workers, log=log) if args.ray else \
+        ModelManager(device=args.device, log=log)
     config = QualityConfig.random_weights() if args.metric_models == "random" else QualityConfig()
     outcome = run_tune(cfg, manager, QualityScorer(config, device=manager.device), log=log)
     result, winner = outcome.result, outcome.result.winner

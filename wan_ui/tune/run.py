@@ -21,6 +21,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,14 +161,15 @@ class Measurer:
         if self._baselines is None:
             found = [self.store.get(self.model_name, r, self.device) for r in self.requests]
             try:
-                if any(f is None for f in found) and self.warmup:
-                    self._run(self.requests[0], OptimizationSet(), "baseline warm-up")
-                for i, request in enumerate(self.requests):
-                    if found[i] is None:
-                        result = self._run(request, OptimizationSet(), f"baseline, prompt {i + 1}")
-                        score_result(result, self.scorer, reference=result.frames, reference_request=request)
-                        self.store.put(self.model_name, request, self.device, result.frames, result.metrics)
-                        found[i] = (result.frames, result.metrics)
+                missing = [i for i, f in enumerate(found) if f is None]
+                if missing and self.warmup:
+                    self._warm_up(OptimizationSet(), "baseline warm-up")
+                results = self._run_all([(self.requests[i], OptimizationSet(), f"baseline, prompt {i + 1}")
+                                         for i in missing])
+                for i, result in zip(missing, results):
+                    score_result(result, self.scorer, reference=result.frames, reference_request=self.requests[i])
+                    self.store.put(self.model_name, self.requests[i], self.device, result.frames, result.metrics)
+                    found[i] = (result.frames, result.metrics)
             except GenerationCancelled:
                 raise
             except Exception as e:  # noqa: BLE001 - without its baseline no set can be scored: the tuner stops
@@ -195,9 +197,30 @@ class Measurer:
 
         request = request_for_set(request, opts)
         with self.manager.lease(self.model, opts) as leased:  # the pipeline this run gets, its options applied
-            forget_prompts(leased.get(self.model, opts, request)[0])
-        return generate(self.manager, self.model, request, opts, out_dir=None, on_progress=progress,
-                        cancel=self.cancel)
+            if not hasattr(leased, "run_remote"):  # a cluster worker keeps its prompt cache (docs/QUALITY.md)
+                forget_prompts(leased.get(self.model, opts, request)[0])
+            return generate(leased, self.model, request, opts, out_dir=None, on_progress=progress,
+                            cancel=self.cancel)
+
+    @property
+    def slots(self) -> int:
+        """Runs at once: 1 on one manager; one per GPU of a pool or worker of a Ray cluster (`--ray`)."""
+        return getattr(self.manager, "slots", 1)
+
+    def _run_all(self, jobs: list[tuple]) -> list:
+        """`_run(*job)` for every job, `slots` at a time (each on its own GPU, leased as one run leases it), results
+        in the jobs' order; the first error is raised once all have ended."""
+        if self.slots == 1 or len(jobs) < 2:
+            return [self._run(*job) for job in jobs]
+        with ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="tune") as pool:
+            futures = [pool.submit(self._run, *job) for job in jobs]
+            wait(futures)
+        return [f.result() for f in futures]
+
+    def _warm_up(self, opts: OptimizationSet, what: str) -> None:
+        """One untimed run of the first prompt on every GPU the set's prompts may land on (compile, caches)."""
+        self._run_all([(self.requests[0], opts, what if self.slots == 1 else f"{what} {i + 1}/{self.slots}")
+                       for i in range(self.slots)])
 
     def __call__(self, opts: OptimizationSet) -> Measurement:
         self.sets += 1
@@ -223,10 +246,11 @@ class Measurer:
 
     def _measure(self, opts: OptimizationSet, baselines) -> list[Metrics]:
         if self.warmup:
-            self._run(self.requests[0], opts, f"set {self.sets}, warm-up")
+            self._warm_up(opts, f"set {self.sets}, warm-up")
+        results = self._run_all([(request, opts, f"set {self.sets}, prompt {i + 1}/{len(self.requests)}")
+                                 for i, request in enumerate(self.requests)])
         runs = []
-        for i, (request, (frames, _)) in enumerate(zip(self.requests, baselines)):
-            result = self._run(request, opts, f"set {self.sets}, prompt {i + 1}/{len(self.requests)}")
+        for result, request, (frames, _) in zip(results, self.requests, baselines):
             score_result(result, self.scorer, reference=frames, reference_request=request)
             runs.append(result.metrics)
         return runs
