@@ -10,7 +10,14 @@ from itertools import pairwise
 from types import SimpleNamespace
 
 import pytest
-from ui_server import browser_page, open_tab, set_number, ui_app  # noqa: F401  (ui_app: one app per module)
+from ui_server import (  # noqa: F401
+    LONG_OPTIONS,
+    VIEWPORTS,
+    browser_page,
+    compare_three_sets,
+    open_tab,
+    ui_app,  # ui_app: one app per module
+)
 
 from wan_ui.core.compare import CompareRun, Comparison
 from wan_ui.core.hardware import Hardware
@@ -22,9 +29,6 @@ from wan_ui.ui.compare_charts import AXIS_NAME_CHARS, CHARTS
 from wan_ui.ui.compare_tab import OUTPUTS, comparison_charts
 from wan_ui.ui.options_tab import COLUMNS, filter_options, options_frame
 
-VIEWPORTS = {"desktop": {"width": 1440, "height": 900}, "phone": {"width": 390, "height": 844}}
-SMALL = (("width", 64), ("height", 64), ("num-frames", 5), ("steps", 2))
-LONG_OPTIONS = "cache=first_block, scheduler=dpmpp, vae_tiling=true"
 CPU = Hardware(False, "cpu", None, None, frozenset())
 ADA = Hardware(True, "NVIDIA L4", (8, 9), 24000.0, frozenset({"torchao", "bitsandbytes", "triton"}))
 
@@ -102,20 +106,10 @@ def test_the_search_keeps_the_rows_holding_every_word():
 # ---- in the browser ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module", params=list(VIEWPORTS))
 def page(ui_app, request):  # noqa: F811
-    from playwright.sync_api import expect
-
     with browser_page(ui_app.url) as page:
         page.set_viewport_size(VIEWPORTS[request.param])
         page.viewport_name = request.param
-        for elem_id, value in SMALL:
-            set_number(page, elem_id, value)
-        open_tab(page, "Compare")
-        page.locator("#set-3-preset input").click()
-        page.get_by_role("option", name="Defaults", exact=True).click()
-        expect(page.locator("#set-3-preset input")).to_have_value("Defaults")
-        page.locator("#set-3-options textarea").fill(LONG_OPTIONS)
-        page.click("#compare-btn")
-        expect(page.locator("#compare-chart svg .mark-rect path")).to_have_count(3)
+        compare_three_sets(page)
         yield page
 
 

@@ -8,13 +8,10 @@ import re
 from itertools import pairwise
 
 import pytest
-from ui_server import browser_page, set_number, ui_app  # noqa: F401  (ui_app: module-scoped, one app per module)
+from ui_server import VIEWPORTS, browser_page, compare_three_sets, ui_app  # noqa: F401  (ui_app: module-scoped, one app per module)
 
 pytestmark = pytest.mark.browser
 
-VIEWPORTS = {"desktop": {"width": 1440, "height": 900}, "phone": {"width": 390, "height": 844}}
-SMALL = (("width", 64), ("height", 64), ("num-frames", 5), ("steps", 2))
-LONG_OPTIONS = "cache=first_block, scheduler=dpmpp, vae_tiling=true"  # a set name longer than a phone's line
 
 
 @pytest.fixture(scope="module", params=list(VIEWPORTS))
@@ -30,17 +27,8 @@ def compared(page):
     """A three-set comparison on tiny parameters (the third set with a long name), the Compare tab open."""
     from playwright.sync_api import expect
 
-    page.get_by_role("tab", name="Generate").click()
-    for elem_id, value in SMALL:
-        set_number(page, elem_id, value)
-    page.get_by_role("tab", name="Compare").click()
-    page.locator("#set-3-preset input").click()
-    page.get_by_role("option", name="Defaults", exact=True).click()
-    expect(page.locator("#set-3-preset input")).to_have_value("Defaults")
-    page.locator("#set-3-options textarea").fill(LONG_OPTIONS)
-    page.click("#compare-btn")
+    compare_three_sets(page)
     expect(page.locator("#compare-table tbody tr")).to_have_count(3)
-    expect(page.locator("#compare-chart svg .mark-rect path")).to_have_count(3)
     return page
 
 
