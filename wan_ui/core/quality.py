@@ -157,9 +157,9 @@ def psnr_vs_baseline(frames: np.ndarray, prompt: str, reference: np.ndarray | No
     if reference is None:
         return None
     _check_reference(frames, reference)
-    step = _pieces(frames).step
-    mse = torch.cat([(_as_float(frames[s:s + step]) - _as_float(reference[s:s + step])).pow(2).mean(dim=(1, 2, 3))
-                     for s in _pieces(frames)])  # (F,)
+    pieces = _pieces(frames)
+    mse = torch.cat([(_as_float(frames[s:s + pieces.step]) - _as_float(reference[s:s + pieces.step]))
+                     .pow(2).mean(dim=(1, 2, 3)) for s in pieces])  # (F,)
     floor = 255.0**2 / 10 ** (PSNR_CAP_DB / 10)  # the MSE at which PSNR reaches the cap
     psnr = 10 * torch.log10(255.0**2 / mse.clamp_min(floor))
     return float(psnr.mean())
@@ -177,11 +177,11 @@ def ssim_vs_baseline(frames: np.ndarray, prompt: str, reference: np.ndarray | No
     _check_reference(frames, reference)
     from torchmetrics.functional.image import structural_similarity_index_measure  # only when metrics run
 
-    step = _pieces(frames).step
+    pieces = _pieces(frames)
     per_frame = torch.cat([structural_similarity_index_measure(
-        _as_float(frames[s:s + step]).to(device), _as_float(reference[s:s + step]).to(device), gaussian_kernel=True,
-        sigma=1.5, kernel_size=11, data_range=255.0, k1=0.01, k2=0.03, reduction="none").cpu()
-        for s in _pieces(frames)])  # (F,)
+        _as_float(frames[s:s + pieces.step]).to(device), _as_float(reference[s:s + pieces.step]).to(device),
+        gaussian_kernel=True, sigma=1.5, kernel_size=11, data_range=255.0, k1=0.01, k2=0.03, reduction="none").cpu()
+        for s in pieces])  # (F,)
     return float(per_frame.mean())
 
 
