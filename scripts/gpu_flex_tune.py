@@ -22,6 +22,7 @@ import os
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -121,7 +122,9 @@ def main() -> int:
             try:
                 median, first, out = time_variant(q, k, v, mask, spec, args.iters)
             except Exception as e:  # noqa: BLE001 — a config the kernel refuses is a result too
-                rows[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+                # the traceback's tail too: a backend that cannot run (FA4's DSL, a mask it refuses) says why there
+                rows[name] = {"error": f"{type(e).__name__}: {str(e)[:2000]}",
+                              "traceback_tail": traceback.format_exc()[-3000:]}
                 print(f"[{grid_name}] {name}: {rows[name]['error'][:200]}", flush=True)
                 continue
             ref = out if ref is None else ref  # the first variant that ran is the reference
