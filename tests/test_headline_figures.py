@@ -12,7 +12,7 @@ A source is a path from the repository root and selectors:
 - `.json`: `path=` keys (and list positions) joined by "/";
 - `.md` outside the repository (`../shared/WORKLOADS.md`, the profiling report's own figures): `quote=` text that
   must appear in it, its first number being the value; skipped where that file is absent.
-`scale=` multiplies the source (MiB -> the docs' GB: 0.001). The figure shown must equal the source rounded to the
+`scale=` multiplies the source (MiB -> the docs' GB: 0.001; s -> ms: 1000). The figure shown must equal the source rounded to the
 figure's decimals. `ratio:` divides source A by source B (speed-ups: the slower one first).
 """
 
@@ -33,7 +33,7 @@ DOCS = [ROOT / "README.md", *sorted(BENCH_DOCS.glob("*.md"))]
 REPORTS = sorted(BENCH_DOCS.glob("*/report.md"))  # generated; a hand-added note may carry a marker too
 
 MARKER = re.compile(r"<!--\s*(src|ratio):\s*(.*?)\s*-->", re.S)
-UNIT = r"(?:s/step|s|GiB|GB|MiB|x|%)"
+UNIT = r"(?:s/step|ms|s|GiB|GB|MiB|x|%)"
 FIGURE_BEFORE = re.compile(rf"(\d[\d,]*(?:\.\d+)?)\s*{UNIT}?[*\s]*$")  # the number right before a marker
 NUMBER = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?")
 MARKED_AFTER = re.compile(rf"\s*{UNIT}?\**\s*<!--\s*(?:src|ratio):")

@@ -111,6 +111,20 @@ def test_every_documented_conflict_is_reachable():
         {"offload": "group_leaf", "compile": "regional"},
         {"quantization": "bnb_nf4", "compile": "regional"}, {"quantization": "bnb_int8", "lora_fuse": True},
         {"quantization": "fp8_storage", "compile": "full"}, {"attention_slicing": 8, "attention_backend": "flex"},
-        {"quantization": "torchao_int8wo", "offload": "group_leaf"}, {"cfg_batch": True, "cache": "mag"})]
+        {"quantization": "torchao_int8wo", "offload": "group_leaf"}, {"cfg_batch": True, "cache": "mag"},
+        {"compile": "regional", "compile_mode": "reduce-overhead"})]
     for what, bad, _ in OPTION_CONFLICTS:
         assert any(bad(s) for s in samples), what
+
+
+def test_regional_compile_refuses_cuda_graph_modes_before_any_build():
+    # on an H200 this combination compiled for the whole warm-up, then failed with "accessing tensor output of
+    # CUDAGraphs that has been overwritten" (the 30 blocks replay one graph); it is refused up front, naming a fix
+    for mode in ("reduce-overhead", "max-autotune"):
+        with pytest.raises(IncompatibleOptionsError, match="CUDA-graph compile mode") as e:
+            check_compatible(OptimizationSet.from_dict({"compile": "regional", "compile_mode": mode}))
+        assert "max-autotune-no-cudagraphs" in str(e.value)
+        assert e.value.field in ("compile", "compile_mode")
+    for ok in ({"compile": "regional", "compile_mode": "max-autotune-no-cudagraphs"},
+               {"compile": "full", "compile_mode": "reduce-overhead"}, {"compile_mode": "reduce-overhead"}):
+        check_compatible(OptimizationSet.from_dict(ok))

@@ -216,6 +216,8 @@ def test_flash_kernel_is_offered_only_where_it_can_run():
         with pytest.raises(UnavailableError, match=says) as e:
             check_available(flash, hw)
         assert e.value.field == "sparse_kernel"
+        if says == "flash-attn-4":  # the message says how to get it (the [cu13] extra: the DSL's CUDA 13 library)
+            assert "pip install 'flash-attn-4[cu13]" in str(e.value)
 
 
 def test_kernel_is_part_of_the_sparse_signature_and_the_cpu_has_one_kernel():

@@ -638,8 +638,9 @@ def value_availability(name: str, value: Any, hw: Hardware) -> str | None:
         if not hw.cuda:
             return f"{name}={value} needs a CUDA GPU (Hopper or Blackwell); this machine has none"
         if not hw.has("flash_attn.cute"):
+            # the [cu13] extra brings the CUTLASS DSL's CUDA 13 library, which torch's cu130 builds need
             return f"{name}={value} needs the Python package 'flash-attn-4' (module flash_attn.cute), which is not " \
-                   "installed"
+                   "installed: pip install 'flash-attn-4[cu13]==4.0.0b36' (README, \"Optional packages\")"
         if hw.capability < (9, 0):
             return f"{name}={value} needs a Hopper or Blackwell GPU (compute capability >= 9.0); " \
                    f"{hw.device_name} has {hw.capability[0]}.{hw.capability[1]}"
@@ -658,6 +659,10 @@ def check_available(opts: OptimizationSet, hw: Hardware) -> None:
         if reason:
             raise UnavailableError(reason, field=name)
 
+
+# torch.compile modes that capture CUDA graphs (torch.compile's docstring: "reduce-overhead" uses CUDA graphs,
+# "max-autotune" too; "max-autotune-no-cudagraphs" is the same search without them)
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 # (condition, message): each says what to do instead. Kept as data so the README table is generated from it.
 OPTION_CONFLICTS: list[tuple[str, Any, str]] = [
@@ -685,6 +690,12 @@ OPTION_CONFLICTS: list[tuple[str, Any, str]] = [
     ("attention_slicing + an attention backend other than native or math",
      lambda o: o.attention_slicing > 0 and o.attention_backend not in ("native", "math"),
      "chunked attention runs on PyTorch SDPA; set attention_backend=native (or math)"),
+    # Measured on an H200 (docs/benchmarks/README.md, "CUDA graphs"): the 30 blocks share one compiled graph, and
+    # with CUDA graphs each replay overwrites the output the next block still reads ("accessing tensor output of
+    # CUDAGraphs that has been overwritten by a subsequent run"), after the whole warm-up's compile.
+    ("regional compile + a CUDA-graph compile mode",
+     lambda o: o.compile == "regional" and o.compile_mode in CUDA_GRAPH_MODES,
+     "use compile_mode=default or max-autotune-no-cudagraphs with compile=regional"),
     ("cfg_batch + a step cache",
      lambda o: o.cfg_batch and o.cache != "none",
      "step caches keep one state per branch; use cfg_batch=false with a cache"),
