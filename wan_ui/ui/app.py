@@ -18,7 +18,9 @@ import gradio as gr
 from wan_ui.core.errors import UserError
 from wan_ui.core.gpu_monitor import GpuMonitor
 from wan_ui.core.manager import ModelManager
+from wan_ui.core.models import TINY
 from wan_ui.core.options import PRESETS, options_table
+from wan_ui.core.requests import default_request
 from wan_ui.core.settings_store import load_settings, settings_path
 from wan_ui.ui.assets import app_css
 from wan_ui.ui.batch_tab import build_batch_tab, wire_batch_tab
@@ -36,6 +38,7 @@ from wan_ui.ui.generate_tab import (
     live_gpu,
     live_preview,
     matching_preset,
+    request_after_preset,
     run_generate,
 )
 from wan_ui.ui.guard import guarded
@@ -197,7 +200,7 @@ def _wire_generate(ctx: AppContext, gen, hist, history_state, limits: ServerLimi
     run_inputs = gen.inputs.pick((*RUN_INPUTS, *OPTION_FIELDS, "quality", "live_preview"))
     option_widgets = gen.inputs.pick(OPTION_FIELDS)
 
-    @guarded("generating")
+    @guarded("generating", status=gen.out["status"])
     def on_generate(history, request: gr.Request, progress=gr.Progress(), **values):
         check_job_cost(values, limits.max_cost)  # also checked when the job joined the queue (QueueGate)
         shown, info = run_generate(ctx, values, request.session_hash, progress)
@@ -214,11 +217,17 @@ def _wire_generate(ctx: AppContext, gen, hist, history_state, limits: ServerLimi
     def on_preset(name, width, height, num_frames, request: gr.Request):
         return apply_preset(name, ctx, width, height, num_frames)
 
+    request_widgets = [gen.inputs[f] for f in PRESET_REQUEST_FIELDS]
+    defaults = default_request(ctx.source.kind == TINY)
     gen.inputs["preset"].input(on_preset,
                                [gen.inputs[k] for k in ("preset", "width", "height", "num_frames")],
-                               [*(option_widgets[f] for f in OPTION_FIELDS),
-                                *(gen.inputs[f] for f in PRESET_REQUEST_FIELDS), gen.out["status"]],
-                               api_name="apply_preset", queue=False, show_progress="hidden")
+                               [*(option_widgets[f] for f in OPTION_FIELDS), *request_widgets, gen.out["status"]],
+                               api_name="apply_preset", queue=False, show_progress="hidden"
+                               ).then(lambda name, steps, guidance, status:
+                                      request_after_preset(name, steps, guidance, status, defaults),
+                                      [gen.inputs["preset"], *request_widgets, gen.out["status"]],
+                                      [*request_widgets, gen.out["status"]], queue=False, api_visibility="private",
+                                      show_progress="hidden")
     gr.on([w.input for w in option_widgets.values()], lambda **values: matching_preset(values),
           inputs_kwargs=option_widgets, outputs=gen.inputs["preset"], queue=False, api_visibility="private",
           show_progress="hidden")
@@ -248,7 +257,7 @@ def _wire_cancel(ctx: AppContext, button: gr.Button, note: gr.Markdown, api_name
 def _wire_compare(ctx: AppContext, gen, cmp, compare_tab, hist, history_state, limits: ServerLimits) -> None:
     run_inputs = gen.inputs.pick(RUN_INPUTS)
 
-    @guarded("comparing")
+    @guarded("comparing", status=cmp.out["status"])
     def on_compare(history, request: gr.Request, progress=gr.Progress(), **values):
         check_job_cost(values, limits.max_cost, comparison=True)  # also when it joined the queue (QueueGate)
         shown, comp = run_compare(ctx, values, request.session_hash, progress)

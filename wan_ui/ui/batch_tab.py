@@ -41,6 +41,9 @@ TICK_S = 1.0  # how often an open page polls a running batch
 BATCH_SESSION = "wan_ui-batch"
 PROMPT_CHARS = 60  # of a prompt in the table
 COLUMNS = ["#", "line", "prompt", "seed", "status", "seconds", "video"]
+# Each column's width in px (as the History table's, history_tab.COLUMN_PX: a phone scrolls the table sideways
+# instead of one letter a line); a 60-character prompt takes two lines, a video's file name one
+COLUMN_PX = (44, 56, 320, 70, 200, 80, 300)
 # what a batch reads from the Generate tab: its parameters (prompt and seed replaced per item) and optimizations
 GENERATE_INPUTS = (*REQUEST_FIELDS, "randomize_seed", *OPTION_FIELDS)
 
@@ -95,7 +98,7 @@ def build_batch_tab(ctx: AppContext) -> BatchTab:
     out["status"] = gr.Markdown(status_markdown(status), elem_id="batch-status")
     out["table"] = gr.Dataframe(items_frame(status), label="Items", interactive=False, wrap=True,
                                 datatype=["number", "number", "str", "number", "str", "number", "markdown"],
-                                elem_id="batch-table")
+                                column_widths=[f"{px}px" for px in COLUMN_PX], elem_id="batch-table")
     out["gallery"] = gr.Gallery(gallery_items(status), label="Finished videos", columns=6, height=240,
                                 allow_preview=False, elem_id="batch-gallery")
     with gr.Accordion("Status (JSON)", open=False):

@@ -9,10 +9,11 @@ import gradio as gr
 
 from wan_ui.core.compare import MAX_SETS, REPEATS_SPEC, Comparison, run_comparison, runs_per_set
 from wan_ui.core.errors import GenerationCancelled, UserError
+from wan_ui.core.options import fidelity_summary
 from wan_ui.core.report import summary_cell
 from wan_ui.ui.compare_charts import CHARTS, bar_charts, build_charts
 from wan_ui.ui.context import AppContext
-from wan_ui.ui.generate_tab import CLEAR_NOTE_JS, progress_reporter
+from wan_ui.ui.generate_tab import CLEAR_NOTE_JS, page_progress
 from wan_ui.ui.tune_search import DEFAULT_BUDGET, DEFAULT_SECONDS
 from wan_ui.ui.values import NO_SET, named_sets_from_values, preset_choices, request_from_values
 from wan_ui.ui.widgets import FieldDropdown, FieldNumber, Widgets, user_errors_as_toasts
@@ -143,7 +144,7 @@ def compare_task(ctx: AppContext):
         with user_errors_as_toasts():
             try:
                 return run_comparison(ctx.manager, ctx.model, request, sets, scorer=ctx.scorer if quality else None,
-                                      baseline_cache=ctx.baseline_cache, on_progress=progress_reporter(progress),
+                                      baseline_cache=ctx.baseline_cache, on_progress=page_progress(progress),
                                       cancel=cancel, out_dir=ctx.outputs, repeats=repeats)
             except GenerationCancelled as e:
                 return str(e)
@@ -166,11 +167,18 @@ def comparison_display(ctx: AppContext, comp: Comparison) -> dict:
     hidden = {f"video_{i}": gr.Video(None, visible=False) for i in range(len(comp.runs) + 1, MAX_SETS + 1)}
     r = comp.request
     runs = f", {comp.repeats} timed runs each" if comp.repeats > 1 else ""
-    return {**shown, **hidden, "table": comp.markdown(), "csv": str(csv_path), "markdown": str(md_path),
-            **comparison_charts(comp),
+    return {**shown, **hidden, "table": f"{comp.markdown()}\n\n{fidelity_markdown(comp)}", "csv": str(csv_path),
+            "markdown": str(md_path), **comparison_charts(comp),
             "status": f"Compared {len(comp.runs)} sets at {r.width}x{r.height}, {r.num_frames} frames, "
                       f"{r.num_inference_steps} steps, seed {r.seed}{runs}. Tables: {csv_path.parent.name} in the outputs "
                       f"folder"}  # by name: the page does not show where the server keeps its files
+
+
+def fidelity_markdown(comp: Comparison) -> str:
+    """Each set's lossy and close levers under the table (docs/FIDELITY.md), as the Generate tab's preset note and
+    option help give them: a speed-up is read beside what it costs in fidelity."""
+    lines = [f"- **{run.name}**: {fidelity_summary(run.result.options)}" for run in comp.runs]
+    return "**Fidelity of each set** (vs the reference computation; docs/FIDELITY.md):\n\n" + "\n".join(lines)
 
 
 def comparison_charts(comp: Comparison) -> dict:

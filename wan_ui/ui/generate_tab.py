@@ -14,6 +14,7 @@ from wan_ui.core.errors import GenerationCancelled, UserError
 from wan_ui.core.generate import generate
 from wan_ui.core.lowvram import LOW_VRAM_PRESETS, plan_low_vram
 from wan_ui.core.models import TINY
+from wan_ui.core.options import OptimizationSet, value_availability
 from wan_ui.core.requests import GenerationRequest, default_request, describe_defaults, validate_request
 from wan_ui.core.settings_store import save_settings
 from wan_ui.ui.assets import example_prompts
@@ -39,6 +40,7 @@ from wan_ui.ui.widgets import (
     build_option_widgets,
     build_prompt_box,
     build_request_widgets,
+    family_label,
     user_errors_as_toasts,
 )
 from wan_ui.ui.zerogpu import ZEROGPU_SPEED, check_zerogpu, estimate_gpu_seconds, on_zerogpu
@@ -94,13 +96,15 @@ def build_generate_tab(ctx: AppContext) -> GenerateTab:
             out["video"] = gr.Video(label="Video", elem_id="video", autoplay=True, loop=True, height=360,
                                     interactive=False)
             with gr.Row(equal_height=False):
-                out["preview"] = gr.Image(label="Live preview (latent frames, a cheap colour map; not the video)",
-                                          interactive=False, height=140,
-                                          elem_id="live-preview", scale=3)
+                # a short label and the fullscreen button only: Gradio's image buttons sit over the label's end
+                # (the longer label lost its words under them), and a preview is no file to keep (the video is)
+                out["preview"] = gr.Image(label="Live preview (not the video)", interactive=False, height=140,
+                                          buttons=["fullscreen"], elem_id="live-preview", scale=3)
                 with gr.Column(scale=2, min_width=160):
                     after_options["live_preview"] = gr.Checkbox(True, label="Live preview", elem_id="live-preview-on",
-                                                                info="about ten previews a run; the video is the "
-                                                                     "same with it on or off")
+                                                                info="the latent frames in a cheap colour map, about "
+                                                                     "ten a run; the video is the same with it on "
+                                                                     "or off")
                     preview_note = gr.Markdown(elem_id="live-preview-note")
             preview_timer = gr.Timer(PREVIEW_TICK_S)
             out["status"] = gr.Textbox(label="Status", lines=2, max_lines=6, interactive=False, elem_id="status")
@@ -134,7 +138,7 @@ def _build_metrics_panel(ctx: AppContext) -> Widgets:
     """The report's four accordions: Hardware, Efficiency, Accuracy, Others."""
     w = Widgets()
     with gr.Accordion("Hardware", open=True, elem_id="acc-hardware"):
-        w["gpu_live"] = gr.Markdown(ctx.monitor.markdown(), elem_id="gpu-live")
+        w["gpu_live"] = gr.Markdown(gpu_live_text(ctx), elem_id="gpu-live")
         w["vram_plot"] = gr.LinePlot(vram_frame([]), x="time", y="MiB used",
                                      title="GPU memory used (live)", height=180, elem_id="vram-plot",
                                      visible=ctx.monitor.available)
@@ -150,6 +154,17 @@ def _build_metrics_panel(ctx: AppContext) -> Widgets:
         with gr.Accordion("Result (JSON)", open=False):
             w["result_json"] = gr.JSON(show_label=False, elem_id="result-json")
     return w
+
+
+NO_GPU_NOTE = "No live GPU reading: the app's machine has no CUDA GPU."
+
+
+def gpu_live_text(ctx: AppContext) -> str:
+    """The Hardware panel's live line before the first tick. Without a CUDA GPU it says so in words (NVML's
+    "NVMLError_LibraryNotFound" told a CPU user nothing); a GPU whose NVML cannot be read keeps the reason."""
+    if not ctx.hw.cuda and not ctx.monitor.available:
+        return NO_GPU_NOTE
+    return ctx.monitor.markdown()
 
 
 # ---- handlers (wired in ui.py once every tab exists) --------------------------------------------------------
@@ -168,6 +183,35 @@ def progress_reporter(progress):
             progress(None, desc=prefix + names.get(step, step))
 
     return on_progress
+
+
+def shown_progress(progress):
+    """`progress` (a gr.Progress) whose phase-only updates still show their text. Gradio's page draws a progress
+    description only beside a progress level: `progress(None, desc=...)` leaves a bare spinner, so "loading the
+    model", "encoding the prompt", "decoding (VAE)" and "writing the mp4" were never seen, even through a first
+    build or a long decode. A phase-only update gets the level of the run's last step instead: 0 before the first
+    step, the steps done after (a finished run's decode reads "decoding (VAE) - 100%", its bar full). A new run of a
+    comparison or search (a new "Set, run k of n:" tag before the phase) starts again at 0."""
+    last = {"tag": None, "level": 0.0}
+
+    def show(value, desc: str | None = None, unit: str = "steps"):
+        tag = (desc or "").rpartition(": ")[0]
+        if tag != last["tag"]:
+            last.update(tag=tag, level=0.0)
+        if isinstance(value, tuple):
+            done, total = value
+            last["level"] = done / total if total else 0.0
+        elif value is None:
+            value = last["level"]
+        return progress(value, desc=desc, unit=unit)
+
+    return show
+
+
+def page_progress(progress):
+    """generate()'s on_progress for a run started from the page: progress_reporter's phases, each shown with its
+    text (shown_progress)."""
+    return progress_reporter(shown_progress(progress))
 
 
 def display_values(ctx: AppContext, info: dict, scored: bool) -> dict:
@@ -209,7 +253,7 @@ def generate_task(ctx: AppContext):
     and baseline cache come through the closure. Returns the Result, or the cancel message as a str (an
     exception would reach the app as a bare "ZeroGPU worker error")."""
     def task(cancel, request, opts, scored: bool, progress):
-        on_progress = progress_reporter(progress)
+        on_progress = page_progress(progress)
         with user_errors_as_toasts():  # a gr.Error crosses the worker boundary with its message
             try:
                 result = generate(ctx.manager, ctx.model, request, opts, out_dir=ctx.outputs,
@@ -286,22 +330,69 @@ SPARSE_NOTE = ("Sparse attention trades fidelity for speed with a window of ours
 def apply_preset(name: str, ctx: AppContext | None = None, width=None, height=None, num_frames=None) -> list:
     """Preset name -> every option widget's value, in OPTION_FIELDS order (Custom keeps them as they are), then the
     steps and guidance a few-step distilled preset needs (its authors' settings; others leave them), then a status
-    note. The Low VRAM presets are sized to the GPU's free memory and the video size (`wan_ui.core.lowvram`)."""
+    note, one line per point: the preset's own first line (its sizing, steps, or sparse attention), then what this
+    machine cannot run of it (within the status box's first lines, even on a phone), then the rest: a distilled
+    LoRA's source and licence, sparse attention's caveat, the lossy levers. The Low VRAM presets are sized to the
+    GPU's free memory and the video size (`wan_ui.core.lowvram`)."""
     values = {} if name == CUSTOM_PRESET else preset_values(name)
-    note = gr.skip()
+    lines = []
     if name in LOW_VRAM_PRESETS and ctx is not None:
         plan = plan_low_vram(_free_mb(ctx), _size_request(width, height, num_frames), name, ctx.hw)
-        values, note = plan.options.to_dict(), f"{name} preset: {plan.reason}"
+        values = plan.options.to_dict()
+        lines.append(f"{name} preset: {plan.reason}")
     hints = PRESET_REQUEST_HINTS.get(name, {})
     if hints:
-        note = (f"{name}: {hints['num_inference_steps']} steps, guidance {hints['guidance_scale']:g} (set for you). "
-                f"{PRESET_NOTES[name]}")
+        lines += [f"{name}: {hints['num_inference_steps']} steps, guidance {hints['guidance_scale']:g} (set for you).",
+                  PRESET_NOTES[name]]
     if values.get("sparse_attention", "none") != "none":
-        note = f"{note} {SPARSE_NOTE}" if isinstance(note, str) else SPARSE_NOTE
+        lines.append(SPARSE_NOTE)
     if values:  # every preset names its lossy levers
-        note = f"{note} {preset_fidelity_note(values)}" if isinstance(note, str) else preset_fidelity_note(values)
+        lines.append(preset_fidelity_note(values))
+        blocked = unavailable_note(values, ctx.hw) if ctx is not None else None
+        if blocked:  # right after the preset's own note: the user learns it before clicking Generate
+            lines.insert(1 if len(lines) > 1 else 0, blocked)
+    note = "\n".join(_sentence(line) for line in lines) if lines else gr.skip()
     return ([values.get(field, gr.skip()) for field in OPTION_FIELDS]
             + [hints.get(field, gr.skip()) for field in PRESET_REQUEST_FIELDS] + [note])
+
+
+def _sentence(text: str) -> str:
+    """A note's line ends as a sentence (the distilled presets' notes end on "base model Apache-2.0")."""
+    return text if text.endswith((".", "!", "?", ")")) else f"{text}."
+
+
+def unavailable_note(values: dict, hw) -> str | None:
+    """What of these option values this machine cannot run, and where on the page to change it; None when all can
+    run. The preset's dropdown label says it too, but cut to the box's width."""
+    blocked = [(name, reason) for name, value in values.items()
+               if name in OPTION_FIELDS and (reason := value_availability(name, value, hw))]
+    if not blocked:
+        return None
+    specs = OptimizationSet.specs()
+    where = ", ".join(f"{name.replace('_', ' ')} ({family_label(specs[name].family)} section)" for name, _ in blocked)
+    return (f"Cannot run on this machine: {' · '.join(reason for _, reason in blocked)}. Change {where} before "
+            f"Generate.")
+
+
+def request_after_preset(name: str, steps, guidance, status, defaults: GenerationRequest) -> tuple:
+    """After a preset that sets no steps or guidance: (steps, guidance, status) back to the model's defaults when
+    they still hold a distilled preset's few-step settings (its LoRA's, not the base model's: Wan's own are 50 steps,
+    guidance 5), with a line saying so; else unchanged (gr.skip): the user's own values stay. A distilled preset sets
+    its own; Custom changes nothing. Without this, Defaults after Self-Forcing ran the base model at 4 steps, CFG 1,
+    and the last-used settings file kept them for the next visit."""
+    if name == CUSTOM_PRESET or name in PRESET_REQUEST_HINTS:
+        return gr.skip(), gr.skip(), gr.skip()
+    distilled = {(float(h["num_inference_steps"]), float(h["guidance_scale"])) for h in PRESET_REQUEST_HINTS.values()}
+    try:
+        current = (float(steps), float(guidance))
+    except (TypeError, ValueError):  # an emptied box: Generate will name it
+        return gr.skip(), gr.skip(), gr.skip()
+    if current not in distilled:
+        return gr.skip(), gr.skip(), gr.skip()
+    steps_d, guidance_d = defaults.num_inference_steps, defaults.guidance_scale
+    line = (f"Steps {steps_d} and guidance {guidance_d:g} again (this model's defaults): {current[0]:g} steps with "
+            f"guidance {current[1]:g} were a distilled preset's, for its LoRA only.")
+    return steps_d, guidance_d, f"{status}\n{line}" if status else line
 
 
 def _free_mb(ctx: AppContext) -> float | None:

@@ -6,7 +6,9 @@ exception that is not a `gr.Error` shows no message at all. So on the page a han
 - a user mistake (`UserError`, or a `gr.Error` from the ZeroGPU worker) becomes one warning toast whose text
   names the field and the allowed range;
 - anything else becomes one toast line saying what failed, with the full traceback in the server's log;
-- and every output keeps its value (`gr.skip()`): the previous video, metrics, comparison and History stay.
+- and every output keeps its value (`gr.skip()`): the previous video, metrics, comparison and History stay;
+  only a status box named to `guarded` says the run did not happen ("Not run: ..."), where the last run's "Done:"
+  line would otherwise sit under the toast, which Gradio 6 titles "Warning" whatever title it is given.
 
 An API client (gradio_client, curl) has no page to keep: it gets the same message as a `gr.Error`, which its
 call raises (`AppError` in gradio_client). The two are told apart by the caller's user agent: the page's requests
@@ -61,10 +63,18 @@ def describe(error: BaseException, where: str) -> tuple[str, str]:
             f"traceback is in the server's log ({LOG_NAME} in its outputs folder).")
 
 
-def guarded(where: str):
+def status_text(error: BaseException, message: str) -> str:
+    """A status box's line after a failed run: "Not run: ..." for a user's mistake or a refusal, "Failed: ..." for
+    anything else (describe()'s message)."""
+    return f"{'Not run' if isinstance(error, (UserError, gr.Error)) else 'Failed'}: {message}"
+
+
+def guarded(where: str, status: gr.components.Component | None = None):
     """Decorate an event handler: failures become a toast (page) or a gr.Error (API) as the module says.
-    `where` completes "Internal error while ..." (e.g. "generating"). The handler's signature is kept, so Gradio
-    still passes it gr.Request / gr.Progress; the request is looked up among its arguments."""
+    `where` completes "Internal error while ..." (e.g. "generating"). status: a status box among the event's
+    outputs, which the page's failure writes (status_text) in a dict of updates that leaves out, and so keeps, every
+    other output. The handler's signature is kept, so Gradio still passes it gr.Request / gr.Progress; the request
+    is looked up among its arguments."""
 
     def wrap(handler):
         @functools.wraps(handler)
@@ -79,7 +89,7 @@ def guarded(where: str):
                 if not from_page(request):
                     raise gr.Error(message, title=title, print_exception=False) from None
                 gr.Warning(message, title=title)
-                return gr.skip()
+                return {status: status_text(e, message)} if status is not None else gr.skip()
 
         return run
 

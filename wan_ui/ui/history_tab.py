@@ -14,6 +14,12 @@ from wan_ui.core.settings_store import settings_from_video
 from wan_ui.ui.values import HISTORY_COLUMNS, history_caption, history_entry, history_row, settings_of
 from wan_ui.ui.widgets import FieldNumber
 
+# Each column's width in px. Gradio sizes a table's cells inline from the viewport, so on a phone (390 px) the 12
+# columns of an empty table got ~27 px each and their names one letter a line; fixed widths keep every name on one
+# line and the table scrolls sideways (1,184 px in all: within a 1366 px desktop page).
+COLUMN_PX = {"#": 44, "time": 84, "kind": 130, "size": 90, "frames": 72, "steps": 64, "seed": 70, "clip s": 72,
+             "fps": 72, "peak MiB": 86, "prompt": 200, "options": 190}
+
 
 @dataclass
 class HistoryTab:
@@ -40,7 +46,8 @@ def build_history_tab() -> HistoryTab:
                              file_types=[".mp4", ".json"], elem_id="settings-upload")
             status = gr.Markdown(elem_id="history-status")
     table = gr.Dataframe(pd.DataFrame(columns=HISTORY_COLUMNS), label="Settings and metrics", interactive=False,
-                         elem_id="history-table", wrap=True)
+                         elem_id="history-table", wrap=True,
+                         column_widths=[f"{COLUMN_PX[c]}px" for c in HISTORY_COLUMNS])
     details = gr.JSON(label="Selected run", elem_id="history-details")
     return HistoryTab(gallery, table, run_number, details, reuse_btn, upload, status)
 

@@ -267,6 +267,7 @@ def others_markdown(info: dict, versions: dict[str, str]) -> str:
         ("GPUs", describe_placement(info.get("parallel"), info["device"])),
         ("Ran on", describe_host(info.get("parallel"), info["device"])),
         ("Options changed from defaults", _diff_text(info.get("optimizations") or {})),
+        ("Fidelity (docs/FIDELITY.md)", fidelity_summary(OptimizationSet.from_dict(info.get("optimizations") or {}))),
         ("Versions", " · ".join(f"{k} {v}" for k, v in versions.items())),
     ]
     return _table(rows)

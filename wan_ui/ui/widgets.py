@@ -154,6 +154,11 @@ FAMILY_LABELS = {"lora": "LoRA", "cfg": "CFG (classifier-free guidance)", "vae":
                  "cache": "Step cache", "offload": "Offloading", "compile": "Compile (operator fusion)"}
 
 
+def family_label(family: str) -> str:
+    """An option family's section title on the Generate tab."""
+    return FAMILY_LABELS.get(family, family.capitalize())
+
+
 def build_option_widgets(hw) -> Widgets:
     """One widget per OptimizationSet field, grouped by family, from `options.options_table` + a presets dropdown."""
     w = Widgets()
@@ -162,7 +167,7 @@ def build_option_widgets(hw) -> Widgets:
                                    "lossy levers (docs/FIDELITY.md)", elem_id="preset")
     groups = option_widgets(hw)
     for family, specs in groups.items():
-        with gr.Accordion(FAMILY_LABELS.get(family, family.capitalize()), open=family in ("precision", "cache", "vae"),
+        with gr.Accordion(family_label(family), open=family in ("precision", "cache", "vae"),
                           elem_id=f"family-{family}"):
             for spec in specs:
                 w[spec.name] = _option_component(spec)
