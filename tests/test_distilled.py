@@ -2,6 +2,7 @@
 (offline error, nested file path) and by a local file of Kijai's key layout at the hub id's path."""
 
 import json
+import socket
 
 import numpy as np
 import pytest
@@ -55,6 +56,25 @@ def test_offline_hub_download_fails_clearly_and_leaves_the_pipeline_usable(manag
         generate(manager, "tiny", req, preset(SELF_FORCING).with_(**CPU), out_dir=None)
     assert f"Kijai/WanVideo_comfy/{SF_FILE}" in str(e.value) and str(lora_root) in str(e.value)  # where to put it
     assert np.array_equal(generate(manager, "tiny", req, OptimizationSet(), out_dir=None).frames, good)
+
+
+def test_no_network_says_so_at_once_instead_of_no_such_file(manager, smoke_request, lora_root, monkeypatch):
+    """Online mode on a machine with no network: diffusers said "does not appear to have a file named ..." after
+    ~25 s of retries; now the preset's error names the LoRA, the network and where to put the file (core/hub.py)."""
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(lora_root.parent / "empty-hub-cache"))
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    req = _request(smoke_request, SELF_FORCING)
+    with pytest.raises(ModelLoadError) as e:
+        generate(manager, "tiny", req, preset(SELF_FORCING).with_(**CPU), out_dir=None)
+    text = str(e.value)
+    assert e.value.field == "lora" and "cannot reach huggingface.co" in text and str(lora_root) in text
+    assert "does not appear to have a file named" not in text
 
 
 def test_preset_with_a_local_file_at_the_hub_path(manager, smoke_request, lora_root):

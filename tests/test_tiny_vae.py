@@ -135,7 +135,8 @@ def test_the_hub_fetch_failure_names_the_option_and_the_way_out(tmp_path, monkey
         build_tiny_decoder(False, "cpu", torch.float32)
     text = str(e.value)
     assert e.value.field == "vae_decoder" and "\n" not in text
-    assert f"option vae_decoder=tiny could not fetch the tiny decoder's weights '{DEFAULT_SOURCE}'" in text
+    assert f"option vae_decoder=tiny: the tiny decoder's weights file {DEFAULT_SOURCE} is not downloaded and the hub " \
+           "is offline" in text
     assert SOURCE_ENV in text and "vae_decoder=full needs nothing" in text
     monkeypatch.setenv(SOURCE_ENV, str(tmp_path / "nowhere.pth"))
     with pytest.raises(ModelLoadError, match=f"{SOURCE_ENV}=.*is neither a weights file nor a hub id"):
@@ -176,7 +177,8 @@ def test_a_real_weight_pipeline_fetches_by_hub_id_and_fails_clearly_offline(mana
     monkeypatch.delenv(SOURCE_ENV, raising=False)
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
-    with pytest.raises(ModelLoadError, match="option vae_decoder=tiny could not fetch") as e:
+    with pytest.raises(ModelLoadError, match="option vae_decoder=tiny: the tiny decoder.s weights file .* is not "
+                                             "downloaded") as e:
         generate(manager, str(folder), smoke_request, FP32.with_(vae_decoder="tiny"), out_dir=None)
     assert e.value.field == "vae_decoder"
     published = tmp_path / "taew2_1.pth"

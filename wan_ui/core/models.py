@@ -24,6 +24,7 @@ from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
 from wan_ui.core.errors import ModelLoadError
 from wan_ui.core.files import atomic_path
+from wan_ui.core.hub import unreachable_reason
 from wan_ui.core.requests import REPORT_PROMPT, WAN_DEFAULT_NEGATIVE_PROMPT
 
 HUB_ID = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
@@ -162,10 +163,15 @@ def _download(repo_id: str, tqdm_class=None) -> tuple[str, float]:
     """Fetch the checkpoint with the hub client's progress bars; timed apart from loading."""
 
     t0 = time.perf_counter()
+    # with the hub surely unreachable (core/hub.py), only the cache is asked: a cached checkpoint still loads, and a
+    # missing one says why at once instead of after the hub client's retries
+    unreachable = unreachable_reason()
     try:
         folder = snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model",
-                                                             "tokenizer*", "spiece*"], tqdm_class=tqdm_class)
-    except Exception as e:  # offline, unknown repo, auth: one clear message
-        raise ModelLoadError(f"could not download {repo_id!r}: {type(e).__name__}: {e}. Pass a local folder with "
+                                                             "tokenizer*", "spiece*"], tqdm_class=tqdm_class,
+                                   local_files_only=unreachable is not None)
+    except Exception as e:  # noqa: BLE001 — offline, unknown repo, auth: one clear message
+        why = f"it is not downloaded and {unreachable}" if unreachable else f"{type(e).__name__}: {e}"
+        raise ModelLoadError(f"could not download {repo_id!r}: {why}. Pass a local folder with "
                              f"--model PATH, or --model tiny / random-full", field="model") from None
     return folder, time.perf_counter() - t0

@@ -35,11 +35,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from huggingface_hub import hf_hub_download
 from safetensors.torch import load_file
 from torch import nn
 
 from wan_ui.core.errors import ModelLoadError, first_line
+from wan_ui.core.hub import fetch
 
 LATENT_CHANNELS = 16  # Wan 2.1's VAE z_dim
 STAGE_WIDTHS = (256, 128, 64)  # channels inside each stage; the last stage projects to 64 as well
@@ -202,14 +202,10 @@ def fetch_weights(source: str) -> Path:
     if path.exists() or len(parts) < 3 or not all(parts) or source.startswith((".", "/", "~")):
         raise ModelLoadError(f"option {OPTION}=tiny: {SOURCE_ENV}={source!r} is neither a weights file nor a hub id "
                              f"owner/repo/file", field=OPTION)
-    repo, filename = "/".join(parts[:2]), "/".join(parts[2:])
-    try:
-        return Path(hf_hub_download(repo, filename))
-    except Exception as e:  # noqa: BLE001 — offline, unknown repo or file, auth: one line that says what to do
-        raise ModelLoadError(
-            f"option {OPTION}=tiny could not fetch the tiny decoder's weights {source!r} ({type(e).__name__}: "
-            f"{first_line(e, 160)}): download them once online, or set {SOURCE_ENV} to a local taew2_1.pth "
-            f"(or .safetensors); {OPTION}=full needs nothing", field=OPTION) from None
+    return fetch("/".join(parts[:2]), "/".join(parts[2:]),
+                 what=f"option {OPTION}=tiny: the tiny decoder's weights file", field=OPTION,
+                 instead=f"download it once online, or set {SOURCE_ENV} to a local taew2_1.pth (or .safetensors); "
+                         f"{OPTION}=full needs nothing")
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from huggingface_hub import constants, try_to_load_from_cache
 
 from wan_ui.core.errors import ModelLoadError, ValidationError
+from wan_ui.core.hub import fetch
 from wan_ui.core.paths import confine
 from wan_ui.optim.state import Undo, undo_on_error
 
@@ -88,15 +88,15 @@ def _resolve(src: str, scale: float, root: Path) -> LoraSource:
                           field="lora")
 
 
-def _require_local_when_offline(src: LoraSource) -> None:
-    """Offline, diffusers reports a hub file it cannot fetch as missing: say what is wrong and how to fix it."""
-    if not src.is_hub or not constants.HF_HUB_OFFLINE or not src.weight_name:
-        return
-    if isinstance(try_to_load_from_cache(src.location, src.weight_name), str):
-        return  # in the hub cache: loads offline
-    raise ModelLoadError(f"LoRA {src.location}/{src.weight_name} is not downloaded and the hub is offline "
-                         f"(HF_HUB_OFFLINE=1): download it once online, or put the file at "
-                         f"{lora_dir() / src.location / src.weight_name}", field="lora")
+def _local_file(src: LoraSource) -> tuple[str, str | None]:
+    """(location, weight_name) to load from: a hub file is fetched first through core/hub.py, so that no network,
+    a missing repository and a missing file each say so (diffusers reports all three as "does not appear to have a
+    file named ..."), the offline case at once instead of after the hub client's retries."""
+    if not src.is_hub or not src.weight_name:
+        return src.location, src.weight_name
+    path = fetch(src.location, src.weight_name, what="LoRA", field="lora",
+                 instead=f"download it once online, or put the file at {lora_dir() / src.location / src.weight_name}")
+    return str(path.parent), path.name
 
 
 @dataclass
@@ -122,13 +122,13 @@ def apply_lora(pipe, opts, request=None) -> LoraUndo | None:
 
 
 def _load_adapter(pipe, src: LoraSource, name: str) -> None:
-    kwargs = {"weight_name": src.weight_name} if src.weight_name else {}
-    _require_local_when_offline(src)
+    location, weight_name = _local_file(src)
+    kwargs = {"weight_name": weight_name} if weight_name else {}
     try:
-        pipe.load_lora_weights(src.location, adapter_name=name, use_safetensors=True, **kwargs)
+        pipe.load_lora_weights(location, adapter_name=name, use_safetensors=True, **kwargs)
     except torch.cuda.OutOfMemoryError:
         raise
-    except Exception as e:  # a corrupt file, a wrong layout, a hub id offline: one clear message
+    except Exception as e:  # noqa: BLE001 — a corrupt file, a wrong layout: one clear message
         where = f"{src.location}/{src.weight_name}" if src.weight_name else src.location
         raise ModelLoadError(f"could not load LoRA {where!r}: {type(e).__name__}: "
                              f"{str(e).splitlines()[0] if str(e) else ''}", field="lora") from None
