@@ -10,18 +10,20 @@ from wan_ui.core.fidelity import value_text
 from wan_ui.core.hardware import Hardware
 from wan_ui.core.options import fidelity_info, options_table
 
-COLUMNS = ("Option", "Family", "Applies at", "Values", "Default", "Fidelity (docs/FIDELITY.md)", "Available here",
+# Fidelity right after the option's name: whether a lever is lossy is the first thing to read, and on a phone the
+# table scrolls sideways, so only the first two columns show without scrolling (assets/app.css' phone widths).
+COLUMNS = ("Option", "Fidelity (docs/FIDELITY.md)", "Values", "Default", "Family", "Applies at", "Available here",
            "What it does")
-WIDTHS = ("13%", "8%", "9%", "15%", "7%", "20%", "12%", "16%")  # of the table's width: the whole row on a desktop
+WIDTHS = ("13%", "20%", "15%", "7%", "8%", "9%", "12%", "16%")  # of the table's width: the whole row on a desktop
 
 
 def options_frame(hw: Hardware) -> pd.DataFrame:
     """options_table(hw) -> one display row per option, in the catalogue's order."""
     rows = []
     for row in options_table(hw):
-        rows.append([row["name"], row["family"],
+        rows.append([row["name"], fidelity_info(row["name"]), _values_text(row),
+                     value_text(row["default"]) or "(empty)", row["family"],
                      "load time (rebuilds the pipeline)" if row["load_time"] else "run time",
-                     _values_text(row), value_text(row["default"]) or "(empty)", fidelity_info(row["name"]),
                      _availability(row), row["help"]])
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
