@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from ui_server import browser_page, open_tab, set_number, ui_app  # noqa: F401  (ui_app: one app per module)
+from ui_server import open_tab, page_at_each_viewport, set_number, ui_app  # noqa: F401  (fixtures: ui_app, one app per module; page)
 
 pytestmark = pytest.mark.browser
 
@@ -62,13 +62,6 @@ FOCUS_JS = "() => {" + COLOURS_JS + """
           style: cs.outlineStyle, width: parseFloat(cs.outlineWidth),
           contrast: colour ? ratio(over(colour, background(el.parentElement)), background(el.parentElement)) : 0};
 }"""
-
-
-@pytest.fixture(scope="module", params=list(VIEWPORTS))
-def page(ui_app, request):  # noqa: F811
-    with browser_page(ui_app.url) as page:
-        page.set_viewport_size(VIEWPORTS[request.param])
-        yield page
 
 
 def reload(page) -> None:

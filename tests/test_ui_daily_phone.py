@@ -8,18 +8,10 @@ import re
 from itertools import pairwise
 
 import pytest
-from ui_server import VIEWPORTS, browser_page, compare_three_sets, ui_app  # noqa: F401  (ui_app: module-scoped, one app per module)
+from ui_server import VIEWPORTS, compare_three_sets, page_at_each_viewport, ui_app  # noqa: F401  (fixtures: ui_app, one app per module; page)
 
 pytestmark = pytest.mark.browser
 
-
-
-@pytest.fixture(scope="module", params=list(VIEWPORTS))
-def page(ui_app, request):  # noqa: F811
-    with browser_page(ui_app.url) as page:
-        page.set_viewport_size(VIEWPORTS[request.param])
-        page.viewport_name = request.param
-        yield page
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 import pytest
-from ui_server import VIEWPORTS, browser_page, compare_three_sets, open_tab, set_number, ui_app  # noqa: F401
+from ui_server import compare_three_sets, open_tab, page_at_each_viewport, set_number, ui_app  # noqa: F401  (fixtures: ui_app, one app per module; page)
 
 from wan_ui.core.compare import CompareRun, Comparison
 from wan_ui.core.distilled import PRESET_REQUEST_HINTS
@@ -189,14 +189,6 @@ def choose_preset(page, name: str) -> None:
 
 def number(page, elem_id: str) -> float:
     return float(page.locator(f"#{elem_id} input[type=number]").input_value())
-
-
-@pytest.fixture(scope="module", params=list(VIEWPORTS))
-def page(ui_app, request):  # noqa: F811
-    with browser_page(ui_app.url) as page:
-        page.set_viewport_size(VIEWPORTS[request.param])
-        page.viewport_name = request.param
-        yield page
 
 
 # every text the status block shows while a run goes (the progress bar's description is drawn inside it)

@@ -6,17 +6,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from ui_server import browser_page, set_number, ui_app  # noqa: F401  (ui_app: module-scoped, one app per module)
+from ui_server import page_at_each_viewport, set_number, ui_app  # noqa: F401  (fixtures: ui_app, one app per module; page)
 
 pytestmark = pytest.mark.browser
 VIEWPORTS = {"desktop": {"width": 1440, "height": 900}, "phone": {"width": 390, "height": 844}}
-
-
-@pytest.fixture(scope="module", params=list(VIEWPORTS))
-def page(ui_app, request):  # noqa: F811
-    with browser_page(ui_app.url) as page:
-        page.set_viewport_size(VIEWPORTS[request.param])
-        yield page
 
 
 def test_the_preview_fills_during_a_run_and_says_what_it_cost(page):

@@ -86,6 +86,16 @@ def launches(monkeypatch):
     return calls
 
 
+@pytest.fixture(scope="module", params=list(VIEWPORTS), name="page")
+def page_at_each_viewport(ui_app, request):
+    """Fixture `page`: the module's app in a browser at each of VIEWPORTS in turn (one page per viewport for the
+    whole module), the viewport's name as `page.viewport_name`. Import it beside `ui_app`."""
+    with browser_page(ui_app.url) as page:
+        page.set_viewport_size(VIEWPORTS[request.param])
+        page.viewport_name = request.param
+        yield page
+
+
 @contextmanager
 def browser_page(url: str):
     """The app's page in Debian's chromium (never a downloaded one; the test is skipped without it), once the
