@@ -11,6 +11,7 @@ from huggingface_hub import hf_hub_url
 from lora_files import write_kijai_lora
 from wan_ui.cli import main
 from wan_ui.core.distilled import DISTILLED, PRESET_REQUEST_HINTS, request_hints_for
+from wan_ui.core import hub
 from wan_ui.core.errors import ModelLoadError
 from wan_ui.core.generate import generate
 from wan_ui.optim.lora import parse_lora_spec
@@ -63,7 +64,7 @@ def test_no_network_says_so_at_once_instead_of_no_such_file(manager, smoke_reque
     ~25 s of retries; now the preset's error names the LoRA, the network and where to put the file (core/hub.py)."""
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(lora_root.parent / "empty-hub-cache"))
-    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+    for name in hub.PROXY_VARIABLES:
         monkeypatch.delenv(name, raising=False)
 
     def no_dns(*args, **kwargs):
