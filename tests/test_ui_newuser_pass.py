@@ -29,7 +29,7 @@ from wan_ui.ui.generate_tab import (
     NO_GPU_NOTE,
     apply_preset,
     gpu_live_text,
-    page_progress,
+    progress_reporter,
     request_after_preset,
     unavailable_note,
 )
@@ -52,7 +52,7 @@ def note_lines(name: str, hw: Hardware) -> list[str]:
 def test_every_phase_of_a_run_shows_a_level_so_its_name_is_drawn():
     """Gradio's page draws the description only beside a level; None gave a bare spinner."""
     calls = []
-    report = page_progress(lambda value, desc=None, unit="steps": calls.append((value, desc)))
+    report = progress_reporter(lambda value, desc=None, unit="steps": calls.append((value, desc)))
     report("loading", 0, 1)
     report("encoding", 0, 1)
     report("denoising", 3, 4)
@@ -67,7 +67,7 @@ def test_every_phase_of_a_run_shows_a_level_so_its_name_is_drawn():
 
 def test_a_comparisons_next_run_starts_its_bar_again():
     calls = []
-    report = page_progress(lambda value, desc=None, unit="steps": calls.append((value, desc)))
+    report = progress_reporter(lambda value, desc=None, unit="steps": calls.append((value, desc)))
     report("Fast (1/2), run 1 of 1: denoising", 2, 2)
     report("Fast (1/2), run 1 of 1: decoding", 0, 1)
     report("Slow (2/2), run 1 of 1: loading", 0, 1)  # the next set's build: its own bar, from 0

@@ -193,9 +193,12 @@ def test_progress_reporter_maps_phases_to_gradio_progress():
     report = progress_reporter(progress)
     report("loading", 0, 1)
     report("denoising", 3, 20)
+    report("decoding", 0, 1)
     report("Fast (2/3): decoding", 0, 1)
-    assert calls == [(None, "loading the model (build or reuse)"), ((3, 20), "denoising, step 3 of 20"),
-                     (None, "Fast (2/3): decoding (VAE)")]
+    # a phase without steps keeps the run's level (0 before the first step, 3/20 after step 3): never None, which
+    # Gradio draws as a bare spinner without the phase's name; a new set's run starts again at 0
+    assert calls == [(0.0, "loading the model (build or reuse)"), ((3, 20), "denoising, step 3 of 20"),
+                     (0.15, "decoding (VAE)"), (0.0, "Fast (2/3): decoding (VAE)")]
 
 
 # ---- settings files ---------------------------------------------------------------------------------------

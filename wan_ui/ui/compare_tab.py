@@ -13,7 +13,7 @@ from wan_ui.core.options import fidelity_summary
 from wan_ui.core.report import summary_cell
 from wan_ui.ui.compare_charts import CHARTS, bar_charts, build_charts
 from wan_ui.ui.context import AppContext
-from wan_ui.ui.generate_tab import CLEAR_NOTE_JS, page_progress
+from wan_ui.ui.generate_tab import CLEAR_NOTE_JS, progress_reporter
 from wan_ui.ui.tune_search import DEFAULT_BUDGET, DEFAULT_SECONDS
 from wan_ui.ui.values import NO_SET, named_sets_from_values, preset_choices, request_from_values
 from wan_ui.ui.widgets import FieldDropdown, FieldNumber, Widgets, user_errors_as_toasts
@@ -144,7 +144,7 @@ def compare_task(ctx: AppContext):
         with user_errors_as_toasts():
             try:
                 return run_comparison(ctx.manager, ctx.model, request, sets, scorer=ctx.scorer if quality else None,
-                                      baseline_cache=ctx.baseline_cache, on_progress=page_progress(progress),
+                                      baseline_cache=ctx.baseline_cache, on_progress=progress_reporter(progress),
                                       cancel=cancel, out_dir=ctx.outputs, repeats=repeats)
             except GenerationCancelled as e:
                 return str(e)

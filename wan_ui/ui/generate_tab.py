@@ -170,48 +170,31 @@ def gpu_live_text(ctx: AppContext) -> str:
 # ---- handlers (wired in ui.py once every tab exists) --------------------------------------------------------
 def progress_reporter(progress):
     """generate()'s on_progress(phase, done, total) -> gr.Progress: the phase (encoding, denoising step i of n,
-    decoding, ...); a Compare run's phase comes prefixed with its set and run ("Fast (2/3), run 2 of 3: ...")."""
+    decoding, ...); a Compare or search run's phase comes prefixed with its set and run ("Fast (2/3), run 2 of 3: ...").
+
+    Every update carries a level. Gradio's page draws a progress description only beside a level: `progress(None,
+    desc=...)` leaves a bare spinner, so "loading the model", "encoding the prompt", "decoding (VAE)" and "writing the
+    mp4" were never seen, even through a first build or a long decode. A phase without steps of its own gets the level
+    of the run's last denoising step instead: 0 before the first step, the fraction of steps done after (a finished
+    run's decode reads "decoding (VAE) - 100%", its bar full). A new run of a comparison or search (a new "Set, run k
+    of n:" tag before the phase) starts again at 0."""
     names = {"loading": "loading the model (build or reuse)", "encoding": "encoding the prompt",
              "decoding": "decoding (VAE)", "writing": "writing the mp4"}
+    last = {"tag": None, "level": 0.0}
 
     def on_progress(phase: str, done: int, total: int) -> None:
         tag, _, step = phase.rpartition(": ")
-        prefix = f"{tag}: " if tag else ""
-        if step == "denoising":
-            progress((done, total), desc=f"{prefix}denoising, step {done} of {total}", unit="steps")
-        else:
-            progress(None, desc=prefix + names.get(step, step))
-
-    return on_progress
-
-
-def shown_progress(progress):
-    """`progress` (a gr.Progress) whose phase-only updates still show their text. Gradio's page draws a progress
-    description only beside a progress level: `progress(None, desc=...)` leaves a bare spinner, so "loading the
-    model", "encoding the prompt", "decoding (VAE)" and "writing the mp4" were never seen, even through a first
-    build or a long decode. A phase-only update gets the level of the run's last step instead: 0 before the first
-    step, the steps done after (a finished run's decode reads "decoding (VAE) - 100%", its bar full). A new run of a
-    comparison or search (a new "Set, run k of n:" tag before the phase) starts again at 0."""
-    last = {"tag": None, "level": 0.0}
-
-    def show(value, desc: str | None = None, unit: str = "steps"):
-        tag = (desc or "").rpartition(": ")[0]
         if tag != last["tag"]:
             last.update(tag=tag, level=0.0)
-        if isinstance(value, tuple):
-            done, total = value
+        prefix = f"{tag}: " if tag else ""
+        if step == "denoising":
             last["level"] = done / total if total else 0.0
-        elif value is None:
-            value = last["level"]
-        return progress(value, desc=desc, unit=unit)
+            # a (done, total) pair: Gradio shows "3/20 steps" beside the bar as well as the fraction
+            progress((done, total), desc=f"{prefix}denoising, step {done} of {total}", unit="steps")
+        else:
+            progress(last["level"], desc=prefix + names.get(step, step), unit="steps")
 
-    return show
-
-
-def page_progress(progress):
-    """generate()'s on_progress for a run started from the page: progress_reporter's phases, each shown with its
-    text (shown_progress)."""
-    return progress_reporter(shown_progress(progress))
+    return on_progress
 
 
 def display_values(ctx: AppContext, info: dict, scored: bool) -> dict:
@@ -253,7 +236,7 @@ def generate_task(ctx: AppContext):
     and baseline cache come through the closure. Returns the Result, or the cancel message as a str (an
     exception would reach the app as a bare "ZeroGPU worker error")."""
     def task(cancel, request, opts, scored: bool, progress):
-        on_progress = page_progress(progress)
+        on_progress = progress_reporter(progress)
         with user_errors_as_toasts():  # a gr.Error crosses the worker boundary with its message
             try:
                 result = generate(ctx.manager, ctx.model, request, opts, out_dir=ctx.outputs,

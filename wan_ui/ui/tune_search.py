@@ -23,7 +23,7 @@ from wan_ui.tune.run import TuneConfig, TuneOutcome, run_tune
 from wan_ui.tune.search import Budget, Trial
 from wan_ui.ui.compare_charts import bar_charts
 from wan_ui.ui.context import AppContext
-from wan_ui.ui.generate_tab import page_progress
+from wan_ui.ui.generate_tab import progress_reporter
 from wan_ui.ui.guard import guarded
 from wan_ui.ui.values import named_sets_from_values, request_from_values
 from wan_ui.ui.widgets import user_errors_as_toasts
@@ -62,7 +62,7 @@ def run_tune_search(ctx: AppContext, values: dict, session: str, progress, max_c
             ctx.downloads.wait(progress)
         try:
             # charts=False: they are drawn through pyplot's global state, which handler threads must not share
-            outcome = run_tune(cfg, ctx.manager, ctx.scorer, cancel=cancel, on_progress=page_progress(progress),
+            outcome = run_tune(cfg, ctx.manager, ctx.scorer, cancel=cancel, on_progress=progress_reporter(progress),
                                charts=False)
         except GenerationCancelled as e:
             cancel.honoured = True  # stopped on the flag: what the Cancel reply reports
