@@ -199,7 +199,8 @@ def test_every_preset_description_names_each_lossy_lever():
     low = preset_description("Low VRAM")
     assert "MagCache, threshold 0.12, K=2 (published: MagCache, arXiv 2506.09045)" in low
     assert "CFG on the first 0.5 of the steps (ours)" in low
-    assert "sliding-tile sparse attention, window 3,1,1, 2 dense steps, first block dense (ours)" in \
+    assert "sliding-tile sparse attention, window 3,1,1, 2 dense steps, first block dense, border tiles packed " \
+        "(ours)" in \
         preset_description("Low VRAM (sparse)")
     assert preset_description("Baseline (report)") == "Baseline (report): exact: the reference computation"
 

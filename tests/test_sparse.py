@@ -250,3 +250,82 @@ def test_regional_compile_traces_the_sparse_processor(smoke_request, tiny_folder
     compiled = generate(ModelManager(device="cpu", log=lambda m: None), "tiny", smoke_request,
                         opts.with_(compile="regional"), out_dir=None)
     assert np.abs(compiled.frames.astype(int) - eager.frames.astype(int)).max() <= 1
+
+
+# ---- the packed layout: a narrow last tile column shares one block ----------------------------------------
+PACKABLE = ((3, 5, 9), (1, 2, 4))  # tiles (3, 3, 3); the last column 1 patch wide: 3 tiles x 2 x 1 = 6 <= 8 tokens
+
+
+def test_packed_layout_merges_the_narrow_column_and_round_trips():
+    grid, tile = PACKABLE
+    padded, packed = TileLayout(grid, tile), TileLayout(grid, tile, pack=True)
+    assert not padded.merged and packed.merged
+    # per frame: 3 x 2 regular tiles + one block for the last column, instead of 3 x 3 blocks
+    assert packed.padded_len == 3 * 7 * 8 and padded.padded_len == 3 * 9 * 8
+    x = torch.randn(2, math.prod(grid), 3)
+    tiled = packed.to_tiles(x)
+    assert tiled.shape == (2, packed.padded_len, 3) and torch.equal(packed.from_tiles(tiled), x)
+    # every real token sits once, with the tile the padded layout gives it
+    t, h, w = torch.meshgrid(*(torch.arange(n) for n in grid), indexing="ij")
+    coords = torch.stack([t, h, w], -1).reshape(1, -1, 3) + 1
+    slots = packed.to_tiles(coords)[0]
+    real = (slots > 0).all(-1)
+    assert int(real.sum()) == math.prod(grid)
+    bt, bh, bw, pt, ph, pw, is_real = packed.coords(torch.arange(packed.padded_len))
+    assert torch.equal(is_real, real)
+    assert torch.equal(torch.stack([pt, ph, pw], -1)[real], slots[real] - 1)
+    assert torch.equal(torch.stack([bt, bh, bw], -1)[real], (slots[real] - 1) // torch.tensor(tile))
+    # the seventh block of a frame holds the last column's three tiles
+    assert set(bh[6 * 8:7 * 8][is_real[6 * 8:7 * 8]].tolist()) == {0, 1, 2}
+    assert set(bw[6 * 8:7 * 8][is_real[6 * 8:7 * 8]].tolist()) == {2}
+
+
+@pytest.mark.parametrize("window", [(0, 1, 0), (1, 0, 1), (1, 1, 1)])
+def test_packed_layout_computes_the_same_attention_in_fewer_blocks(window):
+    grid, tile = PACKABLE
+    q, k, v = _qkv(grid, seed=2)
+    padded, packed = TileLayout(grid, tile), TileLayout(grid, tile, pack=True)
+    ref = _sdpa(q, k, v, _dense_window_mask(grid, tile, window))
+    out = sparse_attention(q, k, v, packed, build_block_mask(packed, window, "cpu"))
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(out, sparse_attention(q, k, v, padded, build_block_mask(padded, window, "cpu")))
+    assert sparse.kept_blocks(packed, window) < sparse.kept_blocks(padded, window)
+
+
+def test_kept_blocks_counts_what_the_block_mask_keeps():
+    grid, tile = PACKABLE
+    for layout in (TileLayout(grid, tile), TileLayout(grid, tile, pack=True)):
+        mask = build_block_mask(layout, (1, 1, 0), "cpu")
+        n = layout.padded_len // layout.tile_tokens
+        assert sparse.kept_blocks(layout, (1, 1, 0)) == pytest.approx(n * n * (1 - mask.sparsity() / 100))
+
+
+def test_packing_applies_at_832x480_only_where_the_column_fits():
+    official = TileLayout((21, 30, 52), pack=True)  # last column 4 patches: 4 tiles x 8 x 4 = 128 tokens
+    assert official.merged and official.padded_len == 21 * 13 * 128
+    assert sparse.kept_blocks(official, (3, 1, 1)) / sparse.kept_blocks(TileLayout((21, 30, 52)), (3, 1, 1)) \
+        == pytest.approx(10665 / 13500)
+    report = TileLayout((25, 45, 78), pack=True)  # last column 14 patches: 6 x 8 x 14 tokens do not fit in 128
+    assert not report.merged and report.padded_len == TileLayout((25, 45, 78)).padded_len
+    rep = sparsity_report(WORKLOADS["official480"].request, OptimizationSet().with_(sparse_attention="sta"))
+    assert rep["padded_tokens"] == 21 * 13 * 128 and rep["kept_blocks"] < rep["blocks"]
+
+
+def test_packed_layout_through_the_transformer_matches_padded(manager, smoke_request, monkeypatch):
+    """The tiny transformer with the packed layout (tiles 1 x 2 x 3 on its 3 x 4 x 4 grid: a last column 1 patch
+    wide, 2 tiles x 2 x 1 tokens in one block) gives the padded layout's output; the context holds the indices."""
+    monkeypatch.setattr(sparse, "DEFAULT_TILE", (1, 2, 3))
+    opts = OptimizationSet().with_(precision="fp32", sparse_attention="sta", sparse_window="1,0,0",
+                                   sparse_dense_layers=0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 16, 3, 8, 8, generator=g)  # latents (B, C, T, H, W): grid 3 x 4 x 4
+    outs = {}
+    for layout in ("padded", "packed"):
+        pipe, _, _ = manager.get("tiny", opts.with_(sparse_layout=layout), smoke_request)
+        ctx = sparse.prepare_sparse(pipe, 64, 64, 9)
+        assert ctx.layout.merged == (layout == "packed") and (ctx.indices is not None) == (layout == "packed")
+        text = torch.randn(1, 7, pipe.transformer.config.text_dim, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            outs[layout] = pipe.transformer(x, torch.tensor([500]), text, return_dict=False)[0]
+    torch.testing.assert_close(outs["packed"], outs["padded"], rtol=1e-5, atol=1e-5)
+    assert manager.builds == 1  # the layout is a run-time option: no rebuild

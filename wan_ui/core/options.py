@@ -184,6 +184,11 @@ _SPARSE_KERNEL = _by_value(
     ("triton", _exact("FlexAttention's Triton kernel", "the sparse attention's default kernel")),
     ("flash", _close("FlexAttention's FlashAttention-4 kernel", "the same block mask in another kernel: bf16 "
                      "accumulation order only", "docs/benchmarks/README.md, \"FlashAttention-4 backend\"")))
+_SPARSE_LAYOUT = _by_value(
+    ("packed", _close("border tiles packed", "a narrow last tile column's tiles share one attention block: the "
+                      "same mask over the same tiles in fewer blocks, accumulation order only (fp32: 1e-5, "
+                      "tests/test_sparse.py)", "wan_ui/optim/sparse.py, TileLayout")),
+    ("padded", _exact("one block per tile", "each tile its own attention block, border tiles zero-padded")))
 _SCHEDULER = _by_value(
     ("unipc", _exact("UniPC", "the model's own scheduler")),
     ("dpmpp", _published("DPM++ sampler", "another multistep solver: a different video of the same quality class",
@@ -367,6 +372,12 @@ class OptimizationSet:
                               "sparse attention kernel: triton (FlexAttention's default) or flash (its "
                               "FlashAttention-4 backend; Hopper or Blackwell GPU, package flash-attn-4)",
                               ("triton", "flash"), fidelity=_SPARSE_KERNEL, part_of="sparse_attention")
+    # how tiles fill FlexAttention's blocks (wan_ui/optim/sparse.py, TileLayout): packed puts a narrow last tile
+    # column in one block (832x480: 21 % fewer kept blocks, `sparse.kept_blocks`); sizes it cannot pack are padded
+    sparse_layout: str = _opt("packed", "attention", False,
+                              "tiles into attention blocks: packed (a narrow border column shares one block) or "
+                              "padded (every tile its own block)",
+                              ("packed", "padded"), fidelity=_SPARSE_LAYOUT, part_of="sparse_attention")
     # scheduler
     scheduler: str = _opt("unipc", "scheduler", False, "sampler", ("unipc", "dpmpp", "euler"),
                           fidelity=_SCHEDULER)

@@ -4,7 +4,8 @@ Wan's self-attention (`attn1`) sees every token of the video: 87,750 tokens at t
 most of a dense forward's time (docs/benchmarks/README.md, "Where the time goes"). Sliding Tile Attention (Zhang et
 al., arXiv 2502.04507) keeps, for each query tile, only the key tiles within a 3D window. Here:
   1. tokens (B, L, H, D), laid out frame-major over the patch grid (T, Hp, Wp), are padded to whole tiles and
-     reordered tile-major, so one tile of `tile` = (1, 8, 16) patches = 128 tokens is one FlexAttention block;
+     reordered tile-major, so one tile of `tile` = (1, 8, 16) patches = 128 tokens is one FlexAttention block
+     (`sparse_layout=packed`: a last tile column too narrow to fill blocks shares one block, `TileLayout`);
   2. a `mask_mod` over tile coordinates keeps key tile k for query tile q when |q - k| <= window in each of
      (t, h, w) — and masks the padding tokens out as keys; `create_block_mask` turns it into a BlockMask
      (never a dense L x L mask: diffusers' flex backend with a dense mask asks for 344 GiB at this size). The
@@ -90,8 +91,18 @@ def patch_grid(patch_size, height: int, width: int, num_frames: int, temporal: i
 # ---- layout: frame-major <-> tile-major ------------------------------------------------------------------
 @dataclass(frozen=True)
 class TileLayout:
+    """Where each token of a (T, Hp, Wp) patch grid sits in FlexAttention's token order ("slots").
+
+    Padded (`pack=False`): every tile of `tile` patches is one block of `tile_tokens` slots, the grid's border tiles
+    zero-padded. Packed (`pack=True`): when the last tile column is narrow enough that all its tiles of one tile row
+    in time fit in one block together (832x480: a 30 x 52 patch grid, tiles of 8 x 16, a last column 4 patches wide:
+    4 tiles x 8 x 4 = 128 tokens), they share one block instead of filling four blocks a quarter each. Each token
+    keeps its tile, so the mask and the attention's math are the same; only the blocks FlexAttention visits change
+    (21 % fewer kept block pairs at 832x480 with window 3,1,1: `kept_blocks`). Other sizes lay out as padded."""
+
     grid: tuple[int, int, int]  # (T, Hp, Wp) patches, frame-major token order
     tile: tuple[int, int, int] = DEFAULT_TILE  # patches per tile in (t, h, w)
+    pack: bool = False
 
     @property
     def tiles(self) -> tuple[int, int, int]:
@@ -102,11 +113,71 @@ class TileLayout:
         return math.prod(self.tile)
 
     @property
-    def padded_len(self) -> int:
-        return math.prod(self.tiles) * self.tile_tokens
+    def last_col_width(self) -> int:
+        """Patches in the last tile column (the whole tile width when the grid divides evenly)."""
+        return self.grid[2] - (self.tiles[2] - 1) * self.tile[2]
 
-    def to_tiles(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, L, ...) frame-major -> (B, Lp, ...) tile-major, zero-padded to whole tiles."""
+    @property
+    def merged(self) -> bool:
+        """True when the last tile column's tiles of one time-tile share one block (see the class docstring)."""
+        (tt, th, _), nh = self.tile, self.tiles[1]
+        return self.pack and self.last_col_width < self.tile[2] and nh * tt * th * self.last_col_width <= self.tile_tokens
+
+    @property
+    def blocks_per_time_tile(self) -> int:
+        _, nh, nw = self.tiles
+        return nh * (nw - 1) + 1 if self.merged else nh * nw
+
+    @property
+    def padded_len(self) -> int:
+        """Slots: the token count FlexAttention sees (a whole number of blocks)."""
+        return self.tiles[0] * self.blocks_per_time_tile * self.tile_tokens
+
+    def coords(self, idx):
+        """Slot indices -> (tile t, tile h, tile w, patch t, patch h, patch w, real): a slot's tile, the patch it holds
+        and whether it holds one (False = padding). Works on ints or integer tensors alike (the mask_mod's too)."""
+        (tt, th, tw), (_, nh, nw), n = self.tile, self.tiles, self.tile_tokens
+        per_row = self.blocks_per_time_tile * n
+        a, s = idx // per_row, idx % per_row
+        block, off = s // n, s % n
+        if not self.merged:
+            b, c = block // nw, block % nw
+            dt, dh, dw = off // (th * tw), (off // tw) % th, off % tw
+        else:
+            # regular blocks: tiles (b, c < nw - 1) row-major; then one block of the last column's nh tiles, each
+            # taking tt * th * wl slots (a short last tile row's missing rows stay padding)
+            wl, regular = self.last_col_width, block < nh * (nw - 1)
+            m = tt * th * wl
+            b = _where(regular, block // max(nw - 1, 1), off // m)
+            c = _where(regular, block % max(nw - 1, 1), nw - 1)
+            width = _where(regular, tw, wl)
+            r = _where(regular, off, off % m)
+            dt, dh, dw = r // (th * width), (r // width) % th, r % width
+            b = _where(regular | (off < nh * m), b, nh)  # past the last column's tiles: padding, no tile row
+        t, h, w = a * tt + dt, b * th + dh, c * tw + dw
+        real = (t < self.grid[0]) & (h < self.grid[1]) & (w < self.grid[2]) & (b < nh)
+        return a, b, c, t, h, w, real
+
+    def gather_index(self) -> torch.Tensor:
+        """(padded_len,) int64: for each slot, its token's frame-major index, or L (a zero row) for padding."""
+        T, H, W = self.grid
+        _, _, _, t, h, w, real = self.coords(torch.arange(self.padded_len))
+        return torch.where(real, (t * H + h) * W + w, T * H * W)
+
+    def scatter_index(self) -> torch.Tensor:
+        """(L,) int64: for each frame-major token, its slot (the inverse of `gather_index` on real tokens)."""
+        index = self.gather_index()
+        slots = torch.empty(math.prod(self.grid), dtype=torch.long)
+        real = index < slots.numel()
+        slots[index[real]] = torch.arange(self.padded_len)[real]
+        return slots
+
+    def to_tiles(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L, ...) frame-major -> (B, Lp, ...) tile-major, zero-padded to whole blocks. A merged layout gathers
+        through `index` (`gather_index` on x's device); a padded one is a reshape, pad and permute."""
+        if self.merged:
+            x = torch.cat([x, x.new_zeros(x.shape[0], 1, *x.shape[2:])], dim=1)
+            return x.index_select(1, index if index is not None else self.gather_index().to(x.device))
         (T, H, W), (nt, nh, nw), (tt, th, tw) = self.grid, self.tiles, self.tile
         b, rest = x.shape[0], x.shape[2:]
         x = x.reshape(b, T, H, W, -1)
@@ -114,8 +185,11 @@ class TileLayout:
         x = x.reshape(b, nt, tt, nh, th, nw, tw, -1).permute(0, 1, 3, 5, 2, 4, 6, 7)
         return x.reshape(b, self.padded_len, *rest)
 
-    def from_tiles(self, x: torch.Tensor) -> torch.Tensor:
-        """Inverse of `to_tiles`: (B, Lp, ...) tile-major -> (B, L, ...) frame-major, padding dropped."""
+    def from_tiles(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """Inverse of `to_tiles`: (B, Lp, ...) tile-major -> (B, L, ...) frame-major, padding dropped (a merged
+        layout through `index`, `scatter_index` on x's device)."""
+        if self.merged:
+            return x.index_select(1, index if index is not None else self.scatter_index().to(x.device))
         (T, H, W), (nt, nh, nw), (tt, th, tw) = self.grid, self.tiles, self.tile
         b, rest = x.shape[0], x.shape[2:]
         x = x.reshape(b, nt, nh, nw, tt, th, tw, -1).permute(0, 1, 4, 2, 5, 3, 6, 7)
@@ -123,21 +197,21 @@ class TileLayout:
         return x.reshape(b, T * H * W, *rest)
 
 
-def tile_window_mask_mod(layout: TileLayout, window: tuple[int, int, int]):
-    """mask_mod(b, h, q_idx, kv_idx) over tile-major indices: key tile within `window` tiles and not padding."""
-    (T, H, W), (_, nh, nw), (tt, th, tw) = layout.grid, layout.tiles, layout.tile
-    n, wt, wh, ww = layout.tile_tokens, *window
+def _where(cond, a, b):
+    """torch.where for tensors, a conditional for plain ints (TileLayout.coords takes both)."""
+    if isinstance(cond, torch.Tensor):
+        return torch.where(cond, a, b)
+    return a if cond else b
 
-    def coords(idx):
-        tile, off = idx // n, idx % n
-        return tile // (nh * nw), (tile // nw) % nh, tile % nw, off // (th * tw), (off // tw) % th, off % tw
+
+def tile_window_mask_mod(layout: TileLayout, window: tuple[int, int, int]):
+    """mask_mod(b, h, q_idx, kv_idx) over slot indices: key tile within `window` tiles and not padding."""
+    wt, wh, ww = window
 
     def mask_mod(b, h, q_idx, kv_idx):
-        qt, qh, qw, _, _, _ = coords(q_idx)
-        kt, kh, kw, dt, dh, dw = coords(kv_idx)
-        near = ((qt - kt).abs() <= wt) & ((qh - kh).abs() <= wh) & ((qw - kw).abs() <= ww)
-        real = (kt * tt + dt < T) & (kh * th + dh < H) & (kw * tw + dw < W)
-        return near & real
+        qt, qh, qw, *_ = layout.coords(q_idx)
+        kt, kh, kw, *_, real = layout.coords(kv_idx)
+        return ((qt - kt).abs() <= wt) & ((qh - kh).abs() <= wh) & ((qw - kw).abs() <= ww) & real
 
     return mask_mod
 
@@ -148,6 +222,21 @@ def build_block_mask(layout: TileLayout, window: tuple[int, int, int], device):
     return create_block_mask(tile_window_mask_mod(layout, window), None, None, layout.padded_len,
                              layout.padded_len, device=device, BLOCK_SIZE=layout.tile_tokens,
                              _compile=device.type == "cuda")
+
+
+def kept_blocks(layout: TileLayout, window: tuple[int, int, int]) -> int:
+    """(query block, key block) pairs the window keeps: what FlexAttention computes, per head and layer. Counted
+    from which tiles each block holds (a tile-pair test, no L x L mask), so it runs at any size on the CPU."""
+    bt, bh, bw, *_, real = layout.coords(torch.arange(layout.padded_len))
+    nt, nh, nw = layout.tiles
+    tile_of = ((bt * nh + bh) * nw + bw)[real]
+    block_of = (torch.arange(layout.padded_len) // layout.tile_tokens)[real]
+    holds = torch.zeros(layout.padded_len // layout.tile_tokens, nt * nh * nw)  # block x tile: holds a token of it
+    holds[block_of, tile_of] = 1.0
+    t, h, w = torch.meshgrid(torch.arange(nt), torch.arange(nh), torch.arange(nw), indexing="ij")
+    pos = torch.stack([t.flatten(), h.flatten(), w.flatten()], dim=1)
+    near = ((pos[:, None, :] - pos[None, :, :]).abs() <= torch.tensor(window)).all(-1).float()  # tile x tile
+    return int(((holds @ near @ holds.T) > 0).sum())
 
 
 def window_density(tiles: tuple[int, int, int], window: tuple[int, int, int]) -> float:
@@ -180,13 +269,16 @@ def _flex(q, k, v, block_mask, kernel: str = "triton"):
         return flex_attention(q, k, v, block_mask=block_mask)
 
 
-def sparse_attention(q, k, v, layout: TileLayout, block_mask, kernel: str = "triton") -> torch.Tensor:
-    """q, k, v (B, L, H, D) frame-major -> (B, L, H, D), attention restricted to the tile window."""
+def sparse_attention(q, k, v, layout: TileLayout, block_mask, kernel: str = "triton",
+                     indices: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """q, k, v (B, L, H, D) frame-major -> (B, L, H, D), attention restricted to the tile window. `indices`: the
+    layout's (gather, scatter) index on q's device for a merged layout (made here when not given)."""
+    gather, scatter = indices or (None, None)
     # (B, H, Lp, D), contiguous: inductor's CPU flex lowering fails on these views otherwise (torch 2.14); in a
     # compiled block the pad, reorder and transpose fuse into one copy
-    q, k, v = (layout.to_tiles(t).transpose(1, 2).contiguous() for t in (q, k, v))
+    q, k, v = (layout.to_tiles(t, gather).transpose(1, 2).contiguous() for t in (q, k, v))
     out = _flex(q, k, v, block_mask, kernel).transpose(1, 2)  # (B, Lp, H, D)
-    return layout.from_tiles(out)
+    return layout.from_tiles(out, scatter)
 
 
 # ---- the processor and its shared schedule ------------------------------------------------------------
@@ -197,17 +289,21 @@ class SparseContext:
     window: tuple[int, int, int]
     tile: tuple[int, int, int] = DEFAULT_TILE
     kernel: str = "triton"  # `sparse_kernel`: FlexAttention's backend
+    pack: bool = False  # `sparse_layout` == "packed": TileLayout.pack
     dense: bool = False  # flipped per step by the step hook
     layout: TileLayout | None = None
     block_mask: object = None
-    masks: dict = field(default_factory=dict)  # (grid, window, tile, device) -> BlockMask
+    indices: tuple | None = None  # a merged layout's (gather, scatter) index on the device, else None
+    masks: dict = field(default_factory=dict)  # (grid, window, tile, pack, device) -> (BlockMask, indices)
 
     def prepare(self, grid: tuple[int, int, int], device) -> None:
-        """Select (build once) the BlockMask for a patch grid; called outside the compiled blocks."""
-        key = (tuple(grid), self.window, self.tile, str(torch.device(device)))
+        """Select (build once) the BlockMask and index for a patch grid; called outside the compiled blocks."""
+        layout = TileLayout(tuple(grid), self.tile, self.pack)
+        key = (tuple(grid), self.window, self.tile, self.pack, str(torch.device(device)))
         if key not in self.masks:
-            self.masks[key] = build_block_mask(TileLayout(tuple(grid), self.tile), self.window, device)
-        self.layout, self.block_mask = TileLayout(tuple(grid), self.tile), self.masks[key]
+            indices = (layout.gather_index().to(device), layout.scatter_index().to(device)) if layout.merged else None
+            self.masks[key] = (build_block_mask(layout, self.window, device), indices)
+        self.layout, (self.block_mask, self.indices) = layout, self.masks[key]
 
 
 class SparseWanAttnProcessor:
@@ -228,7 +324,8 @@ class SparseWanAttnProcessor:
         v = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
         if rotary_emb is not None:
             q, k = _rope(q, *rotary_emb), _rope(k, *rotary_emb)
-        out = sparse_attention(q, k, v, layout, self.ctx.block_mask, self.ctx.kernel).flatten(2, 3).type_as(q)
+        out = sparse_attention(q, k, v, layout, self.ctx.block_mask, self.ctx.kernel,
+                               self.ctx.indices).flatten(2, 3).type_as(q)
         return attn.to_out[1](attn.to_out[0](out))
 
 
@@ -242,7 +339,8 @@ class SparseUndo(Undo):
 def apply_sparse(pipe, opts, request=None) -> SparseUndo | None:
     if opts.sparse_attention == "none":
         return None
-    ctx = SparseContext(parse_window(opts.sparse_window), DEFAULT_TILE, kernel=opts.sparse_kernel)
+    ctx = SparseContext(parse_window(opts.sparse_window), DEFAULT_TILE, kernel=opts.sparse_kernel,
+                        pack=opts.sparse_layout == "packed")
     with undo_on_error(pipe, remove_sparse, SparseUndo(ctx)) as undo:
         for i, block in enumerate(pipe.transformer.blocks):
             if i >= opts.sparse_dense_layers:
@@ -261,7 +359,8 @@ def remove_sparse(pipe, undo: SparseUndo) -> None:
 
 def signature(opts, request) -> tuple:
     # dense steps are read per run by the step hook; they need no re-apply
-    return (opts.sparse_attention, opts.sparse_window, opts.sparse_dense_layers, opts.sparse_kernel)
+    return (opts.sparse_attention, opts.sparse_window, opts.sparse_dense_layers, opts.sparse_kernel,
+            opts.sparse_layout)
 
 
 def prepare_sparse(pipe, height: int, width: int, num_frames: int) -> SparseContext | None:
@@ -300,14 +399,16 @@ def sparsity_report(request, opts, patch=(1, 2, 2), vae_stride=(4, 8), num_layer
     window = parse_window(opts.sparse_window)
     t = (request.num_frames - 1) // vae_stride[0] + 1
     grid = (t // patch[0], request.height // vae_stride[1] // patch[1], request.width // vae_stride[1] // patch[2])
-    layout = TileLayout(grid, tile)
+    layout = TileLayout(grid, tile, opts.sparse_layout == "packed")
     mask_sparsity = 1.0 - window_density(layout.tiles, window)
+    blocks = (layout.padded_len // layout.tile_tokens) ** 2
     steps = request.num_inference_steps
     dense_steps = dense_steps_for(opts.sparse_dense_steps, steps)
     sparse_layers = max(0, num_layers - opts.sparse_dense_layers)
     effective = mask_sparsity * (steps - dense_steps) / steps * sparse_layers / num_layers
     return {"grid": list(grid), "tiles": list(layout.tiles), "tile": list(tile), "window": list(window),
             "tokens": math.prod(grid), "padded_tokens": layout.padded_len, "mask_sparsity": mask_sparsity,
+            "kept_blocks": kept_blocks(layout, window), "blocks": blocks,
             "dense_steps": dense_steps, "steps": steps, "dense_layers": min(num_layers, opts.sparse_dense_layers),
             "layers": num_layers, "effective_sparsity": effective,
             "summary": f"attention {100 * mask_sparsity:.0f} % sparse on {steps - dense_steps} of {steps} steps, "
