@@ -17,22 +17,9 @@ SIZE_ARGS=(--width 832 --height 480 --frames 81 --seed 42)  # official480; its 5
 START=$(date +%s)
 PROMPT="A red fox runs across a snowy meadow at dawn, kicking up powder snow with each leap."
 
-python - <<'EOF'
-import time
-from wan_ui.core.models import materialize, resolve_model
-t0 = time.perf_counter()
-folder, _ = materialize(resolve_model("random-full"))
-print(f"random-full ready in {folder} ({time.perf_counter() - t0:.1f} s, not timed below)", flush=True)
-EOF
-python - <<'EOF'
-# the distilled presets load their LoRA by hub id; offline, a random LoRA of the published rank and key layout
-# is put where the hub file would be (scripts/gpu_runs.py does the same)
-import sys
-sys.argv = ["gpu_runs"]
-sys.path.insert(0, "scripts")
-from gpu_runs import write_distilled_loras
-print("random distilled LoRAs:", write_distilled_loras(full=True), flush=True)
-EOF
+# the model (random-full, not timed below) and, as the distilled presets load their LoRA by hub id, a random LoRA
+# of the published rank and key layout where the hub file would be
+python scripts/gpu_runs.py --prepare --model random-full
 
 run_case() {  # case preset inductor_dir [extra args]
   local case="$1" preset="$2" cache="$3"

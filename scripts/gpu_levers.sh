@@ -10,7 +10,9 @@
 # (`split -b 36M -d cu13.tar.xz cu13.tar.xz.part`), one or more per call, in folders named .gpuwhl*/; a warm machine
 # keeps /tmp between back-to-back calls, so the pieces gather in /tmp/cu13parts and are unpacked into /tmp/site3
 # once all of them (part00, part01) are there.
-#   .gpuwhl5/  diffusers, torchao, importlib_metadata, zipp (the benchmark writes no video: no imageio-ffmpeg)
+#   .gpuwhl5/  diffusers, torchao, importlib_metadata, zipp, and imageio-ffmpeg built from its sdist (17 kB: the
+#              module, which wan_ui.core imports, without its 29 MB ffmpeg binary; the benchmark writes no video):
+#              `pip wheel --no-deps --no-build-isolation imageio_ffmpeg-0.6.0.tar.gz`
 #   .gpuwhl3/  flash-attn-4 and the CUTLASS DSL's small wheels (FA4=1 scripts/fetch_gpu_wheels.sh .gpuwhl3)
 # The DSL's .pth file (which puts nvidia_cutlass_dsl/dsl_packages on sys.path) only runs in a site-packages folder,
 # not in a --target folder on PYTHONPATH, so that folder is put on PYTHONPATH here by hand.
@@ -36,18 +38,8 @@ else
 fi
 
 # the model once (~14 GB under $WAN_UI_CACHE), and a random LoRA at each distilled preset's hub path (rank and key
-# layout as published; random weights: a speed figure, never a quality one), as scripts/gpu_runs.py does
-python3 - <<'EOF'
-import os, sys, time
-t0 = time.perf_counter()
-from wan_ui.core.models import materialize, resolve_model
-folder, _ = materialize(resolve_model(os.environ["MODEL"]))
-sys.argv = ["gpu_runs"]
-sys.path.insert(0, "scripts")
-from gpu_runs import write_distilled_loras
-loras = write_distilled_loras(full=os.environ["MODEL"] != "tiny")
-print(f"{os.environ['MODEL']} at {folder}, {len(loras)} random LoRAs ({time.perf_counter() - t0:.0f} s)", flush=True)
-EOF
+# layout as published; random weights: a speed figure, never a quality one)
+python3 scripts/gpu_runs.py --prepare --model "$MODEL"
 
 # lever_bench WORKLOAD SECONDS SETS [extra bench args]: full step count (no --steps), one warm-up and one timed
 # run per set, each set in a fresh process, no quality scoring (random weights); rows in $OUT/<workload>-<tag>/

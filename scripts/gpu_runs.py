@@ -304,7 +304,16 @@ def main() -> int:
     ap.add_argument("--model", default="random-full")
     ap.add_argument("--workload", default="", help="dry run: every run on this workload (e.g. smoke)")
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--prepare", action="store_true",
+                    help="only build the model and write the random distilled LoRAs, then exit (the preamble of "
+                         "scripts/gpu_levers.sh and scripts/gpu_cold_path.sh)")
     args = ap.parse_args()
+    if args.prepare:
+        t0 = time.perf_counter()
+        folder, _ = materialize(resolve_model(args.model, torch.cuda.is_available()))
+        loras = write_distilled_loras(full=args.model != "tiny")
+        print(f"{args.model} at {folder}, {len(loras)} random LoRAs ({time.perf_counter() - t0:.0f} s)", flush=True)
+        return 0
     if args.list or not args.plan:
         for plan, runs in PLANS.items():
             print(plan + ":", "; ".join(r["name"] for r in runs))
