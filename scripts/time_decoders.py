@@ -85,9 +85,13 @@ def variants(args, device: str, dtype: torch.dtype):
             return full_decode(vae, z.to(dtype))
         return build
 
-    def tiny(chunk: int):
+    def tiny(chunk: int, channels_last: bool = False, compiled: bool = False):
         def build(z):
             decoder = random_tiny_decoder().to(device, dtype)
+            if channels_last:  # NHWC conv weights (cuDNN's tensor-core layout); the frames follow (tiny_vae.py)
+                decoder = decoder.to(memory_format=torch.channels_last)
+            if compiled:  # one graph per chunk shape: the convs stay cuDNN's, the elementwise work fuses
+                decoder._decode_frames = torch.compile(decoder._decode_frames, dynamic=False)
             return lambda: to_uint8_frames(decoder.decode(z, time_chunk=chunk)[0])
         return build
 
@@ -97,6 +101,9 @@ def variants(args, device: str, dtype: torch.dtype):
 
     out = {"full VAE": full(False), "full VAE, channels-last weights": full(True)}
     out.update({f"tiny decoder, {c} latent frames a call": tiny(c) for c in args.chunks})
+    out[f"tiny decoder, {TIME_CHUNK} a call, channels-last"] = tiny(TIME_CHUNK, channels_last=True)
+    out[f"tiny decoder, {TIME_CHUNK} a call, compiled"] = tiny(TIME_CHUNK, compiled=True)
+    out[f"tiny decoder, {TIME_CHUNK} a call, channels-last, compiled"] = tiny(TIME_CHUNK, True, True)
     out["tiny decoder preview strip (4 latent frames)"] = preview
     return out
 

@@ -67,6 +67,14 @@ def test_decoding_is_causal_and_the_same_in_any_chunks(decoder):
     assert not torch.equal(changed[:, :, 9:], whole[:, :, 9:])  # the memory carries it forward
 
 
+def test_channels_last_weights_decode_the_same_frames(decoder):
+    """NHWC conv weights (cuDNN's tensor-core layout) take the frames NHWC too; the video is the same."""
+    z = _latents(3)
+    nhwc = random_tiny_decoder().to(memory_format=torch.channels_last)
+    assert nhwc.stem.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(nhwc.decode(z), decoder.decode(z), rtol=0, atol=1e-5)
+
+
 def test_dtype_and_device_follow_the_decoder():
     half = random_tiny_decoder().to(torch.bfloat16)
     video = half.decode(_latents(2))  # fp32 latents in: cast to the decoder's dtype

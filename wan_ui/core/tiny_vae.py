@@ -118,6 +118,8 @@ class TinyVideoDecoder(nn.Module):
         chunk, (B, 1, C, H, W) or None before the first frame; updated to this chunk's last frame."""
         b, t = z.shape[:2]
         x = z.flatten(0, 1)  # frames as a batch: (B*T, 16, h, w)
+        if self.stem.weight.is_contiguous(memory_format=torch.channels_last):  # NHWC convs want NHWC frames
+            x = x.contiguous(memory_format=torch.channels_last)
         x = F.relu(self.stem(torch.tanh(x / INPUT_BOUND) * INPUT_BOUND))
         i = 0
         for stage in self.stages:
