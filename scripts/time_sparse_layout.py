@@ -55,6 +55,13 @@ def timed(fn, iters: int, cuda: bool) -> tuple[float, float, torch.Tensor]:
     return statistics.median(times), first, out
 
 
+def has_flash_attn_4() -> bool:
+    try:  # find_spec of a submodule imports its parent, which raises when flash_attn is not installed at all
+        return importlib.util.find_spec("flash_attn.cute") is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--grids", default="official480,report")
@@ -62,7 +69,7 @@ def main() -> None:
     args = ap.parse_args()
     cuda = torch.cuda.is_available()
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
-    kernels = ["triton"] + (["flash"] if cuda and importlib.util.find_spec("flash_attn.cute") else [])
+    kernels = ["triton"] + (["flash"] if cuda and has_flash_attn_4() else [])
     result = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
               "window": list(WINDOW), "dtype": str(dtype), "grids": {}}
     for name in args.grids.split(","):

@@ -9,7 +9,7 @@ Each headline figure carries its source in an HTML comment right after it (hidde
 A source is a path from the repository root and selectors:
 - `results.jsonl`: `set=` the row's set name, `field=` a dotted path on its `BenchRow` (`clip_latency_s` is the
   row's figure at the full step count, extrapolated when fewer steps ran; `metrics.clip_latency_s` the measured one);
-- `.json`: `path=` keys (and list positions) joined by "/";
+- `.json`: `path=` keys (and list positions) joined by "/" (a key with "/" in it is matched whole);
 - `.md` outside the repository (`../shared/WORKLOADS.md`, the profiling report's own figures): `quote=` text that
   must appear in it, its first number being the value; skipped where that file is absent.
 `scale=` multiplies the source (MiB -> the docs' GB: 0.001; s -> ms: 1000). The figure shown must equal the source rounded to the
@@ -68,8 +68,12 @@ MARKERS = [m for doc in DOCS + REPORTS for m in find_markers(doc)]
 
 # ---- reading a source -------------------------------------------------------------------------------------
 def _walk(value, keys: list[str]):
-    for key in keys:
+    keys = list(keys)
+    while keys:
+        key = keys.pop(0)
         if isinstance(value, dict):
+            while key not in value and keys:  # a key holding "/" itself ("packed/flash"): take the next part too
+                key += "/" + keys.pop(0)
             value = value[key]
         elif isinstance(value, list):
             value = value[int(key)]
