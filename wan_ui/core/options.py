@@ -580,12 +580,16 @@ def worst_fidelity(opts: OptimizationSet) -> str:
 
 def fidelity_summary(opts: OptimizationSet) -> str:
     """'lossy: MagCache, threshold 0.12, K=2 (published: arXiv ...), CFG on the first 0.5 of the steps (ours); close:
-    bf16 transformer, ...': each lever with the options refining it, lossy ones first."""
+    bf16 transformer, ...': each lossy lever with the lossy options refining it, then the close ones (a close
+    refinement of a lossy lever, e.g. the sparse attention's kernel, is listed as close, not under the lever's tag)."""
     groups: dict[str, list[Lever]] = {}
     for lever in fidelity_of(opts):
         groups.setdefault(lever.part_of or lever.name, []).append(lever)
-    lossy, close, cited = [], [], set()
+    lossy, close, close_refinements, cited = [], [], [], set()
     for levers in groups.values():
+        if levers[0].fidelity.cls in LOSSY:  # a lossy lever: its close refinements go with the close levers
+            close_refinements += [lv.fidelity.what for lv in levers if lv.fidelity.cls not in LOSSY]
+            levers = [lv for lv in levers if lv.fidelity.cls in LOSSY]
         cls = worst(lever.fidelity.cls for lever in levers)
         text = ", ".join(lever.fidelity.what for lever in levers)
         if cls == "lossy-published":  # each source cited once per line
@@ -597,6 +601,7 @@ def fidelity_summary(opts: OptimizationSet) -> str:
             lossy.append(f"{text} ({TAGS[cls]})")
         else:
             close.append(text)
+    close += close_refinements
     parts = [f"lossy: {', '.join(lossy)}" if lossy else "", f"close: {', '.join(close)}" if close else ""]
     return "; ".join(filter(None, parts)) or "exact: the reference computation"
 
