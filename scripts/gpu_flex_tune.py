@@ -26,7 +26,7 @@ import traceback
 from pathlib import Path
 
 import torch
-
+from gpu_timing import timed  # scripts/gpu_timing.py (scripts/ is on sys.path when run as a script)
 
 from wan_ui.optim.sparse import TileLayout, build_block_mask
 
@@ -54,25 +54,7 @@ def time_variant(q, k, v, mask, spec: dict, iters: int) -> tuple[float, float, t
     torch._dynamo.reset()
     fn = torch.compile(flex_attention, dynamic=False, **({"mode": spec["mode"]} if "mode" in spec else {})) \
         if q.is_cuda else flex_attention
-    t0 = time.perf_counter()
-    out = fn(q, k, v, **kwargs)
-    if q.is_cuda:
-        torch.cuda.synchronize()
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(iters):
-        if q.is_cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn(q, k, v, **kwargs)
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1000)
-        else:
-            t = time.perf_counter()
-            fn(q, k, v, **kwargs)
-            times.append(time.perf_counter() - t)
-    return statistics.median(times), first, out
+    return timed(lambda: fn(q, k, v, **kwargs), iters, q.is_cuda)
 
 
 def time_dense(q, iters: int) -> dict:

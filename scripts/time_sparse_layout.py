@@ -14,15 +14,15 @@ CPU dry run (eager flex, a small grid): OUT=/tmp/sl python scripts/time_sparse_l
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import math
 import os
-import statistics
-import time
 from pathlib import Path
 
 import torch
+from gpu_timing import timed  # scripts/gpu_timing.py (scripts/ is on sys.path when run as a script)
 
 from wan_ui.optim.sparse import TileLayout, build_block_mask, kept_blocks, sparse_attention
 
@@ -31,28 +31,6 @@ OUT = Path(os.environ.get("OUT", "/tmp/out"))
 # a CPU dry run's grid with a narrow last column (4 patches: 2 tiles x 8 x 4 = 64 <= 128 tokens share a block)
 GRIDS = {"official480": (21, 30, 52), "report": (25, 45, 78), "tiny": (2, 16, 36)}
 WINDOW = (3, 1, 1)
-
-
-def timed(fn, iters: int, cuda: bool) -> tuple[float, float, torch.Tensor]:
-    """(median seconds, first call seconds, output)."""
-    t0 = time.perf_counter()
-    out = fn()
-    if cuda:
-        torch.cuda.synchronize()
-    first, times = time.perf_counter() - t0, []
-    for _ in range(iters):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1000)
-        else:
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-    return statistics.median(times), first, out
 
 
 def has_flash_attn_4() -> bool:
@@ -87,8 +65,9 @@ def main() -> None:
                 torch._dynamo.reset()
                 fn = torch.compile(sparse_attention, dynamic=False) if cuda else sparse_attention
                 try:
-                    median, first, out = timed(lambda: fn(q, k, v, layout, mask, kernel, indices), args.iters, cuda)
-                except Exception as e:  # a kernel that cannot run this layout is a result too
+                    median, first, out = timed(functools.partial(fn, q, k, v, layout, mask, kernel, indices),
+                                              args.iters, cuda)
+                except Exception as e:  # noqa: BLE001 — a kernel that cannot run this layout is a result too
                     rows[label] = {"error": f"{type(e).__name__}: {str(e)[:600]}"}
                     print(f"[{name}] {label}: {rows[label]['error']}", flush=True)
                     continue
