@@ -31,11 +31,18 @@ import traceback
 
 import torch
 import torch.nn.functional as F
-
+from gpu_timing import timed  # scripts/gpu_timing.py (scripts/ is on sys.path when run as a script)
 
 from wan_ui.optim.attention import _rope
-from wan_ui.optim.sparse import (DEFAULT_TILE, TileLayout, _flex, build_block_mask, sparse_attention,
-                                 sparsity_report, window_density)
+from wan_ui.optim.sparse import (
+    DEFAULT_TILE,
+    TileLayout,
+    _flex,
+    build_block_mask,
+    sparse_attention,
+    sparsity_report,
+    window_density,
+)
 
 OUT = os.environ.get("OUT", "/tmp/out")
 GRID = (25, 45, 78)  # report: 97 frames -> 25 latent frames; 720 x 1248 px -> 45 x 78 patches
@@ -45,23 +52,11 @@ T0 = time.perf_counter()
 
 
 def _time(fn, warmup=3, repeats=10) -> float:
-    """Median seconds of fn() on the GPU (events, synchronized)."""
-    for _ in range(warmup):
+    """Median seconds of fn() after `warmup` calls (the first of them timed apart by gpu_timing.timed); on the CPU
+    (a dry run) one call."""
+    for _ in range(warmup - 1):
         fn()
-    if DEVICE == "cpu":
-        t = time.perf_counter()
-        fn()
-        return time.perf_counter() - t
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) / 1000)
-    return sorted(times)[len(times) // 2]
+    return timed(fn, repeats if DEVICE == "cuda" else 1, DEVICE == "cuda")[0]
 
 
 def _sync() -> None:
