@@ -280,9 +280,12 @@ def test_packed_layout_merges_the_narrow_column_and_round_trips():
     assert set(bw[6 * 8:7 * 8][is_real[6 * 8:7 * 8]].tolist()) == {2}
 
 
-@pytest.mark.parametrize("window", [(0, 1, 0), (1, 0, 1), (1, 1, 1)])
-def test_packed_layout_computes_the_same_attention_in_fewer_blocks(window):
-    grid, tile = PACKABLE
+NARROW = ((3, 4, 3), (1, 2, 8))  # one tile column narrower than a tile: a frame's 2 tiles x 2 x 3 in one block
+
+
+@pytest.mark.parametrize("grid,tile,window", [(*PACKABLE, (0, 1, 0)), (*PACKABLE, (1, 0, 1)), (*PACKABLE, (1, 1, 1)),
+                                              (*NARROW, (1, 0, 0)), (*NARROW, (0, 0, 0))])
+def test_packed_layout_computes_the_same_attention_in_fewer_blocks(grid, tile, window):
     q, k, v = _qkv(grid, seed=2)
     padded, packed = TileLayout(grid, tile), TileLayout(grid, tile, pack=True)
     ref = _sdpa(q, k, v, _dense_window_mask(grid, tile, window))
