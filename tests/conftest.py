@@ -1,4 +1,5 @@
-"""Shared fixtures: an offline environment, one tiny random-weight model cache per session, a manager."""
+"""Shared fixtures: an offline environment, one tiny random-weight model cache per session, a manager, one Ray
+cluster for the modules that use it (tests/ray_cluster.py)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,40 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from ray_cluster import FIXTURE, SHARED  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
+    group_ray_modules(items)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def group_ray_modules(items) -> None:
+    """The modules that use the shared Ray cluster run one after the other, where the first of them was collected,
+    so the cluster starts once for all of them (~10 s each on 2 busy cores); each module keeps its own order."""
+    SHARED.modules = {item.path for item in items if FIXTURE in getattr(item, "fixturenames", ())}
+    if not SHARED.modules:
+        return
+    first = next(i for i, item in enumerate(items) if item.path in SHARED.modules)
+    others = [item for item in items if item.path not in SHARED.modules]
+    items[:] = others[:first] + [item for item in items if item.path in SHARED.modules] + others[first:]
+
+
+@pytest.hookimpl(trylast=True)  # after the runner's own teardown: the modules' pools are closed by then
+def pytest_runtest_teardown(item, nextitem):
+    """Stop the shared Ray cluster once the next test is not in one of its modules: no later test runs beside
+    Ray's processes or sees its `print`."""
+    if nextitem is None or nextitem.path not in SHARED.modules:
+        SHARED.stop()
+
+
+def pytest_sessionfinish(session):
+    SHARED.stop()  # an interrupted session too
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -35,6 +61,14 @@ def tiny_folder(wan_cache):
 
     folder, _ = materialize(resolve_model("tiny"), log=lambda m: None)
     return folder
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tiny_folder):
+    """The `ray` module connected to the session's Ray cluster: 2 CPUs on 127.0.0.1 only, this package shipped to
+    its workers (tests/ray_cluster.py). Started after the tiny model is built, so the workers inherit its cache
+    folder (WAN_UI_CACHE) and build nothing; a module asking for it joins the modules that share it."""
+    return SHARED.start()
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from ray_cluster import loopback_cluster
 from wan_ui.bench import child, ray_runner
 from wan_ui.bench.config import BenchConfig
 from wan_ui.bench.ray_runner import TaskPool
@@ -30,15 +29,14 @@ HOST = socket.gethostname()
 
 
 @pytest.fixture(scope="module")
-def cluster(tiny_folder):
-    """A local Ray cluster of 2 CPUs on 127.0.0.1 only (tests/ray_cluster.py): two sets run at once, one per worker
-    process. Started after the tiny model is built, so the workers inherit its cache folder (WAN_UI_CACHE) and build
-    nothing."""
-    with loopback_cluster() as ray:
-        # this file's task functions travel by value: the workers' sys.path has the repository, not tests/
-        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-        yield ray
-        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+def cluster(ray_cluster):
+    """The session's local Ray cluster of 2 CPUs on 127.0.0.1 only (tests/conftest.py `ray_cluster`): two sets run at
+    once, one per worker process; this package is shipped to the workers, as `--ray` ships it. Started after the
+    tiny model is built, so the workers inherit its cache folder (WAN_UI_CACHE) and build nothing."""
+    # this file's task functions travel by value: the workers' sys.path has the repository, not tests/
+    ray_cluster.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield ray_cluster
+    ray_cluster.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
 def _faulty(job, *args):

@@ -13,7 +13,6 @@ import threading
 from pathlib import Path
 
 import pytest
-from ray_cluster import loopback_cluster
 from ui_server import free_port
 
 from wan_ui.core.errors import GenerationCancelled, UnavailableError, ValidationError
@@ -31,13 +30,10 @@ LONG = GenerationRequest("a lighthouse in a storm", width=256, height=256, num_f
 
 
 @pytest.fixture(scope="module")
-def cluster(tiny_folder):
-    """Ray on 127.0.0.1 only (tests/ray_cluster.py), with the package shipped to the workers as `python app.py
-    --ray` ships it."""
-    from wan_ui.cluster.serving import code_env
-
-    with loopback_cluster(runtime_env=code_env()) as ray:
-        yield ray
+def cluster(ray_cluster):
+    """The session's Ray cluster on 127.0.0.1 only (tests/conftest.py `ray_cluster`), with the package shipped to
+    the workers as `python app.py --ray` ships it."""
+    return ray_cluster
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,13 @@
 """The tuner on a Ray cluster (`python -m wan_ui.tune --ray`): each set's prompts (and the baseline's) run at once,
 one per worker, after a warm-up on every worker, and give the videos one machine gives. A local cluster of two
-CPU workers on 127.0.0.1 (tests/ray_cluster.py), the tiny model."""
+CPU workers on 127.0.0.1 (tests/ray_cluster.py, the session's), the tiny model."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
-from ray_cluster import loopback_cluster
 
 from wan_ui.core.generate import generate
 from wan_ui.core.manager import ModelManager
@@ -20,8 +21,11 @@ TINY = {"width": 64, "height": 64, "num_frames": 5, "num_inference_steps": 2}
 PROMPTS = ["A red fox runs.", "A cat sleeps."]
 
 
-def test_an_address_nothing_answers_at_is_one_line_naming_the_flag(tmp_path, capsys):
-    """Before the module's cluster starts: a process already connected to Ray keeps its connection."""
+def test_an_address_nothing_answers_at_is_one_line_naming_the_flag(tmp_path, capsys, monkeypatch):
+    """As a process not connected to Ray yet: one already connected (the session's cluster may run by now, started
+    by another module) keeps its connection."""
+    if "ray" in sys.modules:
+        monkeypatch.setattr(sys.modules["ray"], "is_initialized", lambda: False)
     assert main(["--workload", "smoke", "--model", "tiny", "--budget", "psnr>=30", "--out", str(tmp_path),
                  "--ray", "127.0.0.1:1"]) == 2
     err = capsys.readouterr().err
@@ -29,13 +33,13 @@ def test_an_address_nothing_answers_at_is_one_line_naming_the_flag(tmp_path, cap
 
 
 @pytest.fixture(scope="module")
-def pool(tiny_folder):
-    from wan_ui.cluster.serving import build_ray_pool, code_env
+def pool(ray_cluster):
+    """Two workers on the session's cluster (tests/conftest.py `ray_cluster`: this package shipped to them)."""
+    from wan_ui.cluster.serving import build_ray_pool
 
-    with loopback_cluster(runtime_env=code_env()):
-        pool = build_ray_pool("local", workers=2, log=lambda m: None)
-        yield pool
-        pool.close()
+    pool = build_ray_pool("local", workers=2, log=lambda m: None)  # keeps the session's connection
+    yield pool
+    pool.close()
 
 
 def test_each_sets_prompts_run_on_the_workers_and_give_one_machines_videos(pool, tmp_path):
