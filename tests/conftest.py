@@ -8,6 +8,11 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One OpenMP thread in this process and in every process it starts (the CLI, the app, the benchmark's children, Ray
+# workers), set before torch is imported. The tiny model's ops are microseconds long: beside one busy core (another
+# job, a browser, a worker) two OpenMP threads wait milliseconds for each other. tests/test_compare.py: 22 s on an
+# idle 2-core machine with 1 or 2 threads; beside a busy core 35 s with 2, 22 s with 1. A value already set is kept.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -96,7 +101,8 @@ def lora_root(tmp_path, monkeypatch):
 @pytest.fixture
 def one_thread():
     """The tiny model's ops are microseconds long; with 2 OpenMP threads on a busy 2-core machine each one
-    waits milliseconds for the other thread. One thread is 20x faster here (the training tests use it)."""
+    waits milliseconds for the other thread. One thread is 20x faster here (the training tests use it). The session
+    runs on one already (OMP_NUM_THREADS above) unless the variable was set to more."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
