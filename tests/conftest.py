@@ -76,6 +76,16 @@ def ray_cluster(tiny_folder):
     return SHARED.start()
 
 
+@pytest.fixture(scope="session")
+def random_scorer():
+    """One quality scorer with random-weight metric models (nothing is downloaded; the numbers only prove the
+    wiring) for the whole session: each new scorer loads CLIP ViT-B-32 and LPIPS again and runs their first
+    forwards, ~1.5 s on 2 cores. A test that needs a scorer of its own (a failing loader) builds one."""
+    from wan_ui.core.quality import QualityConfig, QualityScorer
+
+    return QualityScorer(QualityConfig.random_weights())
+
+
 @pytest.fixture
 def manager(tiny_folder):
     from wan_ui.core.manager import ModelManager

@@ -61,12 +61,12 @@ def test_sets_are_checked_before_anything_runs(manager, smoke_request):
     assert manager.builds == 0
 
 
-def test_quality_uses_the_cached_no_optimization_baseline(manager, smoke_request):
-    from wan_ui.core.quality import BaselineCache, QualityConfig, QualityScorer
+def test_quality_uses_the_cached_no_optimization_baseline(manager, smoke_request, random_scorer):
+    from wan_ui.core.quality import BaselineCache
 
     cache = BaselineCache()
     comp = run_comparison(manager, "tiny", smoke_request, [named_set("Defaults"), named_set("CPU quick")],
-                          scorer=QualityScorer(QualityConfig.random_weights()), baseline_cache=cache, out_dir=None)
+                          scorer=random_scorer, baseline_cache=cache, out_dir=None)
     base, quick = (r.metrics for r in comp.runs)
     assert len(cache) == 1 and manager.builds == 1  # the Defaults run is the baseline: no extra generation
     assert base["lpips_vs_baseline"] == pytest.approx(0.0, abs=1e-6) and base["psnr_vs_baseline"] == 100.0
@@ -113,19 +113,19 @@ def test_distilled_hints_follow_the_lora_not_the_set_name():
     assert request_for_set(SMALL_REQUEST, plain) is SMALL_REQUEST
 
 
-def test_a_distilled_set_is_scored_against_the_users_own_request(manager, smoke_request, lora_root):
+def test_a_distilled_set_is_scored_against_the_users_own_request(manager, smoke_request, lora_root, random_scorer):
     """The distilled set runs 4 steps with CFG 1, but its LPIPS/PSNR/SSIM compare it with the unoptimized video of
     the request as asked (smoke: 2 steps, CFG 6), "how far is this from what I would have got"; the row says
     which request that was."""
     from lora_files import write_kijai_lora
 
-    from wan_ui.core.quality import BaselineCache, QualityConfig, QualityScorer, psnr_vs_baseline
+    from wan_ui.core.quality import BaselineCache, psnr_vs_baseline
 
     name = "Self-Forcing DMD 4-step"
     write_kijai_lora(lora_root / preset(name).lora.rsplit(":", 1)[0], rank=32)
     sets = [named_set("Defaults"), named_set(name, "compile=none, attention_backend=native")]
     cache = BaselineCache()
-    comp = run_comparison(manager, "tiny", smoke_request, sets, scorer=QualityScorer(QualityConfig.random_weights()),
+    comp = run_comparison(manager, "tiny", smoke_request, sets, scorer=random_scorer,
                           baseline_cache=cache, out_dir=None)
     base, distilled = (r.result for r in comp.runs)
     assert (distilled.request.num_inference_steps, distilled.request.guidance_scale) == (4, 1.0)
@@ -140,16 +140,16 @@ def test_a_distilled_set_is_scored_against_the_users_own_request(manager, smoke_
 
 
 def test_without_a_defaults_set_the_reference_is_generated_from_the_users_request(manager, smoke_request,
-                                                                                 lora_root):
+                                                                                 lora_root, random_scorer):
     from lora_files import write_kijai_lora
 
-    from wan_ui.core.quality import BaselineCache, QualityConfig, QualityScorer
+    from wan_ui.core.quality import BaselineCache
 
     name = "Self-Forcing DMD 4-step"
     write_kijai_lora(lora_root / preset(name).lora.rsplit(":", 1)[0], rank=32)
     sets = [named_set(name, "compile=none, attention_backend=native"), named_set("CPU quick")]
     cache = BaselineCache()
-    comp = run_comparison(manager, "tiny", smoke_request, sets, scorer=QualityScorer(QualityConfig.random_weights()),
+    comp = run_comparison(manager, "tiny", smoke_request, sets, scorer=random_scorer,
                           baseline_cache=cache, out_dir=None)
     distilled = comp.runs[0].result
     assert len(cache) == 1  # one baseline for both sets, of the request as asked (2 steps, CFG 6)

@@ -12,7 +12,6 @@ import pytest
 from wan_ui.core.generate import generate
 from wan_ui.core.manager import ModelManager
 from wan_ui.core.options import OptimizationSet
-from wan_ui.core.quality import QualityConfig, QualityScorer
 from wan_ui.tune.cli import main
 from wan_ui.tune.run import BASELINE_FOLDER, BaselineStore, TuneConfig, run_tune
 from wan_ui.tune.search import Budget
@@ -42,10 +41,10 @@ def pool(ray_cluster):
     pool.close()
 
 
-def test_each_sets_prompts_run_on_the_workers_and_give_one_machines_videos(pool, tmp_path):
+def test_each_sets_prompts_run_on_the_workers_and_give_one_machines_videos(pool, tmp_path, random_scorer):
     cfg = TuneConfig("smoke", PROMPTS, Budget.parse("psnr>=0"), tmp_path / "t", model="tiny",
                      starts=("cfg_truncation=0.5",), overrides=TINY, max_sets=2)
-    outcome = run_tune(cfg, pool, QualityScorer(QualityConfig.random_weights()), charts=False)
+    outcome = run_tune(cfg, pool, random_scorer, charts=False)
     base, start = outcome.result.trials
     assert base.measurement.status == start.measurement.status == "ok"
     assert [p["prompt"] for p in start.measurement.per_prompt] == PROMPTS  # in the suite's order

@@ -116,12 +116,12 @@ class CountingForwards(Measurer):
 
 @pytest.mark.parametrize("budget", ["psnr>=50", "psnr>=99"])
 def test_the_search_backs_off_the_tiny_models_levers_until_the_budget_holds(tiny_folder, tmp_path, store,
-                                                                          monkeypatch, one_thread, budget):
+                                                                          monkeypatch, one_thread, budget,
+                                                                          random_scorer):
     monkeypatch.setattr(tune_run, "Measurer", CountingForwards)
     cfg = TuneConfig("smoke", ["A red fox runs.", "A cat sleeps."], Budget.parse(budget), tmp_path / "t",
                      model="tiny", starts=(START,), overrides=TINY, warmup=False, preset_name="Tuned")
-    result = run_tune(cfg, ModelManager(device="cpu", log=lambda m: None),
-                      QualityScorer(QualityConfig.random_weights()), charts=False).result
+    result = run_tune(cfg, ModelManager(device="cpu", log=lambda m: None), random_scorer, charts=False).result
     base, start = result.trials[:2]
     assert (base.latency_s, start.latency_s) == (4.0, 3.0)  # 2 steps x 2 CFG branches; CFG on the first step only
     assert base.fidelity["psnr"] == 100.0 and 40 < start.fidelity["psnr"] < 99  # a lossy start

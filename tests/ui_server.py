@@ -52,15 +52,15 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def ui_app(tiny_folder, tmp_path_factory):
+def ui_app(tiny_folder, tmp_path_factory, random_scorer):
     from wan_ui.core.manager import ModelManager
-    from wan_ui.core.quality import BaselineCache, QualityConfig, QualityScorer
+    from wan_ui.core.quality import BaselineCache
     from wan_ui.ui.app import create_demo, launch_kwargs
 
     root = tmp_path_factory.mktemp("ui_app")
     manager = ModelManager(device="cpu", log=lambda m: None)
-    # random-weight metric models: nothing is downloaded, the numbers only prove the wiring
-    demo = create_demo(manager, model="tiny", scorer=QualityScorer(QualityConfig.random_weights()),
+    # random-weight metric models (tests/conftest.py): nothing is downloaded, the numbers only prove the wiring
+    demo = create_demo(manager, model="tiny", scorer=random_scorer,
                        baseline_cache=BaselineCache(), outputs=root / "outputs", settings_file=root / "last.json")
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
                             **launch_kwargs(root / "outputs"))
