@@ -1,12 +1,12 @@
 import json
 import os
-import subprocess
 import sys
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+from background import Started
 
 from wan_ui.cli import main as cli_main
 from wan_ui.core.errors import GenerationCancelled
@@ -64,17 +64,34 @@ def test_cancel_stops_mid_denoise_and_writes_nothing(manager, smoke_request, tmp
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _cli(*args, cwd):
+def _cli(*args, cwd) -> Started:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "wan_ui", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=240, env=env)
+    return Started([sys.executable, "-m", "wan_ui", *args], timeout_s=240, cwd=cwd, env=env)
 
 
-def test_cli_generate_json_snaps_frames(tmp_path, tiny_folder):
-    out = tmp_path / "v.mp4"
-    p = _cli("generate", "--model", "tiny", "--prompt", "a red ball", "--width", "64", "--height", "64",
-             "--frames", "8", "--steps", "2", "--fps", "8", "--set", "cache=first_block", "--out", str(out),
-             "--json", cwd=tmp_path)
+CLI_ERROR_BASE = ["generate", "--model", "tiny", "--prompt", "x", "--width", "64", "--height", "64", "--frames",
+                  "9", "--steps", "1"]
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tiny_folder, tmp_path_factory):
+    """This module's `python -m wan_ui` processes, started together (tests/background.py): each spends ~9 s of one
+    core on imports, and two cores run two at once. {name: the started process}, each in a folder of its own."""
+    folders = {name: tmp_path_factory.mktemp(name) for name in ("generate", "user_error", "options")}
+    runs = {
+        "generate": _cli("generate", "--model", "tiny", "--prompt", "a red ball", "--width", "64", "--height", "64",
+                         "--frames", "8", "--steps", "2", "--fps", "8", "--set", "cache=first_block", "--out",
+                         str(folders["generate"] / "v.mp4"), "--json", cwd=folders["generate"]),
+        "user_error": _cli(*CLI_ERROR_BASE, "--width", "100", cwd=folders["user_error"]),
+        "options": _cli("options", "--json", cwd=folders["options"]),
+    }
+    yield runs
+    for run in runs.values():
+        run.close()
+
+
+def test_cli_generate_json_snaps_frames(cli_runs):
+    p = cli_runs["generate"].result()
     assert p.returncode == 0, p.stderr
     data = json.loads(p.stdout)
     for key in ("video", "frames", "width", "height", "fps", "seed", "model", "optimizations", "metrics"):
@@ -82,10 +99,6 @@ def test_cli_generate_json_snaps_frames(tmp_path, tiny_folder):
     assert data["frames"] == 9 and data["optimizations"]["cache"] == "first_block"
     assert "snapped to 9" in p.stderr and "output is noise" in p.stderr
     assert read_video(data["video"])[0].shape[0] == 9
-
-
-CLI_ERROR_BASE = ["generate", "--model", "tiny", "--prompt", "x", "--width", "64", "--height", "64", "--frames",
-                  "9", "--steps", "1"]
 
 
 @pytest.mark.parametrize("args,fragment", [
@@ -108,16 +121,16 @@ def test_cli_user_errors_are_one_line(tmp_path, tiny_folder, args, fragment, cap
     assert err.strip().count("\n") == 0
 
 
-def test_cli_user_error_is_one_line_from_a_real_process(tmp_path, tiny_folder):
+def test_cli_user_error_is_one_line_from_a_real_process(cli_runs):
     """The same through `python -m wan_ui`: no import-time warning or traceback joins the line."""
-    p = _cli(*CLI_ERROR_BASE, "--width", "100", cwd=tmp_path)
+    p = cli_runs["user_error"].result()
     assert p.returncode == 2
     assert "width must be a multiple of 16" in p.stderr and "Traceback" not in p.stderr
     assert p.stderr.strip().count("\n") == 0
 
 
-def test_cli_options_json_lists_every_family(tmp_path):
-    p = _cli("options", "--json", cwd=tmp_path)
+def test_cli_options_json_lists_every_family(cli_runs):
+    p = cli_runs["options"].result()
     assert p.returncode == 0
     rows = json.loads(p.stdout)["options"]
     assert {r["family"] for r in rows} >= {"precision", "quantization", "compile", "offload", "lora", "attention",

@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -103,9 +104,22 @@ def test_sigterm_during_a_run_cancels_it_logs_it_and_exits_within_the_bound(tiny
     assert status.startswith("Cancelled: cancelled after step") and "of 200" in status  # what the user saw
 
 
-def test_sigterm_when_idle_exits_at_once(tiny_folder, tmp_path):
-    script = load_script()
-    proc, _ = script.launch_app(tmp_path / "outputs", None)
+@pytest.fixture(scope="module", autouse=True)
+def idle_app(tiny_folder, tmp_path_factory):
+    """(the app's start, its outputs folder) for test_sigterm_when_idle_exits_at_once: a real `python app.py`
+    started with this module's first test, in a thread (launch_app returns once the page answers), so its ~10 s of
+    imports run on the second core while the first test runs; killed after the module if still running."""
+    outputs = tmp_path_factory.mktemp("idle_app") / "outputs"
+    with ThreadPoolExecutor(1) as pool:
+        start = pool.submit(load_script().launch_app, outputs, None)
+        yield start, outputs
+    if start.exception() is None and start.result()[0].poll() is None:
+        start.result()[0].kill()
+
+
+def test_sigterm_when_idle_exits_at_once(idle_app):
+    start, outputs = idle_app
+    proc, _ = start.result()
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     try:
@@ -115,7 +129,7 @@ def test_sigterm_when_idle_exits_at_once(tiny_folder, tmp_path):
             proc.kill()
     assert time.monotonic() - sent < 15
     assert "SIGTERM: shutting down: no new jobs are taken; cancelling 0 running job(s)" in (
-        tmp_path / "outputs" / "wan_ui.log").read_text()
+        outputs / "wan_ui.log").read_text()
 
 
 # ---- while shutting down ------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import json
 import statistics
 
 import pytest
-from imports import loaded_by
+from imports import Probe
 
 import wan_ui.cli
 import wan_ui.tune.cli as tune_cli
@@ -27,6 +27,15 @@ TINY = {"width": 64, "height": 64, "num_frames": 5, "num_inference_steps": 2}
 # has to back off; CFG on 3/4 of them (both steps) gives the baseline's frames.
 START = "cfg_truncation=0.25+cache=first_block"
 BUDGET = "psnr>=99"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tuner_imports():
+    """What a fresh interpreter loads with the tuner's CLI, started with this module's first test: its ~9 s of
+    imports run on the second core while the other tests run (tests/imports.py)."""
+    probe = Probe("wan_ui.tune.cli", ("gradio", "wan_ui.ui", "lpips", "open_clip", "matplotlib", "ray"))
+    yield probe
+    probe.close()
 
 
 @pytest.fixture
@@ -186,6 +195,6 @@ def test_mistakes_are_one_line_before_any_model_work(tmp_path, prompts, store, m
     assert len(err) == 1 and err[0].startswith("error: ") and says in err[0]
 
 
-def test_the_tuner_keeps_gradio_and_the_metric_models_out_of_its_imports():
+def test_the_tuner_keeps_gradio_and_the_metric_models_out_of_its_imports(tuner_imports):
     # ray too: the CLI imports the cluster layer for --ray, which must load Ray only when asked
-    assert loaded_by("wan_ui.tune.cli", ("gradio", "wan_ui.ui", "lpips", "open_clip", "matplotlib", "ray")) == []
+    assert tuner_imports.loaded() == []
