@@ -28,6 +28,7 @@ from wan_ui.ui.compare_tab import build_compare_tab, compare_gpu_seconds, compar
 from wan_ui.ui.context import AppContext, RunRegistry
 from wan_ui.ui.generate_tab import (
     CANCELLING_NOTE,
+    NO_PREVIEW,
     PRESET_REQUEST_FIELDS,
     RUN_OUTPUTS,
     apply_preset,
@@ -39,10 +40,19 @@ from wan_ui.ui.generate_tab import (
     live_preview,
     matching_preset,
     request_after_preset,
+    reset_preview,
     run_generate,
 )
 from wan_ui.ui.guard import guarded
-from wan_ui.ui.history_tab import build_history_tab, entry_settings, history_views, video_settings
+from wan_ui.ui.history_tab import (
+    HISTORY_KEY,
+    build_history_tab,
+    cleared_message,
+    entry_settings,
+    history_views,
+    saved_runs,
+    video_settings,
+)
 from wan_ui.ui.limits import QueueGate, ServerLimits, check_job_cost
 from wan_ui.ui.options_tab import build_options_table
 from wan_ui.ui.train_tab import build_train_tab, wire_train_tab
@@ -75,6 +85,10 @@ def create_demo(manager: ModelManager, model: str | None = None, scorer=None, ba
     with _Blocks(title="Wan2.1 T2V 1.3B workbench", delete_cache=limits.delete_cache()) as demo:
         _header(ctx)
         history = gr.State([])
+        # the same runs in the browser: a reloaded page gets them back (batch_tab's page-load event restores them)
+        saved_history = gr.BrowserState([], storage_key=HISTORY_KEY)
+        history.change(saved_runs, history, saved_history, queue=False, api_visibility="private",
+                       show_progress="hidden")
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("Generate", id="generate"):
                 gen = build_generate_tab(ctx)
@@ -89,11 +103,12 @@ def create_demo(manager: ModelManager, model: str | None = None, scorer=None, ba
             with gr.Tab("Options", id="options"):
                 _build_options_tab(ctx)
         restore = _Restorer(gen, tabs)
-        _wire_generate(ctx, gen, hist, history, limits)
-        _wire_compare(ctx, gen, cmp, compare_tab, hist, history, limits)
-        _wire_history(gen, hist, history, restore)
+        gate = QueueGate(limits, ctx.background)
+        _wire_generate(ctx, gen, hist, history, limits, Refusals(gate, demo))
+        _wire_compare(ctx, gen, cmp, compare_tab, hist, history, limits, Refusals(gate, demo))
+        _wire_history(gen, hist, history, saved_history, restore)
         wire_train_tab(ctx, train, train_tab)
-        wire_batch_tab(ctx, batch, gen, hist, history, demo, limits)
+        wire_batch_tab(ctx, batch, gen, hist, history, demo, limits, saved_history)
 
         @guarded("restoring the last-used settings")
         def on_open(request: gr.Request):  # the file by name: the page does not show where the server keeps it
@@ -105,7 +120,7 @@ def create_demo(manager: ModelManager, model: str | None = None, scorer=None, ba
     # (Gradio opens those routes off Spaces); only the queue-less events (Cancel, presets, settings) answer there
     demo.queue(default_concurrency_limit=1, max_size=max_queue, api_open=False)
     if limits.max_cost or limits.jobs_per_user:
-        QueueGate(limits, ctx.background).install(demo)  # refused when they join, before waiting
+        gate.install(demo)  # refused when they join, before waiting
     return demo
 
 
@@ -196,9 +211,42 @@ def _history_updates(hist, history_state, history: list) -> dict:
     return {history_state: history, hist.gallery: gallery, hist.table: table}
 
 
-def _wire_generate(ctx: AppContext, gen, hist, history_state, limits: ServerLimits) -> None:
+class Refusals:
+    """A page's Generate or Compare refused when it joins the queue (a limit of `gate`, or the queue full) reaches the
+    page as an error toast only: Gradio marks every output of the event with a red "Error" badge, and the status box
+    keeps its last line (a previous "Not run: width is empty" under a toast about the cost). `wire` adds a listener
+    that runs in that case only (`.failure`; the page's handlers never fail otherwise: ui/guard.py): it writes
+    "Not run: <why>" in the status box and, being an event of the same outputs, takes their badges off."""
+
+    def __init__(self, gate: QueueGate, demo: gr.Blocks):
+        self.gate, self.demo = gate, demo
+
+    def wire(self, event, inputs: dict, outputs: list, status, comparison: bool) -> None:
+        def on_refused(request: gr.Request, **values):
+            return {status: self.gate.refused_status(self.demo, values, request, comparison),
+                    **{o: gr.skip() for o in outputs if o is not status}}
+
+        event.failure(on_refused, inputs_kwargs=inputs, outputs=outputs, queue=False, api_visibility="private",
+                      show_progress="hidden")
+
+
+def _wire_generate(ctx: AppContext, gen, hist, history_state, limits: ServerLimits, refusals: Refusals) -> None:
     run_inputs = gen.inputs.pick((*RUN_INPUTS, *OPTION_FIELDS, "quality", "live_preview"))
     option_widgets = gen.inputs.pick(OPTION_FIELDS)
+
+    shown = gr.State(NO_PREVIEW)  # the run and step of the preview on the page (Preview.key)
+    preview_outputs = [gen.out["preview"], gen.preview_note, shown]
+
+    def on_preview_tick(shown_key, request: gr.Request):
+        return live_preview(ctx, request.session_hash, shown_key)
+
+    def on_generate_click(request: gr.Request):
+        return reset_preview(ctx, request.session_hash)
+
+    # before the run's own listener: the page sends a click's listeners one after the other, in the order they were
+    # added, each once the one before has answered (a reset added after the run took its last preview off)
+    gen.generate_btn.click(on_generate_click, None, preview_outputs, api_visibility="private", queue=False,
+                           show_progress="hidden")
 
     @guarded("generating", status=gen.out["status"])
     def on_generate(history, request: gr.Request, progress=gr.Progress(), **values):
@@ -207,9 +255,10 @@ def _wire_generate(ctx: AppContext, gen, hist, history_state, limits: ServerLimi
         history = history + [history_entry(info)] if info else history
         return {**gen.out.updates(shown), **_history_updates(hist, history_state, history)}
 
-    gen.generate_btn.click(on_generate, inputs=[history_state], inputs_kwargs=run_inputs,
-                           outputs=[*gen.out.pick(RUN_OUTPUTS).values(), history_state, hist.gallery, hist.table],
-                           api_name="generate", concurrency_limit=ctx.manager.slots, concurrency_id="gpu")
+    outputs = [*gen.out.pick(RUN_OUTPUTS).values(), history_state, hist.gallery, hist.table]
+    event = gen.generate_btn.click(on_generate, inputs=[history_state], inputs_kwargs=run_inputs, outputs=outputs,
+                                   api_name="generate", concurrency_limit=ctx.manager.slots, concurrency_id="gpu")
+    refusals.wire(event, run_inputs, outputs, gen.out["status"], comparison=False)
 
     _wire_cancel(ctx, gen.cancel_btn, gen.cancel_note, "cancel")
 
@@ -231,13 +280,8 @@ def _wire_generate(ctx: AppContext, gen, hist, history_state, limits: ServerLimi
     gr.on([w.input for w in option_widgets.values()], lambda **values: matching_preset(values),
           inputs_kwargs=option_widgets, outputs=gen.inputs["preset"], queue=False, api_visibility="private",
           show_progress="hidden")
-    shown = gr.State(0)  # the step of the preview on the page
-
-    def on_preview_tick(shown_step, request: gr.Request):
-        return live_preview(ctx, request.session_hash, shown_step)
-
-    gen.preview_timer.tick(on_preview_tick, shown, [gen.out["preview"], gen.preview_note, shown],
-                           api_visibility="private", queue=False, show_progress="hidden")
+    gen.preview_timer.tick(on_preview_tick, shown, preview_outputs, api_visibility="private", queue=False,
+                           show_progress="hidden")
     gen.timer.tick(lambda samples: live_gpu(ctx, samples), gen.vram_samples,
                    [gen.out["gpu_live"], gen.out["vram_plot"], gen.vram_samples], api_name="gpu_stats",
                    queue=False, show_progress="hidden")
@@ -254,7 +298,8 @@ def _wire_cancel(ctx: AppContext, button: gr.Button, note: gr.Markdown, api_name
                  show_progress="hidden")
 
 
-def _wire_compare(ctx: AppContext, gen, cmp, compare_tab, hist, history_state, limits: ServerLimits) -> None:
+def _wire_compare(ctx: AppContext, gen, cmp, compare_tab, hist, history_state, limits: ServerLimits,
+                  refusals: Refusals) -> None:
     run_inputs = gen.inputs.pick(RUN_INPUTS)
 
     @guarded("comparing", status=cmp.out["status"])
@@ -265,9 +310,11 @@ def _wire_compare(ctx: AppContext, gen, cmp, compare_tab, hist, history_state, l
             history = history + [history_entry(r.result.to_json(), f"compare: {r.name}") for r in comp.runs]
         return {**cmp.out.updates(shown), **_history_updates(hist, history_state, history)}
 
-    cmp.run_btn.click(on_compare, inputs=[history_state], inputs_kwargs={**run_inputs, **cmp.inputs},
-                      outputs=[*cmp.out.values(), history_state, hist.gallery, hist.table], api_name="compare",
-                      concurrency_limit=ctx.manager.slots, concurrency_id="gpu")
+    outputs = [*cmp.out.values(), history_state, hist.gallery, hist.table]
+    event = cmp.run_btn.click(on_compare, inputs=[history_state], inputs_kwargs={**run_inputs, **cmp.inputs},
+                              outputs=outputs, api_name="compare", concurrency_limit=ctx.manager.slots,
+                              concurrency_id="gpu")
+    refusals.wire(event, {**run_inputs, **cmp.inputs}, outputs, cmp.out["status"], comparison=True)
 
     _wire_cancel(ctx, cmp.cancel_btn, cmp.cancel_note, "cancel_compare")
     wire_tune(ctx, cmp, run_inputs, limits.max_cost)  # "Find the fastest set within this budget" (/tune)
@@ -275,7 +322,7 @@ def _wire_compare(ctx: AppContext, gen, cmp, compare_tab, hist, history_state, l
                        queue=False, api_visibility="private", show_progress="hidden")
 
 
-def _wire_history(gen, hist, history_state, restore) -> None:
+def _wire_history(gen, hist, history_state, saved_history, restore) -> None:
     def on_select(history, evt: gr.SelectData):
         return evt.index + 1, history[evt.index]["info"] if evt.index < len(history) else None
 
@@ -289,6 +336,14 @@ def _wire_history(gen, hist, history_state, restore) -> None:
 
     hist.reuse_btn.click(on_reuse, [history_state, hist.run_number], restore.outputs, api_name="reuse_settings",
                          queue=False)
+
+    def on_clear(history):  # the browser's copy too: History's change event did not reach it from here
+        return {**_history_updates(hist, history_state, []), saved_history: [], hist.details: None,
+                hist.run_number: 1, hist.status: cleared_message(history)}
+
+    hist.clear_btn.click(on_clear, history_state, [history_state, saved_history, hist.gallery, hist.table,
+                                                   hist.details, hist.run_number, hist.status],
+                         api_visibility="private", queue=False, show_progress="hidden")
 
     @guarded("reading the video's settings")
     def on_upload(path, request: gr.Request):

@@ -30,7 +30,7 @@ from wan_ui.core.errors import UnavailableError, UserError
 from wan_ui.core.requests import check_cost
 from wan_ui.ui.context import AppContext
 from wan_ui.ui.guard import guarded, hide_paths
-from wan_ui.ui.history_tab import add_batch_items, history_views
+from wan_ui.ui.history_tab import add_batch_items, history_views, restored_history
 from wan_ui.ui.limits import ServerLimits, check_share, user_key
 from wan_ui.ui.values import OPTION_FIELDS, REQUEST_FIELDS, options_from_values, request_from_values
 from wan_ui.ui.widgets import Widgets
@@ -110,9 +110,11 @@ def build_batch_tab(ctx: AppContext) -> BatchTab:
 
 # ---- wiring (called by app.create_demo) --------------------------------------------------------------------
 def wire_batch_tab(ctx: AppContext, tab: BatchTab, gen, hist, history_state: gr.State, demo: gr.Blocks,
-                   limits: ServerLimits | None = None) -> None:
+                   limits: ServerLimits | None = None, saved_history: gr.BrowserState | None = None) -> None:
     """gen: the Generate tab (its inputs are what every item runs on); hist, history_state: the History tab and
-    this page's runs, which receive the batch's finished videos; limits: the server's cost limit applies to each
+    this page's runs, which receive the batch's finished videos; saved_history: the runs this browser kept, put back
+    in History by the page-load event (one event: a second load event writing History would race this one, the
+    last to answer dropping the other's runs); limits: the server's cost limit applies to each
     video (an item holds the GPU for one video, then lets a waiting run go first), and the running batch counts as
     one GPU job in the share of the user who started it (--max-jobs-per-user: a user holding their share cannot
     start one, and one running takes a place of their share)."""
@@ -153,12 +155,21 @@ def wire_batch_tab(ctx: AppContext, tab: BatchTab, gen, hist, history_state: gr.
 
     tab.timer.tick(on_poll, inputs=[tab.shown, history_state], outputs=[*view_outputs, *history_outputs],
                    api_name="batch_status", queue=False, show_progress="hidden")
-    # a page that opens (or reloads) shows the app's batch at once, and polls it while it runs
-    def on_open(history, request: gr.Request):  # the page has no gallery of the batch yet
-        return on_poll(None, history, request)
+    # a page that opens (or reloads) shows its browser's earlier runs and the app's batch at once, and polls the
+    # batch while it runs
+    @guarded("reading the batch's status")
+    def on_open(history, saved, request: gr.Request):  # the page has no gallery of the batch yet
+        restored = history or restored_history(saved)
+        status = tab.job.status()
+        updated = add_batch_items(restored, status) or restored
+        if updated == history:
+            return {**view(tab, status, None), **{c: gr.skip() for c in history_outputs}}
+        gallery, table = history_views(updated)
+        return {**view(tab, status, None), history_state: updated, hist.gallery: gallery, hist.table: table}
 
-    demo.load(on_open, inputs=[history_state], outputs=[*view_outputs, *history_outputs], api_visibility="private",
-              queue=False, show_progress="hidden")
+    demo.load(on_open, inputs=[history_state, saved_history if saved_history is not None else history_state],
+              outputs=[*view_outputs, *history_outputs], api_visibility="private", queue=False,
+              show_progress="hidden")
 
     @guarded("reading the prompt file")
     def on_upload(path, request: gr.Request):

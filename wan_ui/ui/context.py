@@ -10,6 +10,7 @@ started it; it runs in the registry too, under TRAIN_SESSION, so the shutdown st
 
 from __future__ import annotations
 
+import itertools
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -118,21 +119,33 @@ class Preview:
     total: int  # steps of the run
     image: object  # (h, w, 3) uint8: latent frames side by side (core/preview.py)
     seconds: float  # what making this preview cost (kept out of the step times)
+    run: int = 0  # which of the session's runs made it (PreviewBoard.publisher counts them)
+
+    @property
+    def key(self) -> str:
+        """What the page remembers of the preview it shows: the run and the step. A step alone told two runs apart
+        only when their steps differed: a run cancelled after step 2 left the next run's step-2 preview unshown."""
+        return f"{self.run}:{self.step}"
 
 
 class PreviewBoard:
     """session id -> the latest live preview of its running generation. The generation publishes (from its step
     callback, through CancelFlag.on_preview); the page's preview timer reads. A session's entry is dropped when its
-    next run starts."""
+    next run starts (or when Generate is clicked), and each publisher numbers its run, so a preview of an earlier run
+    is never taken for one of the new run."""
 
     def __init__(self):
         self._latest: dict[str, Preview] = {}
+        self._runs = itertools.count(1)
         self._lock = threading.Lock()
 
     def publisher(self, session: str, total: int):
+        with self._lock:
+            run = next(self._runs)
+
         def publish(step: int, image, seconds: float) -> None:
             with self._lock:
-                self._latest[session] = Preview(step, total, image, seconds)
+                self._latest[session] = Preview(step, total, image, seconds, run)
 
         return publish
 

@@ -280,14 +280,25 @@ def cancel_handler(ctx: AppContext):
     return on_cancel
 
 
-def live_preview(ctx: AppContext, session: str, shown_step: int) -> tuple:
-    """Preview timer tick: (image, note, step shown) when a newer preview of this session's run exists, else skips."""
+def live_preview(ctx: AppContext, session: str, shown: str) -> tuple:
+    """Preview timer tick: (image, note, key shown) when a preview of this session's run newer than the one the page
+    shows (`shown`: Preview.key, its run and step) exists, else skips."""
     preview = ctx.previews.latest(session)
-    if preview is None or preview.step == shown_step:
-        return gr.skip(), gr.skip(), shown_step
+    if preview is None or preview.key == shown:
+        return gr.skip(), gr.skip(), shown
     note = (f"step {preview.step} of {preview.total} · this preview took {preview.seconds * 1000:.1f} ms "
             f"(kept out of the step times)")
-    return preview.image, note, preview.step
+    return preview.image, note, preview.key
+
+
+NO_PREVIEW = ""  # the page's preview key before any preview of the coming run (Preview.key is never empty)
+
+
+def reset_preview(ctx: AppContext, session: str) -> tuple:
+    """Generate clicked: (image, note, key shown) with the last run's preview taken off the page and the board, so
+    the coming run's loading and encoding show no earlier run's frames under 'step 60 of 100'."""
+    ctx.previews.clear(session)
+    return None, "", NO_PREVIEW
 
 
 def live_gpu(ctx: AppContext, samples: list) -> tuple[str, pd.DataFrame, list]:

@@ -4,6 +4,7 @@ settings from a video."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
 import pandas as pd
@@ -14,6 +15,8 @@ from wan_ui.core.settings_store import settings_from_video
 from wan_ui.ui.values import HISTORY_COLUMNS, history_caption, history_entry, history_row, settings_of
 from wan_ui.ui.widgets import FieldNumber
 
+SAVED_RUNS = 200  # runs a browser keeps across reloads of the page (saved_runs)
+HISTORY_KEY = "wan_ui-history"  # the browser's localStorage key of those runs (gr.BrowserState)
 # Each column's width in px. Gradio sizes a table's cells inline from the viewport, so on a phone (390 px) the 12
 # columns of an empty table got ~27 px each and their names one letter a line; fixed widths keep every name on one
 # line and the table scrolls sideways (1,184 px in all: within a 1366 px desktop page).
@@ -28,12 +31,14 @@ class HistoryTab:
     run_number: gr.Number  # the selected run (1-based), filled by a gallery click
     details: gr.JSON
     reuse_btn: gr.Button
+    clear_btn: gr.Button  # empties this list (the videos stay in the outputs folder)
     upload: gr.File
     status: gr.Markdown
 
 
 def build_history_tab() -> HistoryTab:
-    gr.Markdown("Runs since this page opened, and each finished video of the app's batch (Batch tab). Click one, "
+    gr.Markdown("This browser's runs since the app started (a reloaded page keeps them), and each finished video of "
+                "the app's batch (Batch tab). Click one, "
                 "then **Re-use settings** to load it into the Generate tab; or load the settings stored in any video "
                 "this app wrote.")
     with gr.Row():
@@ -42,6 +47,8 @@ def build_history_tab() -> HistoryTab:
         with gr.Column(scale=2):
             run_number = FieldNumber(1, label="Run # (click a run)", precision=0, minimum=1, elem_id="history-run")
             reuse_btn = gr.Button("Re-use settings", variant="primary", elem_id="reuse-btn")
+            clear_btn = gr.Button("Clear this list (the videos stay in the outputs folder)", size="sm",
+                                  elem_id="history-clear-btn")
             upload = gr.File(label="Load settings from a video (.mp4 from outputs, or its .json sidecar)",
                              file_types=[".mp4", ".json"], elem_id="settings-upload")
             status = gr.Markdown(elem_id="history-status")
@@ -49,7 +56,7 @@ def build_history_tab() -> HistoryTab:
                          elem_id="history-table", wrap=True,
                          column_widths=[f"{COLUMN_PX[c]}px" for c in HISTORY_COLUMNS])
     details = gr.JSON(label="Selected run", elem_id="history-details")
-    return HistoryTab(gallery, table, run_number, details, reuse_btn, upload, status)
+    return HistoryTab(gallery, table, run_number, details, reuse_btn, clear_btn, upload, status)
 
 
 def history_views(history: list[dict]) -> tuple[list, pd.DataFrame]:
@@ -70,6 +77,31 @@ def add_batch_items(history: list[dict], status) -> list[dict] | None:
         if item.state == "done" and key not in have:
             new.append({**history_entry(item.result, f"batch {item.index}"), "batch": key})
     return history + new if new else None
+
+
+def saved_runs(history: list[dict]) -> list[dict]:
+    """What a browser keeps of its page's History across reloads (gr.BrowserState in its localStorage): the last
+    SAVED_RUNS runs (a run's entry is a few kB of settings and metrics; localStorage holds ~5 MB an origin)."""
+    return history[-SAVED_RUNS:]
+
+
+def restored_history(saved) -> list[dict]:
+    """The runs a browser kept (saved_runs) whose video is still there, for a page that opens or reloads. The kept
+    value is encrypted with the app's secret (a new one each start: a restarted app's pages start empty), so it is
+    this app's own; a video since deleted drops its run (the gallery would show a broken file)."""
+    if not isinstance(saved, list):
+        return []
+    return [entry for entry in saved if isinstance(entry, dict) and isinstance(entry.get("info"), dict)
+            and isinstance(entry["info"].get("video"), str) and Path(entry["info"]["video"]).is_file()]
+
+
+def cleared_message(history: list[dict]) -> str:
+    """The History status line after Clear: how many runs left the list, and that no file was deleted."""
+    if not history:
+        return "The list was already empty."
+    runs = f"{len(history)} run{'s' if len(history) != 1 else ''}"
+    return (f"Cleared {runs} from this list (and from this browser's copy). No video was deleted: they stay in the "
+            f"outputs folder, and **Load settings from a video** still reads any of them.")
 
 
 def entry_settings(history: list[dict], run_number) -> dict:

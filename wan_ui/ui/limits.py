@@ -41,6 +41,9 @@ DEFAULT_LOGINS_PER_MINUTE = 10  # failed logins per address: a person mistyping 
 DEFAULT_CACHE_HOURS = 24  # Gradio's copies of results outlive a working day's page, then go
 LOGIN_WINDOW_S = 60.0
 GPU_QUEUE = "gpu"  # the concurrency_id of /generate and /compare (ui/app.py)
+# a page's job refused by Gradio's queue itself (full: app.MAX_QUEUE) or lost on the way; its toast says which
+REFUSED_ELSEWHERE = ("the server did not take the job (the message at the top right says why: its queue is full, or "
+                     "the connection was lost); try again in a moment")
 
 
 @dataclass(frozen=True)
@@ -185,6 +188,15 @@ class QueueGate:
         field, message = found
         return [{"__type__": "validate", "is_valid": name != field, "message": message if name == field else "",
                  "parameter_name": name or f"parameter_{i}"} for i, name in enumerate(names)]
+
+    def refused_status(self, demo: gr.Blocks, values: dict, request, comparison: bool) -> str:
+        """The status box's line after the page's job was refused when it joined (the page calls this through a
+        `.failure` listener: the refusal itself reaches the page only as an error toast, which also marks every
+        output of the event "Error" and leaves the status box's last line): "Not run: " and the reason, found again
+        from the same values, or the queue's own refusal (full, or the connection lost) when no limit of ours
+        refused it."""
+        found = self.check(values, user_key(request), demo, comparison)
+        return f"Not run: {found[1] if found else REFUSED_ELSEWHERE}"
 
     def check(self, values: dict, key: tuple[str, str], demo: gr.Blocks, comparison: bool) -> tuple[str, str] | None:
         """(input the refusal is about, message), or None to let the job in. key: the user (user_key)."""
