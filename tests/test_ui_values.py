@@ -6,6 +6,7 @@ import json
 import random
 from types import SimpleNamespace
 
+import gradio as gr
 import numpy as np
 import pytest
 
@@ -19,6 +20,8 @@ from wan_ui.core.requests import LIMITS, WAN_DEFAULT_NEGATIVE_PROMPT, Generation
 from wan_ui.core.settings_store import load_settings, save_settings, settings_from_video, settings_path
 from wan_ui.ui.context import RunRegistry
 from wan_ui.ui.generate_tab import live_gpu, matching_preset, progress_reporter
+from wan_ui.ui.guard import describe
+from wan_ui.ui.widgets import user_errors_as_toasts, with_box_label
 
 CPU = Hardware(False, "cpu", None, None, frozenset())
 GPU = Hardware(True, "NVIDIA H100", (9, 0), 80000.0, frozenset({"torchao", "bitsandbytes", "triton"}))
@@ -57,6 +60,24 @@ def test_bad_widget_values_name_the_field_and_the_range(name, value, fragment):
     with pytest.raises(UserError) as e:
         uv.request_from_values(widget_values(**{name: value}))
     assert e.value.field == name and fragment in str(e.value)
+
+
+def test_a_field_error_names_the_box_on_the_page_and_the_field_for_an_api_caller():
+    """The core names the field (num_inference_steps): the page's line names the box too ("Steps"); an API caller,
+    who sent the field's name, gets the message as it is; a box labelled as its field (width) is left alone."""
+    with pytest.raises(UserError) as e:
+        uv.request_from_values(widget_values(num_inference_steps=0))
+    core = str(e.value)
+    assert describe(e.value, "generating")[1] == "Steps (num_inference_steps)" + core[len("num_inference_steps"):]
+    assert describe(e.value, "generating", page=False)[1] == core
+    with pytest.raises(gr.Error) as toast:  # the run's path: the UserError becomes a gr.Error that keeps the field
+        with user_errors_as_toasts():
+            raise e.value
+    assert toast.value.message == core and describe(toast.value, "generating")[1].startswith("Steps (")
+    with pytest.raises(UserError) as e:
+        uv.request_from_values(widget_values(width=70))
+    assert describe(e.value, "generating")[1] == str(e.value)
+    assert with_box_label("num_frames", "got 6") == "Frames (num_frames): got 6"
 
 
 def test_options_from_values_coerces_gradio_types_and_checks_each_field():

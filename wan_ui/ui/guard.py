@@ -24,6 +24,7 @@ import re
 import gradio as gr
 
 from wan_ui.core.errors import UserError, first_line
+from wan_ui.ui.widgets import with_box_label
 
 LOG = logging.getLogger("wan_ui")
 LOG_NAME = "wan_ui.log"  # in the app's outputs folder (ui/server.py sets up the handler)
@@ -51,13 +52,16 @@ def hide_paths(text: str) -> str:
     return _ABSOLUTE_PATH.sub(short, text)
 
 
-def describe(error: BaseException, where: str) -> tuple[str, str]:
-    """(title, one-line message) for a handler's failure; absolute paths shown by name (hide_paths)."""
+def describe(error: BaseException, where: str, page: bool = True) -> tuple[str, str]:
+    """(title, one-line message) for a handler's failure; absolute paths shown by name (hide_paths). page: a field's
+    error also names the field's box where its label differs (widgets.with_box_label); an API caller sent the
+    field's name and gets the core's message as it is."""
+    label = with_box_label if page else (lambda field, message: message)
     if isinstance(error, UserError):
         title = f"Invalid {error.field.replace('_', ' ')}" if error.field else "Cannot run"
-        return title, hide_paths(str(error))
+        return title, hide_paths(label(error.field, str(error)))
     if isinstance(error, gr.Error):  # already a message for the user (e.g. from the ZeroGPU worker)
-        return error.title or "Cannot run", hide_paths(error.message)
+        return error.title or "Cannot run", hide_paths(label(getattr(error, "field", None), error.message))
     return (f"Internal error while {where}",
             f"Internal error while {where}: {type(error).__name__}: {hide_paths(first_line(error, 200))}. The full "
             f"traceback is in the server's log ({LOG_NAME} in its outputs folder).")
@@ -84,8 +88,8 @@ def guarded(where: str, status: gr.components.Component | None = None):
             except Exception as e:  # the whole point: nothing escapes to Gradio's error path on the page
                 if not isinstance(e, (UserError, gr.Error)):
                     LOG.exception("internal error while %s", where)
-                title, message = describe(e, where)
                 request = next((a for a in [*args, *kwargs.values()] if isinstance(a, gr.Request)), None)
+                title, message = describe(e, where, page=from_page(request))
                 if not from_page(request):
                     raise gr.Error(message, title=title, print_exception=False) from None
                 gr.Warning(message, title=title)

@@ -85,15 +85,35 @@ class Widgets(dict):
         return {self[n]: v for n, v in values.items() if n in self}
 
 
+# The request fields whose box on the page says something else than the field's name. The core's messages name the
+# field (what an API caller sends); on the page an error about one names the box too: "Steps (num_inference_steps)
+# must be in [1, 200], got 0" (guard.describe).
+REQUEST_LABELS = {"num_frames": "Frames", "fps": "FPS of the mp4", "guidance_scale": "Guidance (CFG)",
+                  "num_inference_steps": "Steps"}
+
+
+def with_box_label(field: str | None, message: str) -> str:
+    """`message` about `field` with the box's label beside the field's name, where the two differ."""
+    label = REQUEST_LABELS.get(field or "")
+    if label is None:
+        return message
+    if message.startswith(field):
+        return f"{label} ({field}){message[len(field):]}"
+    return f"{label} ({field}): {message}"
+
+
 @contextmanager
 def user_errors_as_toasts():
     """A UserError becomes a gr.Error toast naming the field (its message already says the allowed range);
-    the app stays up and the outputs keep their values."""
+    the app stays up and the outputs keep their values. The gr.Error carries the field (`.field`) for the page's
+    wording (guard.describe)."""
     try:
         yield
     except UserError as e:
         title = f"Invalid {e.field.replace('_', ' ')}" if e.field else "Cannot run"
-        raise gr.Error(str(e), title=title) from None
+        error = gr.Error(str(e), title=title)
+        error.field = e.field
+        raise error from None
 
 
 # ---- parameters -----------------------------------------------------------------------------------------
@@ -117,17 +137,17 @@ def build_request_widgets(defaults: GenerationRequest | None = None, prompt: gr.
         w["width"] = _int_box("width", d.width, "Width")
         w["height"] = _int_box("height", d.height, "Height")
     with gr.Row():
-        w["num_frames"] = _int_box("num_frames", d.num_frames, "Frames",
+        w["num_frames"] = _int_box("num_frames", d.num_frames, REQUEST_LABELS["num_frames"],
                                    info="4k+1 (VAE time stride 4); other counts are snapped")
-        w["fps"] = _int_box("fps", d.fps, "FPS of the mp4")
+        w["fps"] = _int_box("fps", d.fps, REQUEST_LABELS["fps"])
     with gr.Row():
         w["seed"] = _int_box("seed", d.seed, "Seed")
         w["randomize_seed"] = gr.Checkbox(False, label="Randomize seed", elem_id="randomize-seed")
     with gr.Row():
-        w["guidance_scale"] = FieldSlider(value=d.guidance_scale, label="Guidance (CFG)", info="≤ 1 turns CFG off",
+        w["guidance_scale"] = FieldSlider(value=d.guidance_scale, label=REQUEST_LABELS["guidance_scale"], info="≤ 1 turns CFG off",
                                         elem_id="guidance-scale",
                                         **widget_range(REQUEST_SPECS["guidance_scale"], step=0.5))
-        w["num_inference_steps"] = FieldSlider(value=d.num_inference_steps, label="Steps", elem_id="steps",
+        w["num_inference_steps"] = FieldSlider(value=d.num_inference_steps, label=REQUEST_LABELS["num_inference_steps"], elem_id="steps",
                                              **widget_range(REQUEST_SPECS["num_inference_steps"]))
     for name in ("width", "height"):
         w[name].input(lambda width, height: resolution_label(width, height), [w["width"], w["height"]],
