@@ -1,11 +1,13 @@
 """Atomic writes (wan_ui/core/files.py): the target is either the old content or the complete new one."""
 
 import os
+import threading
 
 import pytest
 
 from wan_ui.core.errors import first_line
-from wan_ui.core.files import atomic_path, write_text_atomic
+from wan_ui.core import video
+from wan_ui.core.files import atomic_path, temporary_sibling, write_text_atomic
 
 
 def test_a_file_replaces_the_target_only_when_complete(tmp_path):
@@ -34,6 +36,34 @@ def test_the_temporary_name_keeps_the_suffix(tmp_path):
     with atomic_path(tmp_path / "clip.mp4") as tmp:
         assert tmp.suffix == ".mp4" and tmp.name.startswith(".clip.") and tmp.parent == tmp_path
         tmp.write_bytes(b"x")
+
+
+def test_two_threads_writing_one_file_at_once_both_succeed(tmp_path):
+    """Two jobs of one app save the same settings file at once: each thread writes its own temporary file (with one
+    shared name, the first rename took the second's file away: FileNotFoundError)."""
+    target, errors, start = tmp_path / "last.json", [], threading.Barrier(2)
+
+    def write(text):
+        start.wait()
+        try:
+            for _ in range(200):
+                write_text_atomic(target, text)
+        except OSError as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=write, args=(text,)) for text in ("a" * 5000, "b" * 5000)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and target.read_text() in ("a" * 5000, "b" * 5000) and os.listdir(tmp_path) == ["last.json"]
+
+
+def test_a_killed_writers_temporary_name_is_found_by_its_process_id(tmp_path):
+    """video.remove_stale_files reads the process id just before the tag: the thread id before it changes nothing."""
+    name = temporary_sibling(tmp_path / "last.json").name
+    match = video._OUR_TEMPORARY.match(name)
+    assert match and int(match.group("pid")) == os.getpid() and str(threading.get_native_id()) in name
 
 
 def test_first_line_of_an_exception():

@@ -10,14 +10,18 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Iterator
 
 
 def temporary_sibling(path: Path, tag: str = "tmp") -> Path:
-    """A hidden name beside `path`, unique to this process, keeping the suffix (ffmpeg and safetensors pick the
-    format by it): outputs/clip.mp4 -> outputs/.clip.1234.tmp.mp4."""
-    return path.with_name(f".{path.stem}.{os.getpid()}.{tag}{path.suffix}")
+    """A hidden name beside `path`, unique to this thread of this process, keeping the suffix (ffmpeg and
+    safetensors pick the format by it): outputs/clip.mp4 -> outputs/.clip.5678.1234.tmp.mp4 (thread 5678, process
+    1234). The thread matters: two jobs of one app (two workers' runs) save the same settings file at once, and one
+    shared temporary name let the first rename take the second's file away. The process id stays last before the
+    tag, where video.remove_stale_files reads it."""
+    return path.with_name(f".{path.stem}.{threading.get_native_id()}.{os.getpid()}.{tag}{path.suffix}")
 
 
 @contextlib.contextmanager
