@@ -24,7 +24,7 @@ import re
 import gradio as gr
 
 from wan_ui.core.errors import UserError, first_line
-from wan_ui.ui.widgets import with_box_label
+from wan_ui.ui.widgets import error_title, with_box_label
 
 LOG = logging.getLogger("wan_ui")
 LOG_NAME = "wan_ui.log"  # in the app's outputs folder (ui/server.py sets up the handler)
@@ -58,10 +58,9 @@ def describe(error: BaseException, where: str, page: bool = True) -> tuple[str, 
     field's name and gets the core's message as it is."""
     label = with_box_label if page else (lambda field, message: message)
     if isinstance(error, UserError):
-        title = f"Invalid {error.field.replace('_', ' ')}" if error.field else "Cannot run"
-        return title, hide_paths(label(error.field, str(error)))
+        return error_title(error.field), hide_paths(label(error.field, str(error)))
     if isinstance(error, gr.Error):  # already a message for the user (e.g. from the ZeroGPU worker)
-        return error.title or "Cannot run", hide_paths(label(getattr(error, "field", None), error.message))
+        return error.title or error_title(None), hide_paths(label(getattr(error, "field", None), error.message))
     return (f"Internal error while {where}",
             f"Internal error while {where}: {type(error).__name__}: {hide_paths(first_line(error, 200))}. The full "
             f"traceback is in the server's log ({LOG_NAME} in its outputs folder).")

@@ -102,6 +102,13 @@ def with_box_label(field: str | None, message: str) -> str:
     return f"{label} ({field}): {message}"
 
 
+def error_title(field: str | None) -> str:
+    """A user error's toast title: "Invalid num inference steps" for a field's error, "Cannot run" for one that
+    names no field. One place for both paths a UserError reaches the page: user_errors_as_toasts (the gr.Error it
+    raises) and guard.describe (a guarded handler's toast)."""
+    return f"Invalid {field.replace('_', ' ')}" if field else "Cannot run"
+
+
 @contextmanager
 def user_errors_as_toasts():
     """A UserError becomes a gr.Error toast naming the field (its message already says the allowed range);
@@ -110,8 +117,7 @@ def user_errors_as_toasts():
     try:
         yield
     except UserError as e:
-        title = f"Invalid {e.field.replace('_', ' ')}" if e.field else "Cannot run"
-        error = gr.Error(str(e), title=title)
+        error = gr.Error(str(e), title=error_title(e.field))
         error.field = e.field
         raise error from None
 
