@@ -34,10 +34,16 @@ def _transformer_config(opts):
             Float8DynamicActivationFloat8WeightConfig, Int8WeightOnlyConfig, PerRow)
 
         skip = NOT_QUANTIZED  # only the 30 blocks' linears are quantized
+        # set_inductor_config=False: by default torchao's quantize step switches on inductor's coordinate-descent
+        # tuning, for every later compile of the process (torchao.quantization.utils.
+        # recommended_inductor_config_setter, torchao 0.17): each Triton kernel of every compiled graph is then
+        # benchmarked over many launch configurations — a compile of minutes, and one a quantized model leaves
+        # behind for the other pipelines of an app. Compile cost and its effect: docs/benchmarks/README.md.
         if q == "torchao_fp8":
-            return TorchAoConfig(Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
+            return TorchAoConfig(Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(),
+                                                                           set_inductor_config=False),
                                  modules_to_not_convert=skip)
-        return TorchAoConfig(Int8WeightOnlyConfig(), modules_to_not_convert=skip)
+        return TorchAoConfig(Int8WeightOnlyConfig(set_inductor_config=False), modules_to_not_convert=skip)
     return None
 
 
