@@ -226,17 +226,26 @@ def build_block_mask(layout: TileLayout, window: tuple[int, int, int], device):
 
 def kept_blocks(layout: TileLayout, window: tuple[int, int, int]) -> int:
     """(query block, key block) pairs the window keeps: what FlexAttention computes, per head and layer. Counted
-    from which tiles each block holds (a tile-pair test, no L x L mask), so it runs at any size on the CPU."""
+    from which block holds each tile and each tile's window neighbours (tiles x window-box pairs, never a blocks x
+    blocks or tiles x tiles matrix), so it runs at any size on the CPU."""
     bt, bh, bw, *_, real = layout.coords(torch.arange(layout.padded_len))
     nt, nh, nw = layout.tiles
     tile_of = ((bt * nh + bh) * nw + bw)[real]
-    block_of = (torch.arange(layout.padded_len) // layout.tile_tokens)[real]
-    holds = torch.zeros(layout.padded_len // layout.tile_tokens, nt * nh * nw)  # block x tile: holds a token of it
-    holds[block_of, tile_of] = 1.0
-    t, h, w = torch.meshgrid(torch.arange(nt), torch.arange(nh), torch.arange(nw), indexing="ij")
-    pos = torch.stack([t.flatten(), h.flatten(), w.flatten()], dim=1)
-    near = ((pos[:, None, :] - pos[None, :, :]).abs() <= torch.tensor(window)).all(-1).float()  # tile x tile
-    return int(((holds @ near @ holds.T) > 0).sum())
+    block_of_token = (torch.arange(layout.padded_len) // layout.tile_tokens)[real]
+    block_of_tile = torch.full((nt * nh * nw,), -1, dtype=torch.long)
+    block_of_tile[tile_of] = block_of_token
+    # a tile's tokens share one block in both layouts (a block is one tile, or several narrow tiles whole)
+    assert bool((block_of_tile[tile_of] == block_of_token).all()), "a tile spans two blocks"
+    t, h, w = (a.flatten() for a in torch.meshgrid(torch.arange(nt), torch.arange(nh), torch.arange(nw),
+                                                   indexing="ij"))
+    dt, dh, dw = (a.flatten() for a in torch.meshgrid(*(torch.arange(-r, r + 1) for r in window), indexing="ij"))
+    kt, kh, kw = t[:, None] + dt, h[:, None] + dh, w[:, None] + dw  # (tiles, window box): key tile coordinates
+    inside = (kt >= 0) & (kt < nt) & (kh >= 0) & (kh < nh) & (kw >= 0) & (kw < nw)
+    query_tile = torch.arange(nt * nh * nw)[:, None].expand_as(kt)[inside]
+    key_tile = ((kt * nh + kh) * nw + kw)[inside]
+    n_blocks = layout.padded_len // layout.tile_tokens
+    pairs = block_of_tile[query_tile] * n_blocks + block_of_tile[key_tile]
+    return int(torch.unique(pairs).numel())
 
 
 def window_density(tiles: tuple[int, int, int], window: tuple[int, int, int]) -> float:
