@@ -1,6 +1,7 @@
 """The batch queue's core (wan_ui/core/batch.py) on the tiny model: prompts x seeds in order with a video and JSON
 each, pause after the current item then resume, skip the running item, cancel the rest, a bad line refused before
-anything runs, one batch at a time, and a run from the page taking its turn between two batch items."""
+anything runs, one batch at a time, a run from the page taking its turn between two batch items, and the zip of a
+batch's finished videos (all of them, or what finished of a cancelled or partly failed batch; none on a failure)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,22 @@ import dataclasses
 import json
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
 
 from wan_ui.core import batch as batch_module
-from wan_ui.core.batch import MAX_ITEMS, BatchJob, parse_prompts, plan_batch, read_prompts_file
+from wan_ui.core.batch import (
+    MAX_ITEMS,
+    BatchItem,
+    BatchJob,
+    BatchStatus,
+    parse_prompts,
+    plan_batch,
+    read_prompts_file,
+    write_archive,
+)
 from wan_ui.core.errors import UserError, ValidationError
 from wan_ui.core.generate import generate
 from wan_ui.core.options import OptimizationSet
@@ -96,6 +107,18 @@ def test_two_prompts_two_seeds_run_in_order_with_a_video_and_json_each(job, requ
         assert item.step == item.steps == 2 and item.seconds > 0 and item.error is None
     assert status.to_dict()["counts"] == {"queued": 0, "running": 0, "done": 4, "failed": 0, "skipped": 0,
                                           "cancelled": 0}
+    # "download all": one zip of the four videos and their sidecars, beside them, in a folder named as the batch's
+    assert status.archive == str(folder / f"{folder.name}.zip") and status.archived == 4
+    assert status.archive_error is None and status.to_dict()["archive"] == status.archive
+    assert zip_contents(status.archive) == {f"{folder.name}/{p.name}": p.read_bytes()
+                                            for p in folder.iterdir() if p.suffix in (".mp4", ".json")}
+    assert len(zip_contents(status.archive)) == 8
+
+
+def zip_contents(path) -> dict[str, bytes]:
+    with zipfile.ZipFile(path) as archive:
+        assert archive.testzip() is None
+        return {name: archive.read(name) for name in archive.namelist()}
 
 
 def test_pause_after_the_current_item_then_resume(job, request_, monkeypatch):
@@ -243,6 +266,10 @@ def test_a_failed_item_says_why_in_one_line_and_the_batch_goes_on(job, request_,
     status = job.start(plan_batch("one\ntwo\nthree", request_, OptimizationSet())) and job.wait(WAIT_S)
     assert status.phase == "done" and states(status) == ["done", "failed", "done"]
     assert status.items[1].error == "RuntimeError: injected failure" and status.items[1].video is None
+    # the zip holds the two that finished
+    videos = [Path(status.items[i].video).name for i in (0, 2)]
+    assert status.archived == 2 and sorted(Path(n).name for n in zip_contents(status.archive)) == sorted(
+        [*videos, *(Path(v).with_suffix(".json").name for v in videos)])
 
 
 def test_the_app_shutting_down_cancels_the_running_item_and_ends_the_batch(manager, tmp_path, request_, monkeypatch,
@@ -261,3 +288,61 @@ def test_the_app_shutting_down_cancels_the_running_item_and_ends_the_batch(manag
     assert ends["batch"].wait(WAIT_S) and ends["batch"].outcome == "cancelled"
     assert status.items[2].error == "The app is shutting down (SIGTERM)" and gate.calls == 2
     assert len(list(Path(status.folder).glob("*.mp4"))) == 1
+    # what finished before the shutdown is zipped: one video of three
+    assert status.archived == 1 and [Path(n).name for n in zip_contents(status.archive)] == [
+        Path(status.items[0].video).name, Path(status.items[0].video).with_suffix(".json").name]
+
+
+# ---- the zip of a batch's videos ----------------------------------------------------------------------------------
+def finished_batch(folder: Path, states_: list[str]) -> BatchStatus:
+    """A BatchStatus whose "done" items have an mp4 and a sidecar in `folder` (bytes of their own)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    items = []
+    for i, state in enumerate(states_, 1):
+        item = BatchItem(i, i, f"prompt {i}", i, state=state)
+        if state == "done":
+            video = folder / f"{i:03d}-seed{i}.mp4"
+            video.write_bytes(bytes([i]) * 1000)
+            video.with_suffix(".json").write_text(json.dumps({"seed": i}))
+            item.video = str(video)
+        items.append(item)
+    return BatchStatus("done", folder.name.removeprefix("batch-"), str(folder), items=items)
+
+
+def test_the_zip_holds_what_finished_and_a_failed_write_leaves_no_zip(tmp_path, monkeypatch):
+    folder = tmp_path / "batch-20250101-000000-abcdef"
+    status = finished_batch(folder, ["done", "failed", "done", "cancelled"])
+    path, count = write_archive(status)
+    assert path == folder / "batch-20250101-000000-abcdef.zip" and count == 2
+    assert zip_contents(path) == {f"{folder.name}/{name}": (folder / name).read_bytes()
+                                  for name in ("001-seed1.mp4", "001-seed1.json", "003-seed3.mp4", "003-seed3.json")}
+    path.unlink()
+    # the disk fills up while the third file goes in: no zip under the final name, no temporary file beside it
+    write, calls = zipfile.ZipFile.write, []
+
+    def full_disk(self, *args, **kwargs):
+        calls.append(args)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return write(self, *args, **kwargs)
+
+    monkeypatch.setattr(zipfile.ZipFile, "write", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        write_archive(status)
+    assert sorted(p.name for p in folder.iterdir()) == ["001-seed1.json", "001-seed1.mp4", "003-seed3.json",
+                                                        "003-seed3.mp4"]
+    # nothing finished: no zip at all
+    assert write_archive(finished_batch(tmp_path / "batch-none", ["failed", "cancelled"])) == (None, 0)
+    assert list((tmp_path / "batch-none").iterdir()) == []
+
+
+def test_a_batch_whose_zip_fails_still_ends_and_says_why(job, request_, monkeypatch):
+    def no_space(status):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(batch_module, "write_archive", no_space)
+    status = job.start(plan_batch("one", request_, OptimizationSet())) and job.wait(WAIT_S)
+    assert status.phase == "done" and states(status) == ["done"]
+    assert status.archive is None and status.archived == 0
+    assert status.archive_error == "OSError: [Errno 28] No space left on device"
+    assert not job.cancel()  # a batch that ended has nothing to cancel

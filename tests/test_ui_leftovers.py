@@ -1,7 +1,9 @@
 """Leftovers of a daily-loop pass in chromium, each fixed and tested here:
 
 - the toast title of a user's error ("Invalid <field>") was built twice, in widgets.user_errors_as_toasts and in
-  guard.describe; one helper (widgets.error_title) serves both.
+  guard.describe; one helper (widgets.error_title) serves both;
+- a finished batch had no "download all": its job zips the finished videos (core.batch.write_archive) and the Batch
+  tab's Download button says how many of how many it holds (the download itself: test_ui_leftovers_browser.py).
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ from __future__ import annotations
 import gradio as gr
 import pytest
 
+from wan_ui.core.batch import BatchItem, BatchStatus
 from wan_ui.core.errors import UserError, ValidationError
+from wan_ui.ui.batch_tab import archive_label, shown_key, status_markdown
 from wan_ui.ui.guard import describe
 from wan_ui.ui.widgets import error_title, user_errors_as_toasts
 
@@ -27,3 +31,31 @@ def test_both_paths_of_a_user_error_title_its_toast_alike(field, title):
     assert raised.value.title == title
     # the gr.Error that user_errors_as_toasts raised keeps its title through a guarded handler
     assert describe(raised.value, "generating")[0] == title
+
+
+# ---- a batch's zip on the page ----------------------------------------------------------------------------------
+def ended_batch(states: list[str], archived: int, archive: str | None = "/srv/out/batch-1/batch-1.zip",
+                error: str | None = None, phase: str = "done") -> BatchStatus:
+    items = [BatchItem(i, i, "p", i, state=state) for i, state in enumerate(states, 1)]
+    return BatchStatus(phase, "1", "/srv/out/batch-1", items=items, archive=archive, archived=archived,
+                       archive_error=error)
+
+
+def test_the_download_says_how_many_of_the_batchs_videos_its_zip_holds():
+    whole = ended_batch(["done"] * 3, 3)
+    assert archive_label(whole) == "Download all 3 videos (zip)"
+    assert status_markdown(whole).endswith("**Download all** below: batch-1.zip, 3 of 3 videos.")
+    part = ended_batch(["done", "failed", "done", "cancelled", "cancelled"], 2, phase="cancelled")
+    assert archive_label(part) == "Download the 2 finished of 5 videos (zip)"
+    assert status_markdown(part).startswith("**Cancelled**: 2 of 5 videos written to `batch-1` (1 failed, "
+                                            "2 cancelled).")
+    assert "2 of 5 videos" in status_markdown(part) and "/srv" not in status_markdown(part)
+    none = ended_batch(["failed"], 0, archive=None)
+    assert status_markdown(none).endswith("No video to zip.")
+    failed = ended_batch(["done"], 0, archive=None, error="OSError: [Errno 28] No space left: '/srv/out/x.zip'")
+    assert status_markdown(failed).endswith("No zip: OSError: [Errno 28] No space left: '…/x.zip'; the videos are "
+                                            "in the folder.")
+    zipping = ended_batch(["done", "done"], 0, archive=None, phase="archiving")
+    assert zipping.running and status_markdown(zipping) == "**Zipping** the 2 written videos of 2…"
+    # the page is sent the zip only when it changed
+    assert shown_key(whole) == {"gallery": "1:0", "archive": "/srv/out/batch-1/batch-1.zip"}

@@ -17,6 +17,11 @@ end of its current step) and goes on, `cancel()` cancels the running item and ev
 copy for the UI's timer: per item its state (queued, running with its phase and step i of n, done with the video
 and result JSON, failed with a one-line error, skipped, cancelled). A finished item's mp4 and JSON sidecar are in
 the batch's folder as soon as it ends. The job lives as long as the app, so a reloaded page finds it again.
+
+When every item has ended (done, or cancelled with some finished) the job writes one zip of the finished videos
+and their JSON sidecars into the batch's folder (`write_archive`, `batch-<id>.zip`, through files.atomic_path:
+a failure leaves no zip at all, and the batch still ends, saying why in `archive_error`). A cancelled or partly
+failed batch zips what finished; `archived` says how many of the batch's videos it holds.
 """
 
 from __future__ import annotations
@@ -27,12 +32,14 @@ import logging
 import threading
 import time
 import uuid
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from wan_ui.core.errors import GenerationCancelled, UserError, ValidationError, first_line
 from wan_ui.core.fields import FieldSpec
+from wan_ui.core.files import atomic_path
 from wan_ui.core.generate import generate
 from wan_ui.core.options import OptimizationSet, check_available, check_compatible
 from wan_ui.core.requests import MAX_PROMPT_CHARS, REQUEST_SPECS, GenerationRequest, validate_request
@@ -54,7 +61,9 @@ HANDOFF_S = 0.05  # between items: long enough for a thread blocked on the lease
 
 ITEM_STATES = ("queued", "running", "done", "failed", "skipped", "cancelled")
 ENDED = ("done", "failed", "skipped", "cancelled")
-RUNNING = ("running", "pausing", "paused", "cancelling")  # the job's phases while its thread lives
+# the job's phases while its thread lives; "archiving": every item has ended, the zip of the videos is being written
+RUNNING = ("running", "pausing", "paused", "cancelling", "archiving")
+ARCHIVE_SUFFIX = ".zip"
 
 
 # ---- the plan -------------------------------------------------------------------------------------------------
@@ -143,13 +152,17 @@ class BatchItem:
 @dataclass
 class BatchStatus:
     """A copy of the job's state. phase: idle | running | pausing (after the current item) | paused |
-    cancelling | done (every item ended) | cancelled (the rest was cancelled)."""
+    cancelling | archiving (every item ended; writing the zip) | done (every item ended) | cancelled (the rest was
+    cancelled)."""
     phase: str = "idle"
     batch_id: str = ""  # unique per batch: a page tells a new batch from one it has shown
     folder: str | None = None  # where the batch's videos and sidecars go
     request: dict | None = None  # the settings of every item (each replaces prompt and seed)
     options: dict | None = None
     items: list[BatchItem] = field(default_factory=list)
+    archive: str | None = None  # once ended: the zip of the finished videos (write_archive); None: none finished
+    archived: int = 0  # videos in the zip
+    archive_error: str | None = None  # one line, when writing the zip failed (no zip is left)
 
     @property
     def running(self) -> bool:
@@ -164,7 +177,8 @@ class BatchStatus:
 
     def to_dict(self) -> dict:
         return {"phase": self.phase, "batch_id": self.batch_id, "folder": self.folder, "request": self.request,
-                "options": self.options, "counts": self.counts(), "items": [item.to_dict() for item in self.items]}
+                "options": self.options, "counts": self.counts(), "items": [item.to_dict() for item in self.items],
+                "archive": self.archive, "archived": self.archived, "archive_error": self.archive_error}
 
 
 # ---- the job --------------------------------------------------------------------------------------------------
@@ -242,9 +256,10 @@ class BatchJob:
             return True
 
     def cancel(self) -> bool:
-        """Cancel the running item and every queued one (False when no batch runs)."""
+        """Cancel the running item and every queued one (False when no batch runs, or every item has ended and
+        only the zip is being written)."""
         with self._lock:
-            if not self._status.running:
+            if not self._status.running or self._status.phase == "archiving":
                 return False
             self._status.phase = "cancelling"
             self._stop.set()
@@ -281,7 +296,20 @@ class BatchJob:
                 for item in self._status.items:
                     if not item.ended:
                         item.state, item.phase = "cancelled", ""
-                self._status.phase = "cancelled" if self._stop.is_set() else "done"
+                ended = "cancelled" if self._stop.is_set() else "done"
+                self._status.phase = "archiving"
+                status = self._copy()
+            # outside the lock: a zip of a hundred videos takes seconds, and status() answers meanwhile
+            archive, archived, error = None, 0, None
+            try:
+                archive, archived = write_archive(status)
+            except Exception as e:  # the batch still ends; its videos are in its folder, the page says why
+                LOG.exception("writing the zip of batch %s failed", status.batch_id)
+                error = f"{type(e).__name__}: {first_line(e)}"
+            with self._lock:
+                self._status.archive = None if archive is None else str(archive)
+                self._status.archived, self._status.archive_error = archived, error
+                self._status.phase = ended
 
     def _next_turn(self) -> bool:
         """Wait while paused; False once the rest is cancelled."""
@@ -347,6 +375,26 @@ class BatchJob:
         item = self._status.items[index]
         for name, value in values.items():
             setattr(item, name, value)
+
+
+def write_archive(status: BatchStatus) -> tuple[Path | None, int]:
+    """One zip of the batch's finished videos, each with its JSON sidecar (settings and metrics), in the batch's
+    folder: (batch-<id>.zip, the number of videos in it); (None, 0) when no video finished (nothing is written).
+    In the zip they sit in a folder named as the batch's, so unzipping two batches keeps them apart. Stored, not
+    compressed: an mp4 is compressed already. Written through files.atomic_path: a failure (a full disk, a video
+    deleted meanwhile) leaves no zip, not half of one, and raises."""
+    videos = [Path(item.video) for item in status.items if item.state == "done" and item.video]
+    if not videos or status.folder is None:
+        return None, 0
+    folder = Path(status.folder)
+    path = folder / f"{folder.name}{ARCHIVE_SUFFIX}"
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
+        for video in videos:
+            archive.write(video, f"{folder.name}/{video.name}")
+            sidecar = video.with_suffix(".json")
+            if sidecar.is_file():
+                archive.write(sidecar, f"{folder.name}/{sidecar.name}")
+    return path, len(videos)
 
 
 @contextlib.contextmanager

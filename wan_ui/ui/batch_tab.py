@@ -4,8 +4,10 @@ background (`core.batch.BatchJob`, one per app), with a per-item table, Pause / 
 Handlers are wiring: widget values -> `plan_from_values` -> `BatchJob.start / pause / resume / skip / cancel /
 status` -> the formatters below (plain functions of a BatchStatus). A 1 s timer polls the job while a batch runs;
 the page-load event shows the app's batch at once (a reloaded page finds a running batch and its finished videos,
-which it also adds to this page's History). Endpoints: /batch_start, /batch_status, /batch_pause, /batch_resume,
-/batch_skip, /batch_cancel.
+which it also adds to this page's History). Once the batch has ended, a "Download all" button gives the zip of
+its finished videos (core.batch.write_archive: what finished of a cancelled or partly failed batch, the button saying
+how many of how many). Endpoints: /batch_start, /batch_status, /batch_pause, /batch_resume, /batch_skip,
+/batch_cancel (each answers with the zip last, after every other output).
 """
 
 from __future__ import annotations
@@ -59,8 +61,9 @@ class BatchTab:
     skip_btn: gr.Button
     cancel_btn: gr.Button
     timer: gr.Timer
-    shown: gr.State  # gallery_key of the videos this page's gallery shows
+    shown: gr.State  # what this page has of the batch's files: shown_key()
     job: BatchJob  # the app's one batch
+    archive: gr.DownloadButton  # the zip of the finished videos, once the batch has ended
 
 
 # ---- layout -----------------------------------------------------------------------------------------------
@@ -103,9 +106,12 @@ def build_batch_tab(ctx: AppContext) -> BatchTab:
                                 allow_preview=False, elem_id="batch-gallery")
     with gr.Accordion("Status (JSON)", open=False):
         out["json"] = gr.JSON(status.to_dict(), show_label=False, elem_id="batch-json")
+    archive = gr.DownloadButton(archive_label(status), value=status.archive, visible=status.archive is not None,
+                                variant="primary", elem_id="batch-archive-btn")
     timer = gr.Timer(TICK_S, active=False)
-    shown = gr.State(gallery_key(status))
-    return BatchTab(w, upload, out, start_btn, pause_btn, resume_btn, skip_btn, cancel_btn, timer, shown, job)
+    shown = gr.State(shown_key(status))
+    return BatchTab(w, upload, out, start_btn, pause_btn, resume_btn, skip_btn, cancel_btn, timer, shown, job,
+                    archive)
 
 
 # ---- wiring (called by app.create_demo) --------------------------------------------------------------------
@@ -119,7 +125,8 @@ def wire_batch_tab(ctx: AppContext, tab: BatchTab, gen, hist, history_state: gr.
     one GPU job in the share of the user who started it (--max-jobs-per-user: a user holding their share cannot
     start one, and one running takes a place of their share)."""
     max_cost = (limits or ServerLimits()).max_cost
-    view_outputs = [*tab.out.values(), tab.timer, tab.shown]
+    # the zip last: an API caller reads the outputs in order, and those before it kept their places
+    view_outputs = [*tab.out.values(), tab.timer, tab.shown, tab.archive]
     history_outputs = [history_state, hist.gallery, hist.table]
 
     @guarded("starting the batch")
@@ -153,7 +160,8 @@ def wire_batch_tab(ctx: AppContext, tab: BatchTab, gen, hist, history_state: gr.
         gallery, table = history_views(updated)
         return {**view(tab, status, shown), history_state: updated, hist.gallery: gallery, hist.table: table}
 
-    tab.timer.tick(on_poll, inputs=[tab.shown, history_state], outputs=[*view_outputs, *history_outputs],
+    tab.timer.tick(on_poll, inputs=[tab.shown, history_state], outputs=[*view_outputs[:-1], *history_outputs,
+                                                                         tab.archive],
                    api_name="batch_status", queue=False, show_progress="hidden")
     # a page that opens (or reloads) shows its browser's earlier runs and the app's batch at once, and polls the
     # batch while it runs
@@ -168,7 +176,7 @@ def wire_batch_tab(ctx: AppContext, tab: BatchTab, gen, hist, history_state: gr.
         return {**view(tab, status, None), history_state: updated, hist.gallery: gallery, hist.table: table}
 
     demo.load(on_open, inputs=[history_state, saved_history if saved_history is not None else history_state],
-              outputs=[*view_outputs, *history_outputs], api_visibility="private", queue=False,
+              outputs=[*view_outputs[:-1], *history_outputs, tab.archive], api_visibility="private", queue=False,
               show_progress="hidden")
 
     @guarded("reading the prompt file")
@@ -209,13 +217,17 @@ def plan_from_values(values: dict) -> BatchPlan:
     return plan_batch(values.get("prompts"), request, options_from_values(values), values.get("seeds_per_prompt"))
 
 
-def view(tab: BatchTab, status: BatchStatus, shown: str | None) -> dict:
-    """Every output of the tab for `status`. The gallery only when its videos changed (`shown`: what the page has):
-    Gradio reads each gallery file whole to name its cached copy, every time it is sent."""
-    key = gallery_key(status)
+def view(tab: BatchTab, status: BatchStatus, shown: dict | None) -> dict:
+    """Every output of the tab for `status`. The gallery and the zip only when they changed (`shown`: what the page
+    has, shown_key): Gradio reads each file whole to name its cached copy, every time it is sent."""
+    key, shown = shown_key(status), shown if isinstance(shown, dict) else {}
+    archive = gr.skip()
+    if key["archive"] != shown.get("archive"):
+        archive = gr.DownloadButton(archive_label(status), value=status.archive, visible=status.archive is not None)
     return {tab.out["status"]: status_markdown(status), tab.out["table"]: items_frame(status),
-            tab.out["gallery"]: gallery_items(status) if key != shown else gr.skip(),
-            tab.out["json"]: status.to_dict(), tab.timer: gr.Timer(active=status.running), tab.shown: key}
+            tab.out["gallery"]: gallery_items(status) if key["gallery"] != shown.get("gallery") else gr.skip(),
+            tab.out["json"]: status.to_dict(), tab.timer: gr.Timer(active=status.running), tab.shown: key,
+            tab.archive: archive}
 
 
 # ---- formatting (plain functions of a BatchStatus) ----------------------------------------------------------
@@ -237,10 +249,28 @@ def status_markdown(s: BatchStatus) -> str:
     if s.phase == "paused":
         return (f"**Paused** after {ended} of {n} ({counts['done']} written{others}). **Resume** to go on, "
                 f"**Cancel** to drop the rest.")
+    if s.phase == "archiving":
+        return f"**Zipping** the {counts['done']} written videos of {n}{others}…"
     folder = Path(s.folder).name  # in the outputs folder: the page does not show where the server keeps files
-    if s.phase == "done":
-        return f"**Done**: {counts['done']} of {n} videos written to `{folder}`{others}."
-    return f"**Cancelled**: {counts['done']} of {n} videos written to `{folder}`{others}."
+    label = "Done" if s.phase == "done" else "Cancelled"
+    return f"**{label}**: {counts['done']} of {n} videos written to `{folder}`{others}. {archive_note(s)}"
+
+
+def archive_note(s: BatchStatus) -> str:
+    """What an ended batch's status says of its zip."""
+    if s.archive_error:
+        return f"No zip: {hide_paths(s.archive_error)}; the videos are in the folder."
+    if s.archive is None:
+        return "No video to zip."
+    return f"**Download all** below: {Path(s.archive).name}, {s.archived} of {len(s.items)} videos."
+
+
+def archive_label(s: BatchStatus) -> str:
+    """The Download button's label: how many of the batch's videos its zip holds."""
+    n = len(s.items)
+    if s.archived == n:
+        return f"Download all {n} video{'s' if n != 1 else ''} (zip)"
+    return f"Download the {s.archived} finished of {n} videos (zip)"
 
 
 def item_progress(item) -> str:
@@ -281,6 +311,12 @@ def video_link(path: str | None) -> str:
 def gallery_key(s: BatchStatus) -> str:
     """Names the set of finished videos (a batch's videos only ever grow)."""
     return f"{s.batch_id}:{sum(bool(item.video) for item in s.items)}"
+
+
+def shown_key(s: BatchStatus) -> dict:
+    """What a page showing `s` has of its files: the gallery's videos (gallery_key) and the zip (its path, None
+    while the batch runs)."""
+    return {"gallery": gallery_key(s), "archive": s.archive}
 
 
 def gallery_items(s: BatchStatus) -> list[tuple[str, str]]:

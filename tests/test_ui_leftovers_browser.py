@@ -1,0 +1,72 @@
+"""The leftovers of a daily-loop pass (tests/test_ui_leftovers.py) in Debian's chromium, on one app (tiny model,
+CPU) for the module:
+
+- a finished batch offers its videos as one zip: the Batch tab's "Download all" button appears once the batch has
+  ended and downloads the zip of its videos and their sidecars.
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from pathlib import Path
+
+import pytest
+from ui_server import browser_page, free_port, open_tab, set_number
+
+pytestmark = pytest.mark.browser
+
+DESKTOP = {"width": 1366, "height": 900}
+TINY = (("width", 64), ("height", 64), ("num-frames", 5), ("steps", 2))
+
+
+@pytest.fixture(scope="module")
+def app(tiny_folder, tmp_path_factory):
+    from wan_ui.core.manager import ModelManager
+    from wan_ui.ui.app import create_demo, launch_kwargs
+
+    root = tmp_path_factory.mktemp("leftovers")
+    demo = create_demo(ModelManager(device="cpu", log=lambda m: None), model="tiny", outputs=root / "outputs",
+                       settings_file=root / "last.json")
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+                            **launch_kwargs(root / "outputs"))
+    yield url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def page(app):
+    with browser_page(app) as page:
+        page.set_viewport_size(DESKTOP)
+        yield page
+
+
+def test_a_finished_batch_downloads_all_its_videos_as_one_zip(page, tmp_path):
+    from playwright.sync_api import expect
+
+    for elem_id, value in TINY:
+        set_number(page, elem_id, value)
+    open_tab(page, "Batch")
+    button = page.locator("#batch-archive-btn")
+    expect(button).to_be_hidden()  # no batch yet: nothing to download
+    page.locator("#batch-prompts textarea").fill("a red fox in the snow\na lighthouse in a storm")
+    page.click("#batch-start-btn")
+    status = page.locator("#batch-status")
+    expect(status).to_contain_text("Done: 2 of 2 videos written")
+    expect(status).to_contain_text(re.compile(r"Download all below: batch-[\w-]+\.zip, 2 of 2 videos"))
+    expect(button).to_be_visible()
+    expect(button).to_contain_text("Download all 2 videos (zip)")
+    with page.expect_download() as download:
+        button.click()
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    assert re.fullmatch(r"batch-[\w-]+\.zip", saved.name), saved.name
+    with zipfile.ZipFile(saved) as archive:
+        names = sorted(Path(name).name for name in archive.namelist())
+    assert len(names) == 4 and [n for n in names if n.endswith(".mp4")] == [
+        n for n in names if re.fullmatch(r"00[12]-seed\d+\.mp4", n)], names
+    # a new batch takes the last one's zip off the page until it has its own
+    page.locator("#batch-prompts textarea").fill("a heron at dusk")
+    page.click("#batch-start-btn")
+    expect(status).to_contain_text("Done: 1 of 1 videos written")
+    expect(button).to_contain_text("Download all 1 video (zip)")
