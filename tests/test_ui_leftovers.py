@@ -3,7 +3,10 @@
 - the toast title of a user's error ("Invalid <field>") was built twice, in widgets.user_errors_as_toasts and in
   guard.describe; one helper (widgets.error_title) serves both;
 - a finished batch had no "download all": its job zips the finished videos (core.batch.write_archive) and the Batch
-  tab's Download button says how many of how many it holds (the download itself: test_ui_leftovers_browser.py).
+  tab's Download button says how many of how many it holds (the download itself: test_ui_leftovers_browser.py);
+- the Steps slider set a typed 100000 to 200 without a word (Gradio clamps a slider's box when it loses focus): the
+  sliders' info states their range, and a typed value their field refuses is reported there, naming the box and
+  the value the slider took instead (in chromium: test_ui_leftovers_browser.py).
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ import pytest
 
 from wan_ui.core.batch import BatchItem, BatchStatus
 from wan_ui.core.errors import UserError, ValidationError
+from wan_ui.core.requests import REQUEST_SPECS
 from wan_ui.ui.batch_tab import archive_label, shown_key, status_markdown
 from wan_ui.ui.guard import describe
-from wan_ui.ui.widgets import error_title, user_errors_as_toasts
+from wan_ui.ui.widgets import build_request_widgets, error_title, slider_info, slider_note, user_errors_as_toasts
 
 
 # ---- one toast title for a user's error -----------------------------------------------------------------------
@@ -59,3 +63,23 @@ def test_the_download_says_how_many_of_the_batchs_videos_its_zip_holds():
     assert zipping.running and status_markdown(zipping) == "**Zipping** the 2 written videos of 2…"
     # the page is sent the zip only when it changed
     assert shown_key(whole) == {"gallery": "1:0", "archive": "/srv/out/batch-1/batch-1.zip"}
+
+
+# ---- sliders that say their range -------------------------------------------------------------------------------
+def test_the_sliders_state_their_range_and_report_a_typed_value_out_of_it():
+    with gr.Blocks():
+        w = build_request_widgets()
+    steps, guidance = w["num_inference_steps"], w["guidance_scale"]
+    assert steps.info == "whole steps · 1\u2060–\u2060200" and steps.maximum == 200
+    assert guidance.info == "≤ 1 turns CFG off · 0\u2060–\u206020"
+    spec = REQUEST_SPECS["num_inference_steps"]
+    assert slider_note(spec, steps.info, 100000) == gr.update(
+        info="⚠ Steps (num_inference_steps) must be in [1, 200], got 100000: set to 200")
+    assert slider_note(spec, steps.info, 0)["info"].endswith("got 0: set to 1")
+    # a value within the range that the field still refuses: said, with no "set to" (the box keeps it)
+    assert slider_note(spec, steps.info, 2.5)["info"] == \
+        "⚠ Steps (num_inference_steps) must be a whole number in [1, 200], got 2.5"
+    assert slider_note(spec, steps.info, 50) == gr.update(info=steps.info)  # a good value puts the range back
+    assert slider_note(REQUEST_SPECS["guidance_scale"], guidance.info, 25.5)["info"] == \
+        "⚠ Guidance (CFG) (guidance_scale) must be in [0.0, 20.0], got 25.5: set to 20"
+    assert slider_info(spec, "x") == "x · 1\u2060–\u2060200"

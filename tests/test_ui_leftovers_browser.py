@@ -2,7 +2,9 @@
 CPU) for the module:
 
 - a finished batch offers its videos as one zip: the Batch tab's "Download all" button appears once the batch has
-  ended and downloads the zip of its videos and their sidecars.
+  ended and downloads the zip of its videos and their sidecars;
+- a number typed into the Steps slider's box outside its range is reported under its label (Gradio's slider then
+  holds the nearest end), and a value within the range puts the range back.
 """
 
 from __future__ import annotations
@@ -70,3 +72,29 @@ def test_a_finished_batch_downloads_all_its_videos_as_one_zip(page, tmp_path):
     page.click("#batch-start-btn")
     expect(status).to_contain_text("Done: 1 of 1 videos written")
     expect(button).to_contain_text("Download all 1 video (zip)")
+
+
+def type_into(page, elem_id: str, text: str) -> None:
+    """Type as a user does (key by key, then Tab): the slider's box sends its value on each key and on blur."""
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.click()
+    box.press("Control+a")
+    box.press_sequentially(text)
+    box.press("Tab")
+
+
+def test_a_typed_steps_value_out_of_range_is_reported_not_silently_changed(page):
+    from playwright.sync_api import expect
+
+    open_tab(page, "Generate")
+    steps = page.locator("#steps")
+    expect(steps).to_contain_text("whole steps · 1\u2060–\u2060200")
+    type_into(page, "steps", "100000")
+    expect(steps).to_contain_text("⚠ Steps (num_inference_steps) must be in [1, 200], got 100000: set to 200")
+    expect(page.locator("#steps input[type=number]")).to_have_value("200")
+    type_into(page, "steps", "0")
+    expect(steps).to_contain_text("got 0: set to 1")
+    type_into(page, "steps", "30")
+    expect(steps).to_contain_text("whole steps · 1\u2060–\u2060200")
+    expect(steps).not_to_contain_text("⚠")
+    assert page.get_by_text("Error", exact=True).count() == 0

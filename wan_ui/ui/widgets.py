@@ -7,13 +7,14 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import partial
 from typing import Iterable
 
 import gradio as gr
 from gradio import component_meta
 
 from wan_ui.core.errors import UserError
-from wan_ui.core.fields import widget_range
+from wan_ui.core.fields import FieldSpec, widget_range
 from wan_ui.core.requests import REQUEST_SPECS, WAN_DEFAULT_NEGATIVE_PROMPT, GenerationRequest
 from wan_ui.ui.values import (
     CUSTOM,
@@ -150,11 +151,8 @@ def build_request_widgets(defaults: GenerationRequest | None = None, prompt: gr.
         w["seed"] = _int_box("seed", d.seed, "Seed")
         w["randomize_seed"] = gr.Checkbox(False, label="Randomize seed", elem_id="randomize-seed")
     with gr.Row():
-        w["guidance_scale"] = FieldSlider(value=d.guidance_scale, label=REQUEST_LABELS["guidance_scale"], info="≤ 1 turns CFG off",
-                                        elem_id="guidance-scale",
-                                        **widget_range(REQUEST_SPECS["guidance_scale"], step=0.5))
-        w["num_inference_steps"] = FieldSlider(value=d.num_inference_steps, label=REQUEST_LABELS["num_inference_steps"], elem_id="steps",
-                                             **widget_range(REQUEST_SPECS["num_inference_steps"]))
+        w["guidance_scale"] = _slider("guidance_scale", d.guidance_scale, "≤ 1 turns CFG off", step=0.5)
+        w["num_inference_steps"] = _slider("num_inference_steps", d.num_inference_steps, "whole steps")
     for name in ("width", "height"):
         w[name].input(lambda width, height: resolution_label(width, height), [w["width"], w["height"]],
                       w["resolution"], queue=False, api_visibility="private", show_progress="hidden")
@@ -167,6 +165,49 @@ def _int_box(name: str, value: int, label: str, info: str | None = None) -> gr.N
     """A whole-number box whose range and step (16 for sizes) are the request field's spec."""
     return FieldNumber(value, label=label, precision=0, info=info, elem_id=name.replace("_", "-"), min_width=90,
                      **widget_range(REQUEST_SPECS[name]))
+
+
+# ---- sliders that say their range -------------------------------------------------------------------------------
+# Gradio's Slider sets a number typed into its box outside [minimum, maximum] to the nearest end when the box loses
+# focus (a typed 100000 Steps became 200, and a 200-step run started, without a word). Gradio allows no other
+# behaviour, but the box's `release` event carries the typed value just before that (checked in chromium, Gradio
+# 6.31: focus sends the old value, leaving the box the typed one, then the box is clamped). So each slider's info
+# states its range, and a value its field's spec refuses puts the spec's message there instead, with what the box
+# now holds; the next value within the range puts the range back.
+def _slider(name: str, value, info: str, step: float | None = None) -> FieldSlider:
+    spec = REQUEST_SPECS[name]
+    default_info = slider_info(spec, info)
+    slider = FieldSlider(value=value, label=REQUEST_LABELS[name], info=default_info, elem_id=_elem_id(name),
+                         **widget_range(spec, step=step))
+    slider.release(partial(slider_note, spec, default_info), slider, slider, queue=False, api_visibility="private",
+                   show_progress="hidden")
+    return slider
+
+
+def slider_info(spec: FieldSpec, info: str) -> str:
+    """A slider's info: what it means, then its range ("whole steps · 1–200", kept on one line: word joiners
+    around the dash, where a narrow column broke "0–" from "20")."""
+    lo, hi = spec.bounds
+    return f"{info} · {lo:g}\u2060–\u2060{hi:g}"
+
+
+def slider_note(spec: FieldSpec, default_info: str, value):
+    """The slider's info after a value was typed in its box: `default_info` for a value its spec takes, else the
+    spec's message naming the box ("⚠ Steps (num_inference_steps) must be in [1, 200], got 100000: set to 200", the
+    end Gradio's slider then puts in the box)."""
+    try:
+        spec.check(value)
+    except UserError as e:
+        note = f"⚠ {with_box_label(spec.name, str(e))}"
+        lo, hi = spec.bounds
+        if isinstance(value, (int, float)) and not lo <= value <= hi:
+            note += f": set to {min(max(value, lo), hi):g}"
+        return gr.update(info=note)
+    return gr.update(info=default_info)
+
+
+def _elem_id(name: str) -> str:
+    return {"num_inference_steps": "steps"}.get(name, name.replace("_", "-"))
 
 
 def _resolution_size(label: str):
