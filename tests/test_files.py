@@ -1,6 +1,7 @@
 """Atomic writes (wan_ui/core/files.py): the target is either the old content or the complete new one."""
 
 import os
+import stat
 import threading
 
 import pytest
@@ -30,6 +31,22 @@ def test_a_folder_replaces_an_existing_folder(tmp_path):
         tmp.mkdir()
         (tmp / "weights").write_text("w")
     assert sorted(os.listdir(target)) == ["weights"] and sorted(os.listdir(tmp_path)) == ["model"]
+
+
+def test_a_key_file_is_its_owners_only_from_its_creation(tmp_path, monkeypatch):
+    target = tmp_path / "history.key"
+    seen = []
+    replace = os.replace
+
+    def check_mode(src, dst):  # the temporary file, before it takes the final name
+        seen.append(stat.S_IMODE(os.stat(src).st_mode))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", check_mode)
+    write_text_atomic(target, "k1", mode=0o600)
+    write_text_atomic(target, "k2", mode=0o600)  # replacing an existing key
+    assert seen == [0o600, 0o600] and stat.S_IMODE(target.stat().st_mode) == 0o600 and target.read_text() == "k2"
+    assert os.listdir(tmp_path) == ["history.key"]
 
 
 def test_the_temporary_name_keeps_the_suffix(tmp_path):

@@ -6,10 +6,17 @@
   tab's Download button says how many of how many it holds (the download itself: test_ui_leftovers_browser.py);
 - the Steps slider set a typed 100000 to 200 without a word (Gradio clamps a slider's box when it loses focus): the
   sliders' info states their range, and a typed value their field refuses is reported there, naming the box and
-  the value the slider took instead (in chromium: test_ui_leftovers_browser.py).
+  the value the slider took instead (in chromium: test_ui_leftovers_browser.py);
+- a restarted app started with an empty History: the browsers' copy was encrypted with a key Gradio drew at each
+  start. The key is now kept beside the settings file (history_tab.history_secret, mode 0600), made once, and a
+  missing or unreadable one is replaced (in chromium, across a restart: test_ui_leftovers_browser.py).
 """
 
 from __future__ import annotations
+
+import logging
+import os
+import stat
 
 import gradio as gr
 import pytest
@@ -18,6 +25,8 @@ from wan_ui.core.batch import BatchItem, BatchStatus
 from wan_ui.core.errors import UserError, ValidationError
 from wan_ui.core.requests import REQUEST_SPECS
 from wan_ui.ui.batch_tab import archive_label, shown_key, status_markdown
+from wan_ui.ui import history_tab
+from wan_ui.ui.history_tab import HISTORY_KEY, SECRET_CHARS, SECRET_FILE, history_secret
 from wan_ui.ui.guard import describe
 from wan_ui.ui.widgets import build_request_widgets, error_title, slider_info, slider_note, user_errors_as_toasts
 
@@ -83,3 +92,62 @@ def test_the_sliders_state_their_range_and_report_a_typed_value_out_of_it():
     assert slider_note(REQUEST_SPECS["guidance_scale"], guidance.info, 25.5)["info"] == \
         "⚠ Guidance (CFG) (guidance_scale) must be in [0.0, 20.0], got 25.5: set to 20"
     assert slider_info(spec, "x") == "x · 1\u2060–\u2060200"
+
+
+# ---- History's key kept across restarts -------------------------------------------------------------------------
+def browser_history(demo) -> gr.BrowserState:
+    return next(block for block in demo.blocks.values()
+                if isinstance(block, gr.BrowserState) and block.storage_key == HISTORY_KEY)
+
+
+def test_two_app_builds_in_sequence_encrypt_history_with_one_key(tiny_folder, tmp_path):
+    from wan_ui.core.manager import ModelManager
+    from wan_ui.ui.app import create_demo
+
+    manager = ModelManager(device="cpu", log=lambda m: None)
+
+    def build(folder, **kwargs):
+        demo = create_demo(manager, model="tiny", outputs=tmp_path / "outputs", settings_file=folder / "last.json",
+                           **kwargs)
+        return browser_history(demo).secret
+
+    first = build(tmp_path / "config")
+    key = tmp_path / "config" / SECRET_FILE
+    assert key.read_text().strip() == first and len(first) == SECRET_CHARS
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert build(tmp_path / "config") == first  # the restarted app reads what the pages stored
+    assert build(tmp_path / "other") != first  # another config folder, another key
+    # --no-save-settings writes nothing to the config folder: a key of this start
+    assert build(tmp_path / "none", save_settings=False) != first and not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"short", b"\xff\xfe\x00 not text", b"x" * 31 + b"!", b"y" * 4000])
+def test_a_missing_or_corrupt_key_file_is_replaced(tmp_path, content, caplog):
+    path = tmp_path / SECRET_FILE
+    made = history_secret(path)  # missing: made
+    assert path.read_text() == made + "\n"
+    path.write_bytes(content)
+    with caplog.at_level(logging.WARNING, logger="wan_ui"):
+        replaced = history_secret(path)
+    assert replaced != made and path.read_text().strip() == replaced and len(replaced) == SECRET_CHARS
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and "History" in caplog.text
+    assert history_secret(path) == replaced and sorted(os.listdir(tmp_path)) == [SECRET_FILE]
+
+
+def test_a_key_that_cannot_be_kept_still_starts_the_app(tmp_path, monkeypatch):
+    (tmp_path / SECRET_FILE).mkdir()  # neither readable nor replaceable as a file
+    assert len(history_secret(tmp_path / SECRET_FILE)) == SECRET_CHARS
+    # a read-only config folder (as root every folder is writable, so the write itself is refused here)
+    def read_only(path, text, mode=None):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(history_tab, "write_text_atomic", read_only)
+    first, second = history_secret(tmp_path / "ro" / SECRET_FILE), history_secret(tmp_path / "ro" / SECRET_FILE)
+    assert first != second and len(first) == SECRET_CHARS  # a key of each start: History survives reloads only
+
+
+def test_a_kept_key_readable_by_others_is_made_the_owners_only(tmp_path):
+    path = tmp_path / SECRET_FILE
+    made = history_secret(path)
+    path.chmod(0o644)
+    assert history_secret(path) == made and stat.S_IMODE(path.stat().st_mode) == 0o600

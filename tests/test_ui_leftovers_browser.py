@@ -4,7 +4,8 @@ CPU) for the module:
 - a finished batch offers its videos as one zip: the Batch tab's "Download all" button appears once the batch has
   ended and downloads the zip of its videos and their sidecars;
 - a number typed into the Steps slider's box outside its range is reported under its label (Gradio's slider then
-  holds the nearest end), and a value within the range puts the range back.
+  holds the nearest end), and a value within the range puts the range back;
+- History, kept by the browser, survives a restart of the app (its key is kept beside the settings file).
 """
 
 from __future__ import annotations
@@ -98,3 +99,44 @@ def test_a_typed_steps_value_out_of_range_is_reported_not_silently_changed(page)
     expect(steps).to_contain_text("whole steps · 1\u2060–\u2060200")
     expect(steps).not_to_contain_text("⚠")
     assert page.get_by_text("Error", exact=True).count() == 0
+
+
+def launched(root: Path, port: int):
+    """The app on `port`, its settings (and History's key) in root/config, its videos in root/outputs."""
+    from wan_ui.core.manager import ModelManager
+    from wan_ui.ui.app import create_demo, launch_kwargs
+
+    demo = create_demo(ModelManager(device="cpu", log=lambda m: None), model="tiny", outputs=root / "outputs",
+                       settings_file=root / "config" / "last.json")
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                            **launch_kwargs(root / "outputs"))
+    return demo, url
+
+
+def test_history_survives_a_restart_of_the_app(tiny_folder, tmp_path):
+    """The same page (one origin: the browser's storage is per host and port) before and after the app restarts."""
+    from playwright.sync_api import expect
+
+    port = free_port()
+    demo, url = launched(tmp_path, port)
+    try:
+        with browser_page(url) as page:
+            page.set_viewport_size(DESKTOP)
+            for elem_id, value in TINY:
+                set_number(page, elem_id, value)
+            page.locator("#prompt textarea").fill("restart: a heron at dusk")
+            page.click("#generate-btn")
+            expect(page.locator("#status textarea")).to_have_value(re.compile("^Done: 5 frames at 64x64"))
+            open_tab(page, "History")
+            expect(page.locator("#history-table")).to_contain_text("restart: a heron at dusk")
+            page.wait_for_timeout(500)  # History's change event has written the browser's copy
+            demo.close()
+            demo, url = launched(tmp_path, port)  # the restarted app, on the same port
+            page.reload()
+            page.wait_for_selector("#prompt textarea")
+            page.wait_for_function("document.querySelector('#status textarea')?.value.length > 0")
+            open_tab(page, "History")
+            expect(page.locator("#history-table")).to_contain_text("restart: a heron at dusk")
+            assert page.get_by_text("Error", exact=True).count() == 0
+    finally:
+        demo.close()

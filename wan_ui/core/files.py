@@ -41,10 +41,15 @@ def atomic_path(path: str | Path, tag: str = "tmp") -> Iterator[Path]:
         _remove(tmp)
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write `text` (UTF-8) to `path` through `atomic_path`."""
+def write_text_atomic(path: str | Path, text: str, mode: int | None = None) -> Path:
+    """Write `text` (UTF-8) to `path` through `atomic_path`. mode: the file's permissions from its creation on
+    (0o600 for a key: no moment where others may read it), else the process's default."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        if mode is None:
+            tmp.write_text(text, encoding="utf-8")
+        else:
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "w", encoding="utf-8") as f:
+                f.write(text)
     return Path(path)
 
 

@@ -46,9 +46,11 @@ from wan_ui.ui.generate_tab import (
 from wan_ui.ui.guard import guarded
 from wan_ui.ui.history_tab import (
     HISTORY_KEY,
+    SECRET_FILE,
     build_history_tab,
     cleared_message,
     entry_settings,
+    history_secret,
     history_views,
     saved_runs,
     video_settings,
@@ -85,8 +87,10 @@ def create_demo(manager: ModelManager, model: str | None = None, scorer=None, ba
     with _Blocks(title="Wan2.1 T2V 1.3B workbench", delete_cache=limits.delete_cache()) as demo:
         _header(ctx)
         history = gr.State([])
-        # the same runs in the browser: a reloaded page gets them back (batch_tab's page-load event restores them)
-        saved_history = gr.BrowserState([], storage_key=HISTORY_KEY)
+        # the same runs in the browser: a reloaded page, and a page of this app restarted, gets them back (batch_tab's
+        # page-load event restores them); the key is kept beside the settings file (nothing written without it)
+        secret_file = (ctx.settings_path or settings_path()).parent / SECRET_FILE if save_settings else None
+        saved_history = gr.BrowserState([], storage_key=HISTORY_KEY, secret=history_secret(secret_file))
         history.change(saved_runs, history, saved_history, queue=False, api_visibility="private",
                        show_progress="hidden")
         with gr.Tabs(elem_id="tabs") as tabs:

@@ -3,6 +3,11 @@ settings from a video."""
 
 from __future__ import annotations
 
+import logging
+import re
+import secrets
+import stat
+import string
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,12 +16,19 @@ import pandas as pd
 
 from wan_ui.core.errors import UserError
 from wan_ui.core.fields import FieldSpec
+from wan_ui.core.files import write_text_atomic
 from wan_ui.core.settings_store import settings_from_video
 from wan_ui.ui.values import HISTORY_COLUMNS, history_caption, history_entry, history_row, settings_of
 from wan_ui.ui.widgets import FieldNumber
 
 SAVED_RUNS = 200  # runs a browser keeps across reloads of the page (saved_runs)
 HISTORY_KEY = "wan_ui-history"  # the browser's localStorage key of those runs (gr.BrowserState)
+# The key gr.BrowserState encrypts them with, kept beside the settings file (~/.config/wan_ui/history.key) so that a
+# restarted app reads what its pages stored before; Gradio draws a new one at each start when given none.
+SECRET_FILE = "history.key"
+SECRET_CHARS = 32  # letters and digits, as Gradio's own (16 of them): ~190 bits
+_SECRET = re.compile(rf"[A-Za-z0-9]{{{SECRET_CHARS}}}")
+LOG = logging.getLogger("wan_ui")
 # Each column's width in px. Gradio sizes a table's cells inline from the viewport, so on a phone (390 px) the 12
 # columns of an empty table got ~27 px each and their names one letter a line; fixed widths keep every name on one
 # line and the table scrolls sideways (1,184 px in all: within a 1366 px desktop page).
@@ -37,7 +49,7 @@ class HistoryTab:
 
 
 def build_history_tab() -> HistoryTab:
-    gr.Markdown("This browser's runs since the app started (a reloaded page keeps them), and each finished video of "
+    gr.Markdown("This browser's runs (a reloaded page and a restarted app keep them), and each finished video of "
                 "the app's batch (Batch tab). Click one, "
                 "then **Re-use settings** to load it into the Generate tab; or load the settings stored in any video "
                 "this app wrote.")
@@ -87,12 +99,47 @@ def saved_runs(history: list[dict]) -> list[dict]:
 
 def restored_history(saved) -> list[dict]:
     """The runs a browser kept (saved_runs) whose video is still there, for a page that opens or reloads. The kept
-    value is encrypted with the app's secret (a new one each start: a restarted app's pages start empty), so it is
-    this app's own; a video since deleted drops its run (the gallery would show a broken file)."""
+    value is encrypted with the app's key (history_secret: the same across restarts on one machine), so it is this
+    app's own; a video since deleted drops its run (the gallery would show a broken file)."""
     if not isinstance(saved, list):
         return []
     return [entry for entry in saved if isinstance(entry, dict) and isinstance(entry.get("info"), dict)
             and isinstance(entry["info"].get("video"), str) and Path(entry["info"]["video"]).is_file()]
+
+
+def history_secret(path: Path | None) -> str:
+    """The key of the browsers' copies of History (gr.BrowserState's secret), read from `path`, or made and written
+    there (mode 0600, atomically) when the file is missing or holds no key (empty, cut short, not text): a restarted
+    app on this machine reads what its pages stored. A file that cannot be written (a read-only config folder)
+    gives a key of this start only: History then survives a reload, not a restart. path None (--no-save-settings:
+    nothing written to the config folder): a key of this start."""
+    if path is None:
+        return _new_secret()
+    try:
+        kept = path.read_text(encoding="ascii").strip()
+        if _SECRET.fullmatch(kept):
+            if stat.S_IMODE(path.stat().st_mode) & 0o077:  # a copy restored with the default mode: the owner's only
+                path.chmod(0o600)
+            return kept
+        LOG.warning("%s holds no History key: making a new one (the browsers' kept History is unreadable)", path)
+    except FileNotFoundError:
+        pass
+    except (OSError, UnicodeDecodeError) as e:
+        LOG.warning("cannot read History's key %s (%s): making a new one", path, e)
+    secret = _new_secret()
+    try:
+        write_text_atomic(path, secret + "\n", mode=0o600)
+        # two apps starting at once on one config folder: the file holds the last one written, which both use
+        kept = path.read_text(encoding="ascii").strip()
+        return kept if _SECRET.fullmatch(kept) else secret
+    except (OSError, UnicodeDecodeError) as e:
+        LOG.warning("cannot keep History's key in %s (%s): History survives a reload of the page, not a restart "
+                    "of the app", path, e)
+        return secret
+
+
+def _new_secret() -> str:
+    return "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(SECRET_CHARS))
 
 
 def cleared_message(history: list[dict]) -> str:
