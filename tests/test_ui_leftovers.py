@@ -9,7 +9,11 @@
   the value the slider took instead (in chromium: test_ui_leftovers_browser.py);
 - a restarted app started with an empty History: the browsers' copy was encrypted with a key Gradio drew at each
   start. The key is now kept beside the settings file (history_tab.history_secret, mode 0600), made once, and a
-  missing or unreadable one is replaced (in chromium, across a restart: test_ui_leftovers_browser.py).
+  missing or unreadable one is replaced (in chromium, across a restart: test_ui_leftovers_browser.py);
+- a page reloaded during its run could not cancel it (runs were known by Gradio's session, which a reload
+  replaces): each page's session is linked to its browser's id (kept by the browser), a page closed or reloaded
+  leaves its run to that browser, and a Cancel from a page with no run of its own reaches the runs its browser
+  left; another open tab's run stays out of reach (in chromium: test_ui_leftovers_browser.py).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import threading
+from types import SimpleNamespace
 
 import gradio as gr
 import pytest
@@ -26,6 +32,8 @@ from wan_ui.core.errors import UserError, ValidationError
 from wan_ui.core.requests import REQUEST_SPECS
 from wan_ui.ui.batch_tab import archive_label, shown_key, status_markdown
 from wan_ui.ui import history_tab
+from wan_ui.ui.context import RunRegistry, page_browser_id
+from wan_ui.ui.generate_tab import cancel_handler
 from wan_ui.ui.history_tab import HISTORY_KEY, SECRET_CHARS, SECRET_FILE, history_secret
 from wan_ui.ui.guard import describe
 from wan_ui.ui.widgets import build_request_widgets, error_title, slider_info, slider_note, user_errors_as_toasts
@@ -151,3 +159,73 @@ def test_a_kept_key_readable_by_others_is_made_the_owners_only(tmp_path):
     made = history_secret(path)
     path.chmod(0o644)
     assert history_secret(path) == made and stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+# ---- a reloaded page's Cancel reaches its run -------------------------------------------------------------------
+def page(session: str) -> gr.Request:
+    return gr.Request(headers={"user-agent": "Mozilla/5.0 Chrome/130"}, session_hash=session)
+
+
+class Running:
+    """A job held running in `session` of `runs` until it sees its cancel flag (then it stops on it) or `finish()`."""
+
+    def __init__(self, runs: RunRegistry, session: str):
+        self.started, self.finished, self.outcome = threading.Event(), threading.Event(), None
+        self.thread = threading.Thread(target=self.run, args=(runs, session))
+        self.thread.start()
+        assert self.started.wait(10)
+
+    def run(self, runs, session):
+        with runs.running(session) as cancel:
+            self.started.set()
+            while not (cancel.is_set() or self.finished.is_set()):
+                cancel.wait(0.01)
+            cancel.honoured = cancel.is_set()
+
+    def finish(self):
+        self.finished.set()
+        self.thread.join(10)
+
+
+def test_a_reloaded_pages_cancel_reaches_the_run_its_browser_left():
+    runs = RunRegistry()
+    cancel = cancel_handler(SimpleNamespace(runs=runs))
+    browser = page_browser_id(None)
+    runs.link("page-1", browser)
+    job = Running(runs, "page-1")
+    runs.page_gone("page-1")  # reloaded: the new page is a new session of the same browser
+    runs.link("page-2", browser)
+    note = cancel(page("page-2"))
+    assert note.startswith("The run this browser started before the page was reloaded: Run cancelled at "), note
+    job.thread.join(10)
+    assert not job.thread.is_alive()
+    assert cancel(page("page-2")) == "Nothing is running in this session."  # it ended: nothing left
+
+
+def test_another_open_tab_or_another_browser_cannot_cancel_a_run():
+    runs = RunRegistry()
+    cancel = cancel_handler(SimpleNamespace(runs=runs))
+    mine, theirs = page_browser_id(None), page_browser_id(None)
+    runs.link("tab-1", mine)
+    runs.link("tab-2", mine)  # a second tab of the same browser, still open
+    runs.link("other", theirs)
+    job = Running(runs, "tab-1")
+    assert cancel(page("tab-2")) == "Nothing is running in this session."  # tab 1 is open: its own Cancel is there
+    runs.page_gone("tab-1")
+    assert cancel(page("other")) == "Nothing is running in this session."  # another browser's left run
+    assert cancel(page("api-caller")) == "Nothing is running in this session."  # no page, no browser id
+    assert job.thread.is_alive()
+    job.finish()
+    # a run started by an API call has no browser: no page reaches it once its caller is gone
+    runs.link("tab-3", mine)
+    api_job = Running(runs, "api")
+    runs.page_gone("api")
+    assert cancel(page("tab-3")) == "Nothing is running in this session." and api_job.thread.is_alive()
+    api_job.finish()
+
+
+def test_a_browser_keeps_its_id_and_gets_one_when_it_holds_none():
+    kept = page_browser_id(None)
+    assert len(kept) == 32 and page_browser_id(kept) == kept and page_browser_id(None) != kept
+    for junk in ("", "x" * 32, kept.upper(), 42, ["a"], kept + "0"):
+        assert page_browser_id(junk) != junk

@@ -5,7 +5,8 @@ CPU) for the module:
   ended and downloads the zip of its videos and their sidecars;
 - a number typed into the Steps slider's box outside its range is reported under its label (Gradio's slider then
   holds the nearest end), and a value within the range puts the range back;
-- History, kept by the browser, survives a restart of the app (its key is kept beside the settings file).
+- History, kept by the browser, survives a restart of the app (its key is kept beside the settings file);
+- a page reloaded during its run cancels that run with its Cancel button (the run is linked to the browser's id).
 """
 
 from __future__ import annotations
@@ -101,6 +102,26 @@ def test_a_typed_steps_value_out_of_range_is_reported_not_silently_changed(page)
     assert page.get_by_text("Error", exact=True).count() == 0
 
 
+def test_a_page_reloaded_during_its_run_cancels_that_run(page, app):
+    from playwright.sync_api import expect
+
+    open_tab(page, "Generate")
+    for elem_id, value in (("width", 256), ("height", 144), ("num-frames", 17), ("steps", 200)):  # ~15 s on a CPU
+        set_number(page, elem_id, value)
+    page.locator("#prompt textarea").fill("reload: a run left behind")
+    page.click("#generate-btn")
+    expect(page.locator("#status")).to_contain_text(re.compile(r"step \d+ of 200"))
+    page.reload()
+    wait_until_ready(page)
+    page.click("#cancel-btn")
+    note = page.locator("#cancel-note")
+    expect(note).to_contain_text("The run this browser started before the page was reloaded: Run cancelled at")
+    expect(note).to_contain_text("nothing was written")
+    page.click("#cancel-btn")  # it has ended: nothing left to cancel
+    expect(note).to_contain_text("Nothing is running in this session.")
+    assert page.get_by_text("Error", exact=True).count() == 0
+
+
 def launched(root: Path, port: int):
     """The app on `port`, its settings (and History's key) in root/config, its videos in root/outputs."""
     from wan_ui.core.manager import ModelManager
@@ -113,30 +134,40 @@ def launched(root: Path, port: int):
     return demo, url
 
 
-def test_history_survives_a_restart_of_the_app(tiny_folder, tmp_path):
-    """The same page (one origin: the browser's storage is per host and port) before and after the app restarts."""
+def test_history_survives_a_restart_of_the_app(tiny_folder, tmp_path, page, app):
+    """The module's page on an app of its own (one origin: the browser's storage is per host and port) before and
+    after that app restarts; then back on the module's app."""
     from playwright.sync_api import expect
 
     port = free_port()
     demo, url = launched(tmp_path, port)
     try:
-        with browser_page(url) as page:
-            page.set_viewport_size(DESKTOP)
-            for elem_id, value in TINY:
-                set_number(page, elem_id, value)
-            page.locator("#prompt textarea").fill("restart: a heron at dusk")
-            page.click("#generate-btn")
-            expect(page.locator("#status textarea")).to_have_value(re.compile("^Done: 5 frames at 64x64"))
-            open_tab(page, "History")
-            expect(page.locator("#history-table")).to_contain_text("restart: a heron at dusk")
-            page.wait_for_timeout(500)  # History's change event has written the browser's copy
-            demo.close()
-            demo, url = launched(tmp_path, port)  # the restarted app, on the same port
-            page.reload()
-            page.wait_for_selector("#prompt textarea")
-            page.wait_for_function("document.querySelector('#status textarea')?.value.length > 0")
-            open_tab(page, "History")
-            expect(page.locator("#history-table")).to_contain_text("restart: a heron at dusk")
-            assert page.get_by_text("Error", exact=True).count() == 0
+        open_page(page, url)
+        for elem_id, value in TINY:
+            set_number(page, elem_id, value)
+        page.locator("#prompt textarea").fill("restart: a heron at dusk")
+        page.click("#generate-btn")
+        expect(page.locator("#status textarea")).to_have_value(re.compile("^Done: 5 frames at 64x64"))
+        open_tab(page, "History")
+        expect(page.locator("#history-table")).to_contain_text("restart: a heron at dusk")
+        page.wait_for_timeout(500)  # History's change event has written the browser's copy
+        demo.close()
+        demo, url = launched(tmp_path, port)  # the restarted app, on the same port
+        open_page(page, url)
+        open_tab(page, "History")
+        expect(page.locator("#history-table")).to_contain_text("restart: a heron at dusk")
+        assert page.get_by_text("Error", exact=True).count() == 0
     finally:
         demo.close()
+        open_page(page, app)
+
+
+def open_page(page, url: str) -> None:
+    page.goto(url)
+    wait_until_ready(page)
+
+
+def wait_until_ready(page) -> None:
+    """As ui_server.browser_page: the page-load events have run (settings restored, History put back)."""
+    page.wait_for_selector("#prompt textarea")
+    page.wait_for_function("document.querySelector('#status textarea')?.value.length > 0")

@@ -25,7 +25,7 @@ from wan_ui.core.settings_store import load_settings, settings_path
 from wan_ui.ui.assets import app_css
 from wan_ui.ui.batch_tab import build_batch_tab, wire_batch_tab
 from wan_ui.ui.compare_tab import build_compare_tab, compare_gpu_seconds, compare_task, request_summary, run_compare
-from wan_ui.ui.context import AppContext, RunRegistry
+from wan_ui.ui.context import BROWSER_KEY, AppContext, RunRegistry, page_browser_id
 from wan_ui.ui.generate_tab import (
     CANCELLING_NOTE,
     NO_PREVIEW,
@@ -93,6 +93,7 @@ def create_demo(manager: ModelManager, model: str | None = None, scorer=None, ba
         saved_history = gr.BrowserState([], storage_key=HISTORY_KEY, secret=history_secret(secret_file))
         history.change(saved_runs, history, saved_history, queue=False, api_visibility="private",
                        show_progress="hidden")
+        _link_pages(ctx, demo)
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("Generate", id="generate"):
                 gen = build_generate_tab(ctx)
@@ -192,6 +193,26 @@ def _options_json(ctx: AppContext) -> dict:
 
 
 # ---- wiring -------------------------------------------------------------------------------------------------
+def _link_pages(ctx: AppContext, demo: gr.Blocks) -> None:
+    """Each page's session linked to its browser's id, kept by the browser (gr.BrowserState), and each page closed
+    or reloaded reported, so that a reloaded page's Cancel reaches the run it started before (RunRegistry.link,
+    page_gone, cancel_left). Page-only events: no API endpoint takes or shows the id (a BrowserState input would be
+    a required parameter of /generate and /cancel)."""
+    browser = gr.BrowserState("", storage_key=BROWSER_KEY)
+
+    def on_page_open(kept, request: gr.Request):
+        browser_id = page_browser_id(kept)
+        ctx.runs.link(request.session_hash, browser_id)
+        return gr.skip() if browser_id == kept else browser_id
+
+    def on_page_closed(request: gr.Request):  # Gradio's unload: the page's connection closed (closed or reloaded)
+        ctx.runs.page_gone(request.session_hash)
+        ctx.previews.clear(request.session_hash)
+
+    demo.load(on_page_open, browser, browser, queue=False, api_visibility="private", show_progress="hidden")
+    demo.unload(on_page_closed)
+
+
 class _Restorer:
     """Settings -> updates of every Generate-tab input, the status line and a switch to the Generate tab."""
 

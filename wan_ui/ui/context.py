@@ -4,13 +4,16 @@ Nothing here is module-level: one `AppContext` per demo. Per-user values (histor
 in `gr.State`; the cross-request objects are `BackgroundJobs` (who started the running batch: it counts in their
 share of the GPU, limits.py), `RunRegistry`, the cancel flag of each session's running job,
 because the Cancel click arrives as a separate request while the generation is still running (the app's
-shutdown cancels them all through it), and the app's one `TrainJob` (a training run outlives the request that
+shutdown cancels them all through it; a page reloaded during its run reaches the run through its browser's id:
+RunRegistry.link), and the app's one `TrainJob` (a training run outlives the request that
 started it; it runs in the registry too, under TRAIN_SESSION, so the shutdown stops it).
 """
 
 from __future__ import annotations
 
 import itertools
+import re
+import secrets
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,6 +31,8 @@ from wan_ui.ui.values import versions
 # the training run's entry in the run registry (the batch's is batch_tab.BATCH_SESSION); page sessions are Gradio's
 # hashes, which never take this form
 TRAIN_SESSION = "wan_ui-train"
+BROWSER_KEY = "wan_ui-browser"  # the browser's localStorage key of its id (gr.BrowserState; page_browser_id)
+_BROWSER_ID = re.compile(r"[0-9a-f]{32}")
 
 
 class CancelFlag(threading.Event):
@@ -55,29 +60,69 @@ class RunEnd(threading.Event):
         self.kept: str | None = None  # "stopped": what the job saved as it stopped
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Run:
     cancel: CancelFlag = field(default_factory=CancelFlag)  # set by the Cancel click
     done: RunEnd = field(default_factory=RunEnd)  # set when the job has returned, with its outcome
+    browser: str | None = None  # the id of the browser whose page started it (RunRegistry.link); None: an API call
+    left: bool = False  # its page was closed or reloaded while it ran (RunRegistry.page_gone)
+
+
+def page_browser_id(kept) -> str:
+    """The id of a page's browser: the one it kept (gr.BrowserState under BROWSER_KEY), or a new one (128 random
+    bits) when it has none or holds something else."""
+    return kept if isinstance(kept, str) and _BROWSER_ID.fullmatch(kept) else secrets.token_hex(16)
 
 
 class RunRegistry:
     """session id -> the cancel flag and end signal of its running job (a session runs one job at a time). Closed
-    when the app shuts down: a job that would start then is refused with `closed_reason`."""
+    when the app shuts down: a job that would start then is refused with `closed_reason`.
+
+    Gradio's session is the page: a reloaded page is a new session, from which the run it started before could not
+    be cancelled. So each open page's session is linked to its browser's id (`link`, from the page-load event), a run
+    records the id of the page that started it, a page closed or reloaded marks its running job `left`
+    (`page_gone`, from the unload event), and `cancel_left` cancels, for a page with no run of its own, the runs
+    its browser left behind: a reloaded page's Cancel reaches its run, and a run of another open tab of the same
+    browser stays out of reach."""
 
     def __init__(self):
         self._runs: dict[str, _Run] = {}
+        self._browsers: dict[str, str] = {}  # the session of an open page -> its browser's id
         self._lock = threading.Lock()
         self.closed_reason: str | None = None
+
+    def link(self, session: str, browser: str) -> None:
+        """The page of `session` was opened in the browser `browser` (page_browser_id)."""
+        with self._lock:
+            self._browsers[session] = browser
+
+    def page_gone(self, session: str) -> None:
+        """The page of `session` was closed or reloaded: its running job, if any, is left to its browser's other
+        pages (cancel_left)."""
+        with self._lock:
+            self._browsers.pop(session, None)
+            run = self._runs.get(session)
+            if run is not None:
+                run.left = True
+
+    def cancel_left(self, session: str) -> list[RunEnd]:
+        """Cancel the running jobs whose page left (closed or reloaded) in the browser of `session`'s page; the
+        events set once each has returned (empty: none, or the page's browser is unknown)."""
+        with self._lock:
+            browser = self._browsers.get(session)
+            runs = [run for run in self._runs.values() if browser is not None and run.left and run.browser == browser]
+        for run in runs:
+            run.cancel.set()
+        return [run.done for run in runs]
 
     @contextmanager
     def running(self, session: str):
         """`with runs.running(session) as cancel:` — the job's flag, registered while the block runs. Raises
         UserError once the registry is closed."""
-        run = _Run()
         with self._lock:
             if self.closed_reason is not None:
                 raise UserError(self.closed_reason)
+            run = _Run(browser=self._browsers.get(session))
             self._runs[session] = run
         try:
             yield run.cancel

@@ -259,25 +259,40 @@ def generate_gpu_seconds(request, opts, scored: bool, progress) -> int:
 
 def cancel_handler(ctx: AppContext):
     """The Cancel buttons' handler: flags the running job of the caller's own session (`session_hash`: no other
-    session's job is reachable), then waits for the job to return and says how it ended: cancelled only when it
-    stopped on the flag (nothing written); a job past its last check (writing, scoring) finishes and says so. It
-    writes its own note, never the status box: the run's own status and this reply travel separately, and
-    neither may overwrite the other. Wired outside the queue (`queue=False`), so it shows no toast."""
+    session's job is reachable), or, when it has none, the jobs its browser's pages left running when they were
+    reloaded or closed (RunRegistry.cancel_left; another open tab's job stays out of reach), then waits for the job
+    to return and says how it ended: cancelled only when it stopped on the flag (nothing written); a job past its
+    last check (writing, scoring) finishes and says so. It writes its own note, never the status box: the run's own
+    status and this reply travel separately, and neither may overwrite the other. Wired outside the queue
+    (`queue=False`), so it shows no toast."""
     def on_cancel(request: gr.Request) -> str:
         done = ctx.runs.cancel(request.session_hash)
-        if done is None:
+        if done is not None:
+            return cancel_outcome(done, time.strftime("%H:%M:%S"))
+        left = ctx.runs.cancel_left(request.session_hash)
+        if not left:
             return "Nothing is running in this session."
         asked = time.strftime("%H:%M:%S")
-        if not done.wait(CANCEL_WAIT_S):
-            return (f"Cancel requested at {asked}; the run has not stopped yet (its current step or decode is "
-                    f"still running). Its status will say how it ended.")
-        if done.outcome == "cancelled":
-            return f"Run cancelled at {time.strftime('%H:%M:%S')}; nothing was written."
-        if done.outcome == "finished":
-            return f"Too late to cancel (asked at {asked}): the run had finished and its video was written."
-        return f"The run ended with an error before it could be cancelled (asked at {asked}); see its status."
+        which = "The run" if len(left) == 1 else f"The {len(left)} runs"
+        return (f"{which} this browser started before the page was reloaded: "
+                f"{' · '.join(cancel_outcome(end, asked, page=False) for end in left)}")
 
     return on_cancel
+
+
+def cancel_outcome(done, asked: str, page: bool = True) -> str:
+    """How a cancelled job ended (its RunEnd, waited for up to CANCEL_WAIT_S), `asked` the time of the click.
+    page: the job's status box is on this page (False: the job's page was reloaded)."""
+    if not done.wait(CANCEL_WAIT_S):
+        later = ("Its status will say how it ended." if page else
+                 "If it still finishes, its video is in the outputs folder.")
+        return (f"Cancel requested at {asked}; the run has not stopped yet (its current step or decode is "
+                f"still running). {later}")
+    if done.outcome == "cancelled":
+        return f"Run cancelled at {time.strftime('%H:%M:%S')}; nothing was written."
+    if done.outcome == "finished":
+        return f"Too late to cancel (asked at {asked}): the run had finished and its video was written."
+    return f"The run ended with an error before it could be cancelled (asked at {asked}); see its status."
 
 
 def live_preview(ctx: AppContext, session: str, shown: str) -> tuple:
