@@ -6,7 +6,10 @@ CPU) for the module:
 - a number typed into the Steps slider's box outside its range is reported under its label (Gradio's slider then
   holds the nearest end), and a value within the range puts the range back;
 - History, kept by the browser, survives a restart of the app (its key is kept beside the settings file);
-- a page reloaded during its run cancels that run with its Cancel button (the run is linked to the browser's id).
+- a page reloaded during its run cancels that run with its Cancel button (the run is linked to the browser's id);
+- the Options table's names (Option, Values, Default, Family, Available here) break between words (or after '_'),
+  never inside one, and fit their cells, at 390x844 and at 1366x900; the other columns break a word only where it
+  is wider than its cell.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from ui_server import browser_page, free_port, open_tab, set_number
 pytestmark = pytest.mark.browser
 
 DESKTOP = {"width": 1366, "height": 900}
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 TINY = (("width", 64), ("height", 64), ("num-frames", 5), ("steps", 2))
 
 
@@ -120,6 +124,84 @@ def test_a_page_reloaded_during_its_run_cancels_that_run(page, app):
     page.click("#cancel-btn")  # it has ended: nothing left to cancel
     expect(note).to_contain_text("Nothing is running in this session.")
     assert page.get_by_text("Error", exact=True).count() == 0
+
+
+# Per column of the Options table (1-based): the words of its cells (text between spaces, hyphens and <wbr>s) drawn
+# on more than one line, each with its width on one line and the room its cell has, and the cells whose text runs
+# past their right edge
+NAME_BREAKS_JS = """(columns) => {
+  const out = {}, canvas = document.createElement('canvas').getContext('2d');
+  for (const col of columns) {
+    const broken = [], overflowing = [];
+    for (const cell of document.querySelectorAll(`#options-table .body-cell:nth-child(${col})`)) {
+      const style = getComputedStyle(cell), box = cell.getBoundingClientRect();
+      const room = box.width - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+      const range = document.createRange(), walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+      for (let node; (node = walker.nextNode());) {
+        canvas.font = getComputedStyle(node.parentElement).font;
+        for (const m of node.data.matchAll(/[^\\s-]+-?/g)) {
+          range.setStart(node, m.index); range.setEnd(node, m.index + m[0].length);
+          const lines = new Set(Array.from(range.getClientRects()).filter(r => r.width > 0)
+                                    .map(r => Math.round(r.top)));
+          if (lines.size > 1) broken.push([m[0], Math.round(canvas.measureText(m[0]).width), Math.round(room)]);
+        }
+      }
+      const all = document.createRange();
+      all.selectNodeContents(cell);
+      const right = Math.max(...Array.from(all.getClientRects()).map(r => r.right));
+      if (right > box.right + 0.5) overflowing.push(cell.innerText.trim());
+    }
+    out[col] = {broken, overflowing};
+  }
+  return out;
+}"""
+# the table draws only the rows in its scrolled view: scroll it a part at a time, returning whether it moved
+SCROLL_TABLE_JS = """(start) => {
+  const table = document.querySelector('#options-table');
+  const box = Array.from(table.querySelectorAll('*')).find(e => e.scrollHeight > e.clientHeight + 1
+                                                              && getComputedStyle(e).overflowY !== 'visible');
+  if (!box) return false;
+  const before = box.scrollTop;
+  box.scrollTop = start ? 0 : before + box.clientHeight * 0.7;
+  return start || box.scrollTop > before;
+}"""
+
+
+@pytest.mark.parametrize("viewport", [{"width": 390, "height": 844}, DESKTOP], ids=["phone", "desktop"])
+def test_the_options_tables_names_break_between_words_only(page, viewport):
+    """Names (Option, Values, Default, Family, Available here) are never broken inside a word and fit their cells; in
+    the other columns only a word wider than its cell is (a 42-character API name in a 240 px column)."""
+    from playwright.sync_api import expect
+
+    from wan_ui.ui.options_tab import COLUMNS, NAME_COLUMNS
+
+    page.set_viewport_size(viewport)
+    try:
+        open_tab(page, "Options")
+        rows = page.locator("#options-table [role=row][data-index]")
+        expect(rows.first).to_be_visible()
+        page.evaluate(SCROLL_TABLE_JS, True)  # from the top (the other size's test left it scrolled)
+        expect(rows.first).to_contain_text("precision")
+        seen, broken, overflowing = set(), {}, {}
+        while True:
+            page.wait_for_timeout(150)  # the rows of the new view are drawn
+            found = page.evaluate(NAME_BREAKS_JS, list(range(1, len(COLUMNS) + 1)))
+            for col, where in found.items():
+                name = COLUMNS[int(col) - 1]
+                # a word that would fit its cell on one line, broken all the same; in a name column, any word
+                broken.setdefault(name, set()).update(word for word, width, room in where["broken"]
+                                                      if name in NAME_COLUMNS or width <= room)
+                overflowing.setdefault(name, set()).update(where["overflowing"])
+            seen.update(t.strip() for t in rows.locator("[role=gridcell]:first-child").all_inner_texts())
+            if not page.evaluate(SCROLL_TABLE_JS, False):
+                break
+        assert "text_encoder_quantization" in seen and len(seen) > 20, seen  # the whole table was looked at
+        assert {k: v for k, v in broken.items() if v} == {}
+        assert {k: v for k, v in overflowing.items() if v} == {}
+        page.screenshot(path=str(ARTIFACTS / f"options-{viewport['width']}.png"))
+    finally:
+        page.set_viewport_size(DESKTOP)
+        open_tab(page, "Generate")
 
 
 def launched(root: Path, port: int):

@@ -14,7 +14,20 @@ from wan_ui.core.options import fidelity_info, options_table
 # table scrolls sideways, so only the first two columns show without scrolling (assets/app.css' phone widths).
 COLUMNS = ("Option", "Fidelity (docs/FIDELITY.md)", "Values", "Default", "Family", "Applies at", "Available here",
            "What it does")
-WIDTHS = ("13%", "20%", "15%", "7%", "8%", "9%", "12%", "16%")  # of the table's width: the whole row on a desktop
+WIDTHS = ("13%", "20%", "15%", "7%", "9%", "9%", "12%", "15%")  # of the table's width: the whole row on a desktop
+# Names ("text_encoder_quantization", "quantization=bnb_nf4", "docs/benchmarks/README.md"): Gradio's cells break a
+# word anywhere it overflows ("text_encoder_precis|ion", "quantizatio|n", "quantization=bnb|_nf4", "REA|DME.md" at
+# 1366 px, worse on a phone), and CSS has no way to make '_' or '/' a place to break. The page shows every cell as
+# Markdown reading as its text, with a <wbr> after each of its column's BREAK_AFTER characters (a browser breaks at
+# any of them, not only as a last resort: so not in lists of values, where "bnb_|int8" would be cut when the space
+# before it would do); Available here leaves out the option's name its row already gives ("bnb_nf4 needs a CUDA
+# GPU", not "quantization=bnb_nf4 ..."). assets/app.css breaks the words of NAME_COLUMNS nowhere else (each part
+# fits its column); in the other columns a part wider than its column ("Float8DynamicActivationFloat8WeightConfig(")
+# is still broken where it overflows. The search and the /options endpoint read the plain text.
+BREAK_AFTER = {"Option": "_", "Family": "_", "Fidelity (docs/FIDELITY.md)": "/=", "What it does": "/="}
+NAME_COLUMNS = ("Option", "Values", "Default", "Family", "Available here")  # assets/app.css: columns 1, 3, 4, 5, 7
+# CommonMark's backslash escapes: every ASCII punctuation character (a help text's '*' or '<' stays itself)
+_MARKDOWN_PUNCTUATION = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
 
 
 def options_frame(hw: Hardware) -> pd.DataFrame:
@@ -55,13 +68,32 @@ def filter_options(frame: pd.DataFrame, query: str | None) -> pd.DataFrame:
     return frame[keep].reset_index(drop=True)
 
 
+def shown_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The table as the page shows it: each cell as Markdown that reads as its text and may also break after each
+    of its column's BREAK_AFTER characters (besides its spaces and hyphens); Available here without the option's
+    own name before each value."""
+    shown = frame.copy()
+    shown["Available here"] = [text.replace(f"{name}=", "") for name, text in zip(frame["Option"],
+                                                                                  frame["Available here"])]
+    for column in COLUMNS:
+        shown[column] = [breakable(str(text), BREAK_AFTER.get(column, "")) for text in shown[column]]
+    return shown
+
+
+def breakable(text: str, breaks: str) -> str:
+    """`text` as Markdown showing it as it is (punctuation escaped), with a <wbr> after each character of
+    `breaks`: breakable("text_encoder_quantization", "_") -> 'text\\_<wbr>encoder\\_<wbr>quantization'."""
+    return "".join(("\\" + c if c in _MARKDOWN_PUNCTUATION else c) + ("<wbr>" if c in breaks else "") for c in text)
+
+
 def build_options_table(hw: Hardware) -> gr.Dataframe:
     """The search box and the table it filters; the rows are this machine's (its hardware as read at start-up)."""
     frame = options_frame(hw)
     search = gr.Textbox(label="Search the options", placeholder="e.g. cache, lossy, load time, CUDA",
                         elem_id="options-search", max_lines=1)
-    table = gr.Dataframe(frame, interactive=False, wrap=True, elem_id="options-table", max_height=640,
-                         column_widths=list(WIDTHS), show_label=False)
-    search.change(lambda query: filter_options(frame, query), search, table, queue=False, api_visibility="private",
-                 show_progress="hidden")
+    table = gr.Dataframe(shown_frame(frame), interactive=False, wrap=True, elem_id="options-table", max_height=640,
+                         column_widths=list(WIDTHS), show_label=False,
+                         datatype="markdown")
+    search.change(lambda query: shown_frame(filter_options(frame, query)), search, table, queue=False,
+                  api_visibility="private", show_progress="hidden")
     return table
