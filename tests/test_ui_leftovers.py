@@ -14,8 +14,8 @@
   replaces): each page's session is linked to its browser's id (kept by the browser), a page closed or reloaded
   leaves its run to that browser, and a Cancel from a page with no run of its own reaches the runs its browser
   left; another open tab's run stays out of reach (in chromium: test_ui_leftovers_browser.py);
-- the Options table broke names inside a word ("text_encoder_precis|ion"): its cells are Markdown reading as their
-  text, with break points after '_' in names, and assets/app.css breaks names nowhere else (in chromium at both
+- the Options table broke names inside a word ("text_encoder_precis|ion"): its cells show their text as HTML with
+  break points after '_' in names (the values stay plain), and assets/app.css breaks names nowhere else (in chromium at both
   sizes: test_ui_leftovers_browser.py).
 """
 
@@ -37,7 +37,7 @@ from wan_ui.ui.batch_tab import archive_label, shown_key, status_markdown
 from wan_ui.ui import history_tab
 from wan_ui.ui.context import RunRegistry, page_browser_id
 from wan_ui.ui.generate_tab import cancel_handler
-from wan_ui.ui.options_tab import COLUMNS, breakable, filter_options, options_frame, shown_frame
+from wan_ui.ui.options_tab import COLUMNS, filter_options, options_frame, shown_table, shown_text
 from wan_ui.ui.history_tab import HISTORY_KEY, SECRET_CHARS, SECRET_FILE, history_secret
 from wan_ui.ui.guard import describe
 from wan_ui.ui.widgets import build_request_widgets, error_title, slider_info, slider_note, user_errors_as_toasts
@@ -239,19 +239,21 @@ def test_a_browser_keeps_its_id_and_gets_one_when_it_holds_none():
 def test_the_options_table_shows_its_text_with_break_points_after_underscores_in_names():
     from wan_ui.core.hardware import Hardware
 
-    assert breakable("text_encoder_quantization", "_") == "text\\_<wbr>encoder\\_<wbr>quantization"
-    # punctuation is escaped: Markdown shows it as it is (no list, emphasis, link or HTML of its own)
-    assert breakable("1. *a* [b](c) <i>", "") == "1\\. \\*a\\* \\[b\\]\\(c\\) \\<i\\>"
+    assert shown_text("text_encoder_quantization", "_") == "text_<wbr>encoder_<wbr>quantization"
+    assert shown_text("a <b> & c", "") == "a &lt;b&gt; &amp; c"  # shown as it is, never as HTML of its own
     frame = options_frame(Hardware(False, "cpu", None, None, frozenset()))
-    shown = shown_frame(frame).set_index(frame["Option"])
-    assert list(shown.columns) == list(COLUMNS) and len(shown) == len(frame)
-    row = shown.loc["text_encoder_quantization"]
-    assert row["Option"] == "text\\_<wbr>encoder\\_<wbr>quantization"
-    assert "<wbr>" not in row["Values"]  # a list of values breaks at its spaces: not "bnb_|int8"
+    with gr.Blocks():
+        table = gr.Dataframe(shown_table(frame), interactive=False, datatype="html")
+    sent = table.postprocess(shown_table(frame))
+    # the values stay the plain text (the table's Copy button, its sorting, the search); the cells show the HTML
+    assert sent.data == frame.values.tolist() and sent.headers == list(COLUMNS)
+    shown = dict(zip(frame["Option"], sent.metadata["display_value"]))["text_encoder_quantization"]
+    assert shown[0] == "text_<wbr>encoder_<wbr>quantization"
+    assert "<wbr>" not in shown[COLUMNS.index("Values")]  # a list of values breaks at its spaces: not "bnb_|int8"
     # Available here names each value, not the option its row gives again
     raw = frame.set_index("Option").loc["text_encoder_quantization", "Available here"]
     assert raw.startswith("all but: text_encoder_quantization=bnb_nf4 needs a CUDA GPU")
-    assert row["Available here"].startswith("all but\\: bnb\\_nf4 needs a CUDA GPU")
-    # the search still reads the plain text
+    assert shown[COLUMNS.index("Available here")].startswith("all but: bnb_nf4 needs a CUDA GPU")
     assert filter_options(frame, "text_encoder_quantization=bnb_nf4")["Option"].tolist() == [
         "text_encoder_quantization"]
+    assert table.postprocess(shown_table(filter_options(frame, "no such option"))).data == []

@@ -3,8 +3,12 @@ the rows holding every word typed. The same data as JSON stays the /options endp
 
 from __future__ import annotations
 
+import html
+from functools import partial
+
 import gradio as gr
 import pandas as pd
+from pandas.io.formats.style import Styler
 
 from wan_ui.core.fidelity import value_text
 from wan_ui.core.hardware import Hardware
@@ -17,17 +21,16 @@ COLUMNS = ("Option", "Fidelity (docs/FIDELITY.md)", "Values", "Default", "Family
 WIDTHS = ("13%", "20%", "15%", "7%", "9%", "9%", "12%", "15%")  # of the table's width: the whole row on a desktop
 # Names ("text_encoder_quantization", "quantization=bnb_nf4", "docs/benchmarks/README.md"): Gradio's cells break a
 # word anywhere it overflows ("text_encoder_precis|ion", "quantizatio|n", "quantization=bnb|_nf4", "REA|DME.md" at
-# 1366 px, worse on a phone), and CSS has no way to make '_' or '/' a place to break. The page shows every cell as
-# Markdown reading as its text, with a <wbr> after each of its column's BREAK_AFTER characters (a browser breaks at
-# any of them, not only as a last resort: so not in lists of values, where "bnb_|int8" would be cut when the space
-# before it would do); Available here leaves out the option's name its row already gives ("bnb_nf4 needs a CUDA
-# GPU", not "quantization=bnb_nf4 ..."). assets/app.css breaks the words of NAME_COLUMNS nowhere else (each part
-# fits its column); in the other columns a part wider than its column ("Float8DynamicActivationFloat8WeightConfig(")
-# is still broken where it overflows. The search and the /options endpoint read the plain text.
+# 1366 px, worse on a phone), and CSS has no way to make '_' or '/' a place to break. So the table's values stay
+# the plain text (what its Copy button, its sorting, the search and the /options endpoint read) and each cell shows
+# a display value (a pandas Styler's; Gradio draws it as HTML): the text escaped, with a <wbr> after each of its
+# column's BREAK_AFTER characters (a browser breaks at any of them, not only as a last resort: so not in lists of
+# values, where "bnb_|int8" would be cut when the space before it would do); Available here leaves out the option's
+# name its row already gives ("bnb_nf4 needs a CUDA GPU", not "quantization=bnb_nf4 ..."). assets/app.css breaks the
+# words of NAME_COLUMNS nowhere else (each part fits its column); in the other columns a part wider than its column
+# ("Float8DynamicActivationFloat8WeightConfig(") is still broken where it overflows.
 BREAK_AFTER = {"Option": "_", "Family": "_", "Fidelity (docs/FIDELITY.md)": "/=", "What it does": "/="}
 NAME_COLUMNS = ("Option", "Values", "Default", "Family", "Available here")  # assets/app.css: columns 1, 3, 4, 5, 7
-# CommonMark's backslash escapes: every ASCII punctuation character (a help text's '*' or '<' stays itself)
-_MARKDOWN_PUNCTUATION = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
 
 
 def options_frame(hw: Hardware) -> pd.DataFrame:
@@ -68,22 +71,23 @@ def filter_options(frame: pd.DataFrame, query: str | None) -> pd.DataFrame:
     return frame[keep].reset_index(drop=True)
 
 
-def shown_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """The table as the page shows it: each cell as Markdown that reads as its text and may also break after each
-    of its column's BREAK_AFTER characters (besides its spaces and hyphens); Available here without the option's
-    own name before each value."""
-    shown = frame.copy()
-    shown["Available here"] = [text.replace(f"{name}=", "") for name, text in zip(frame["Option"],
-                                                                                  frame["Available here"])]
+def shown_table(frame: pd.DataFrame) -> Styler:
+    """The table as the page shows it: `frame`'s values, each cell displaying shown_text of its value (Available
+    here without the option's own name its row gives)."""
+    styler = frame.style
     for column in COLUMNS:
-        shown[column] = [breakable(str(text), BREAK_AFTER.get(column, "")) for text in shown[column]]
-    return shown
+        if column != "Available here":
+            styler = styler.format(partial(shown_text, breaks=BREAK_AFTER.get(column, "")), subset=[column])
+    for index, name in zip(frame.index, frame["Option"]):
+        shown = shown_text(frame.at[index, "Available here"].replace(f"{name}=", ""), "")
+        styler = styler.format(lambda _, shown=shown: shown, subset=([index], ["Available here"]))
+    return styler
 
 
-def breakable(text: str, breaks: str) -> str:
-    """`text` as Markdown showing it as it is (punctuation escaped), with a <wbr> after each character of
-    `breaks`: breakable("text_encoder_quantization", "_") -> 'text\\_<wbr>encoder\\_<wbr>quantization'."""
-    return "".join(("\\" + c if c in _MARKDOWN_PUNCTUATION else c) + ("<wbr>" if c in breaks else "") for c in text)
+def shown_text(text: str, breaks: str) -> str:
+    """`text` as HTML showing it as it is, with a <wbr> (a place the line may break) after each character of
+    `breaks`: shown_text("text_encoder_quantization", "_") -> 'text_<wbr>encoder_<wbr>quantization'."""
+    return "".join(html.escape(c) + ("<wbr>" if c in breaks else "") for c in text)
 
 
 def build_options_table(hw: Hardware) -> gr.Dataframe:
@@ -91,9 +95,8 @@ def build_options_table(hw: Hardware) -> gr.Dataframe:
     frame = options_frame(hw)
     search = gr.Textbox(label="Search the options", placeholder="e.g. cache, lossy, load time, CUDA",
                         elem_id="options-search", max_lines=1)
-    table = gr.Dataframe(shown_frame(frame), interactive=False, wrap=True, elem_id="options-table", max_height=640,
-                         column_widths=list(WIDTHS), show_label=False,
-                         datatype="markdown")
-    search.change(lambda query: shown_frame(filter_options(frame, query)), search, table, queue=False,
+    table = gr.Dataframe(shown_table(frame), interactive=False, wrap=True, elem_id="options-table", max_height=640,
+                         column_widths=list(WIDTHS), show_label=False, datatype="html")
+    search.change(lambda query: shown_table(filter_options(frame, query)), search, table, queue=False,
                   api_visibility="private", show_progress="hidden")
     return table
