@@ -64,9 +64,8 @@ def extrapolate(metrics: dict, steps_run: int, steps_full: int, frames: int, gui
             out["note"] = (f"cache={cache} under compile: forwards computed were not counted, so this ignores the "
                            f"skip schedule (an upper bound)")
     else:
-        # A single run's first step can carry compile/autotune (FP8 graphs compile for minutes at the `report` size:
-        # docs/benchmarks/README.md, "Compile warm-up"): count it at most as long as the slowest other step (cached
-        # steps make the median meaningless).
+        # A single run's first step can carry compile/autotune (docs/benchmarks/README.md, "Compile warm-up"):
+        # count it at most as long as the slowest other step (cached steps make the median meaningless).
         steps = metrics.get("step_latencies_s") or []
         first_excess = max(0.0, steps[0] - max(steps[1:])) if len(steps) > 1 else 0.0
         per_forward = (denoise_s - first_excess) / computed_run

@@ -480,16 +480,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Ours, full memory: FP8 rowwise + regional compile + cuDNN attention + MagCache (authors' "slow" setting) +
     # CFG on the first half of the steps (musubi-tuner's late skip, apply ratio 0.5) + bf16 decode with
     # channels-last conv weights (a kernel layout: a faster decode, differing from bf16's by as much as bf16 from
-    # fp32). The FP8 graphs compile for minutes on first use (docs/benchmarks/README.md, "Compile warm-up").
+    # fp32). FP8 needs compute capability >= 8.9 (Ada, Hopper, Blackwell).
     "Fast": {"precision": "bf16", "quantization": "torchao_fp8", "compile": "regional", "attention_backend": "cudnn",
              "cache": "mag", "cfg_truncation": 0.5, "vae_precision": "bf16", "vae_channels_last": True},
-    # The same without FP8: a few % slower per forward at 480p, but its graphs compile much faster (measured:
-    # docs/benchmarks/README.md, "Seconds per transformer forward against the floors" and "Compile warm-up").
+    # The same without FP8, for every CUDA card (FP8 needs compute capability >= 8.9): a few % slower per forward at
+    # 480p (docs/benchmarks/README.md, "Seconds per transformer forward against the floors").
     "Fast (quick start)": {"precision": "bf16", "compile": "regional", "attention_backend": "cudnn", "cache": "mag",
                            "cfg_truncation": 0.5, "vae_precision": "bf16", "vae_channels_last": True},
     # The fastest training-free preset on `report` (measured: docs/benchmarks/README.md, "The presets at full step
-    # counts"): the quick-start kernels (at 87,750 tokens bf16 compiled is within 1 % of FP8 per forward, and
-    # compiles much faster) + sliding-tile sparse attention, +-3 frames x +-1 tile (94 % block-sparse), dense for the
+    # counts"): the quick-start kernels (bf16, so it runs on every CUDA card; quantization=torchao_fp8 takes 6-11 % off
+    # its clip on cards with compute capability >= 8.9: "FP8 compiles in seconds" there) + sliding-tile sparse attention, +-3 frames x +-1 tile (94 % block-sparse), dense for the
     # first 2 steps only + MagCache with K=4, the MagCache authors' own command for T2V-1.3B (45 of 98 forwards
     # computed instead of 51 with K=2). The window and the dense-step count are ours, not a
     # published quality-preserving setting (docs/benchmarks/SPARSE.md): check LPIPS vs the dense baseline with real

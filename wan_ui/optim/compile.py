@@ -10,8 +10,9 @@ leaves the cache's skip decision in Python and every computed block compiled. Lo
 compiles its blocks, or its activation-checkpointing runners, through the same `compile_forwards`.
 
 Compile happens on the first call: the benchmark and the metrics report it as warm-up, never as steady-state
-latency. A restart with torch's compile caches warm compiles much faster than a cold start, and an FP8 (torchao)
-graph takes minutes at the `report` size (docs/benchmarks/README.md, "Compile warm-up"). Torch keeps those caches in
+latency. A restart with torch's compile caches warm compiles much faster than a cold start (docs/benchmarks/README.md,
+"Compile warm-up"; FP8 graphs compile about as fast as bf16 ones since the torchao configs stopped switching on
+coordinate-descent tuning: optim/quantization.py). Torch keeps those caches in
 TORCHINDUCTOR_CACHE_DIR, by default under /tmp (gone after a reboot); unless the user set it, we point it into the
 model cache (`$WAN_UI_CACHE/torch_compile`) so warm restarts stay warm.
 

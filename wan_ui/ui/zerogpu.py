@@ -57,9 +57,10 @@ OFFLOAD_FACTOR = {"group_block": 1.08, "group_leaf": 1.08,  # "Low VRAM" (group_
 # docs/benchmarks/README.md, "VAE decode"): 256 px tiles 4.3 s (official480) and 10.1 s (report), 512 px tiles 3.2 s
 # and 8.3 s inside the "Low VRAM" runs; 384 px interpolated.
 DECODE_S_PER_PIXEL = {"fp32": 3.1e-7, "bf16": 5.6e-8, "tiled256": 1.33e-7, "tiled384": 1.15e-7, "tiled512": 9.8e-8}
-# First-call compile time: regional bf16 12-80 s, regional FP8 168 s (report.md), full-model 248 s (the floors).
+# First-call compile time: regional 12-80 s, FP8 included (its warm-up 16-31 s on an H200 since torchao no longer
+# switches on coordinate-descent tuning: docs/benchmarks/README.md, "FP8 compiles in seconds"); full-model 248 s (the
+# floors).
 COMPILE_S = {"none": 0.0, "regional": 80.0, "full": 250.0}
-COMPILE_FP8_S = 170.0
 LOAD_S = 15.0  # building the pipeline in a fresh worker: 2.2 s (bf16) to 10.9 s (Low VRAM) measured, + disk
 TEXT_ENCODE_S = 1.0  # UMT5 of 2 x 512 tokens: 0.05-0.6 s measured
 SCORE_S = 10.0  # CLIP + LPIPS + SSIM of one video (small models); not measured on a GPU
@@ -103,8 +104,6 @@ def decode_seconds(request: GenerationRequest, options: OptimizationSet) -> floa
 
 
 def compile_seconds(options: OptimizationSet) -> float:
-    if options.compile == "regional" and options.quantization == "torchao_fp8":
-        return COMPILE_FP8_S
     return COMPILE_S.get(options.compile, 0.0)
 
 
