@@ -72,10 +72,12 @@ def entry(video: str, prompt: str = "a fox") -> dict:
 def test_a_reloaded_page_gets_back_the_runs_whose_video_is_still_there(tmp_path):
     kept = tmp_path / "kept.mp4"
     kept.write_bytes(b"mp4")
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-elsewhere.mp4"  # a file outside the outputs folder
+    elsewhere.write_bytes(b"mp4")
     saved = [entry(str(kept)), entry(str(tmp_path / "deleted.mp4")), "junk", {"info": None},
-             {"info": {"video": None}}]
-    assert restored_history(saved) == [entry(str(kept))]
-    assert restored_history(None) == [] and restored_history({"not": "a list"}) == []
+             {"info": {"video": None}}, entry(str(elsewhere)), entry(str(tmp_path / ".." / elsewhere.name))]
+    assert restored_history(saved, tmp_path) == [entry(str(kept))]
+    assert restored_history(None, tmp_path) == [] and restored_history({"not": "a list"}, tmp_path) == []
 
 
 def test_the_browser_keeps_the_last_runs_only():

@@ -167,7 +167,7 @@ def wire_batch_tab(ctx: AppContext, tab: BatchTab, gen, hist, history_state: gr.
     # batch while it runs
     @guarded("reading the batch's status")
     def on_open(history, saved, request: gr.Request):  # the page has no gallery of the batch yet
-        restored = history or restored_history(saved)
+        restored = history or restored_history(saved, ctx.outputs)
         status = tab.job.status()
         updated = add_batch_items(restored, status) or restored
         if updated == history:

@@ -97,14 +97,25 @@ def saved_runs(history: list[dict]) -> list[dict]:
     return history[-SAVED_RUNS:]
 
 
-def restored_history(saved) -> list[dict]:
-    """The runs a browser kept (saved_runs) whose video is still there, for a page that opens or reloads. The kept
-    value is encrypted with the app's key (history_secret: the same across restarts on one machine), so it is this
-    app's own; a video since deleted drops its run (the gallery would show a broken file)."""
+def restored_history(saved, outputs: str | Path) -> list[dict]:
+    """The runs a browser kept (saved_runs) whose video is still there, inside the app's `outputs` folder, for a
+    page that opens or reloads. The kept value is encrypted with the app's key (history_secret: the same across
+    restarts on one machine), so it is this app's own; a video since deleted drops its run (the gallery would show a
+    broken file), and one outside the outputs folder (an app started with another --outputs, an edited entry) too:
+    Gradio refuses to serve such a file, which would fail the whole page-load event."""
     if not isinstance(saved, list):
         return []
-    return [entry for entry in saved if isinstance(entry, dict) and isinstance(entry.get("info"), dict)
-            and isinstance(entry["info"].get("video"), str) and Path(entry["info"]["video"]).is_file()]
+    root = Path(outputs).resolve()
+
+    def kept(entry) -> bool:
+        info = entry.get("info") if isinstance(entry, dict) else None
+        video = info.get("video") if isinstance(info, dict) else None
+        if not isinstance(video, str):
+            return False
+        path = Path(video).resolve()
+        return path.is_file() and path.is_relative_to(root)
+
+    return [entry for entry in saved if kept(entry)]
 
 
 def history_secret(path: Path | None) -> str:
