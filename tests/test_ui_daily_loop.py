@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import gradio as gr
 import numpy as np
 import pytest
-from ui_server import browser_page, free_port, open_tab, set_number
+from ui_server import browser_page, launch_local, open_tab, set_number
 
 from wan_ui.ui.context import PreviewBoard
 from wan_ui.ui.generate_tab import NO_PREVIEW, live_preview, reset_preview
@@ -110,14 +110,12 @@ def test_a_refused_join_names_its_reason_in_the_status_line():
 def limited_app(tiny_folder, tmp_path_factory):
     """The app with a cost limit (as `python app.py` on a CPU has one), launched once for the module."""
     from wan_ui.core.manager import ModelManager
-    from wan_ui.ui.app import create_demo, launch_kwargs
+    from wan_ui.ui.app import create_demo
 
     root = tmp_path_factory.mktemp("daily_loop")
     demo = create_demo(ModelManager(device="cpu", log=lambda m: None), model="tiny", outputs=root / "outputs",
                        settings_file=root / "last.json", limits=ServerLimits(max_cost=MAX_COST))
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
-                            **launch_kwargs(root / "outputs"))
-    yield url
+    yield launch_local(demo, root / "outputs")
     demo.close()
 
 

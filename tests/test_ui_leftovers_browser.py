@@ -19,7 +19,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from ui_server import browser_page, free_port, open_tab, set_number
+from ui_server import browser_page, free_port, launch_local, open_tab, set_number
 
 pytestmark = pytest.mark.browser
 
@@ -31,14 +31,12 @@ TINY = (("width", 64), ("height", 64), ("num-frames", 5), ("steps", 2))
 @pytest.fixture(scope="module")
 def app(tiny_folder, tmp_path_factory):
     from wan_ui.core.manager import ModelManager
-    from wan_ui.ui.app import create_demo, launch_kwargs
+    from wan_ui.ui.app import create_demo
 
     root = tmp_path_factory.mktemp("leftovers")
     demo = create_demo(ModelManager(device="cpu", log=lambda m: None), model="tiny", outputs=root / "outputs",
                        settings_file=root / "last.json")
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
-                            **launch_kwargs(root / "outputs"))
-    yield url
+    yield launch_local(demo, root / "outputs")
     demo.close()
 
 
@@ -207,13 +205,11 @@ def test_the_options_tables_names_break_between_words_only(page, viewport):
 def launched(root: Path, port: int):
     """The app on `port`, its settings (and History's key) in root/config, its videos in root/outputs."""
     from wan_ui.core.manager import ModelManager
-    from wan_ui.ui.app import create_demo, launch_kwargs
+    from wan_ui.ui.app import create_demo
 
     demo = create_demo(ModelManager(device="cpu", log=lambda m: None), model="tiny", outputs=root / "outputs",
                        settings_file=root / "config" / "last.json")
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                            **launch_kwargs(root / "outputs"))
-    return demo, url
+    return demo, launch_local(demo, root / "outputs", port=port)
 
 
 def test_history_survives_a_restart_of_the_app(tiny_folder, tmp_path, page, app):

@@ -51,19 +51,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def launch_local(demo, outputs: Path, limits=None, port: int | None = None) -> str:
+    """Start `demo` on a local port (`port`, or a free one) without blocking, with the app's own launch settings for
+    `outputs` (and `limits`); returns its URL. The caller closes the demo."""
+    from wan_ui.ui.app import launch_kwargs
+
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=port or free_port(), prevent_thread_lock=True,
+                            quiet=True, **launch_kwargs(outputs, limits))
+    return url
+
+
 @pytest.fixture(scope="module")
 def ui_app(tiny_folder, tmp_path_factory, random_scorer):
     from wan_ui.core.manager import ModelManager
     from wan_ui.core.quality import BaselineCache
-    from wan_ui.ui.app import create_demo, launch_kwargs
+    from wan_ui.ui.app import create_demo
 
     root = tmp_path_factory.mktemp("ui_app")
     manager = ModelManager(device="cpu", log=lambda m: None)
     # random-weight metric models (tests/conftest.py): nothing is downloaded, the numbers only prove the wiring
     demo = create_demo(manager, model="tiny", scorer=random_scorer,
                        baseline_cache=BaselineCache(), outputs=root / "outputs", settings_file=root / "last.json")
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
-                            **launch_kwargs(root / "outputs"))
+    url = launch_local(demo, root / "outputs")
     yield LaunchedApp(url, root / "outputs", root / "last.json", manager, demo)
     demo.close()
 
